@@ -1,0 +1,155 @@
+"""runproxy: every pool's DICOM listener, plus optionally the admin web app, in one process.
+
+Modelled on a long-running worker: SIGTERM/SIGINT set a flag, the loop checks it,
+periodic work is split into small methods, and shutdown waits (bounded) for
+in-flight C-STOREs before releasing outbound associations and flushing writes.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import signal
+import threading
+import time
+
+from django.conf import settings
+from django.core.management.base import BaseCommand, CommandError
+
+from affinity.services import bindings_purge_expired
+from affinity.store import AffinityStore
+from pools.config import Config, ConfigError, config_load
+from pools.services import config_sync
+from routing.proxy import NetworkConfig, PoolListenerConfig, Proxy
+from routing.router import Router
+from routing.stats import Stats
+
+logger = logging.getLogger("synthiq.routing")
+
+REFRESH_SECONDS = 1.0
+PUBLISH_SECONDS = 2.0
+PURGE_SECONDS = 600.0
+
+
+def _parse_http(value: str) -> tuple[str, int]:
+    host, _, port = value.rpartition(":")
+    if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise CommandError(f"--http: expected HOST:PORT, got {value!r}")
+    return host, int(port)
+
+
+class Command(BaseCommand):
+    help = "Run SynthIQ's DICOM listeners (and optionally the admin web app)."
+
+    def add_arguments(self, parser):
+        parser.add_argument("--config", default=settings.SYNTHIQ_CONFIG or None,
+                            help="JSON config file (default: $SYNTHIQ_CONFIG)")
+        web = parser.add_mutually_exclusive_group()
+        web.add_argument("--http", metavar="HOST:PORT", help="also serve the admin web app here")
+        web.add_argument("--no-http", action="store_true", help="no web app (the default)")
+        parser.add_argument("--grace-seconds", type=float, default=10.0,
+                            help="how long in-flight C-STOREs may take to finish on shutdown")
+
+    def _on_signal(self, signum, frame) -> None:
+        logger.info("signal %s: stopping", signal.Signals(signum).name)
+        self.stopping = True
+
+    def handle(self, *args, config, http, no_http, grace_seconds, **options):
+        if not config:
+            raise CommandError("--config: no config file given (or set SYNTHIQ_CONFIG)")
+        try:
+            self.config: Config = config_load(path=config)
+        except ConfigError as exc:
+            raise CommandError("invalid config, nothing changed:\n  " + "\n  ".join(exc.errors))
+        self.stopping = False
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+
+        config_sync(config=self.config)
+        self.pool_ids = [p["Id"] for p in self.config.pools]
+        self.store = AffinityStore(window_hours=self.config.study_cache_window_hours)
+        self.router = Router(store=self.store, heartbeat_timeout=self.config.heartbeat_timeout)
+        self.stats = Stats()
+        self.proxy = Proxy(
+            pools=[
+                PoolListenerConfig(p["Id"], p["AeTitle"], p["Host"], p["Port"],
+                                   p["AllowedCallingAeTitles"], p.get("Tls"))
+                for p in self.config.pools
+            ],
+            network=NetworkConfig.from_config(self.config.network),
+            router=self.router,
+            stats=self.stats,
+        )
+        self.router.refresh(pool_ids=self.pool_ids)
+        web = self.start_web(http) if http else None
+        self.proxy.start()
+        self.stdout.write(f"runproxy ready: pools={','.join(self.pool_ids)}", ending="\n")
+        self.stdout.flush()
+        try:
+            self.loop()
+        finally:
+            self.shutdown(grace_seconds, web)
+
+    # -- the loop ---------------------------------------------------------------
+    def loop(self) -> None:
+        next_refresh = next_publish = time.monotonic()
+        next_purge = time.monotonic() + 5
+        while not self.stopping:
+            now = time.monotonic()
+            if now >= next_refresh:
+                self.refresh()
+                next_refresh = now + REFRESH_SECONDS
+            if now >= next_publish:
+                self.publish()
+                next_publish = now + PUBLISH_SECONDS
+            if now >= next_purge:
+                self.purge()
+                next_purge = now + PURGE_SECONDS
+            time.sleep(0.05)
+
+    def refresh(self) -> None:
+        try:
+            self.router.refresh(pool_ids=self.pool_ids)
+        except Exception as exc:  # a database outage must not stop routing
+            logger.warning("snapshot refresh failed, routing on the last one: %s", exc)
+        self.store.flush()
+
+    def publish(self, *, stopped: bool = False) -> None:
+        self.stats.publish(
+            extra={
+                "cache_size": len(self.store.cache),
+                "db_ok": self.store.db_ok,
+                "db_error": self.store.db_error,
+                "pending_bindings": self.store.pending_writes(),
+            },
+            listeners=[{"pool": p.id, "ae_title": p.ae_title, "port": p.port,
+                        "accepting": self.proxy.accepting} for p in self.proxy.pools],
+            stopped=stopped,
+        )
+
+    def purge(self) -> None:
+        try:
+            bindings_purge_expired(window_hours=self.config.study_cache_window_hours, now=dt.datetime.now(dt.UTC))
+        except Exception as exc:
+            logger.warning("binding purge failed: %s", exc)
+
+    # -- web app --------------------------------------------------------------
+    def start_web(self, http: str):
+        from waitress.server import create_server
+
+        from synthiq_project.wsgi import application
+
+        host, port = _parse_http(http)
+        server = create_server(application, host=host, port=port, threads=4)
+        threading.Thread(target=server.run, name="http", daemon=True).start()
+        logger.info("admin web app on http://%s:%d/", host, port)
+        return server
+
+    # -- shutdown -------------------------------------------------------------
+    def shutdown(self, grace_seconds: float, web) -> None:
+        self.proxy.stop(grace_seconds=grace_seconds)
+        self.store.flush()
+        self.publish(stopped=True)
+        if web is not None:
+            web.close()
+        logger.info("runproxy stopped")

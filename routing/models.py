@@ -1,0 +1,37 @@
+"""Routing activity: first-instance decisions and what each runproxy process publishes."""
+
+from __future__ import annotations
+
+from django.db import models
+
+
+class RoutingDecision(models.Model):
+    class Reason(models.TextChoices):
+        AFFINITY_HIT = "affinity-hit"
+        LEAST_BUSY = "least-busy"
+        WEIGHTED = "weighted"
+        FALLBACK = "fallback"
+
+    at_utc = models.DateTimeField(db_index=True)
+    pool = models.ForeignKey("pools.Pool", on_delete=models.CASCADE)
+    backend = models.ForeignKey("pools.Backend", on_delete=models.CASCADE)
+    study_uid = models.CharField(max_length=64)
+    reason = models.CharField(max_length=16, choices=Reason.choices)
+    calling_ae = models.CharField(max_length=16, blank=True, default="")
+    source_ip = models.CharField(max_length=64, blank=True, default="")
+    modality = models.CharField(max_length=16, blank=True, default="")
+    process = models.CharField(max_length=128, blank=True, default="")
+
+    class Meta:
+        ordering = ["-at_utc", "-id"]
+
+
+class ProxyProcess(models.Model):
+    """A runproxy process's published counters, refreshed every few seconds."""
+
+    id = models.CharField(primary_key=True, max_length=128)
+    started_utc = models.DateTimeField()
+    updated_utc = models.DateTimeField()
+    stopped = models.BooleanField(default=False)
+    counters = models.JSONField(default=dict)
+    listeners = models.JSONField(default=list)

@@ -1,0 +1,121 @@
+"""Per-process counters and recent decisions, published to the database in batches
+(never a write per C-STORE) so the web process can aggregate several proxies."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import socket
+import threading
+from collections import Counter, deque
+from typing import Any
+
+from django.db import DatabaseError, close_old_connections, transaction
+
+from routing.models import ProxyProcess, RoutingDecision
+
+logger = logging.getLogger("synthiq.routing")
+
+RECENT_DECISIONS = 200
+
+
+def _status_class(status: int) -> str:
+    if status == 0:
+        return "success"
+    if status in (0xB000, 0xB006, 0xB007):
+        return "warning"
+    return f"0x{status >> 8:02X}xx"
+
+
+class Stats:
+    def __init__(self, *, process_id: str | None = None):
+        self.process_id = process_id or f"{socket.gethostname()}:{os.getpid()}"
+        self.started = dt.datetime.now(dt.UTC)
+        self._lock = threading.Lock()
+        self.counters: Counter[str] = Counter()
+        self.per_backend: dict[str, Counter[str]] = {}
+        self.recent: deque[dict[str, Any]] = deque(maxlen=RECENT_DECISIONS)
+        self._unwritten: list[RoutingDecision] = []
+        self.open_associations = 0
+
+    def _backend(self, backend_id: str) -> Counter[str]:
+        return self.per_backend.setdefault(backend_id, Counter())
+
+    def association_opened(self) -> None:
+        with self._lock:
+            self.open_associations += 1
+            self.counters["associations"] += 1
+
+    def association_closed(self) -> None:
+        with self._lock:
+            self.open_associations -= 1
+
+    def routed(self, reason: str) -> None:
+        with self._lock:
+            self.counters[f"routed.{reason}"] += 1
+
+    def decided(self, *, pool_id: str, study_uid: str, backend_id: str, reason: str,
+                calling_ae: str, source_ip: str, modality: str) -> None:
+        now = dt.datetime.now(dt.UTC)
+        with self._lock:
+            self.counters[f"routed.{reason}"] += 1
+            self.counters["decisions"] += 1
+            self.recent.appendleft(
+                {"at": now.isoformat(), "pool": pool_id, "study_uid": study_uid,
+                 "backend": backend_id, "reason": reason, "calling_ae": calling_ae}
+            )
+            self._unwritten.append(
+                RoutingDecision(at_utc=now, pool_id=pool_id, backend_id=backend_id, study_uid=study_uid,
+                                reason=reason, calling_ae=calling_ae, source_ip=source_ip,
+                                modality=modality, process=self.process_id)
+            )
+
+    def forwarded(self, backend_id: str, status: int, seconds: float) -> None:
+        with self._lock:
+            cls = _status_class(status)
+            self.counters[f"status.{cls}"] += 1
+            self.counters["received"] += 1
+            b = self._backend(backend_id)
+            b[f"status.{cls}"] += 1
+            b["forwarded"] += 1
+            b["forward_seconds"] += seconds
+
+    def forward_failed(self, backend_id: str | None, status: int) -> None:
+        with self._lock:
+            cls = _status_class(status)
+            self.counters[f"status.{cls}"] += 1
+            self.counters["received"] += 1
+            self.counters["failed"] += 1
+            if backend_id:
+                self._backend(backend_id)[f"status.{cls}"] += 1
+
+    def snapshot(self) -> dict[str, Any]:
+        with self._lock:
+            return {
+                "counters": dict(self.counters),
+                "backends": {k: dict(v) for k, v in self.per_backend.items()},
+                "open_associations": self.open_associations,
+                "recent": list(self.recent)[:50],
+            }
+
+    def publish(self, *, extra: dict[str, Any], listeners: list[dict[str, Any]], stopped: bool = False) -> None:
+        """Write the decisions made since the last call and this process's counters."""
+        with self._lock:
+            decisions, self._unwritten = self._unwritten, []
+        snapshot = self.snapshot() | extra
+        try:
+            close_old_connections()
+            with transaction.atomic():
+                if decisions:
+                    RoutingDecision.objects.bulk_create(decisions)
+                ProxyProcess.objects.update_or_create(
+                    id=self.process_id,
+                    defaults={"started_utc": self.started, "updated_utc": dt.datetime.now(dt.UTC),
+                              "counters": snapshot, "listeners": listeners, "stopped": stopped},
+                )
+        except DatabaseError as exc:
+            logger.warning("could not publish proxy status: %s", exc)
+            with self._lock:
+                # Keep a bounded backlog; the counters themselves are never lost.
+                self._unwritten = (decisions + self._unwritten)[-10_000:]
