@@ -47,6 +47,8 @@ class Backend(models.Model):
     )
     health = models.JSONField(default=dict, blank=True)
     tls = models.JSONField(null=True, blank=True)
+    # The token this backend presents when it reports storage commitment over HTTP.
+    commitment_token = models.CharField(max_length=128, blank=True, default="")
 
     class Meta:
         ordering = ["pool_id", "id"]

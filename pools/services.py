@@ -42,7 +42,8 @@ def config_sync(*, config: Config) -> dict[str, list[str]]:
                     "weight": b["Weight"],
                     "enabled": b["Enabled"],
                     "health_mode": b["Health"]["Mode"],
-                    "health": b["Health"] | ({"CommitmentToken": b["CommitmentToken"]} if "CommitmentToken" in b else {}),
+                    "health": b["Health"],
+                    "commitment_token": b.get("CommitmentToken", ""),
                     "tls": b.get("Tls"),
                 },
             )

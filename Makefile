@@ -1,0 +1,57 @@
+# SynthIQ: `make run` for the demo, `make test` for the whole suite, `make bench` for §12.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+APT_PACKAGES := $(shell grep -v '^\#' requirements/apt.txt)
+export SYNTHIQ_ALLOW_DEV_KEY ?= 1
+
+.PHONY: setup deps apt migrate run test test-sqlite test-postgres bench lint clean
+
+setup: deps apt migrate
+
+deps: $(VENV)/.deps
+
+$(VENV)/.deps: requirements/base.txt requirements/dev.txt requirements/postgres.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements/dev.txt
+	touch $@
+
+# Debian tools the tests use (dcmtk, orthanc, chromium, haproxy): installed when
+# running as root and something is missing; otherwise say what to install.
+apt:
+	@missing=""; for p in $(APT_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "installing Debian packages:$$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	  else \
+	    echo "missing Debian packages:$$missing (run: sudo apt-get install$$missing)"; \
+	  fi; \
+	fi
+
+migrate: deps
+	$(PY) manage.py migrate -v0
+
+run: setup
+	$(PY) manage.py demo
+
+test: setup test-sqlite test-postgres
+
+test-sqlite: deps
+	SYNTHIQ_TEST_DB=sqlite $(PY) -m pytest $(PYTEST_ARGS)
+
+test-postgres: deps
+	SYNTHIQ_TEST_DB=postgresql $(PY) -m pytest -m postgres $(PYTEST_ARGS)
+
+bench: setup
+	$(PY) bench/run.py $(BENCH_ARGS)
+
+lint: deps
+	$(VENV)/bin/ruff check .
+
+clean:
+	rm -rf $(VENV) var

@@ -1,0 +1,268 @@
+"""Real processes on loopback for the tests: simulated backends, runproxy, DICOM senders.
+
+Every process is started in its own process group and torn down with it, on failure too.
+Ports are chosen free at run time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+ROOT = Path(__file__).resolve().parent.parent
+PYTHON = sys.executable
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def require_tool(name: str, debian_package: str) -> str:
+    """Path of a tool the tests need. Missing is a failure, never a skip."""
+    path = shutil.which(name)
+    if path is None:
+        pytest.fail(
+            f"{name} not found: install Debian's {debian_package} "
+            f"(`make setup` does it as root: apt-get install {debian_package})"
+        )
+    return path
+
+
+def wait_for(predicate, *, timeout: float, interval: float = 0.05, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = predicate()
+        if result:
+            return result
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def dataset_digest(path: Path) -> str:
+    """SHA-256 of a DICOM file's data set bytes (everything after the file meta)."""
+    from pynetdicom.dsutils import split_dataset
+
+    _, offset = split_dataset(path)
+    with open(path, "rb") as fp:
+        fp.seek(offset)
+        return hashlib.sha256(fp.read()).hexdigest()
+
+
+@dataclass
+class Managed:
+    """A child process in its own process group, its output in a log file."""
+
+    name: str
+    argv: list[str]
+    env: dict[str, str]
+    log_path: Path
+    ready_text: str | None = None
+    proc: subprocess.Popen | None = None
+
+    def start(self, *, timeout: float = 30) -> Managed:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            self.argv, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL, start_new_session=True,
+        )
+        log.close()
+        if self.ready_text:
+            wait_for(self._ready, timeout=timeout, what=f"{self.name} to start ({self.log_path})")
+        return self
+
+    def _ready(self) -> bool:
+        if self.proc and self.proc.poll() is not None:
+            raise AssertionError(f"{self.name} exited with {self.proc.returncode}:\n{self.log()}")
+        return self.ready_text in self.log()
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def signal(self, sig: int) -> None:
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, sig)
+
+    def stop(self, *, timeout: float = 15) -> int | None:
+        if not self.proc:
+            return None
+        if self.proc.poll() is None:
+            self.signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.signal(signal.SIGKILL)
+                self.proc.wait(timeout=5)
+        try:  # anything the child left in its group
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        return self.proc.returncode
+
+
+@dataclass
+class BackendHandle:
+    id: str
+    ae_title: str
+    port: int
+    http_port: int
+    process: Managed
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    def holdings(self) -> dict[str, dict[str, str]]:
+        return requests.get(f"{self.url}/api/holdings", timeout=5).json()
+
+    def control(self, **knobs: Any) -> None:
+        requests.post(f"{self.url}/api/control", json=knobs, timeout=5).raise_for_status()
+
+    def config(self, **overrides: Any) -> dict[str, Any]:
+        return {
+            "Id": self.id, "AeTitle": self.ae_title, "Host": "127.0.0.1", "Port": self.port,
+            "Health": {"Mode": "native", "Url": f"{self.url}/api/health"},
+        } | overrides
+
+
+@dataclass
+class ProxyHandle:
+    port: int
+    ae_title: str
+    config_path: Path
+    process: Managed
+    http_port: int | None = None
+
+    def restart(self) -> None:
+        self.process.start()
+
+
+@dataclass
+class Cluster:
+    """Factory for the processes of one test; everything it started stops with it."""
+
+    tmp: Path
+    env: dict[str, str]
+    started: list[Managed] = field(default_factory=list)
+
+    def _managed(self, name: str, argv: list[str], ready: str | None, env: dict[str, str] | None = None) -> Managed:
+        m = Managed(name, argv, env or self.env, self.tmp / "logs" / f"{name}.log", ready)
+        self.started.append(m)
+        return m
+
+    def backend(self, backend_id: str, *, store: bool = False, **knobs: Any) -> BackendHandle:
+        port, http_port = free_port(), free_port()
+        ae = backend_id.upper().replace("-", "")[:16]
+        argv = [PYTHON, "manage.py", "runbackend", "--ae-title", ae, "--port", str(port),
+                "--http-port", str(http_port)]
+        if store:
+            argv += ["--store-dir", str(self.tmp / "store" / backend_id)]
+        for key, value in knobs.items():
+            argv += [f"--{key.replace('_', '-')}", str(value)]
+        m = self._managed(backend_id, argv, "runbackend ready").start()
+        return BackendHandle(backend_id, ae, port, http_port, m)
+
+    def config(self, backends: list[dict[str, Any]] | list[BackendHandle], **top: Any) -> dict[str, Any]:
+        pool = {"Id": "main", "AeTitle": "SYNTHIQ", "Host": "127.0.0.1", "Port": free_port(),
+                "Backends": [b.config() if isinstance(b, BackendHandle) else b for b in backends]}
+        pool |= top.pop("pool", {})
+        return {"HeartbeatIntervalSeconds": 1, "HeartbeatTimeoutSeconds": 3} | top | {"Pools": [pool]}
+
+    def proxy(self, config: dict[str, Any], *, name: str = "runproxy", http: bool = False,
+              extra_env: dict[str, str] | None = None) -> ProxyHandle:
+        path = self.tmp / f"{name}.json"
+        path.write_text(json.dumps(config))
+        pool = config["Pools"][0]
+        argv = [PYTHON, "manage.py", "runproxy", "--config", str(path)]
+        http_port = None
+        if http:
+            http_port = free_port()
+            argv += ["--http", f"127.0.0.1:{http_port}"]
+        env = self.env | (extra_env or {})
+        m = self._managed(name, argv, "runproxy ready", env).start()
+        return ProxyHandle(pool["Port"], pool["AeTitle"], path, m, http_port)
+
+    def process(self, name: str, argv: list[str], *, ready: str | None = None) -> Managed:
+        return self._managed(name, argv, ready).start()
+
+    def stop_all(self) -> None:
+        for m in reversed(self.started):
+            m.stop()
+
+
+# -- a DICOM sender that sends files' bytes unchanged --------------------------------
+
+
+@dataclass
+class Sent:
+    path: Path
+    status: int
+    comment: str = ""
+
+
+def send_files(
+    port: int,
+    paths: list[Path],
+    *,
+    called_ae: str = "SYNTHIQ",
+    calling_ae: str = "MODALITY",
+    abort_after: int | None = None,
+) -> list[Sent]:
+    """Send files over one association with the file's own transfer syntax.
+
+    The files' data set bytes go out as they are on disk (pynetdicom's chunked send),
+    so a backend's digest can be compared with ``dataset_digest(path)``.
+    """
+    from pydicom import dcmread
+    from pynetdicom import AE, _config, build_context
+
+    _config.STORE_SEND_CHUNKED_DATASET = True
+    contexts: dict[tuple[str, str], None] = {}
+    for p in paths:
+        meta = dcmread(p, stop_before_pixels=True).file_meta
+        contexts[(meta.MediaStorageSOPClassUID, meta.TransferSyntaxUID)] = None
+    ae = AE(ae_title=calling_ae)
+    ae.dimse_timeout = ae.network_timeout = ae.acse_timeout = 60
+    assoc = ae.associate("127.0.0.1", port, contexts=[build_context(a, t) for a, t in contexts],
+                         ae_title=called_ae)
+    if not assoc.is_established:
+        raise ConnectionError(f"association to {called_ae}@{port} not established")
+    out = []
+    try:
+        for n, p in enumerate(paths):
+            if abort_after is not None and n == abort_after:
+                assoc.abort()
+                return out
+            rsp = assoc.send_c_store(p, msg_id=n % 65535 + 1)
+            out.append(Sent(p, int(rsp.Status) if "Status" in rsp else -1, str(rsp.get("ErrorComment", ""))))
+    finally:
+        if assoc.is_established:
+            assoc.release()
+    return out
+
+
+def placement(backends: list[BackendHandle]) -> dict[str, set[str]]:
+    """study uid -> ids of the backends holding any of its instances."""
+    where: dict[str, set[str]] = {}
+    for b in backends:
+        for suid in b.holdings():
+            where.setdefault(suid, set()).add(b.id)
+    return where
