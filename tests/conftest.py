@@ -83,10 +83,10 @@ def db():
     from django.apps import apps
     from django.db import connection
 
-    models = [m for app in ("routing", "affinity", "health", "pools") for m in apps.get_app_config(app).get_models()]
-    with connection.cursor():
-        for model in models:
-            model.objects.all().delete()
+    # Children before parents: bindings and health point at backends, backends at pools.
+    for label in ("routing.RoutingDecision", "routing.ProxyProcess", "affinity.Binding",
+                  "health.BackendHealth", "health.HeartbeatRound", "pools.Backend", "pools.Pool"):
+        apps.get_model(label).objects.all().delete()
     yield
     connection.close()
 

@@ -73,9 +73,11 @@ class Managed:
     log_path: Path
     ready_text: str | None = None
     proc: subprocess.Popen | None = None
+    _log_offset: int = 0
 
     def start(self, *, timeout: float = 30) -> Managed:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._log_offset = len(self.log())  # a restart waits for its own "ready" line
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
             self.argv, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
@@ -89,7 +91,7 @@ class Managed:
     def _ready(self) -> bool:
         if self.proc and self.proc.poll() is not None:
             raise AssertionError(f"{self.name} exited with {self.proc.returncode}:\n{self.log()}")
-        return self.ready_text in self.log()
+        return self.ready_text in self.log()[self._log_offset:]
 
     def log(self) -> str:
         try:
@@ -266,3 +268,29 @@ def placement(backends: list[BackendHandle]) -> dict[str, set[str]]:
         for suid in b.holdings():
             where.setdefault(suid, set()).add(b.id)
     return where
+
+
+def set_health(backend_ids, *, healthy: bool = True, load: float | None = 0.0, capacity: int | None = 50) -> None:
+    """Health rows as the heartbeat service writes them, for tests of routing alone."""
+    import datetime as dt
+
+    from health.models import BackendHealth
+
+    now = dt.datetime.now(dt.UTC)
+    for backend_id in backend_ids:
+        BackendHealth.objects.update_or_create(
+            backend_id=getattr(backend_id, "id", backend_id),
+            defaults={"healthy": healthy, "load": load, "capacity": capacity, "last_check_utc": now,
+                      "last_ok_utc": now if healthy else None},
+        )
+
+
+def binding_of(study_uid: str, pool_id: str = "main") -> str | None:
+    from affinity.models import Binding
+
+    return Binding.objects.filter(pool_id=pool_id, study_uid=study_uid).values_list("backend_id", flat=True).first()
+
+
+def wait_refreshed() -> None:
+    """runproxy reloads backend state about once a second."""
+    time.sleep(1.3)

@@ -45,6 +45,11 @@ class Backend:
         self.processing = 0
         self.received_total = 0
         self.recent: deque[float] = deque(maxlen=100_000)
+        self.associations = {"released": 0, "aborted": 0}
+
+    def count_association(self, event: evt.Event, outcome: str) -> None:
+        with self.lock:
+            self.associations[outcome] += 1
 
     def handle_store(self, event: evt.Event) -> Dataset | int:
         with self.lock:
@@ -131,6 +136,9 @@ def _http_handler(backend: Backend):
                 if mode == "garbage":
                     return self._json(200, {"status": "ok", "queue": "lots"})
                 return self._json(200, backend.health())
+            if self.path == "/api/associations":
+                with backend.lock:
+                    return self._json(200, dict(backend.associations))
             if self.path == "/api/holdings":
                 with backend.lock:
                     return self._json(200, json.loads(json.dumps(backend.holdings)))
@@ -193,6 +201,8 @@ class Command(BaseCommand):
                 (evt.EVT_CONN_OPEN, _set_nodelay),
                 (evt.EVT_C_ECHO, lambda event: 0x0000),
                 (evt.EVT_C_STORE, backend.handle_store),
+                (evt.EVT_RELEASED, backend.count_association, ["released"]),
+                (evt.EVT_ABORTED, backend.count_association, ["aborted"]),
             ],
         )
         http = ThreadingHTTPServer((o["host"], o["http_port"]), _http_handler(backend))
