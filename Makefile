@@ -35,6 +35,7 @@ apt:
 
 migrate: deps
 	$(PY) manage.py migrate -v0
+	$(PY) manage.py collectstatic --noinput -v0
 
 run: setup
 	$(PY) manage.py demo

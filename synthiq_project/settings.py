@@ -47,6 +47,7 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "rest_framework",
     "rest_framework.authtoken",
+    "drf_spectacular",
     "pools",
     "health",
     "affinity",
@@ -115,6 +116,7 @@ USE_TZ = True
 
 STATIC_URL = "/static/"
 STATIC_ROOT = VAR_DIR / "static"
+STATIC_ROOT.mkdir(parents=True, exist_ok=True)
 STATICFILES_DIRS = [BASE_DIR / "static"]
 LOGIN_URL = "/admin/login/"
 
@@ -124,7 +126,18 @@ REST_FRAMEWORK = {
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
 }
+SPECTACULAR_SETTINGS = {
+    "TITLE": "SynthIQ admin API",
+    "DESCRIPTION": "Status, pools, affinity bindings, routing activity and storage commitment.",
+    "VERSION": "1",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "SERVE_PERMISSIONS": ["rest_framework.permissions.IsAuthenticated"],
+}
+# Serve static files straight from the app and STATICFILES_DIRS: the dashboard works
+# without a collectstatic step (`make run`, runproxy --http).
+WHITENOISE_USE_FINDERS = True
 
 LOG_DIR = VAR_DIR / "log"
 LOG_DIR.mkdir(parents=True, exist_ok=True)

@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import json
 import secrets
+import socket
 import subprocess
 import sys
+import time
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.management import call_command
-from django.core.management.base import BaseCommand
+from django.core.management.base import BaseCommand, CommandError
 from rest_framework.authtoken.models import Token
 
 
@@ -46,6 +48,7 @@ class Command(BaseCommand):
                 [sys.executable, "manage.py", "runbackend", "--ae-title", ae, "--port", str(port),
                  "--http-port", str(http_port), "--store-dir", str(settings.VAR_DIR / "demo-store" / f"node-{name}")],
             ))
+        self._wait_listening([b["Port"] for b in config["Pools"][0]["Backends"]], children)
         path = settings.VAR_DIR / "demo-config.json"
         path.write_text(json.dumps(config, indent=2))
         user, password = self._demo_user()
@@ -64,6 +67,18 @@ class Command(BaseCommand):
                 child.terminate()
             for child in children:
                 child.wait(timeout=10)
+
+    def _wait_listening(self, ports: list[int], children: list[subprocess.Popen]) -> None:
+        """Start routing only once the simulated backends accept connections."""
+        deadline = time.monotonic() + 60
+        for port in ports:
+            while True:
+                with socket.socket() as s:
+                    if s.connect_ex(("127.0.0.1", port)) == 0:
+                        break
+                if time.monotonic() > deadline or any(c.poll() is not None for c in children):
+                    raise CommandError(f"simulated backend on port {port} did not start")
+                time.sleep(0.1)
 
     def _demo_user(self):
         User = get_user_model()

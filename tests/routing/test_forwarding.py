@@ -1,0 +1,116 @@
+"""Byte-exact forwarding and status pass-through, over real associations."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import requests
+from pydicom.data import get_testdata_file
+
+from routing.synthetic import write_study
+from tests.harness import binding_of, dataset_digest, send_files, set_health, wait_refreshed
+
+pytestmark = pytest.mark.postgres
+
+SAMPLES = {
+    "explicit-le": "CT_small.dcm",
+    "implicit-le": "MR_small_implicit.dcm",
+    "deflated": "image_dfl.dcm",
+    "jpeg-baseline": "SC_rgb_jpeg_dcmtk.dcm",
+    "jpeg2000": "JPEG2000.dcm",
+}
+
+
+@pytest.fixture
+def one_backend_proxy(cluster):
+    backend = cluster.backend("node-a")
+    proxy = cluster.proxy(cluster.config([backend], HeartbeatTimeoutSeconds=600))
+    return backend, proxy
+
+
+@pytest.mark.parametrize("syntax", SAMPLES)
+def test_the_backend_receives_the_data_set_bytes_the_modality_sent(one_backend_proxy, tmp_path, syntax):
+    backend, proxy = one_backend_proxy
+    path = tmp_path / SAMPLES[syntax]
+    shutil.copy(get_testdata_file(SAMPLES[syntax]), path)
+    [sent] = send_files(proxy.port, [path])
+    assert sent.status == 0, sent.comment
+    held = {sop: digest for study in backend.holdings().values() for sop, digest in study.items()}
+    assert list(held.values()) == [dataset_digest(path)]
+
+
+@pytest.mark.parametrize(
+    "status, comment",
+    [(0xA700, "disk quota exceeded on node"), (0xB000, "coerced some elements"), (0xC000, "cannot parse")],
+)
+def test_the_backend_status_and_error_comment_reach_the_sender_verbatim(one_backend_proxy, tmp_path, status, comment):
+    backend, proxy = one_backend_proxy
+    backend.control(status=f"0x{status:04X}", error_comment=comment)
+    _, files = write_study(tmp_path, count=1)
+    [sent] = send_files(proxy.port, files)
+    assert (sent.status, sent.comment) == (status, comment)
+
+
+def test_bound_backend_down_fails_the_instance_and_the_study_is_not_moved(cluster, tmp_path):
+    backends = [cluster.backend(f"node-{c}") for c in "abc"]
+    proxy = cluster.proxy(cluster.config(backends, HeartbeatTimeoutSeconds=600))
+    set_health(backends)
+    wait_refreshed()
+    suid, files = write_study(tmp_path / "s", count=4)
+    assert all(s.status == 0 for s in send_files(proxy.port, files[:2]))
+    bound = binding_of(suid)
+    dead = next(b for b in backends if b.id == bound)
+    dead.process.stop()
+
+    # The bound backend is down: each remaining instance fails (never 0x0000) ...
+    results = send_files(proxy.port, files[2:])
+    assert [r.status for r in results] == [0xA701, 0xA701]
+    assert all(bound in r.comment for r in results)
+    # ... and the study is not moved to a healthy backend.
+    assert binding_of(suid) == bound
+    assert all(suid not in b.holdings() for b in backends if b is not dead)
+
+    # A new study arriving while that backend is down (heartbeat says so) goes elsewhere.
+    set_health([dead], healthy=False)
+    wait_refreshed()
+    new_suid, new_files = write_study(tmp_path / "n", count=1)
+    assert send_files(proxy.port, new_files)[0].status == 0
+    assert binding_of(new_suid) not in (None, bound)
+
+
+def test_backend_abort_mid_transfer_is_a_failure_and_the_study_stays_bound(one_backend_proxy, tmp_path):
+    backend, proxy = one_backend_proxy
+    suid, files = write_study(tmp_path, count=3)
+    assert send_files(proxy.port, files[:1])[0].status == 0
+    backend.control(abort=True)
+    results = send_files(proxy.port, files[1:])
+    assert [r.status for r in results] == [0xA702, 0xA702]
+    backend.control(abort=False)
+    # The pooled outbound association is re-established for the next instance.
+    assert send_files(proxy.port, files[1:])[0].status == 0
+    assert binding_of(suid) == "node-a"
+
+
+def test_a_data_set_without_study_uid_is_refused_with_a_precise_status(one_backend_proxy, tmp_path):
+    from pydicom import dcmread
+
+    backend, proxy = one_backend_proxy
+    _, [path] = write_study(tmp_path, count=1)
+    ds = dcmread(path)
+    del ds.StudyInstanceUID
+    ds.save_as(path)
+    [sent] = send_files(proxy.port, [path])
+    assert sent.status == 0xC000
+    assert "Study Instance UID" in sent.comment
+    assert backend.holdings() == {}
+    assert "Study Instance UID (0020,000D) missing" in proxy.process.log()
+
+
+def test_health_endpoint_of_the_simulated_backend_serves_the_native_contract(one_backend_proxy):
+    backend, _ = one_backend_proxy
+    body = requests.get(f"{backend.url}/api/health", timeout=5).json()
+    assert body["status"] == "ok"
+    assert set(body["queue"]) == {"received", "hold", "processing", "failed"}
+    assert body["capacity"] > 0
+

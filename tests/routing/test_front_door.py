@@ -1,0 +1,106 @@
+"""The DICOM front door: real DCMTK peers, AE title checks, configuration errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import pytest
+
+from routing.synthetic import write_study
+from tests.harness import PYTHON, ROOT, placement, require_tool, send_files
+
+
+def test_dcmtk_storescu_and_echoscu_work_against_runproxy(cluster, tmp_path):
+    storescu = require_tool("storescu", "dcmtk")
+    echoscu = require_tool("echoscu", "dcmtk")
+    backend = cluster.backend("node-a")
+    proxy = cluster.proxy(cluster.config([backend]))
+
+    echo = subprocess.run([echoscu, "-aec", "SYNTHIQ", "127.0.0.1", str(proxy.port)],
+                          capture_output=True, text=True, timeout=30)
+    assert echo.returncode == 0, echo.stderr
+
+    suid, files = write_study(tmp_path / "study", count=3)
+    store = subprocess.run([storescu, "-aet", "CT01", "-aec", "SYNTHIQ", "+sd", "127.0.0.1",
+                            str(proxy.port), str(tmp_path / "study")],
+                           capture_output=True, text=True, timeout=60)
+    assert store.returncode == 0, store.stderr
+    assert len(backend.holdings()[suid]) == 3
+    assert "calling_ae=CT01" in proxy.process.log()
+
+
+def test_a_wrong_called_ae_title_is_rejected_at_association(cluster, tmp_path):
+    backend = cluster.backend("node-a")
+    proxy = cluster.proxy(cluster.config([backend]))
+    _, files = write_study(tmp_path, count=1)
+    with pytest.raises(ConnectionError):
+        send_files(proxy.port, files, called_ae="NOTSYNTHIQ")
+    assert send_files(proxy.port, files)[0].status == 0
+
+
+def test_a_calling_ae_outside_the_allow_list_is_rejected(cluster, tmp_path):
+    backend = cluster.backend("node-a")
+    proxy = cluster.proxy(cluster.config([backend], pool={"AllowedCallingAeTitles": ["CT01", "MR02"]}))
+    _, files = write_study(tmp_path, count=1)
+    with pytest.raises(ConnectionError):
+        send_files(proxy.port, files, calling_ae="ROGUE")
+    assert send_files(proxy.port, files, calling_ae="MR02")[0].status == 0
+    assert placement([backend])
+
+
+def _loadconfig(path) -> subprocess.CompletedProcess:
+    import os
+
+    return subprocess.run([PYTHON, "manage.py", "loadconfig", str(path)], cwd=ROOT, env=dict(os.environ),
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_an_invalid_config_changes_nothing_and_names_the_key_path(cluster, tmp_path):
+    from pools.models import Backend
+
+    good = cluster.config([
+        {"Id": "node-a", "AeTitle": "NODEA", "Host": "127.0.0.1", "Port": 104},
+        {"Id": "node-b", "AeTitle": "NODEB", "Host": "127.0.0.1", "Port": 105},
+    ])
+    path = tmp_path / "synthiq.json"
+    path.write_text(json.dumps(good))
+    assert _loadconfig(path).returncode == 0
+    before = list(Backend.objects.values_list("id", "port", "enabled").order_by("id"))
+
+    bad = json.loads(json.dumps(good))
+    bad["Pools"][0]["Backends"][0]["Port"] = 2104  # a valid change that must not be applied ...
+    bad["Pools"][0]["Backends"][1]["Port"] = 70000  # ... because this one is invalid
+    path.write_text(json.dumps(bad))
+    result = _loadconfig(path)
+    assert result.returncode != 0
+    assert "Pools[0].Backends[1].Port: must be 1-65535" in result.stderr
+    assert list(Backend.objects.values_list("id", "port", "enabled").order_by("id")) == before
+
+
+def test_runproxy_refuses_an_invalid_config_with_the_key_path(cluster, tmp_path):
+    import os
+
+    config = cluster.config([{"Id": "node-a", "AeTitle": "A-TITLE-LONGER-THAN-16", "Host": "h", "Port": 1}])
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(config))
+    result = subprocess.run([PYTHON, "manage.py", "runproxy", "--config", str(path)], cwd=ROOT,
+                            env=dict(os.environ), capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0
+    assert "Pools[0].Backends[0].AeTitle" in result.stderr
+
+
+def test_a_backend_removed_from_the_file_is_disabled_not_deleted(cluster, tmp_path):
+    from pools.models import Backend
+
+    config = cluster.config([
+        {"Id": "node-a", "AeTitle": "NODEA", "Host": "127.0.0.1", "Port": 104},
+        {"Id": "node-b", "AeTitle": "NODEB", "Host": "127.0.0.1", "Port": 105},
+    ])
+    path = tmp_path / "synthiq.json"
+    path.write_text(json.dumps(config))
+    assert _loadconfig(path).returncode == 0
+    config["Pools"][0]["Backends"].pop()
+    path.write_text(json.dumps(config))
+    assert _loadconfig(path).returncode == 0
+    assert dict(Backend.objects.values_list("id", "enabled")) == {"node-a": True, "node-b": False}
