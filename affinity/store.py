@@ -80,16 +80,17 @@ class AffinityStore:
         return self.cache.get(key, time.monotonic())
 
     def lookup(self, key: Key) -> str | None:
-        """The study's binding from the database (after a cache miss)."""
+        """The study's binding (after a cache miss): one not yet written wins, then the database."""
+        with self._lock:
+            pending = self._unwritten.get(key)
+        if pending:
+            return pending[0]
         try:
             close_old_connections()
             backend_id = selectors.binding_backend(pool_id=key[0], study_uid=key[1])
         except DatabaseError as exc:
             self._db_failed(exc, "lookup")
-            with self._lock:
-                pending = self._unwritten.get(key)
-            return pending[0] if pending else None
-        self._db_back()
+            return None
         return backend_id
 
     def claim(self, key: Key, backend_id: str, *, replaces: str | None = None) -> str:

@@ -90,6 +90,9 @@ except (ValueError, environ.ImproperlyConfigured, KeyError) as exc:
     raise ImproperlyConfigured(f"DATABASE_URL: {exc}") from exc
 
 _db = DATABASES["default"]
+# Persistent connections: a cache miss in runproxy must not pay for a new connection.
+_db["CONN_MAX_AGE"] = _read("CONN_MAX_AGE", env.int, 600)
+_db["CONN_HEALTH_CHECKS"] = True
 if _db["ENGINE"] == "django.db.backends.sqlite3":
     # WAL lets the web process read while runproxy writes; IMMEDIATE avoids the
     # deadlock-prone read-then-upgrade of deferred transactions under concurrency.

@@ -1,0 +1,91 @@
+"""The affinity store against a real database, including a full disk (SQLite's SQLITE_FULL)."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+from django.db import DatabaseError, connection
+from django.db.backends.signals import connection_created
+
+from affinity.models import Binding
+from affinity.services import binding_claim, bindings_purge_expired
+from affinity.store import AffinityStore
+from pools.models import Backend, Pool
+
+
+@pytest.fixture
+def pool(db):
+    p = Pool.objects.create(id="main", ae_title="SYNTHIQ", port=11112)
+    for name in ("node-a", "node-b"):
+        Backend.objects.create(id=name, pool=p, ae_title=name.upper()[:16], host="h", port=104)
+    return p
+
+
+def test_insert_if_absent_returns_the_first_claim(pool):
+    now = dt.datetime.now(dt.UTC)
+    assert binding_claim(pool_id="main", study_uid="1.2.3", backend_id="node-a", now=now) == "node-a"
+    assert binding_claim(pool_id="main", study_uid="1.2.3", backend_id="node-b", now=now) == "node-a"
+    assert Binding.objects.count() == 1
+
+
+def test_touches_are_written_behind_in_one_batch(pool):
+    store = AffinityStore(window_hours=96)
+    assert store.claim(("main", "1.2.3"), "node-a") == "node-a"
+    for _ in range(5):
+        store.touch(("main", "1.2.3"))
+    assert Binding.objects.get().instance_count == 0
+    store.flush()
+    assert Binding.objects.get().instance_count == 5
+
+
+def test_idle_bindings_are_purged_after_the_window(pool):
+    old = dt.datetime.now(dt.UTC) - dt.timedelta(hours=100)
+    binding_claim(pool_id="main", study_uid="old", backend_id="node-a", now=old)
+    binding_claim(pool_id="main", study_uid="new", backend_id="node-a", now=dt.datetime.now(dt.UTC))
+    assert bindings_purge_expired(window_hours=96, now=dt.datetime.now(dt.UTC)) == 1
+    assert list(Binding.objects.values_list("study_uid", flat=True)) == ["new"]
+
+
+def test_a_full_disk_keeps_routing_from_memory_and_writes_the_bindings_once_space_is_back(pool, db_kind):
+    if db_kind != "sqlite":
+        pytest.fail("this test needs SQLite's max_page_count: run it with SYNTHIQ_TEST_DB=sqlite")
+    store = AffinityStore(window_hours=96)
+    assert store.claim(("main", "cached"), "node-a") == "node-a"
+    with connection.cursor() as cursor:
+        cursor.execute("PRAGMA page_count")
+        pages = cursor.fetchone()[0]
+
+    def disk_full(sender, connection, **kwargs):
+        # SQLite's own limit: writes past it fail with SQLITE_FULL, as on a full disk.
+        connection.cursor().execute(f"PRAGMA max_page_count = {pages}")
+
+    connection_created.connect(disk_full)
+    connection.close()
+    try:
+        _disk_full_checks(store)
+    finally:
+        connection_created.disconnect(disk_full)
+        connection.close()
+    store.flush()
+    assert store.db_ok and store.pending_writes() == 0
+    assert Binding.objects.get(study_uid="new-study").backend_id == "node-b"
+
+
+def _disk_full_checks(store: AffinityStore) -> None:
+    with connection.cursor() as cursor:
+        for n in range(500):  # fill the last free pages so the next insert cannot fit
+            try:
+                cursor.execute("INSERT INTO affinity_binding (study_uid, pool_id, backend_id, first_seen_utc, "
+                               "last_seen_utc, instance_count) VALUES (%s, 'main', 'node-b', '2026-01-01', "
+                               "'2026-01-01', 0)", [f"filler-{n}" * 3])
+            except DatabaseError:
+                break
+
+    assert store.cached(("main", "cached")) == "node-a"  # a cached binding needs no write
+    assert store.claim(("main", "new-study"), "node-b") == "node-b"  # decided, kept in memory
+    assert not store.db_ok and "full" in store.db_error
+    assert store.pending_writes() == 1
+    assert store.lookup(("main", "new-study")) == "node-b"
+    store.flush()  # still full: the pending binding is kept, not dropped
+    assert store.pending_writes() == 1

@@ -1,0 +1,59 @@
+"""Whole-file validation of the JSON configuration with key-path errors."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+
+from pools.config import ConfigError, config_parse
+
+GOOD = {
+    "Pools": [{
+        "Id": "main", "AeTitle": "SYNTHIQ", "Port": 11112,
+        "Backends": [
+            {"Id": "node-a", "AeTitle": "NODEA", "Host": "10.0.0.11", "Port": 104,
+             "Health": {"Mode": "native", "Url": "http://10.0.0.11:8080/api/health"}},
+            {"Id": "node-b", "AeTitle": "NODEB", "Host": "10.0.0.12", "Port": 104, "Weight": 2},
+        ],
+    }],
+}
+
+
+def _errors(mutate) -> list[str]:
+    data = copy.deepcopy(GOOD)
+    mutate(data)
+    with pytest.raises(ConfigError) as exc:
+        config_parse(data=data)
+    return exc.value.errors
+
+
+def test_defaults_are_filled_in():
+    cfg = config_parse(data=GOOD)
+    assert cfg.study_cache_window_hours == 96
+    assert cfg.heartbeat_interval == 5 and cfg.heartbeat_timeout == 15
+    assert cfg.pools[0]["Backends"][1]["Health"] == {"Mode": "liveness", "Probe": "echo"}
+    assert cfg.network["MaxAssociations"] > 0
+
+
+@pytest.mark.parametrize("mutate, expected", [
+    (lambda d: d["Pools"][0]["Backends"][1].update(Port=0), "Pools[0].Backends[1].Port: must be 1-65535"),
+    (lambda d: d["Pools"][0].update(AeTitle="X" * 17), "Pools[0].AeTitle: must be 1-16 ASCII"),
+    (lambda d: d["Pools"][0]["Backends"][0]["Health"].pop("Url"), "Pools[0].Backends[0].Health.Url: required"),
+    (lambda d: d["Pools"][0]["Backends"][0].update(Wieght=3), "Pools[0].Backends[0].Wieght: unknown key"),
+    (lambda d: d["Pools"][0]["Backends"][1].update(Id="node-a"), "Pools[0].Backends[1].Id: duplicate backend id"),
+    (lambda d: d.update(HeartbeatTimeoutSeconds=1), "HeartbeatTimeoutSeconds: must be >= HeartbeatIntervalSeconds"),
+    (lambda d: d.update(Pools=[]), "Pools:"),
+])
+def test_each_error_names_its_key_path(mutate, expected):
+    errors = _errors(mutate)
+    assert any(e.startswith(expected) for e in errors), errors
+
+
+def test_every_error_in_the_file_is_reported_at_once():
+    def two_errors(d):
+        d["Pools"][0]["Port"] = "eleven"
+        d["Pools"][0]["Backends"][0]["Port"] = 99999
+    errors = _errors(two_errors)
+    assert any(e.startswith("Pools[0].Port") for e in errors)
+    assert any(e.startswith("Pools[0].Backends[0].Port") for e in errors)
