@@ -108,8 +108,18 @@ class NetworkConfig:
         )
 
 
+class _DeferredHandshakeContext(ssl.SSLContext):
+    """pynetdicom wraps accepted sockets on its accept thread; with the default
+    handshake-on-connect one client that never sends a ClientHello would stall the whole
+    listener. Deferring it moves the handshake to the association's own first read."""
+
+    def wrap_socket(self, sock, *args, **kwargs):  # type: ignore[override]
+        kwargs["do_handshake_on_connect"] = False
+        return super().wrap_socket(sock, *args, **kwargs)
+
+
 def _server_tls(tls: dict) -> ssl.SSLContext:
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx = _DeferredHandshakeContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.load_cert_chain(tls["Certificate"], tls["Key"])
     if tls.get("CA"):
