@@ -294,3 +294,59 @@ def binding_of(study_uid: str, pool_id: str = "main") -> str | None:
 def wait_refreshed() -> None:
     """runproxy reloads backend state about once a second."""
     time.sleep(1.3)
+
+
+# -- health peers: DCMTK's storescp and a real Orthanc ------------------------------------
+
+
+def port_open(port: int, host: str = "127.0.0.1") -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def start_storescp(cluster: Cluster, *, name: str = "storescp", ae_title: str = "STORESCP") -> tuple[int, Managed]:
+    """DCMTK's storescp on a free port (answers C-ECHO: the liveness peer)."""
+    exe = require_tool("storescp", "dcmtk")
+    port = free_port()
+    out = cluster.tmp / name
+    out.mkdir(parents=True, exist_ok=True)
+    m = cluster.process(name, [exe, "--aetitle", ae_title, "--output-directory", str(out), str(port)])
+    wait_for(lambda: port_open(port), timeout=15, what=f"{name} to listen on {port}")
+    return port, m
+
+
+@dataclass
+class OrthancHandle:
+    http_port: int
+    dicom_port: int
+    ae_title: str
+    process: Managed
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    def rest(self, method: str, path: str, **kwargs: Any) -> Any:
+        response = requests.request(method, self.url + path, timeout=30, **kwargs)
+        response.raise_for_status()
+        return response.json() if response.content else None
+
+
+def start_orthanc(cluster: Cluster, *, name: str = "orthanc", **options: Any) -> OrthancHandle:
+    """A real Orthanc with its own generated configuration: free ports, storage under the
+    test's tmp directory, loopback only, no authentication, no plugins."""
+    exe = require_tool("Orthanc", "orthanc")
+    http_port, dicom_port = free_port(), free_port()
+    storage = cluster.tmp / name
+    config = {
+        "Name": name, "HttpPort": http_port, "DicomPort": dicom_port, "DicomAet": "ORTHANC",
+        "StorageDirectory": str(storage), "IndexDirectory": str(storage),
+        "RemoteAccessAllowed": False, "AuthenticationEnabled": False, "Plugins": [],
+    } | options
+    path = cluster.tmp / f"{name}.json"
+    path.write_text(json.dumps(config))
+    m = cluster.process(name, [exe, str(path)], ready="Orthanc has started")
+    return OrthancHandle(http_port, dicom_port, "ORTHANC", m)

@@ -1,0 +1,76 @@
+"""Shipped health adapters: normalizers from a vendor's own metrics to the common load scale.
+
+An adapter is a function ``(Target, timeout) -> Reading`` registered under the name the
+config's ``Health.Adapter`` uses. It raises ``ProbeError`` for a failed heartbeat.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+from health.probes import (
+    ProbeError,
+    Reading,
+    Target,
+    adapter_register,
+    http_get,
+    load_normalize,
+)
+
+logger = logging.getLogger("synthiq.health")
+
+# Orthanc runs this many jobs at once unless its "ConcurrentJobs" option says otherwise
+# (Orthanc Book, configuration reference). Orthanc's REST API does not expose the option,
+# so this is the denominator; a deployment that raises ConcurrentJobs reads busier than it is,
+# which errs on the side of not flooding it.
+ORTHANC_CONCURRENT_JOBS = 2
+
+
+def prometheus_parse(text: str) -> dict[str, float]:
+    """Unlabelled samples of the Prometheus text format (what Orthanc emits)."""
+    samples: dict[str, float] = {}
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#") or "{" in line:
+            continue
+        parts = line.split()
+        if len(parts) < 2:
+            continue
+        try:
+            value = float(parts[1])
+        except ValueError:
+            continue
+        if math.isfinite(value):
+            samples[parts[0]] = value
+    return samples
+
+
+@adapter_register("orthanc")
+def orthanc_health(target: Target, timeout: float) -> Reading:
+    """Orthanc's /tools/metrics-prometheus (Orthanc >= 1.5.4, "MetricsEnabled": true, the
+    default). Work in flight is its jobs engine (pending + running: retrieves, sends to
+    modalities, modifications, archives) plus REST requests being served (uploads via
+    POST /instances or STOW-RS), minus the one request this probe itself is."""
+    url = target.health["Url"].rstrip("/") + "/tools/metrics-prometheus"
+    _, body = http_get(url=url, timeout=timeout, health=target.health)
+    try:
+        metrics = prometheus_parse(body.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ProbeError("Orthanc metrics are not UTF-8 text") from None
+    needed = ("orthanc_jobs_pending", "orthanc_jobs_running")
+    missing = [name for name in needed if name not in metrics]
+    if missing:
+        raise ProbeError(f"Orthanc metrics lack {', '.join(missing)} (is MetricsEnabled false?)")
+    jobs = int(metrics["orthanc_jobs_pending"] + metrics["orthanc_jobs_running"])
+    rest = max(0, int(metrics.get("orthanc_rest_api_active_requests", 1)) - 1)
+    depth = jobs + rest
+    load, note = load_normalize(load=None, depth=depth, denominator=ORTHANC_CONCURRENT_JOBS)
+    detail = {
+        "jobs_pending": int(metrics["orthanc_jobs_pending"]),
+        "jobs_running": int(metrics["orthanc_jobs_running"]),
+        "rest_active_requests": rest,
+        "count_instances": int(metrics.get("orthanc_count_instances", 0)),
+        "disk_size_mb": metrics.get("orthanc_disk_size_mb"),
+    }
+    return Reading(load=load, queue_depth=depth, capacity=ORTHANC_CONCURRENT_JOBS, detail=detail, load_note=note)

@@ -1,0 +1,44 @@
+"""Inline heartbeats: the heartbeat service on a background thread of runproxy, used
+when no Celery broker is configured (the embedded default)."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+from health.services import HeartbeatSettings, heartbeat_run_all, heartbeat_runner_name
+
+logger = logging.getLogger("synthiq.health")
+
+
+class InlineHeartbeats:
+    def __init__(self, *, pool_ids: list[str], settings_: HeartbeatSettings):
+        self.pool_ids = pool_ids
+        self.settings = settings_
+        self.runner = heartbeat_runner_name(kind="inline")
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def run_once(self) -> None:
+        heartbeat_run_all(settings_=self.settings, runner=self.runner, pool_ids=self.pool_ids)
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="heartbeats", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        interval = self.settings.interval_seconds
+        next_round = time.monotonic() + interval
+        while not self._stop.wait(max(0.0, next_round - time.monotonic())):
+            # Fixed-rate schedule: a slow round does not push every later one back.
+            next_round = max(next_round + interval, time.monotonic())
+            try:
+                self.run_once()
+            except Exception:  # the next round may well succeed (database back, etc.)
+                logger.exception("inline heartbeat round failed")
+
+    def stop(self, *, timeout: float = 10.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)

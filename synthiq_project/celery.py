@@ -1,0 +1,41 @@
+"""The Celery app: heartbeats (and binding expiry) when CELERY_BROKER_URL is set.
+
+Run `celery -A synthiq_project worker` plus `celery -A synthiq_project beat` (or one
+`worker -B` for small sites) with the same environment as runproxy, SYNTHIQ_CONFIG
+included: pools and backends come from the database runproxy keeps in sync with the
+file, the heartbeat interval and timeout from the file itself.
+"""
+
+from __future__ import annotations
+
+import os
+
+from celery import Celery
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "synthiq_project.settings")
+
+app = Celery("synthiq_project")
+app.config_from_object("django.conf:settings", namespace="CELERY")
+# Several installations (or test runs) may share one Redis: a queue name of their own
+# keeps one's beat from feeding another's worker.
+app.conf.task_default_queue = os.environ.get("SYNTHIQ_CELERY_QUEUE", "synthiq")
+app.conf.broker_connection_retry_on_startup = True
+app.autodiscover_tasks(["health"])
+
+PURGE_SECONDS = 600.0
+
+
+@app.on_after_finalize.connect
+def beat_schedule_define(sender: Celery, **kwargs) -> None:
+    """The beat schedule, in code. Each periodic task expires after its own period: a
+    heartbeat that waited longer than an interval in the queue (worker down, backlog)
+    describes the past and is dropped rather than run late in a burst."""
+    from health.services import heartbeat_settings_read
+
+    interval = heartbeat_settings_read().interval_seconds
+    sender.conf.beat_schedule = {
+        "heartbeats": {"task": "health.heartbeat_run_all", "schedule": interval,
+                       "options": {"expires": interval}},
+        "binding-expiry": {"task": "affinity.bindings_purge_expired", "schedule": PURGE_SECONDS,
+                           "options": {"expires": PURGE_SECONDS}},
+    }
