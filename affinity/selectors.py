@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from django.db.models import QuerySet
+
 from affinity.models import Binding
 
 
@@ -9,3 +11,32 @@ def binding_backend(*, pool_id: str, study_uid: str) -> str | None:
         .values_list("backend_id", flat=True)
         .first()
     )
+
+
+def bindings_search(
+    *,
+    study_uid_prefix: str = "",
+    pool_id: str = "",
+    backend_id: str = "",
+    committed: bool | None = None,
+) -> QuerySet[Binding]:
+    """Bindings for the admin API, most recently seen first (stable order for paging)."""
+    qs = Binding.objects.all()
+    if study_uid_prefix:
+        qs = qs.filter(study_uid__startswith=study_uid_prefix)
+    if pool_id:
+        qs = qs.filter(pool_id=pool_id)
+    if backend_id:
+        qs = qs.filter(backend_id=backend_id)
+    if committed is not None:
+        qs = qs.filter(committed_utc__isnull=not committed)
+    return qs.order_by("-last_seen_utc", "-id")
+
+
+def bindings_of_study(*, study_uid: str) -> list[Binding]:
+    """A study's bindings, one per pool it was seen in."""
+    return list(Binding.objects.filter(study_uid=study_uid).order_by("pool_id"))
+
+
+def binding_of_study_in_pool(*, pool_id: str, study_uid: str) -> Binding | None:
+    return Binding.objects.filter(pool_id=pool_id, study_uid=study_uid).first()

@@ -11,3 +11,19 @@ def pools_enabled() -> QuerySet[Pool]:
 
 def backends_of_pool(*, pool_id: str) -> list[Backend]:
     return list(Backend.objects.filter(pool_id=pool_id).order_by("id"))
+
+
+def pools_with_backends() -> list[Pool]:
+    """Every pool with its backends prefetched (admin surface; disabled ones included)."""
+    return list(Pool.objects.order_by("-enabled", "id").prefetch_related("backends"))
+
+
+def backend_get(*, backend_id: str) -> Backend | None:
+    return Backend.objects.filter(id=backend_id).first()
+
+
+def backend_by_commitment_token(*, token: str) -> Backend | None:
+    """The backend presenting this storage-commitment token; an empty token matches none."""
+    if not token:
+        return None
+    return Backend.objects.filter(commitment_token=token).exclude(commitment_token="").first()

@@ -8,6 +8,7 @@ import logging
 import os
 import socket
 import threading
+from bisect import bisect_left
 from collections import Counter, deque
 from typing import Any
 
@@ -18,6 +19,9 @@ from routing.models import ProxyProcess, RoutingDecision
 logger = logging.getLogger("synthiq.routing")
 
 RECENT_DECISIONS = 200
+# Upper bounds (seconds) of the forward-latency histogram buckets; one more slot counts
+# everything slower (+Inf). Fixed so that several processes' counts add up bucket by bucket.
+LATENCY_BUCKETS: tuple[float, ...] = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
 def _status_class(status: int) -> str:
@@ -35,6 +39,8 @@ class Stats:
         self._lock = threading.Lock()
         self.counters: Counter[str] = Counter()
         self.per_backend: dict[str, Counter[str]] = {}
+        # backend id -> non-cumulative bucket counts (len(LATENCY_BUCKETS) + 1)
+        self.latency: dict[str, list[int]] = {}
         self.recent: deque[dict[str, Any]] = deque(maxlen=RECENT_DECISIONS)
         self._unwritten: list[RoutingDecision] = []
         self.open_associations = 0
@@ -80,6 +86,11 @@ class Stats:
             b[f"status.{cls}"] += 1
             b["forwarded"] += 1
             b["forward_seconds"] += seconds
+            buckets = self.latency.get(backend_id)
+            if buckets is None:
+                buckets = self.latency[backend_id] = [0] * (len(LATENCY_BUCKETS) + 1)
+            # bisect_left: a value equal to a bound belongs in that bucket (Prometheus `le`).
+            buckets[bisect_left(LATENCY_BUCKETS, seconds)] += 1
 
     def forward_failed(self, backend_id: str | None, status: int) -> None:
         with self._lock:
@@ -96,6 +107,8 @@ class Stats:
                 "counters": dict(self.counters),
                 "backends": {k: dict(v) for k, v in self.per_backend.items()},
                 "open_associations": self.open_associations,
+                "latency_buckets": list(LATENCY_BUCKETS),
+                "latency": {k: list(v) for k, v in self.latency.items()},
                 "recent": list(self.recent)[:50],
             }
 

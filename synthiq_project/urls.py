@@ -3,6 +3,12 @@ from __future__ import annotations
 from django.contrib import admin
 from django.http import JsonResponse
 from django.urls import path
+from drf_spectacular.views import SpectacularAPIView
+
+from affinity.api import AffinityListView, CommitmentView
+from pools.api import BackendDrainView, BackendEnableView, PoolsView
+from routing.api import ActivityView, StatusView
+from routing.views import dashboard, metrics
 
 
 def healthz(request):
@@ -11,6 +17,16 @@ def healthz(request):
 
 
 urlpatterns = [
+    path("", dashboard, name="dashboard"),
     path("healthz", healthz, name="healthz"),
+    path("metrics", metrics, name="metrics"),
     path("admin/", admin.site.urls),
+    path("api/schema", SpectacularAPIView.as_view(), name="api-schema"),
+    path("api/status", StatusView.as_view(), name="api-status"),
+    path("api/pools", PoolsView.as_view(), name="api-pools"),
+    path("api/backends/<str:backend_id>/drain", BackendDrainView.as_view(), name="api-backend-drain"),
+    path("api/backends/<str:backend_id>/enable", BackendEnableView.as_view(), name="api-backend-enable"),
+    path("api/affinity", AffinityListView.as_view(), name="api-affinity"),
+    path("api/affinity/<str:study_uid>/commitment", CommitmentView.as_view(), name="api-commitment"),
+    path("api/activity", ActivityView.as_view(), name="api-activity"),
 ]

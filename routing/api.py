@@ -1,0 +1,70 @@
+"""Status and activity APIs: what the runproxy processes are doing right now."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
+from rest_framework.exceptions import ValidationError
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from routing import selectors
+from routing.models import RoutingDecision
+from routing.serializers import DecisionSerializer, StatusSerializer
+
+ACTIVITY_DEFAULT_LIMIT = 50
+ACTIVITY_MAX_LIMIT = 500
+
+
+def _int_param(request: Request, name: str, *, default: int, minimum: int, maximum: int) -> int:
+    raw = request.query_params.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValidationError({name: f"expected an integer {minimum}-{maximum}"}) from None
+    if not minimum <= value <= maximum:
+        raise ValidationError({name: f"expected an integer {minimum}-{maximum}"})
+    return value
+
+
+class StatusView(APIView):
+    @extend_schema(
+        operation_id="status",
+        summary="Aggregate status of every live runproxy process",
+        responses=StatusSerializer,
+    )
+    def get(self, request: Request) -> Response:
+        snapshot = selectors.status_snapshot(now=dt.datetime.now(dt.UTC))
+        return Response(StatusSerializer(snapshot).data)
+
+
+class ActivityView(APIView):
+    @extend_schema(
+        operation_id="activity",
+        summary="Recent first-instance routing decisions, newest first",
+        parameters=[
+            OpenApiParameter("limit", OpenApiTypes.INT, description=f"1-{ACTIVITY_MAX_LIMIT}, default {ACTIVITY_DEFAULT_LIMIT}"),
+            OpenApiParameter("pool", OpenApiTypes.STR),
+            OpenApiParameter("backend", OpenApiTypes.STR),
+            OpenApiParameter("tier", OpenApiTypes.STR, enum=RoutingDecision.Reason.values),
+        ],
+        responses=inline_serializer("Activity", {"results": DecisionSerializer(many=True)}),
+    )
+    def get(self, request: Request) -> Response:
+        limit = _int_param(request, "limit", default=ACTIVITY_DEFAULT_LIMIT, minimum=1, maximum=ACTIVITY_MAX_LIMIT)
+        tier = request.query_params.get("tier", "")
+        if tier and tier not in RoutingDecision.Reason.values:
+            raise ValidationError({"tier": f"one of {', '.join(RoutingDecision.Reason.values)}"})
+        decisions = selectors.routing_decisions_recent(
+            pool_id=request.query_params.get("pool", ""),
+            backend_id=request.query_params.get("backend", ""),
+            reason=tier,
+        )[:limit]
+        return Response({"results": DecisionSerializer(decisions, many=True).data})
+
+

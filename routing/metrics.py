@@ -1,0 +1,137 @@
+"""Prometheus exposition built at scrape time from what the runproxy processes published
+and from the pools' and backends' health rows (no in-process registry: the web process
+is not the one routing).
+
+Counters carry a ``process`` label: each runproxy's counters are monotonic on their own,
+so ``sum(rate(...))`` stays correct across a process restart.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterator
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+
+from pools import selectors as pool_selectors
+from routing import selectors
+
+
+class SynthIQCollector:
+    """A prometheus_client collector (anything with ``collect()``)."""
+
+    def __init__(self, *, now: dt.datetime | None = None):
+        self.now = now
+
+    def collect(self) -> Iterator[Metric]:
+        now = self.now or dt.datetime.now(dt.UTC)
+        processes = selectors.proxy_processes_live(now=now)
+        yield from self._per_process(processes)
+        totals = selectors.proxy_totals(processes=processes)
+        yield from self._backends(now, totals)
+
+    def _per_process(self, processes) -> Iterator[Metric]:
+        routed = CounterMetricFamily(
+            "synthiq_instances_routed", "C-STOREs routed, by routing tier", labels=["process", "tier"]
+        )
+        decisions = CounterMetricFamily(
+            "synthiq_routing_decisions", "Routing decisions (first instance of a study on an association)",
+            labels=["process"],
+        )
+        received = CounterMetricFamily("synthiq_instances_received", "C-STOREs received", labels=["process"])
+        responses = CounterMetricFamily(
+            "synthiq_forward_responses", "C-STORE outcomes by status class (success, warning, 0xA7xx...)",
+            labels=["process", "status_class"],
+        )
+        failures = CounterMetricFamily(
+            "synthiq_forward_failures", "C-STOREs that ended in a failure status, by status class",
+            labels=["process", "status_class"],
+        )
+        associations = CounterMetricFamily("synthiq_associations", "Inbound associations accepted", labels=["process"])
+        open_assocs = GaugeMetricFamily("synthiq_open_associations", "Inbound associations open now", labels=["process"])
+        cache = GaugeMetricFamily("synthiq_affinity_cache_entries", "Entries in the hot affinity cache", labels=["process"])
+        db_ok = GaugeMetricFamily("synthiq_database_ok", "1 when the process can reach the affinity database", labels=["process"])
+        pending = GaugeMetricFamily(
+            "synthiq_pending_bindings", "Bindings held in memory until the database is back", labels=["process"]
+        )
+        listening = GaugeMetricFamily(
+            "synthiq_listener_accepting", "1 when the pool's DICOM listener accepts associations",
+            labels=["process", "pool"],
+        )
+        latency = HistogramMetricFamily(
+            "synthiq_forward_latency_seconds", "Time from receiving a C-STORE to the backend's response",
+            labels=["process", "backend"],
+        )
+        for p in processes:
+            snap = p.counters or {}
+            counters = snap.get("counters") or {}
+            for tier in selectors.TIERS:
+                routed.add_metric([p.id, tier], counters.get(f"routed.{tier}", 0))
+            decisions.add_metric([p.id], counters.get("decisions", 0))
+            received.add_metric([p.id], counters.get("received", 0))
+            associations.add_metric([p.id], counters.get("associations", 0))
+            for key, value in sorted(counters.items()):
+                if key.startswith("status."):
+                    cls = key.removeprefix("status.")
+                    responses.add_metric([p.id, cls], value)
+                    if cls not in selectors.OK_STATUS_CLASSES:
+                        failures.add_metric([p.id, cls], value)
+            open_assocs.add_metric([p.id], snap.get("open_associations") or 0)
+            cache.add_metric([p.id], snap.get("cache_size") or 0)
+            db_ok.add_metric([p.id], 0 if snap.get("db_ok") is False else 1)
+            pending.add_metric([p.id], snap.get("pending_bindings") or 0)
+            for listener in p.listeners or []:
+                listening.add_metric([p.id, str(listener.get("pool", ""))], 1 if listener.get("accepting") else 0)
+            bounds = snap.get("latency_buckets") or []
+            per_backend = snap.get("backends") or {}
+            for backend_id, counts in sorted((snap.get("latency") or {}).items()):
+                if len(counts) != len(bounds) + 1:
+                    continue
+                cumulative, buckets = 0, []
+                for bound, count in zip([*map(str, map(float, bounds)), "+Inf"], counts, strict=True):
+                    cumulative += count
+                    buckets.append((bound, cumulative))
+                total = float((per_backend.get(backend_id) or {}).get("forward_seconds", 0.0))
+                latency.add_metric([p.id, backend_id], buckets, total)
+        yield from (routed, decisions, received, responses, failures, associations, open_assocs, cache,
+                    db_ok, pending, listening, latency)
+        up = GaugeMetricFamily("synthiq_proxy_processes", "runproxy processes that published in the last 10 s")
+        up.add_metric([], len(processes))
+        yield up
+
+    def _backends(self, now: dt.datetime, totals: selectors.ProxyTotals) -> Iterator[Metric]:
+        healthy = GaugeMetricFamily("synthiq_backend_healthy", "1 when the backend is healthy as the router sees it",
+                                    labels=["pool", "backend", "mode"])
+        load = GaugeMetricFamily("synthiq_backend_load",
+                                 "Normalized load (depth / capacity); absent when unknown (liveness, no report)",
+                                 labels=["pool", "backend"])
+        draining = GaugeMetricFamily("synthiq_backend_draining", "1 when the backend is draining", labels=["pool", "backend"])
+        enabled = GaugeMetricFamily("synthiq_backend_enabled", "1 when the backend is enabled in the config",
+                                    labels=["pool", "backend"])
+        weight = GaugeMetricFamily("synthiq_backend_weight", "Configured weight", labels=["pool", "backend"])
+        forwarded = CounterMetricFamily("synthiq_backend_forwarded",
+                                        "C-STOREs the backend answered, summed over live processes",
+                                        labels=["pool", "backend"])
+        for pool in selectors.pools_overview(now=now, totals=totals):
+            for b in pool["backends"]:
+                labels = [pool["id"], b["id"]]
+                healthy.add_metric([*labels, b["health_mode"]], 1 if b["health"]["healthy"] else 0)
+                if b["health"]["load"] is not None:
+                    load.add_metric(labels, b["health"]["load"])
+                draining.add_metric(labels, 1 if b["draining"] else 0)
+                enabled.add_metric(labels, 1 if b["enabled"] else 0)
+                weight.add_metric(labels, b["weight"])
+                forwarded.add_metric(labels, b["counters"]["forwarded"])
+        yield from (healthy, load, draining, enabled, weight, forwarded)
+        status = selectors.heartbeat_state(
+            now=now, totals=totals, pool_ids=[p.id for p in pool_selectors.pools_enabled()]
+        )
+        stale = GaugeMetricFamily("synthiq_heartbeat_stale", "1 when no heartbeat round ran recently")
+        stale.add_metric([], 1 if status["stale"] else 0)
+        yield stale
+        age = GaugeMetricFamily("synthiq_heartbeat_round_age_seconds", "Age of the pool's last heartbeat round",
+                                labels=["pool"])
+        for entry in status["pools"]:
+            if entry["age_seconds"] is not None:
+                age.add_metric([entry["pool"]], entry["age_seconds"])
+        yield age

@@ -1,0 +1,292 @@
+"""Reads for the admin surface: what the runproxy processes published, merged with the
+pools, backends and health rows they route over.
+
+Each runproxy process publishes a snapshot of its counters every ~2 s (routing/stats.py);
+the web process may be another process or host, so everything here comes from the
+database, never from memory.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from django.db.models import QuerySet
+
+from health import selectors as health_selectors
+from health.models import BackendHealth
+from pools import selectors as pool_selectors
+from pools.models import Backend
+from routing.models import ProxyProcess, RoutingDecision
+
+# A process that has not published for five publish intervals is gone (crashed or
+# partitioned): its counters no longer describe anything live.
+LIVE_PROCESS_SECONDS = 10.0
+# Until runproxy publishes the configured values, assume the documented defaults.
+DEFAULT_HEARTBEAT_INTERVAL = 5.0
+DEFAULT_HEARTBEAT_TIMEOUT = 15.0
+# A heartbeat round older than this many intervals means nothing runs the heartbeats.
+STALE_ROUNDS = 3
+
+TIERS = ("affinity-hit", "least-busy", "weighted", "association-cached", "fallback")
+OK_STATUS_CLASSES = ("success", "warning")
+
+
+@dataclass
+class ProxyTotals:
+    """The published snapshots of several live processes, added up."""
+
+    counters: Counter[str] = field(default_factory=Counter)
+    backends: dict[str, Counter[str]] = field(default_factory=dict)
+    latency_buckets: list[float] = field(default_factory=list)
+    latency: dict[str, list[int]] = field(default_factory=dict)
+    open_associations: int = 0
+    cache_size: int = 0
+    pending_bindings: int = 0
+    db_errors: list[dict[str, str]] = field(default_factory=list)
+    heartbeat_interval: float | None = None
+    heartbeat_timeout: float | None = None
+    heartbeat_stale: bool | None = None
+
+
+def proxy_processes_live(*, now: dt.datetime) -> list[ProxyProcess]:
+    cutoff = now - dt.timedelta(seconds=LIVE_PROCESS_SECONDS)
+    return list(ProxyProcess.objects.filter(stopped=False, updated_utc__gte=cutoff).order_by("id"))
+
+
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def proxy_totals(*, processes: list[ProxyProcess]) -> ProxyTotals:
+    """Add up what each process published. Tolerant of missing keys: processes of an
+    older version publish fewer of them."""
+    totals = ProxyTotals()
+    for p in processes:
+        snap = p.counters or {}
+        totals.counters.update({k: v for k, v in (snap.get("counters") or {}).items() if _number(v) is not None})
+        for backend_id, counters in (snap.get("backends") or {}).items():
+            totals.backends.setdefault(backend_id, Counter()).update(counters)
+        buckets = snap.get("latency_buckets") or []
+        if buckets and not totals.latency_buckets:
+            totals.latency_buckets = list(buckets)
+        if buckets == totals.latency_buckets:
+            for backend_id, counts in (snap.get("latency") or {}).items():
+                mine = totals.latency.setdefault(backend_id, [0] * len(counts))
+                if len(mine) == len(counts):
+                    totals.latency[backend_id] = [a + b for a, b in zip(mine, counts, strict=True)]
+        totals.open_associations += int(snap.get("open_associations") or 0)
+        totals.cache_size += int(snap.get("cache_size") or 0)
+        totals.pending_bindings += int(snap.get("pending_bindings") or 0)
+        if snap.get("db_ok") is False:
+            totals.db_errors.append({"process": p.id, "error": str(snap.get("db_error") or "")})
+        interval = _number(snap.get("heartbeat_interval"))
+        if interval:
+            totals.heartbeat_interval = max(totals.heartbeat_interval or 0.0, interval)
+        timeout = _number(snap.get("heartbeat_timeout"))
+        if timeout:
+            totals.heartbeat_timeout = max(totals.heartbeat_timeout or 0.0, timeout)
+        if isinstance(snap.get("heartbeat_stale"), bool):
+            totals.heartbeat_stale = bool(totals.heartbeat_stale) or snap["heartbeat_stale"]
+    return totals
+
+
+def _failed(counters: Counter[str] | dict[str, Any]) -> int:
+    return sum(
+        int(v) for k, v in counters.items()
+        if k.startswith("status.") and k.removeprefix("status.") not in OK_STATUS_CLASSES
+    )
+
+
+def backend_counters(*, counters: Counter[str] | None) -> dict[str, Any]:
+    counters = counters or Counter()
+    forwarded = int(counters.get("forwarded", 0))
+    seconds = float(counters.get("forward_seconds", 0.0))
+    return {
+        "forwarded": forwarded,
+        "failed": _failed(counters),
+        "statuses": {k.removeprefix("status."): int(v) for k, v in sorted(counters.items()) if k.startswith("status.")},
+        "mean_forward_ms": round(seconds / forwarded * 1000, 2) if forwarded else None,
+    }
+
+
+def backend_health_view(
+    *, backend: Backend, row: BackendHealth | None, now: dt.datetime, timeout_seconds: float
+) -> dict[str, Any]:
+    """A backend's health as the router sees it: healthy only with a good heartbeat within
+    the timeout. Load is null (unknown) for liveness backends and before any report."""
+    healthy = health_selectors.backend_is_healthy(row=row, now=now, timeout_seconds=timeout_seconds)
+    if row is None or row.last_check_utc is None and row.last_ok_utc is None:
+        state = "unknown"
+    elif healthy:
+        state = "healthy"
+    elif row.healthy:
+        state = "stale"  # the last heartbeat was good, but too long ago
+    else:
+        state = "unhealthy"
+    return {
+        "state": state,
+        "healthy": healthy,
+        "load": row.load if (row is not None and backend.load_is_reported) else None,
+        "queue_depth": row.queue_depth if row is not None else None,
+        "capacity": row.capacity if row is not None else None,
+        "last_ok_utc": row.last_ok_utc if row is not None else None,
+        "last_check_utc": row.last_check_utc if row is not None else None,
+        "last_error": row.last_error if row is not None else "",
+    }
+
+
+def _timeout(totals: ProxyTotals) -> float:
+    return totals.heartbeat_timeout or DEFAULT_HEARTBEAT_TIMEOUT
+
+
+def pools_overview(*, now: dt.datetime, totals: ProxyTotals | None = None) -> list[dict[str, Any]]:
+    """Pools with their backends: configuration, runtime state, health and live counters."""
+    if totals is None:
+        totals = proxy_totals(processes=proxy_processes_live(now=now))
+    rows = health_selectors.backend_health_all()
+    out = []
+    for pool in pool_selectors.pools_with_backends():
+        backends = []
+        for b in sorted(pool.backends.all(), key=lambda b: b.id):
+            backends.append(
+                {
+                    "id": b.id,
+                    "ae_title": b.ae_title,
+                    "host": b.host,
+                    "port": b.port,
+                    "weight": b.weight,
+                    "enabled": b.enabled,
+                    "draining": b.draining,
+                    "health_mode": b.health_mode,
+                    "load_reported": b.load_is_reported,
+                    "health": backend_health_view(
+                        backend=b, row=rows.get(b.id), now=now, timeout_seconds=_timeout(totals)
+                    ),
+                    "counters": backend_counters(counters=totals.backends.get(b.id)),
+                }
+            )
+        out.append(
+            {
+                "id": pool.id,
+                "ae_title": pool.ae_title,
+                "host": pool.host,
+                "port": pool.port,
+                "enabled": pool.enabled,
+                "backends": backends,
+            }
+        )
+    return out
+
+
+def heartbeat_state(*, now: dt.datetime, totals: ProxyTotals, pool_ids: list[str]) -> dict[str, Any]:
+    """Stale when a pool's last heartbeat round is missing or older than STALE_ROUNDS
+    intervals (nothing runs the heartbeats: beat died, inline runner stuck). A flag the
+    proxies publish themselves takes precedence when present."""
+    interval = totals.heartbeat_interval or DEFAULT_HEARTBEAT_INTERVAL
+    rounds = health_selectors.heartbeat_rounds_all()
+    pools = []
+    for pool_id in pool_ids:
+        last = rounds.get(pool_id)
+        age = (now - last).total_seconds() if last else None
+        pools.append(
+            {
+                "pool": pool_id,
+                "last_round_utc": last,
+                "age_seconds": round(age, 1) if age is not None else None,
+                "stale": age is None or age > STALE_ROUNDS * interval,
+            }
+        )
+    from_rounds = any(p["stale"] for p in pools)
+    published = totals.heartbeat_stale
+    return {
+        "stale": published if published is not None else from_rounds,
+        "source": "proxy" if published is not None else "database",
+        "interval_seconds": interval,
+        "pools": pools,
+    }
+
+
+def status_snapshot(*, now: dt.datetime) -> dict[str, Any]:
+    """Everything /api/status reports, aggregated over the live runproxy processes."""
+    processes = proxy_processes_live(now=now)
+    totals = proxy_totals(processes=processes)
+    c = totals.counters
+    pools = pool_selectors.pools_with_backends()
+    enabled_pool_ids = [p.id for p in pools if p.enabled]
+
+    listeners = []
+    for p in processes:
+        for listener in p.listeners or []:
+            listeners.append(
+                {
+                    "process": p.id,
+                    "pool": str(listener.get("pool", "")),
+                    "ae_title": str(listener.get("ae_title", "")),
+                    "port": listener.get("port"),
+                    "accepting": bool(listener.get("accepting")),
+                }
+            )
+    served = {entry["pool"] for entry in listeners if entry["accepting"]}
+
+    rows = health_selectors.backend_health_all()
+    backends = [
+        {"id": b.id, "pool": pool.id, "health_mode": b.health_mode, "enabled": b.enabled, "draining": b.draining}
+        | backend_health_view(backend=b, row=rows.get(b.id), now=now, timeout_seconds=_timeout(totals))
+        for pool in pools
+        for b in sorted(pool.backends.all(), key=lambda b: b.id)
+    ]
+    return {
+        "generated_utc": now,
+        "processes": [
+            {
+                "id": p.id,
+                "started_utc": p.started_utc,
+                "updated_utc": p.updated_utc,
+                "db_ok": (p.counters or {}).get("db_ok") is not False,
+                "cache_size": int((p.counters or {}).get("cache_size") or 0),
+                "open_associations": int((p.counters or {}).get("open_associations") or 0),
+            }
+            for p in processes
+        ],
+        "listeners": listeners,
+        "pools_without_listener": [pool_id for pool_id in enabled_pool_ids if pool_id not in served],
+        "counters": {
+            "received": int(c.get("received", 0)),
+            "succeeded": int(c.get("status.success", 0)),
+            "warnings": int(c.get("status.warning", 0)),
+            "failed": _failed(c),
+            "associations": int(c.get("associations", 0)),
+            "open_associations": totals.open_associations,
+            "decisions": int(c.get("decisions", 0)),
+            "cache_hits": int(c.get("routed.association-cached", 0)),
+            "routed": {tier: int(c.get(f"routed.{tier}", 0)) for tier in TIERS},
+            "statuses": {
+                k.removeprefix("status."): int(v) for k, v in sorted(c.items()) if k.startswith("status.")
+            },
+        },
+        "cache_size": totals.cache_size,
+        "database": {
+            "ok": not totals.db_errors,
+            "errors": totals.db_errors,
+            "pending_bindings": totals.pending_bindings,
+        },
+        "heartbeat": heartbeat_state(now=now, totals=totals, pool_ids=enabled_pool_ids),
+        "backends": backends,
+    }
+
+
+def routing_decisions_recent(
+    *, pool_id: str = "", backend_id: str = "", reason: str = ""
+) -> QuerySet[RoutingDecision]:
+    """First-instance routing decisions, newest first."""
+    qs = RoutingDecision.objects.all()
+    if pool_id:
+        qs = qs.filter(pool_id=pool_id)
+    if backend_id:
+        qs = qs.filter(backend_id=backend_id)
+    if reason:
+        qs = qs.filter(reason=reason)
+    return qs.order_by("-at_utc", "-id")

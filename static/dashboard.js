@@ -1,0 +1,230 @@
+// SynthIQ dashboard: polls the JSON APIs every 2 s and redraws. No framework, no build.
+"use strict";
+
+(function () {
+  const POLL_MS = 2000;
+  const TIERS = [
+    ["affinity-hit", "affinity hit"],
+    ["least-busy", "least busy"],
+    ["weighted", "weighted"],
+    ["association-cached", "association cached"],
+    ["fallback", "fallback"],
+  ];
+  const TIER_LABEL = Object.fromEntries(TIERS);
+
+  const $ = (sel) => document.querySelector(sel);
+
+  function el(tag, attrs, ...children) {
+    const node = document.createElement(tag);
+    for (const [key, value] of Object.entries(attrs || {})) {
+      if (value === null || value === undefined || value === false) continue;
+      if (key === "class") node.className = value;
+      else if (key.startsWith("data-")) node.setAttribute(key, value);
+      else if (key === "title") node.title = value;
+      else node[key] = value;
+    }
+    for (const child of children.flat()) {
+      if (child === null || child === undefined) continue;
+      node.append(child instanceof Node ? child : document.createTextNode(String(child)));
+    }
+    return node;
+  }
+
+  function fmtInt(n) {
+    return typeof n === "number" ? n.toLocaleString("en-US") : "–";
+  }
+
+  function fmtTime(iso) {
+    if (!iso) return "–";
+    const d = new Date(iso);
+    return d.toISOString().slice(11, 19);
+  }
+
+  function age(iso) {
+    if (!iso) return "never";
+    const s = Math.max(0, Math.round((Date.now() - new Date(iso).getTime()) / 1000));
+    if (s < 90) return s + " s ago";
+    if (s < 5400) return Math.round(s / 60) + " min ago";
+    return Math.round(s / 3600) + " h ago";
+  }
+
+  function pill(tier) {
+    return el("span", { class: "pill tier-" + tier }, TIER_LABEL[tier] || tier);
+  }
+
+  function csrfToken() {
+    const m = document.cookie.match(/(?:^|;\s*)csrftoken=([^;]+)/);
+    return m ? decodeURIComponent(m[1]) : "";
+  }
+
+  async function getJSON(url) {
+    const rsp = await fetch(url, { credentials: "same-origin", headers: { Accept: "application/json" } });
+    if (rsp.status === 401 || rsp.status === 403) {
+      window.location.href = "/admin/login/?next=/";
+      throw new Error("not logged in");
+    }
+    if (!rsp.ok) throw new Error(url + ": HTTP " + rsp.status);
+    return rsp.json();
+  }
+
+  // -- banners --------------------------------------------------------------------
+  function banners(status, error) {
+    const out = [];
+    if (error) {
+      out.push(["danger", "Dashboard cannot reach the API", String(error.message || error) + " — showing the last data received."]);
+    }
+    if (status) {
+      if (!status.database.ok) {
+        const detail = status.database.errors.map((e) => e.process + ": " + e.error).join("; ");
+        out.push(["danger", "Affinity database unreachable",
+          "Bound studies keep routing from the hot cache; new studies are decided in memory (" +
+          fmtInt(status.database.pending_bindings) + " bindings pending). " + detail]);
+      }
+      if (status.heartbeat.stale) {
+        const pools = status.heartbeat.pools
+          .map((p) => p.pool + ": last round " + (p.last_round_utc ? age(p.last_round_utc) : "never"))
+          .join("; ");
+        out.push(["warning", "Heartbeats are stale",
+          "No heartbeat round in the last " + 3 * status.heartbeat.interval_seconds +
+          " s — backend health and load shown here may be out of date. " + pools]);
+      }
+      if (status.processes.length === 0) {
+        out.push(["warning", "No runproxy process is publishing", "Counters are empty; nothing is listening for DICOM, or the proxy cannot reach the database."]);
+      } else if (status.pools_without_listener.length) {
+        out.push(["warning", "Pool without a listener", status.pools_without_listener.join(", ") + " is not accepting associations."]);
+      }
+    }
+    const box = $("#banners");
+    box.replaceChildren(...out.map(([kind, title, text]) =>
+      el("div", { class: "banner " + kind, "data-banner": title }, el("strong", {}, title), el("span", {}, text))));
+  }
+
+  // -- counters ---------------------------------------------------------------------
+  function counters(status) {
+    const values = Object.assign({}, status.counters, {
+      cache_size: status.cache_size,
+      processes: status.processes.length,
+    });
+    for (const node of document.querySelectorAll("[data-counter]")) {
+      node.textContent = fmtInt(values[node.dataset.counter]);
+    }
+    const failed = document.querySelector('[data-counter="failed"]');
+    failed.classList.toggle("bad", status.counters.failed > 0);
+    $("#tiers").replaceChildren(...TIERS.map(([tier]) =>
+      el("span", { class: "tier-count", "data-tier": tier }, pill(tier), el("b", {}, fmtInt(status.counters.routed[tier])))));
+  }
+
+  // -- pools ------------------------------------------------------------------------
+  function healthCell(b) {
+    const h = b.health;
+    const title = h.last_error ? "last error: " + h.last_error : "last ok " + age(h.last_ok_utc);
+    return el("td", {}, el("span", { class: "dot " + h.state, title }), h.state,
+      el("div", { class: "sub" }, "ok " + age(h.last_ok_utc)));
+  }
+
+  function loadCell(b) {
+    if (b.health.load === null || b.health.load === undefined) {
+      return el("td", { class: "num" }, el("span", { class: "unknown", title: b.load_reported ? "no load reported yet" : "liveness mode: load is not reported" }, "unknown"));
+    }
+    const pct = Math.round(b.health.load * 100);
+    const depth = b.health.queue_depth !== null ? b.health.queue_depth + " / " + (b.health.capacity ?? "?") : "";
+    return el("td", { class: "num" },
+      el("div", { class: "bar", title: depth }, el("i", { style: "" })),
+      pct + "%", el("div", { class: "sub" }, depth));
+  }
+
+  function stateCell(b) {
+    const tags = [];
+    if (!b.enabled) tags.push(el("span", { class: "tag off" }, "disabled"));
+    else if (b.draining) tags.push(el("span", { class: "tag drain" }, "draining"));
+    else tags.push(el("span", { class: "tag on" }, "in service"));
+    return el("td", { class: "state" }, tags);
+  }
+
+  function actionCell(b) {
+    if (!b.enabled) return el("td", {});
+    const action = b.draining ? "enable" : "drain";
+    const button = el("button", { class: "action " + action, type: "button" }, b.draining ? "Undrain" : "Drain");
+    button.addEventListener("click", async () => {
+      const question = b.draining
+        ? "Let " + b.id + " take new studies again?"
+        : "Drain " + b.id + "? It takes no new studies but keeps receiving its bound ones.";
+      if (!window.confirm(question)) return;
+      button.disabled = true;
+      await fetch("/api/backends/" + encodeURIComponent(b.id) + "/" + action, {
+        method: "POST", credentials: "same-origin", headers: { "X-CSRFToken": csrfToken() },
+      });
+      refresh();
+    });
+    return el("td", {}, button);
+  }
+
+  function pools(list) {
+    const cards = list.map((pool) => {
+      const rows = pool.backends.map((b) => {
+        const c = b.counters;
+        const row = el("tr", { "data-backend": b.id, class: b.draining ? "draining" : "" },
+          el("td", {}, el("b", {}, b.id), el("div", { class: "sub" }, b.ae_title + "@" + b.host + ":" + b.port)),
+          el("td", {}, el("span", { class: "mode" }, b.health_mode)),
+          healthCell(b),
+          loadCell(b),
+          el("td", { class: "num" }, b.weight),
+          stateCell(b),
+          el("td", { class: "num", "data-field": "forwarded" }, fmtInt(c.forwarded)),
+          el("td", { class: "num" + (c.failed ? " bad" : ""), "data-field": "failed" }, fmtInt(c.failed)),
+          el("td", { class: "num" }, c.mean_forward_ms === null ? "–" : c.mean_forward_ms.toFixed(1) + " ms"),
+          actionCell(b));
+        const bar = row.querySelector(".bar i");
+        if (bar) bar.style.width = Math.min(100, Math.round(b.health.load * 100)) + "%";
+        return row;
+      });
+      return el("section", { class: "card pool", "data-pool": pool.id },
+        el("h2", {}, "Pool ", el("b", {}, pool.id),
+          el("span", { class: "hint" }, pool.ae_title + " on " + pool.host + ":" + pool.port + (pool.enabled ? "" : " — disabled"))),
+        el("table", { class: "grid" },
+          el("thead", {}, el("tr", {}, ["Backend", "Mode", "Health", "Load", "Weight", "State", "Forwarded", "Failed", "Mean fwd", ""].map((h) => el("th", {}, h)))),
+          el("tbody", {}, rows.length ? rows : el("tr", {}, el("td", { colSpan: 10, class: "empty" }, "No backends.")))));
+    });
+    $("#pools").replaceChildren(...(cards.length ? cards : [el("section", { class: "card" }, el("p", { class: "empty" }, "No pools configured."))]));
+  }
+
+  // -- decisions --------------------------------------------------------------------
+  function decisions(list) {
+    const rows = list.map((d) => el("tr", { "data-study": d.study_uid },
+      el("td", { class: "mono" }, fmtTime(d.at_utc)),
+      el("td", {}, pill(d.tier)),
+      el("td", { class: "mono uid", title: d.study_uid }, d.study_uid),
+      el("td", {}, d.pool),
+      el("td", {}, el("b", {}, d.backend)),
+      el("td", { class: "mono" }, d.calling_ae || "–"),
+      el("td", {}, d.modality || "–")));
+    $("#decisions").replaceChildren(...(rows.length ? rows : [el("tr", {}, el("td", { colSpan: 7, class: "empty" }, "No decisions yet."))]));
+  }
+
+  // -- loop -------------------------------------------------------------------------
+  let lastStatus = null;
+  let timer = null;
+
+  async function refresh() {
+    clearTimeout(timer);
+    try {
+      const [status, poolList, activity] = await Promise.all([
+        getJSON("/api/status"), getJSON("/api/pools"), getJSON("/api/activity?limit=25"),
+      ]);
+      lastStatus = status;
+      banners(status, null);
+      counters(status);
+      pools(poolList);
+      decisions(activity.results);
+      $("#updated").textContent = "updated " + fmtTime(status.generated_utc) + " UTC";
+      $("#updated").classList.remove("stale");
+    } catch (err) {
+      banners(lastStatus, err);
+      $("#updated").classList.add("stale");
+    } finally {
+      timer = setTimeout(refresh, POLL_MS);
+    }
+  }
+
+  document.addEventListener("DOMContentLoaded", refresh);
+})();
