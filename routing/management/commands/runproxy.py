@@ -18,6 +18,9 @@ from django.core.management.base import BaseCommand, CommandError
 
 from affinity.services import bindings_purge_expired
 from affinity.store import AffinityStore
+from health.runner import InlineHeartbeats
+from health.selectors import heartbeat_staleness
+from health.services import HeartbeatSettings
 from pools.config import Config, ConfigError, config_load
 from pools.services import config_sync
 from routing.proxy import NetworkConfig, PoolListenerConfig, Proxy
@@ -29,6 +32,8 @@ logger = logging.getLogger("synthiq.routing")
 REFRESH_SECONDS = 1.0
 PUBLISH_SECONDS = 2.0
 PURGE_SECONDS = 600.0
+# While heartbeats are stale, repeat the error this often (not at every publish).
+STALE_LOG_SECONDS = 30.0
 
 
 def _parse_http(value: str) -> tuple[str, int]:
@@ -70,6 +75,11 @@ class Command(BaseCommand):
         self.store = AffinityStore(window_hours=self.config.study_cache_window_hours)
         self.router = Router(store=self.store, heartbeat_timeout=self.config.heartbeat_timeout)
         self.stats = Stats()
+        self.heartbeat_settings = HeartbeatSettings(self.config.heartbeat_interval, self.config.heartbeat_timeout,
+                                                    self.config.study_cache_window_hours)
+        self.heartbeats: InlineHeartbeats | None = None
+        self.heartbeats_since = dt.datetime.now(dt.UTC)
+        self.stale_logged_at: float | None = None
         self.proxy = Proxy(
             pools=[
                 PoolListenerConfig(p["Id"], p["AeTitle"], p["Host"], p["Port"],
@@ -80,6 +90,14 @@ class Command(BaseCommand):
             router=self.router,
             stats=self.stats,
         )
+        if settings.SYNTHIQ_INLINE_HEARTBEATS:
+            # One full round before accepting: a cold start would otherwise find no
+            # healthy backend and pile every new study onto the first one (fallback).
+            self.heartbeats = InlineHeartbeats(pool_ids=self.pool_ids, settings_=self.heartbeat_settings)
+            self.heartbeats.run_once()
+            self.heartbeats.start()
+        else:
+            logger.info("heartbeats come from Celery beat (CELERY_BROKER_URL is set)")
         self.router.refresh(pool_ids=self.pool_ids)
         web = self.start_web(http) if http else None
         self.proxy.start()
@@ -114,6 +132,31 @@ class Command(BaseCommand):
             logger.warning("snapshot refresh failed, routing on the last one: %s", exc)
         self.store.flush()
 
+    def heartbeat_status(self) -> dict:
+        """Stale heartbeats (no round for three intervals: beat dead, worker gone) are
+        shouted, not silently read as "all healthy"; routing meanwhile sees every row
+        go stale by itself (health.selectors.backend_is_healthy)."""
+        try:
+            stale = heartbeat_staleness(pool_ids=self.pool_ids, now=dt.datetime.now(dt.UTC),
+                                        interval_seconds=self.heartbeat_settings.interval_seconds,
+                                        since=self.heartbeats_since)
+        except Exception as exc:  # database down: say so rather than claim freshness
+            return {"heartbeat_stale": None, "heartbeat_error": str(exc)}
+        now = time.monotonic()
+        if not stale:
+            if self.stale_logged_at is not None:
+                logger.warning("heartbeats are running again")
+            self.stale_logged_at = None
+        elif self.stale_logged_at is None or now - self.stale_logged_at >= STALE_LOG_SECONDS:
+            self.stale_logged_at = now
+            ages = ", ".join(f"{p}: {'never' if a is None else f'{a:.0f}s ago'}" for p, a in stale.items())
+            logger.error("HEARTBEATS STALE: no heartbeat round for over %.0fs (%s) - %s; every backend "
+                         "will read unhealthy", 3 * self.heartbeat_settings.interval_seconds, ages,
+                         "is the inline heartbeat thread stuck?" if self.heartbeats
+                         else "is Celery beat (and a worker) running?")
+        return {"heartbeat_stale": bool(stale), "heartbeat_stale_pools": sorted(stale),
+                "heartbeat_mode": "inline" if self.heartbeats else "celery"}
+
     def publish(self, *, stopped: bool = False) -> None:
         self.stats.publish(
             extra={
@@ -121,7 +164,7 @@ class Command(BaseCommand):
                 "db_ok": self.store.db_ok,
                 "db_error": self.store.db_error,
                 "pending_bindings": self.store.pending_writes(),
-            },
+            } | self.heartbeat_status(),
             listeners=[{"pool": p.id, "ae_title": p.ae_title, "port": p.port,
                         "accepting": self.proxy.accepting} for p in self.proxy.pools],
             stopped=stopped,
@@ -147,6 +190,8 @@ class Command(BaseCommand):
 
     # -- shutdown -------------------------------------------------------------
     def shutdown(self, grace_seconds: float, web) -> None:
+        if self.heartbeats is not None:
+            self.heartbeats.stop()
         self.proxy.stop(grace_seconds=grace_seconds)
         self.store.flush()
         self.publish(stopped=True)
