@@ -28,6 +28,7 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from routing.router import BackendAddress, Router
 from routing.scan import HeaderError, scan_header
 from routing.stats import Stats
+from routing import transport
 
 logger = logging.getLogger("synthiq.routing")
 
@@ -36,6 +37,7 @@ _config.UNRESTRICTED_STORAGE_SERVICE = True  # accept every storage class, priva
 _config.STORE_RECV_CHUNKED_DATASET = True  # spool inbound data sets to a file, not RAM
 _config.STORE_SEND_CHUNKED_DATASET = True  # send a file's bytes as they are
 _config.LOG_HANDLER_LEVEL = "none"
+transport.install()  # bounded, fast socket reads (see routing/transport.py)
 
 # Outbound PDUs queued ahead of the socket, per association: bounds memory whatever
 # the instance size (pynetdicom would otherwise queue a whole instance at once).

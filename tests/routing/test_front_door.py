@@ -104,3 +104,18 @@ def test_a_backend_removed_from_the_file_is_disabled_not_deleted(cluster, tmp_pa
     path.write_text(json.dumps(config))
     assert _loadconfig(path).returncode == 0
     assert dict(Backend.objects.values_list("id", "enabled")) == {"node-a": True, "node-b": False}
+
+
+def test_a_peer_announcing_a_4_gb_pdu_is_cut_off_and_the_listener_keeps_serving(cluster, tmp_path):
+    import socket
+    import struct
+
+    backend = cluster.backend("node-a")
+    proxy = cluster.proxy(cluster.config([backend]))
+    with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as evil:
+        evil.sendall(struct.pack(">BBL", 0x01, 0, 0xFFFFFFF0) + b"\x00" * 65536)
+        evil.settimeout(10)
+        assert evil.recv(1) == b""  # the proxy closed the connection
+    assert "announced a 4294967280-byte PDU" in proxy.process.log()
+    _, files = write_study(tmp_path, count=1)
+    assert send_files(proxy.port, files)[0].status == 0
