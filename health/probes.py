@@ -249,7 +249,8 @@ def probe_echo(target: Target, timeout: float) -> Reading:
     except (OSError, ValueError) as exc:
         raise ProbeError(f"C-ECHO association failed: {exc}") from None
     if not assoc.is_established:
-        what = "rejected" if assoc.is_rejected else "aborted" if assoc.is_aborted else "not established"
+        # pynetdicom reports a refused or dropped connection as an abort, not an exception.
+        what = "rejected" if assoc.is_rejected else "not established (connection refused or aborted)"
         raise ProbeError(f"C-ECHO association to {target.ae_title}@{target.host}:{target.port} {what}")
     try:
         rsp = assoc.send_c_echo()

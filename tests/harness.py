@@ -307,10 +307,11 @@ def port_open(port: int, host: str = "127.0.0.1") -> bool:
         return False
 
 
-def start_storescp(cluster: Cluster, *, name: str = "storescp", ae_title: str = "STORESCP") -> tuple[int, Managed]:
-    """DCMTK's storescp on a free port (answers C-ECHO: the liveness peer)."""
+def start_storescp(cluster: Cluster, *, name: str = "storescp", ae_title: str = "STORESCP",
+                   port: int | None = None) -> tuple[int, Managed]:
+    """DCMTK's storescp on a free (or the given) port; it answers C-ECHO: a liveness peer."""
     exe = require_tool("storescp", "dcmtk")
-    port = free_port()
+    port = port or free_port()
     out = cluster.tmp / name
     out.mkdir(parents=True, exist_ok=True)
     m = cluster.process(name, [exe, "--aetitle", ae_title, "--output-directory", str(out), str(port)])
