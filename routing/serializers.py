@@ -6,6 +6,7 @@ from rest_framework import serializers
 
 from pools.serializers import BackendHealthSerializer
 from routing.models import RoutingDecision
+from routing.selectors import TIERS
 
 
 class ProcessSerializer(serializers.Serializer):
@@ -26,15 +27,10 @@ class ListenerSerializer(serializers.Serializer):
 
 
 class RoutedSerializer(serializers.Serializer):
-    affinity_hit = serializers.IntegerField(source="affinity-hit")
-    least_busy = serializers.IntegerField(source="least-busy")
-    weighted = serializers.IntegerField()
-    association_cached = serializers.IntegerField(source="association-cached")
-    fallback = serializers.IntegerField()
+    """Instances by tier, keyed as the tiers are spelled everywhere else (logs, activity, metrics)."""
 
-    def to_representation(self, instance):
-        # Keys as the tiers are spelled everywhere else (logs, activity, metrics).
-        return {k.replace("_", "-"): v for k, v in super().to_representation(instance).items()}
+    def get_fields(self):
+        return {tier: serializers.IntegerField() for tier in TIERS}
 
 
 class CountersSerializer(serializers.Serializer):
