@@ -128,6 +128,8 @@ def _count(body: dict[str, Any], key: str, *, where: str = "", required: bool = 
             raise ProbeError(f"contract broken: {name} missing")
         return None
     value = body[key]
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)  # JSON Schema's "integer" admits 5.0; so does the published contract
     if isinstance(value, bool) or not isinstance(value, int):
         raise ProbeError(f"contract broken: {name} must be an integer, got {json.dumps(value)[:40]}")
     if value < (1 if positive else 0):
