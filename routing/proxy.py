@@ -79,6 +79,12 @@ def _bound_pdu_queue(assoc: Association, limit: int) -> None:
     dul.send_pdu = bounded_send_pdu  # type: ignore[method-assign]
 
 
+class OutboundUnavailable(Exception):
+    def __init__(self, status: int, comment: str):
+        super().__init__(comment)
+        self.status, self.comment = status, comment
+
+
 @dataclass(frozen=True)
 class PoolListenerConfig:
     id: str
@@ -280,8 +286,9 @@ class Proxy:
                 self._outbound_aes[calling_ae] = ae
             return ae
 
-    def outbound(self, session: Session, backend: BackendAddress) -> Association | None:
-        """The session's association to ``backend``, (re-)established when needed."""
+    def outbound(self, session: Session, backend: BackendAddress) -> Association:
+        """The session's association to ``backend``, (re-)established when needed.
+        Raises OutboundUnavailable with the status to return when it cannot be had."""
         assoc = session.outbound.get(backend.id)
         if assoc is not None and assoc.is_established:
             return assoc
@@ -297,11 +304,17 @@ class Proxy:
             tls_args=tls_args,
             evt_handlers=[(evt.EVT_CONN_OPEN, _set_nodelay)],
         )
-        if not assoc.is_established:
-            return None
-        _bound_pdu_queue(assoc, OUTBOUND_PDU_QUEUE)
-        session.outbound[backend.id] = assoc
-        return assoc
+        if assoc.is_established:
+            _bound_pdu_queue(assoc, OUTBOUND_PDU_QUEUE)
+            session.outbound[backend.id] = assoc
+            return assoc
+        if assoc.is_rejected:
+            raise OutboundUnavailable(STATUS_BACKEND_UNREACHABLE, f"backend {backend.id} rejected the association")
+        if assoc.rejected_contexts and not assoc.accepted_contexts:
+            raise OutboundUnavailable(
+                STATUS_SOP_CLASS_NOT_SUPPORTED, f"backend {backend.id} refused SOP class/syntax"
+            )
+        raise OutboundUnavailable(STATUS_BACKEND_UNREACHABLE, f"backend {backend.id} unreachable")
 
     # -- in-flight accounting ---------------------------------------------------
     def begin_store(self) -> None:
@@ -385,16 +398,13 @@ def _store(event: evt.Event, proxy: Proxy, pool: PoolListenerConfig) -> Dataset 
         )
     proxy.router.store.touch((pool.id, suid))
 
-    backend = proxy.router.address(backend_id)
-    assoc = proxy.outbound(session, backend)
-    if assoc is None:
+    try:
+        assoc = proxy.outbound(session, proxy.router.address(backend_id))
+    except OutboundUnavailable as exc:
         session.failed += 1
-        proxy.stats.forward_failed(backend_id, STATUS_BACKEND_UNREACHABLE)
-        logger.error(
-            "pool=%s study=%s sop=%s backend=%s unreachable or rejected the association",
-            pool.id, suid, sop_uid, backend_id,
-        )
-        return _status(STATUS_BACKEND_UNREACHABLE, f"backend {backend_id} unreachable")
+        proxy.stats.forward_failed(backend_id, exc.status)
+        logger.error("pool=%s study=%s sop=%s: %s", pool.id, suid, sop_uid, exc.comment)
+        return _status(exc.status, exc.comment)
 
     proxy.router.note_sent(backend_id)
     try:
@@ -406,10 +416,11 @@ def _store(event: evt.Event, proxy: Proxy, pool: PoolListenerConfig) -> Dataset 
             originator_id=req.MoveOriginatorMessageID,
         )
     except ValueError as exc:
-        # The backend did not accept this SOP class with this transfer syntax.
+        # The backend accepted the association but not this SOP class with this syntax.
         session.failed += 1
         proxy.stats.forward_failed(backend_id, STATUS_SOP_CLASS_NOT_SUPPORTED)
-        logger.error("pool=%s study=%s sop=%s backend=%s cannot take it: %s", pool.id, suid, sop_uid, backend_id, exc)
+        logger.error("pool=%s study=%s sop=%s: backend %s refused SOP class/syntax (%s)",
+                     pool.id, suid, sop_uid, backend_id, exc)
         return _status(STATUS_SOP_CLASS_NOT_SUPPORTED, f"backend {backend_id} refused SOP class/syntax")
 
     if "Status" not in rsp:

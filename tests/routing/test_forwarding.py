@@ -114,3 +114,38 @@ def test_health_endpoint_of_the_simulated_backend_serves_the_native_contract(one
     assert set(body["queue"]) == {"received", "hold", "processing", "failed"}
     assert body["capacity"] > 0
 
+
+
+def test_an_instance_the_backend_cannot_take_gets_a_clear_failure_not_a_hang(cluster, tmp_path):
+    """DCMTK's storescp accepts only uncompressed syntaxes by default: a JPEG instance
+    accepted inbound cannot be forwarded over a mirrored context."""
+    import socket
+
+    from tests.harness import free_port, require_tool, wait_for
+
+    storescp = require_tool("storescp", "dcmtk")
+    port = free_port()
+    (tmp_path / "out").mkdir()
+    cluster.process("storescp", [storescp, "--aetitle", "PACS", "-od", str(tmp_path / "out"), str(port)])
+    wait_for(lambda: socket.socket().connect_ex(("127.0.0.1", port)) == 0, timeout=10, what="storescp")
+    proxy = cluster.proxy(cluster.config([{"Id": "pacs", "AeTitle": "PACS", "Host": "127.0.0.1", "Port": port,
+                                           "Health": {"Mode": "liveness", "Probe": "tcp"}}]))
+    jpeg = tmp_path / "jpeg.dcm"
+    shutil.copy(get_testdata_file(SAMPLES["jpeg-baseline"]), jpeg)
+    [sent] = send_files(proxy.port, [jpeg])
+    assert sent.status == 0x0122
+    assert "pacs" in sent.comment
+    assert "backend pacs refused SOP class/syntax" in proxy.process.log()
+
+
+def test_an_inbound_abort_aborts_the_outbound_association(one_backend_proxy, tmp_path):
+    from tests.harness import wait_for
+
+    backend, proxy = one_backend_proxy
+    _, files = write_study(tmp_path, count=3)
+    send_files(proxy.port, files, abort_after=2)
+    counts = lambda: requests.get(f"{backend.url}/api/associations", timeout=5).json()  # noqa: E731
+    wait_for(lambda: counts()["aborted"] == 1, timeout=10, what="the backend to see the abort")
+    assert counts()["released"] == 0
+    send_files(proxy.port, files[2:])
+    wait_for(lambda: counts()["released"] == 1, timeout=10, what="a release to follow a release")
