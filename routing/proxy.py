@@ -25,6 +25,7 @@ from pynetdicom.association import Association
 from pynetdicom.dsutils import split_dataset
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
+from routing.negotiation import prefer_accepted, probe_transfer_syntaxes, syntax_ranks
 from routing.router import BackendAddress, Router
 from routing.scan import HeaderError, scan_header
 from routing.stats import Stats
@@ -174,9 +175,29 @@ class Proxy:
         self._in_flight = 0
         self._in_flight_done = threading.Condition()
         self.accepting = False
+        # Per pool: transfer syntax -> how many backends accept it (see negotiation.py).
+        self.syntax_ranks: dict[str, dict[str, int]] = {}
 
     # -- lifecycle ------------------------------------------------------------
+    def probe_backends(self) -> None:
+        """Learn which transfer syntaxes each pool's enabled backends accept."""
+        for pool in self.pools:
+            accepted = []
+            for state in self.router.states(pool.id):
+                if not state.enabled:
+                    continue
+                backend = self.router.address(state.id)
+                accepted.append(probe_transfer_syntaxes(
+                    ae=self._outbound_ae(pool.ae_title), host=backend.host, port=backend.port,
+                    ae_title=backend.ae_title,
+                    tls_args=(_client_tls(backend.tls), backend.host) if backend.tls else None,
+                ))
+            self.syntax_ranks[pool.id] = syntax_ranks(accepted)
+            logger.info("pool=%s transfer syntaxes accepted by its backends: %s", pool.id,
+                        {ts: n for ts, n in sorted(self.syntax_ranks[pool.id].items())} or "unknown")
+
     def start(self) -> None:
+        self.probe_backends()
         for pool in self.pools:
             ae = AE(ae_title=pool.ae_title)
             ae.require_called_aet = True
@@ -189,6 +210,7 @@ class Proxy:
             ae.add_supported_context(Verification)
             handlers = [
                 (evt.EVT_CONN_OPEN, _set_nodelay),
+                (evt.EVT_REQUESTED, handle_requested, [self, pool]),
                 (evt.EVT_C_ECHO, handle_echo),
                 (evt.EVT_C_STORE, handle_store, [self, pool]),
                 (evt.EVT_RELEASED, handle_end, [self, True]),
@@ -325,6 +347,14 @@ class Proxy:
         with self._in_flight_done:
             self._in_flight -= 1
             self._in_flight_done.notify_all()
+
+
+def handle_requested(event: evt.Event, proxy: Proxy, pool: PoolListenerConfig) -> None:
+    """Before negotiation: prefer, in each proposed context, a syntax the backends accept."""
+    ranks = proxy.syntax_ranks.get(pool.id)
+    if ranks:
+        for cx in event.assoc.requestor.primitive.presentation_context_definition_list:
+            cx.transfer_syntax = prefer_accepted(list(cx.transfer_syntax), ranks)
 
 
 def handle_echo(event: evt.Event) -> int:

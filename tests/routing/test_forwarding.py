@@ -149,3 +149,33 @@ def test_an_inbound_abort_aborts_the_outbound_association(one_backend_proxy, tmp
     assert counts()["released"] == 0
     send_files(proxy.port, files[2:])
     wait_for(lambda: counts()["released"] == 1, timeout=10, what="a release to follow a release")
+
+
+def test_a_modality_preferring_jpeg_2000_is_steered_to_a_syntax_the_backends_accept(cluster, tmp_path):
+    """storescp (DCMTK) stores only uncompressed syntaxes; the modality proposes JPEG 2000
+    first. SynthIQ learnt what its backends accept and accepts Explicit VR LE instead."""
+    import socket
+
+    from pydicom.uid import JPEG2000, ExplicitVRLittleEndian
+    from pynetdicom import AE, build_context
+
+    from tests.harness import free_port, require_tool, wait_for
+
+    storescp = require_tool("storescp", "dcmtk")
+    port = free_port()
+    (tmp_path / "out").mkdir()
+    cluster.process("storescp", [storescp, "--aetitle", "PACS", "-od", str(tmp_path / "out"), str(port)])
+    wait_for(lambda: socket.socket().connect_ex(("127.0.0.1", port)) == 0, timeout=10, what="storescp")
+    proxy = cluster.proxy(cluster.config([{"Id": "pacs", "AeTitle": "PACS", "Host": "127.0.0.1", "Port": port,
+                                           "Health": {"Mode": "liveness", "Probe": "tcp"}}]))
+    _, [path] = write_study(tmp_path / "s", count=1)
+    ae = AE(ae_title="MODALITY")
+    assoc = ae.associate("127.0.0.1", proxy.port, ae_title="SYNTHIQ",
+                         contexts=[build_context("1.2.840.10008.5.1.4.1.1.2", [JPEG2000, ExplicitVRLittleEndian])])
+    try:
+        assert [cx.transfer_syntax[0] for cx in assoc.accepted_contexts] == [ExplicitVRLittleEndian]
+        from pydicom import dcmread
+
+        assert assoc.send_c_store(dcmread(path)).Status == 0x0000
+    finally:
+        assoc.release()
