@@ -133,12 +133,12 @@ class CommitmentPermission(permissions.BasePermission):
 
 
 class CommitmentView(APIView):
-    authentication_classes = [
+    authentication_classes = (
         BackendTokenAuthentication,
         authentication.TokenAuthentication,
         authentication.SessionAuthentication,
-    ]
-    permission_classes = [CommitmentPermission]
+    )
+    permission_classes = (CommitmentPermission,)
 
     @extend_schema(
         operation_id="commitment_get",

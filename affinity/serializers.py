@@ -14,10 +14,10 @@ class BindingSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = Binding
-        fields = [
+        fields = (
             "study_uid", "pool", "backend", "first_seen_utc", "last_seen_utc", "instance_count",
             "committed", "committed_utc",
-        ]
+        )
         read_only_fields = fields
 
     def get_committed(self, obj: Binding) -> bool:

@@ -59,5 +59,5 @@ class BackendStateSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = Backend
-        fields = ["id", "pool", "enabled", "draining"]
+        fields = ("id", "pool", "enabled", "draining")
         read_only_fields = fields

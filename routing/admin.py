@@ -1,15 +1,47 @@
+"""Routing activity in the Django admin (read-only: runproxy writes it)."""
+
+from __future__ import annotations
+
 from django.contrib import admin
 
 from routing.models import ProxyProcess, RoutingDecision
 
 
+class _ReadOnly(admin.ModelAdmin):
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+
 @admin.register(RoutingDecision)
-class RoutingDecisionAdmin(admin.ModelAdmin):
-    list_display = ["at_utc", "pool", "study_uid", "backend", "reason", "calling_ae", "modality"]
-    list_filter = ["pool", "backend", "reason"]
-    search_fields = ["=study_uid"]
+class RoutingDecisionAdmin(_ReadOnly):
+    list_display = ("at_utc", "pool", "study_uid", "backend", "reason", "calling_ae", "source_ip", "modality",
+                    "process")
+    list_filter = ("reason", "pool", "backend")
+    search_fields = ("^study_uid", "=calling_ae")
+    search_help_text = "Study Instance UID (or its beginning), or an exact calling AE title"
+    date_hierarchy = "at_utc"
+    show_full_result_count = False
 
 
 @admin.register(ProxyProcess)
-class ProxyProcessAdmin(admin.ModelAdmin):
-    list_display = ["id", "started_utc", "updated_utc", "stopped"]
+class ProxyProcessAdmin(_ReadOnly):
+    list_display = ("id", "started_utc", "updated_utc", "stopped", "received", "cache_size", "db_ok")
+    list_filter = ("stopped",)
+
+    def _published(self, obj: ProxyProcess) -> dict:
+        return obj.counters or {}
+
+    @admin.display(description="received")
+    def received(self, obj: ProxyProcess) -> int:
+        return int((self._published(obj).get("counters") or {}).get("received", 0))
+
+    @admin.display(description="cache size")
+    def cache_size(self, obj: ProxyProcess) -> int:
+        return int(self._published(obj).get("cache_size") or 0)
+
+    @admin.display(description="database ok", boolean=True)
+    def db_ok(self, obj: ProxyProcess) -> bool:
+        return self._published(obj).get("db_ok") is not False

@@ -11,7 +11,12 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Iterator
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 
 from pools import selectors as pool_selectors
 from routing import selectors

@@ -49,6 +49,7 @@ class ProxyTotals:
     heartbeat_interval: float | None = None
     heartbeat_timeout: float | None = None
     heartbeat_stale: bool | None = None
+    heartbeat_modes: set[str] = field(default_factory=set)
 
 
 def proxy_processes_live(*, now: dt.datetime) -> list[ProxyProcess]:
@@ -88,6 +89,8 @@ def proxy_totals(*, processes: list[ProxyProcess]) -> ProxyTotals:
         timeout = _number(snap.get("heartbeat_timeout"))
         if timeout:
             totals.heartbeat_timeout = max(totals.heartbeat_timeout or 0.0, timeout)
+        if snap.get("heartbeat_mode"):
+            totals.heartbeat_modes.add(str(snap["heartbeat_mode"]))
         if isinstance(snap.get("heartbeat_stale"), bool):
             totals.heartbeat_stale = bool(totals.heartbeat_stale) or snap["heartbeat_stale"]
     return totals
@@ -204,6 +207,7 @@ def heartbeat_state(*, now: dt.datetime, totals: ProxyTotals, pool_ids: list[str
     return {
         "stale": published if published is not None else from_rounds,
         "source": "proxy" if published is not None else "database",
+        "mode": ",".join(sorted(totals.heartbeat_modes)),
         "interval_seconds": interval,
         "pools": pools,
     }

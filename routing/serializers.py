@@ -68,7 +68,10 @@ class HeartbeatPoolSerializer(serializers.Serializer):
 
 class HeartbeatSerializer(serializers.Serializer):
     stale = serializers.BooleanField()
-    source = serializers.ChoiceField(choices=["proxy", "database"])
+    source = serializers.ChoiceField(
+        choices=["proxy", "database"], help_text="proxy: the flag runproxy publishes; database: heartbeat rounds' age."
+    )
+    mode = serializers.CharField(allow_blank=True, help_text="Who runs heartbeats (inline, celery), as published.")
     interval_seconds = serializers.FloatField()
     pools = HeartbeatPoolSerializer(many=True)
 
@@ -100,5 +103,5 @@ class DecisionSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = RoutingDecision
-        fields = ["id", "at_utc", "pool", "backend", "study_uid", "tier", "calling_ae", "source_ip", "modality", "process"]
+        fields = ("id", "at_utc", "pool", "backend", "study_uid", "tier", "calling_ae", "source_ip", "modality", "process")
         read_only_fields = fields

@@ -114,6 +114,24 @@
       el("span", { class: "tier-count", "data-tier": tier }, pill(tier), el("b", {}, fmtInt(status.counters.routed[tier])))));
   }
 
+  function strip(status) {
+    const items = [];
+    const db = status.database;
+    items.push([db.ok ? "" : "bad", "Database ", el("b", {}, db.ok ? "reachable" : "unreachable")]);
+    const hb = status.heartbeat;
+    const ages = hb.pools.map((p) => p.pool + " " + age(p.last_round_utc)).join(", ");
+    items.push([hb.stale ? "warn" : "", "Heartbeats ", el("b", {}, hb.stale ? "stale" : "fresh"),
+      (hb.mode ? " · " + hb.mode : "") + " · every " + hb.interval_seconds + " s · last round " + (ages || "–")]);
+    for (const l of status.listeners) {
+      items.push([l.accepting ? "" : "bad", "Listener ", el("b", {}, l.pool), " " + l.ae_title + " :" + l.port + " ",
+        l.accepting ? "accepting" : "not accepting"]);
+    }
+    for (const pool of status.pools_without_listener) {
+      items.push(["warn", "Listener ", el("b", {}, pool), " none running"]);
+    }
+    $("#strip").replaceChildren(...items.map(([kind, ...parts]) => el("span", { class: "item " + kind }, parts)));
+  }
+
   // -- pools ------------------------------------------------------------------------
   function healthCell(b) {
     const h = b.health;
@@ -159,6 +177,9 @@
     return el("td", {}, button);
   }
 
+  const COLUMNS = [["Backend"], ["Mode"], ["Health"], ["Load", true], ["Weight", true], ["State"],
+    ["Forwarded", true], ["Failed", true], ["Mean forward", true], [""]];
+
   function pools(list) {
     const cards = list.map((pool) => {
       const rows = pool.backends.map((b) => {
@@ -182,7 +203,7 @@
         el("h2", {}, "Pool ", el("b", {}, pool.id),
           el("span", { class: "hint" }, pool.ae_title + " on " + pool.host + ":" + pool.port + (pool.enabled ? "" : " — disabled"))),
         el("table", { class: "grid" },
-          el("thead", {}, el("tr", {}, ["Backend", "Mode", "Health", "Load", "Weight", "State", "Forwarded", "Failed", "Mean fwd", ""].map((h) => el("th", {}, h)))),
+          el("thead", {}, el("tr", {}, COLUMNS.map(([h, num]) => el("th", { class: num ? "num" : "" }, h)))),
           el("tbody", {}, rows.length ? rows : el("tr", {}, el("td", { colSpan: 10, class: "empty" }, "No backends.")))));
     });
     $("#pools").replaceChildren(...(cards.length ? cards : [el("section", { class: "card" }, el("p", { class: "empty" }, "No pools configured."))]));
@@ -214,6 +235,7 @@
       lastStatus = status;
       banners(status, null);
       counters(status);
+      strip(status);
       pools(poolList);
       decisions(activity.results);
       $("#updated").textContent = "updated " + fmtTime(status.generated_utc) + " UTC";

@@ -48,7 +48,7 @@ def routed(cluster, tmp_path):
 
 
 def test_status_aggregates_the_published_counters_listeners_cache_and_health(routed):
-    api, proxy, root, studies, _ = routed
+    api, proxy, *_ = routed
     status = api.json("/api/status")
 
     counters = status["counters"]
@@ -103,7 +103,7 @@ def test_pools_lists_backends_with_mode_health_load_weight_draining_and_counters
 
 
 def test_activity_lists_first_instance_decisions_newest_first_with_their_tier(routed):
-    api, proxy, root, studies, _ = routed
+    api, _, root, studies, _ = routed
     results = api.json("/api/activity")["results"]
     assert len(results) == 4
     assert [r["at_utc"] for r in results] == sorted((r["at_utc"] for r in results), reverse=True)
@@ -124,7 +124,7 @@ def test_activity_lists_first_instance_decisions_newest_first_with_their_tier(ro
 
 
 def test_affinity_pages_and_searches_by_suid_prefix_with_commitment_state(routed):
-    api, proxy, root, studies, _ = routed
+    api, _, root, studies, _ = routed
     # Instance counts are written behind (batched about once a second).
     wait_for(lambda: {r["study_uid"]: r["instance_count"] for r in api.json("/api/affinity")["results"]}
              == {f"{root}.1": 3, f"{root}.2": 2, f"{root}.11": 2}, timeout=10, what="instance counts")
@@ -151,7 +151,7 @@ def test_affinity_pages_and_searches_by_suid_prefix_with_commitment_state(routed
 
 
 def test_backend_commits_only_the_studies_bound_to_it(routed):
-    api, proxy, root, studies, _ = routed
+    api, proxy, root, *_ = routed
     suid = f"{root}.1"
     state = api.json(f"/api/affinity/{suid}/commitment")
     assert state["committed"] is False and len(state["bindings"]) == 1
