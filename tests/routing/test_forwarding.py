@@ -143,12 +143,16 @@ def test_an_inbound_abort_aborts_the_outbound_association(one_backend_proxy, tmp
 
     backend, proxy = one_backend_proxy
     _, files = write_study(tmp_path, count=3)
+
+    def counts() -> dict[str, int]:
+        return requests.get(f"{backend.url}/api/associations", timeout=5).json()
+
+    before = counts()  # the start-up transfer-syntax probe released one association
     send_files(proxy.port, files, abort_after=2)
-    counts = lambda: requests.get(f"{backend.url}/api/associations", timeout=5).json()  # noqa: E731
-    wait_for(lambda: counts()["aborted"] == 1, timeout=10, what="the backend to see the abort")
-    assert counts()["released"] == 0
+    wait_for(lambda: counts()["aborted"] == before["aborted"] + 1, timeout=10, what="the backend to see the abort")
+    assert counts()["released"] == before["released"]
     send_files(proxy.port, files[2:])
-    wait_for(lambda: counts()["released"] == 1, timeout=10, what="a release to follow a release")
+    wait_for(lambda: counts()["released"] == before["released"] + 1, timeout=10, what="a release to follow a release")
 
 
 def test_a_modality_preferring_jpeg_2000_is_steered_to_a_syntax_the_backends_accept(cluster, tmp_path):

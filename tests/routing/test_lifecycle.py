@@ -17,6 +17,11 @@ def test_sigterm_during_a_transfer_finishes_it_releases_outbound_and_exits_zero(
     backend = cluster.backend("node-a", latency_ms=1500)
     proxy = cluster.proxy(cluster.config([backend]))
     _, files = write_study(tmp_path, count=1)
+
+    def counts() -> dict[str, int]:
+        return requests.get(f"{backend.url}/api/associations", timeout=5).json()
+
+    before = counts()  # the start-up transfer-syntax probe released one association
     results: list = []
     sender = threading.Thread(target=lambda: results.extend(send_files(proxy.port, files)))
     sender.start()
@@ -32,9 +37,9 @@ def test_sigterm_during_a_transfer_finishes_it_releases_outbound_and_exits_zero(
     assert time.monotonic() - started < 5
     # The in-flight C-STORE completed cleanly (it would be a failure status, never a hang).
     assert [r.status for r in results] == [0x0000]
-    wait_for(lambda: requests.get(f"{backend.url}/api/associations", timeout=5).json()["released"] >= 1,
-             timeout=5, what="the outbound association to be released")
-    assert requests.get(f"{backend.url}/api/associations", timeout=5).json()["aborted"] == 0
+    wait_for(lambda: counts()["released"] == before["released"] + 1, timeout=5,
+             what="the outbound association to be released")
+    assert counts()["aborted"] == before["aborted"]
 
 
 def test_the_demo_starts_and_a_study_sent_with_storescu_lands_on_a_simulated_backend(cluster, tmp_path):
