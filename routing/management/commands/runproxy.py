@@ -136,12 +136,15 @@ class Command(BaseCommand):
         """Stale heartbeats (no round for three intervals: beat dead, worker gone) are
         shouted, not silently read as "all healthy"; routing meanwhile sees every row
         go stale by itself (health.selectors.backend_is_healthy)."""
+        timing = {"heartbeat_interval": self.heartbeat_settings.interval_seconds,
+                  "heartbeat_timeout": self.heartbeat_settings.timeout_seconds,
+                  "heartbeat_mode": "inline" if self.heartbeats else "celery"}
         try:
             stale = heartbeat_staleness(pool_ids=self.pool_ids, now=dt.datetime.now(dt.UTC),
                                         interval_seconds=self.heartbeat_settings.interval_seconds,
                                         since=self.heartbeats_since)
         except Exception as exc:  # database down: say so rather than claim freshness
-            return {"heartbeat_stale": None, "heartbeat_error": str(exc)}
+            return timing | {"heartbeat_stale": None, "heartbeat_error": str(exc)}
         now = time.monotonic()
         if not stale:
             if self.stale_logged_at is not None:
@@ -154,8 +157,7 @@ class Command(BaseCommand):
                          "will read unhealthy", 3 * self.heartbeat_settings.interval_seconds, ages,
                          "is the inline heartbeat thread stuck?" if self.heartbeats
                          else "is Celery beat (and a worker) running?")
-        return {"heartbeat_stale": bool(stale), "heartbeat_stale_pools": sorted(stale),
-                "heartbeat_mode": "inline" if self.heartbeats else "celery"}
+        return timing | {"heartbeat_stale": bool(stale), "heartbeat_stale_pools": sorted(stale)}
 
     def publish(self, *, stopped: bool = False) -> None:
         self.stats.publish(
