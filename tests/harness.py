@@ -308,13 +308,14 @@ def port_open(port: int, host: str = "127.0.0.1") -> bool:
 
 
 def start_storescp(cluster: Cluster, *, name: str = "storescp", ae_title: str = "STORESCP",
-                   port: int | None = None) -> tuple[int, Managed]:
-    """DCMTK's storescp on a free (or the given) port; it answers C-ECHO: a liveness peer."""
+                   port: int | None = None, extra: list[str] | None = None) -> tuple[int, Managed]:
+    """DCMTK's storescp on a free (or the given) port, storing under cluster.tmp/<name>;
+    it answers C-ECHO (a liveness peer) and, by default, takes uncompressed syntaxes only."""
     exe = require_tool("storescp", "dcmtk")
     port = port or free_port()
     out = cluster.tmp / name
     out.mkdir(parents=True, exist_ok=True)
-    m = cluster.process(name, [exe, "--aetitle", ae_title, "--output-directory", str(out), str(port)])
+    m = cluster.process(name, [exe, "--aetitle", ae_title, "--output-directory", str(out), *(extra or []), str(port)])
     wait_for(lambda: port_open(port), timeout=15, what=f"{name} to listen on {port}")
     return port, m
 

@@ -119,17 +119,7 @@ def test_health_endpoint_of_the_simulated_backend_serves_the_native_contract(one
 def test_an_instance_the_backend_cannot_take_gets_a_clear_failure_not_a_hang(cluster, tmp_path):
     """DCMTK's storescp accepts only uncompressed syntaxes by default: a JPEG instance
     accepted inbound cannot be forwarded over a mirrored context."""
-    import socket
-
-    from tests.harness import free_port, require_tool, wait_for
-
-    storescp = require_tool("storescp", "dcmtk")
-    port = free_port()
-    (tmp_path / "out").mkdir()
-    cluster.process("storescp", [storescp, "--aetitle", "PACS", "-od", str(tmp_path / "out"), str(port)])
-    wait_for(lambda: socket.socket().connect_ex(("127.0.0.1", port)) == 0, timeout=10, what="storescp")
-    proxy = cluster.proxy(cluster.config([{"Id": "pacs", "AeTitle": "PACS", "Host": "127.0.0.1", "Port": port,
-                                           "Health": {"Mode": "liveness", "Probe": "tcp"}}]))
+    proxy = _proxy_in_front_of_storescp(cluster)
     jpeg = tmp_path / "jpeg.dcm"
     shutil.copy(get_testdata_file(SAMPLES["jpeg-baseline"]), jpeg)
     [sent] = send_files(proxy.port, [jpeg])
@@ -158,20 +148,11 @@ def test_an_inbound_abort_aborts_the_outbound_association(one_backend_proxy, tmp
 def test_a_modality_preferring_jpeg_2000_is_steered_to_a_syntax_the_backends_accept(cluster, tmp_path):
     """storescp (DCMTK) stores only uncompressed syntaxes; the modality proposes JPEG 2000
     first. SynthIQ learnt what its backends accept and accepts Explicit VR LE instead."""
-    import socket
 
     from pydicom.uid import JPEG2000, ExplicitVRLittleEndian
     from pynetdicom import AE, build_context
 
-    from tests.harness import free_port, require_tool, wait_for
-
-    storescp = require_tool("storescp", "dcmtk")
-    port = free_port()
-    (tmp_path / "out").mkdir()
-    cluster.process("storescp", [storescp, "--aetitle", "PACS", "-od", str(tmp_path / "out"), str(port)])
-    wait_for(lambda: socket.socket().connect_ex(("127.0.0.1", port)) == 0, timeout=10, what="storescp")
-    proxy = cluster.proxy(cluster.config([{"Id": "pacs", "AeTitle": "PACS", "Host": "127.0.0.1", "Port": port,
-                                           "Health": {"Mode": "liveness", "Probe": "tcp"}}]))
+    proxy = _proxy_in_front_of_storescp(cluster)
     _, [path] = write_study(tmp_path / "s", count=1)
     ae = AE(ae_title="MODALITY")
     assoc = ae.associate("127.0.0.1", proxy.port, ae_title="SYNTHIQ",
@@ -183,3 +164,12 @@ def test_a_modality_preferring_jpeg_2000_is_steered_to_a_syntax_the_backends_acc
         assert assoc.send_c_store(dcmread(path)).Status == 0x0000
     finally:
         assoc.release()
+
+
+def _proxy_in_front_of_storescp(cluster):
+    """A pool whose one backend is DCMTK's storescp (uncompressed syntaxes only)."""
+    from tests.harness import start_storescp
+
+    port, _ = start_storescp(cluster, ae_title="PACS")
+    return cluster.proxy(cluster.config([{"Id": "pacs", "AeTitle": "PACS", "Host": "127.0.0.1", "Port": port,
+                                          "Health": {"Mode": "liveness", "Probe": "tcp"}}]))

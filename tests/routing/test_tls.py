@@ -12,7 +12,7 @@ from pydicom import dcmread
 from pynetdicom import AE, build_context
 
 from routing.synthetic import write_study
-from tests.harness import free_port, require_tool, send_files, wait_for
+from tests.harness import require_tool, send_files, start_storescp, wait_for
 
 
 def _pki(tmp) -> dict[str, str]:
@@ -36,13 +36,10 @@ def _tls_client(ca: str):
 
 
 def test_tls_in_and_out_and_a_silent_client_does_not_stall_the_listener(cluster, tmp_path):
-    storescp = require_tool("storescp", "dcmtk")
     pki = _pki(tmp_path)
-    pacs_port, out_dir = free_port(), tmp_path / "pacs"
-    out_dir.mkdir()
-    cluster.process("storescp-tls", [storescp, "--aetitle", "PACS", "+tls", pki["pacs.key"], pki["pacs.pem"],
-                                     "+cf", pki["ca.pem"], "-od", str(out_dir), str(pacs_port)])
-    wait_for(lambda: socket.socket().connect_ex(("127.0.0.1", pacs_port)) == 0, timeout=10, what="storescp")
+    pacs_port, _ = start_storescp(cluster, name="pacs", ae_title="PACS",
+                                  extra=["+tls", pki["pacs.key"], pki["pacs.pem"], "+cf", pki["ca.pem"]])
+    out_dir = cluster.tmp / "pacs"
     config = cluster.config(
         [{"Id": "pacs", "AeTitle": "PACS", "Host": "127.0.0.1", "Port": pacs_port,
           "Health": {"Mode": "liveness", "Probe": "tcp"},
