@@ -184,6 +184,8 @@ class Command(BaseCommand):
 
     def handle(self, *args, **o):
         store_dir = Path(o["store_dir"]) if o["store_dir"] else None
+        if store_dir is not None:
+            store_dir.mkdir(parents=True, exist_ok=True)  # /api/health reports its free space
         knobs = {
             "latency_ms": o["latency_ms"], "queue_depth": o["queue_depth"], "capacity": o["capacity"],
             "status": int(o["status"], 16), "error_comment": o["error_comment"],
