@@ -55,6 +55,8 @@ def test_the_demo_starts_and_a_study_sent_with_storescu_lands_on_a_simulated_bac
         ready="runproxy ready",
     )
     assert "log in as 'admin'" in demo.log()
+    for n in (1, 2, 3):  # every simulated backend answers its health contract from the start
+        assert requests.get(f"http://127.0.0.1:{base + 100 + n}/api/health", timeout=5).json()["status"] == "ok"
     suid, _ = write_study(tmp_path / "study", count=2)
     store = subprocess.run([storescu, "-aec", "SYNTHIQ", "+sd", "127.0.0.1", str(dicom_port),
                             str(tmp_path / "study")], capture_output=True, text=True, timeout=60)
