@@ -173,3 +173,23 @@ def _proxy_in_front_of_storescp(cluster):
     port, _ = start_storescp(cluster, ae_title="PACS")
     return cluster.proxy(cluster.config([{"Id": "pacs", "AeTitle": "PACS", "Host": "127.0.0.1", "Port": port,
                                           "Health": {"Mode": "liveness", "Probe": "tcp"}}]))
+
+
+def test_message_id_priority_move_originator_and_calling_ae_reach_the_backend(one_backend_proxy, tmp_path):
+    from pydicom import dcmread
+    from pynetdicom import AE, build_context
+
+    backend, proxy = one_backend_proxy
+    _, [path] = write_study(tmp_path, count=1)
+    ds = dcmread(path)
+    ae = AE(ae_title="CT01")
+    assoc = ae.associate("127.0.0.1", proxy.port, ae_title="SYNTHIQ",
+                         contexts=[build_context(ds.SOPClassUID, ds.file_meta.TransferSyntaxUID)])
+    try:
+        rsp = assoc.send_c_store(ds, msg_id=4242, priority=1, originator_aet="QRSCP", originator_id=77)
+    finally:
+        assoc.release()
+    assert rsp.Status == 0
+    [seen] = requests.get(f"{backend.url}/api/requests", timeout=5).json()
+    assert seen == {"sop_instance_uid": ds.SOPInstanceUID, "message_id": 4242, "priority": 1,
+                    "move_originator_ae": "QRSCP", "move_originator_id": 77, "calling_ae": "CT01"}

@@ -46,6 +46,8 @@ class Backend:
         self.received_total = 0
         self.recent: deque[float] = deque(maxlen=100_000)
         self.associations = {"released": 0, "aborted": 0}
+        # The command attributes of the last requests, so tests can see what was carried over.
+        self.requests: deque[dict[str, Any]] = deque(maxlen=1000)
 
     def count_association(self, event: evt.Event, outcome: str) -> None:
         with self.lock:
@@ -79,7 +81,14 @@ class Backend:
             fp.seek(offset)
             while chunk := fp.read(1 << 20):
                 digest.update(chunk)
-        sop_uid = str(event.request.AffectedSOPInstanceUID)
+        req = event.request
+        sop_uid = str(req.AffectedSOPInstanceUID)
+        with self.lock:
+            self.requests.append({
+                "sop_instance_uid": sop_uid, "message_id": req.MessageID, "priority": req.Priority,
+                "move_originator_ae": req.MoveOriginatorApplicationEntityTitle,
+                "move_originator_id": req.MoveOriginatorMessageID, "calling_ae": event.assoc.requestor.ae_title,
+            })
         status = int(knobs.get("status", 0))
         if status in (0x0000, 0xB000, 0xB006, 0xB007):
             if self.store_dir is not None:
@@ -136,6 +145,9 @@ def _http_handler(backend: Backend):
                 if mode == "garbage":
                     return self._json(200, {"status": "ok", "queue": "lots"})
                 return self._json(200, backend.health())
+            if self.path == "/api/requests":
+                with backend.lock:
+                    return self._json(200, list(backend.requests))
             if self.path == "/api/associations":
                 with backend.lock:
                     return self._json(200, dict(backend.associations))
