@@ -21,6 +21,15 @@ class ApiUser:
     token: str
 
 
+def clean_database() -> None:
+    """What the `db` fixture does, for fixtures shared by a module's tests."""
+    from django.apps import apps
+
+    for app in ("routing", "affinity", "health", "pools"):
+        for model in apps.get_app_config(app).get_models():
+            model.objects.all().delete()
+
+
 def api_user() -> ApiUser:
     """A staff user (the admin login form takes staff only) and a DRF token, as
     `createsuperuser` and `drf_create_token` would make them."""
