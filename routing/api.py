@@ -48,7 +48,9 @@ class ActivityView(APIView):
         operation_id="activity",
         summary="Recent first-instance routing decisions, newest first",
         parameters=[
-            OpenApiParameter("limit", OpenApiTypes.INT, description=f"1-{ACTIVITY_MAX_LIMIT}, default {ACTIVITY_DEFAULT_LIMIT}"),
+            OpenApiParameter(
+                "limit", OpenApiTypes.INT, description=f"1-{ACTIVITY_MAX_LIMIT}, default {ACTIVITY_DEFAULT_LIMIT}"
+            ),
             OpenApiParameter("pool", OpenApiTypes.STR),
             OpenApiParameter("backend", OpenApiTypes.STR),
             OpenApiParameter("tier", OpenApiTypes.STR, enum=RoutingDecision.Reason.values),

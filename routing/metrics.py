@@ -53,9 +53,15 @@ class SynthIQCollector:
             labels=["process", "status_class"],
         )
         associations = CounterMetricFamily("synthiq_associations", "Inbound associations accepted", labels=["process"])
-        open_assocs = GaugeMetricFamily("synthiq_open_associations", "Inbound associations open now", labels=["process"])
-        cache = GaugeMetricFamily("synthiq_affinity_cache_entries", "Entries in the hot affinity cache", labels=["process"])
-        db_ok = GaugeMetricFamily("synthiq_database_ok", "1 when the process can reach the affinity database", labels=["process"])
+        open_assocs = GaugeMetricFamily(
+            "synthiq_open_associations", "Inbound associations open now", labels=["process"]
+        )
+        cache = GaugeMetricFamily(
+            "synthiq_affinity_cache_entries", "Entries in the hot affinity cache", labels=["process"]
+        )
+        db_ok = GaugeMetricFamily(
+            "synthiq_database_ok", "1 when the process can reach the affinity database", labels=["process"]
+        )
         pending = GaugeMetricFamily(
             "synthiq_pending_bindings", "Bindings held in memory until the database is back", labels=["process"]
         )
@@ -110,7 +116,9 @@ class SynthIQCollector:
         load = GaugeMetricFamily("synthiq_backend_load",
                                  "Normalized load (depth / capacity); absent when unknown (liveness, no report)",
                                  labels=["pool", "backend"])
-        draining = GaugeMetricFamily("synthiq_backend_draining", "1 when the backend is draining", labels=["pool", "backend"])
+        draining = GaugeMetricFamily(
+            "synthiq_backend_draining", "1 when the backend is draining", labels=["pool", "backend"]
+        )
         enabled = GaugeMetricFamily("synthiq_backend_enabled", "1 when the backend is enabled in the config",
                                     labels=["pool", "backend"])
         weight = GaugeMetricFamily("synthiq_backend_weight", "Configured weight", labels=["pool", "backend"])

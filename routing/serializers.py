@@ -103,5 +103,7 @@ class DecisionSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = RoutingDecision
-        fields = ("id", "at_utc", "pool", "backend", "study_uid", "tier", "calling_ae", "source_ip", "modality", "process")
+        fields = (
+            "id", "at_utc", "pool", "backend", "study_uid", "tier", "calling_ae", "source_ip", "modality", "process",
+        )
         read_only_fields = fields

@@ -73,6 +73,15 @@ def test_dashboard_shows_decisions_and_counters_live_without_a_reload(cluster, t
         browser.wait_js(_shows('[data-counter="received"]', "10"), what="all traffic on the page")
         browser.wait_js("!!document.querySelector('#decisions .tier-affinity-hit')", what="the affinity-hit pill")
         assert browser.js("document.querySelector('#banners').children.length") == 0
+
+        # The Drain button posts with the session's CSRF token (the confirm dialog answered yes).
+        browser.js("window.confirm = () => true;"
+                   "document.querySelector('tr[data-backend=\"node-b\"] button.action.drain').click()")
+        browser.wait_js(_shows('tr[data-backend="node-b"] .tag', "draining"), what="node-b shown draining")
+        from pools.models import Backend
+
+        assert Backend.objects.get(id="node-b").draining is True
+        assert browser.js("window.__loadedOnce") is True
         browser.screenshot(SCREENSHOT)
         assert SCREENSHOT.stat().st_size > 20_000
 

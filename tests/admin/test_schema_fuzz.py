@@ -34,7 +34,8 @@ def _seed(tmp_path) -> None:
                                        reason="least-busy", calling_ae="CT1", modality="CT")
     binding_commit(pool_id="main", study_uid="1.2.826.0.1.3680043.10.1", backend_id="node-a", now=now)
     ProxyProcess.objects.create(id="host:1", started_utc=now, updated_utc=now, counters={
-        "counters": {"received": 3, "routed.least-busy": 1, "status.success": 3}, "backends": {"node-a": {"forwarded": 3}},
+        "counters": {"received": 3, "routed.least-busy": 1, "status.success": 3},
+        "backends": {"node-a": {"forwarded": 3}},
         "latency_buckets": [0.1], "latency": {"node-a": [3, 0]}, "cache_size": 1, "db_ok": True,
     }, listeners=[{"pool": "main", "ae_title": "SYNTHIQ", "port": 11112, "accepting": True}])
 
