@@ -14,6 +14,8 @@ from routing.synthetic import write_study
 from tests.admin.support import Api, api_user, clean_database, healthy, study_root
 from tests.harness import Cluster, send_files, wait_for
 
+pytestmark = pytest.mark.postgres
+
 TIERS = {"affinity-hit", "least-busy", "weighted", "association-cached", "fallback"}
 
 

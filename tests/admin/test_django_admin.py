@@ -7,6 +7,8 @@ import json
 
 import pytest
 
+pytestmark = pytest.mark.postgres  # the selectors' queries run on both databases
+
 
 @pytest.fixture
 def admin_client(db, tmp_path):

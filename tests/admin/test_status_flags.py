@@ -10,6 +10,8 @@ import pytest
 
 from tests.admin.support import api_user, heartbeat_round
 
+pytestmark = pytest.mark.postgres  # the selectors' queries run on both databases
+
 
 @pytest.fixture
 def status(db, tmp_path):
