@@ -92,7 +92,9 @@ def test_status_aggregates_the_published_counters_listeners_cache_and_health(rou
     ]
     assert status["pools_without_listener"] == []
     assert status["database"] == {"ok": True, "errors": [], "pending_bindings": 0}
-    assert status["heartbeat"]["stale"] is False
+    # runproxy publishes its heartbeat interval (1 s in the test config), mode and stale flag.
+    assert {k: status["heartbeat"][k] for k in ("stale", "source", "mode", "interval_seconds")} == {
+        "stale": False, "source": "proxy", "mode": "inline", "interval_seconds": 1}
     assert [p["pool"] for p in status["heartbeat"]["pools"]] == ["main"]
     by_id = {b["id"]: b for b in status["backends"]}
     assert set(by_id) == {"node-a", "node-b", "node-c"}
