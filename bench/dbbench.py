@@ -1,0 +1,163 @@
+"""Routing-decision latency and affinity write rate against the database in DATABASE_URL.
+
+Run by bench/run.py once for SQLite and once for PostgreSQL, in its own process (the
+database is a process-wide Django setting). Times the objects runproxy uses in-process:
+``Router.route`` on a cache miss (database lookup + waterfall + durable insert-if-absent
+binding) and on a hit (hot cache + waterfall), ``AffinityStore.cached`` alone, binding
+claims per second (one transaction each, the per-new-study write) from one thread and
+from several, and the write-behind batch of per-instance touches.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "synthiq_project.settings")
+
+
+def pct(values: list[float], scale: float) -> dict[str, float]:
+    ordered = sorted(values)
+
+    def at(q: float) -> float:
+        return ordered[min(len(ordered) - 1, int(q / 100 * len(ordered)))] * scale
+
+    return {"p50": at(50), "p95": at(95), "p99": at(99), "max": ordered[-1] * scale, "n": len(ordered)}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--json", type=Path, required=True)
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args()
+    n_route = 500 if args.quick else 3000
+    n_claims = 2000 if args.quick else 10000
+    threads = 4
+
+    import django
+
+    django.setup()
+    from django.core.management import call_command
+    from django.db import close_old_connections, connection
+
+    call_command("migrate", verbosity=0)
+    from affinity import services
+    from affinity.models import Binding
+    from affinity.store import AffinityStore
+    from health.models import BackendHealth
+    from pools.config import config_load
+    from pools.services import config_sync
+    from routing.router import Router
+
+    backends = [
+        {
+            "Id": f"node-{c}",
+            "AeTitle": f"NODE{c.upper()}",
+            "Host": "127.0.0.1",
+            "Port": 10400 + n,
+            "Health": {"Mode": "native", "Url": f"http://127.0.0.1:{18080 + n}/api/health"},
+        }
+        for n, c in enumerate("abc")
+    ]
+    cfg_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"dbbench-{os.getpid()}.json"
+    cfg_path.write_text(
+        json.dumps(
+            {
+                "HeartbeatTimeoutSeconds": 86400,
+                "Pools": [{"Id": "bench", "AeTitle": "BENCH", "Port": 11112, "Backends": backends}],
+            }
+        )
+    )
+    config_sync(config=config_load(path=cfg_path))
+    cfg_path.unlink()
+    now = dt.datetime.now(dt.UTC)
+    for b in backends:
+        BackendHealth.objects.update_or_create(
+            backend_id=b["Id"],
+            defaults={"healthy": True, "load": 0.1, "capacity": 50, "last_ok_utc": now, "last_check_utc": now},
+        )
+    Binding.objects.all().delete()
+
+    store = AffinityStore(window_hours=96)
+    router = Router(store=store, heartbeat_timeout=86400)
+    router.refresh(pool_ids=["bench"])
+    uids = [f"1.2.826.0.1.3680043.10.999.{os.getpid()}.{n}" for n in range(n_route)]
+
+    miss = []
+    for uid in uids:
+        t = time.perf_counter()
+        route = router.route(pool_id="bench", study_uid=uid)
+        miss.append(time.perf_counter() - t)
+        assert route.backend_id and not route.cache_hit
+    hit = []
+    for _ in range(3):
+        for uid in uids:
+            t = time.perf_counter()
+            route = router.route(pool_id="bench", study_uid=uid)
+            hit.append(time.perf_counter() - t)
+            assert route.cache_hit
+    cache = []
+    for _ in range(3):
+        for uid in uids:
+            t = time.perf_counter()
+            store.cached(("bench", uid))
+            cache.append(time.perf_counter() - t)
+
+    # Binding claims: the durable write of every new study, one transaction each.
+    def claims(prefix: str, count: int) -> None:
+        close_old_connections()
+        stamp = dt.datetime.now(dt.UTC)
+        for n in range(count):
+            services.binding_claim(pool_id="bench", study_uid=f"{prefix}.{n}", backend_id="node-a", now=stamp)
+        connection.close()
+
+    t = time.perf_counter()
+    claims(f"1.2.826.0.1.3680043.10.998.{os.getpid()}", n_claims)
+    claims_per_s = n_claims / (time.perf_counter() - t)
+
+    workers = [
+        threading.Thread(target=claims, args=(f"1.2.826.0.1.3680043.10.997.{os.getpid()}.{k}", n_claims // threads))
+        for k in range(threads)
+    ]
+    t = time.perf_counter()
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    claims_per_s_threads = (n_claims // threads * threads) / (time.perf_counter() - t)
+
+    # Write-behind: per-instance touches batched in one transaction per flush.
+    keys = list(Binding.objects.values_list("pool_id", "study_uid")[:n_claims])
+    stamp = dt.datetime.now(dt.UTC)
+    t = time.perf_counter()
+    services.bindings_touch(touches={tuple(k): (1, stamp) for k in keys})
+    touches_per_s = len(keys) / (time.perf_counter() - t)
+
+    vendor = connection.vendor
+    Binding.objects.all().delete()
+    result = {
+        "database": vendor,
+        "route_miss_ms": pct(miss, 1e3),
+        "route_hit_us": pct(hit, 1e6),
+        "cache_get_us": pct(cache, 1e6),
+        "claims_per_s": claims_per_s,
+        "claims_per_s_threads": claims_per_s_threads,
+        "threads": threads,
+        "touches_per_s": touches_per_s,
+        "claims": n_claims,
+    }
+    args.json.write_text(json.dumps(result, indent=2))
+    print(json.dumps({k: v for k, v in result.items()}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
