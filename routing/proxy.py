@@ -196,7 +196,26 @@ class Proxy:
             logger.info("pool=%s transfer syntaxes accepted by its backends: %s", pool.id,
                         {ts: n for ts, n in sorted(self.syntax_ranks[pool.id].items())} or "unknown")
 
+    def _association_died(self, args: threading.ExceptHookArgs) -> None:
+        """An inbound association's own thread died inside pynetdicom (e.g. writing the
+        spool file on a full disk): no end event will come, so end it here, with ids."""
+        # The thread is the association's DUL (its network reactor) or the association.
+        assoc = getattr(args.thread, "assoc", args.thread)
+        if not isinstance(assoc, Association) or not assoc.is_acceptor:
+            return self._previous_excepthook(args)
+        requestor = assoc.requestor
+        logger.error(
+            "association from calling_ae=%s source_ip=%s failed mid-transfer: %s: %s; "
+            "aborting it (the sender gets no success)",
+            requestor.ae_title, requestor.address, args.exc_type.__name__, args.exc_value,
+        )
+        self.end_session(assoc, released=False)
+        if not assoc.is_aborted and not assoc.is_released:
+            threading.Thread(target=assoc.abort, name="abort-after-failure", daemon=True).start()
+
     def start(self) -> None:
+        self._previous_excepthook = threading.excepthook
+        threading.excepthook = self._association_died
         self.probe_backends()
         for pool in self.pools:
             ae = AE(ae_title=pool.ae_title)

@@ -74,6 +74,9 @@ class Managed:
     ready_text: str | None = None
     proc: subprocess.Popen | None = None
     _log_offset: int = 0
+    # Largest file the process may write (RLIMIT_FSIZE): past it writes fail with EFBIG,
+    # as on a full disk (Python ignores SIGXFSZ).
+    max_file_bytes: int | None = None
 
     def start(self, *, timeout: float = 30) -> Managed:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -81,12 +84,18 @@ class Managed:
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
             self.argv, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL, start_new_session=True,
+            stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=self._limits,
         )
         log.close()
         if self.ready_text:
             wait_for(self._ready, timeout=timeout, what=f"{self.name} to start ({self.log_path})")
         return self
+
+    def _limits(self) -> None:
+        if self.max_file_bytes is not None:
+            import resource
+
+            resource.setrlimit(resource.RLIMIT_FSIZE, (self.max_file_bytes, self.max_file_bytes))
 
     def _ready(self) -> bool:
         if self.proc and self.proc.poll() is not None:
@@ -189,7 +198,7 @@ class Cluster:
         return {"HeartbeatIntervalSeconds": 1, "HeartbeatTimeoutSeconds": 3} | top | {"Pools": [pool]}
 
     def proxy(self, config: dict[str, Any], *, name: str = "runproxy", http: bool = False,
-              extra_env: dict[str, str] | None = None) -> ProxyHandle:
+              extra_env: dict[str, str] | None = None, max_file_bytes: int | None = None) -> ProxyHandle:
         path = self.tmp / f"{name}.json"
         path.write_text(json.dumps(config))
         pool = config["Pools"][0]
@@ -199,7 +208,9 @@ class Cluster:
             http_port = free_port()
             argv += ["--http", f"127.0.0.1:{http_port}"]
         env = self.env | (extra_env or {})
-        m = self._managed(name, argv, "runproxy ready", env).start()
+        m = self._managed(name, argv, "runproxy ready", env)
+        m.max_file_bytes = max_file_bytes
+        m.start()
         return ProxyHandle(pool["Port"], pool["AeTitle"], path, m, http_port)
 
     def process(self, name: str, argv: list[str], *, ready: str | None = None) -> Managed:

@@ -20,11 +20,12 @@ from affinity.services import bindings_purge_expired
 from affinity.store import AffinityStore
 from health.runner import InlineHeartbeats
 from health.selectors import heartbeat_staleness
-from health.services import HeartbeatSettings
+from health.services import HeartbeatPolicy
 from pools.config import Config, ConfigError, config_load
 from pools.services import config_sync
 from routing.proxy import NetworkConfig, PoolListenerConfig, Proxy
 from routing.router import Router
+from routing.spool import spool_prepare, spool_sweep
 from routing.stats import Stats
 
 logger = logging.getLogger("synthiq.routing")
@@ -71,11 +72,12 @@ class Command(BaseCommand):
         signal.signal(signal.SIGINT, self._on_signal)
 
         config_sync(config=self.config)
+        self.spool = spool_prepare(base=settings.VAR_DIR / "spool")
         self.pool_ids = [p["Id"] for p in self.config.pools]
         self.store = AffinityStore(window_hours=self.config.study_cache_window_hours)
         self.router = Router(store=self.store, heartbeat_timeout=self.config.heartbeat_timeout)
         self.stats = Stats()
-        self.heartbeat_settings = HeartbeatSettings(self.config.heartbeat_interval, self.config.heartbeat_timeout,
+        self.heartbeat_policy = HeartbeatPolicy(self.config.heartbeat_interval, self.config.heartbeat_timeout,
                                                     self.config.study_cache_window_hours)
         self.heartbeats: InlineHeartbeats | None = None
         self.heartbeats_since = dt.datetime.now(dt.UTC)
@@ -93,7 +95,7 @@ class Command(BaseCommand):
         if settings.SYNTHIQ_INLINE_HEARTBEATS:
             # One full round before accepting: a cold start would otherwise find no
             # healthy backend and pile every new study onto the first one (fallback).
-            self.heartbeats = InlineHeartbeats(pool_ids=self.pool_ids, settings_=self.heartbeat_settings)
+            self.heartbeats = InlineHeartbeats(pool_ids=self.pool_ids, policy=self.heartbeat_policy)
             self.heartbeats.run_once()
             self.heartbeats.start()
         else:
@@ -112,6 +114,9 @@ class Command(BaseCommand):
     def loop(self) -> None:
         next_refresh = next_publish = time.monotonic()
         next_purge = time.monotonic() + 5
+        # Abandoned spool files are those idle longer than the network timeout.
+        sweep_every = max(1.0, min(60.0, self.config.network["NetworkTimeoutSeconds"] / 2))
+        next_sweep = time.monotonic() + sweep_every
         while not self.stopping:
             now = time.monotonic()
             if now >= next_refresh:
@@ -123,6 +128,9 @@ class Command(BaseCommand):
             if now >= next_purge:
                 self.purge()
                 next_purge = now + PURGE_SECONDS
+            if now >= next_sweep:
+                spool_sweep(spool=self.spool, max_idle_seconds=self.config.network["NetworkTimeoutSeconds"])
+                next_sweep = now + sweep_every
             time.sleep(0.05)
 
     def refresh(self) -> None:
@@ -136,12 +144,12 @@ class Command(BaseCommand):
         """Stale heartbeats (no round for three intervals: beat dead, worker gone) are
         shouted, not silently read as "all healthy"; routing meanwhile sees every row
         go stale by itself (health.selectors.backend_is_healthy)."""
-        timing = {"heartbeat_interval": self.heartbeat_settings.interval_seconds,
-                  "heartbeat_timeout": self.heartbeat_settings.timeout_seconds,
+        timing = {"heartbeat_interval": self.heartbeat_policy.interval_seconds,
+                  "heartbeat_timeout": self.heartbeat_policy.timeout_seconds,
                   "heartbeat_mode": "inline" if self.heartbeats else "celery"}
         try:
             stale = heartbeat_staleness(pool_ids=self.pool_ids, now=dt.datetime.now(dt.UTC),
-                                        interval_seconds=self.heartbeat_settings.interval_seconds,
+                                        interval_seconds=self.heartbeat_policy.interval_seconds,
                                         since=self.heartbeats_since)
         except Exception as exc:  # database down: say so rather than claim freshness
             return timing | {"heartbeat_stale": None, "heartbeat_error": str(exc)}
@@ -154,7 +162,7 @@ class Command(BaseCommand):
             self.stale_logged_at = now
             ages = ", ".join(f"{p}: {'never' if a is None else f'{a:.0f}s ago'}" for p, a in stale.items())
             logger.error("HEARTBEATS STALE: no heartbeat round for over %.0fs (%s) - %s; every backend "
-                         "will read unhealthy", 3 * self.heartbeat_settings.interval_seconds, ages,
+                         "will read unhealthy", 3 * self.heartbeat_policy.interval_seconds, ages,
                          "is the inline heartbeat thread stuck?" if self.heartbeats
                          else "is Celery beat (and a worker) running?")
         return timing | {"heartbeat_stale": bool(stale), "heartbeat_stale_pools": sorted(stale)}
