@@ -25,6 +25,7 @@ from pools.config import Config, ConfigError, config_load
 from pools.services import config_sync
 from routing.proxy import NetworkConfig, PoolListenerConfig, Proxy
 from routing.router import Router
+from routing.services import routing_activity_purge
 from routing.spool import spool_prepare, spool_sweep
 from routing.stats import Stats
 
@@ -181,10 +182,12 @@ class Command(BaseCommand):
         )
 
     def purge(self) -> None:
+        now = dt.datetime.now(dt.UTC)
         try:
-            bindings_purge_expired(window_hours=self.config.study_cache_window_hours, now=dt.datetime.now(dt.UTC))
+            bindings_purge_expired(window_hours=self.config.study_cache_window_hours, now=now)
+            routing_activity_purge(now=now)
         except Exception as exc:
-            logger.warning("binding purge failed: %s", exc)
+            logger.warning("purge failed: %s", exc)
 
     # -- web app --------------------------------------------------------------
     def start_web(self, http: str):
