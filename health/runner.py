@@ -7,28 +7,28 @@ import logging
 import threading
 import time
 
-from health.services import HeartbeatSettings, heartbeat_run_all, heartbeat_runner_name
+from health.services import HeartbeatPolicy, heartbeat_run_all, heartbeat_runner_name
 
 logger = logging.getLogger("synthiq.health")
 
 
 class InlineHeartbeats:
-    def __init__(self, *, pool_ids: list[str], settings_: HeartbeatSettings):
+    def __init__(self, *, pool_ids: list[str], policy: HeartbeatPolicy):
         self.pool_ids = pool_ids
-        self.settings = settings_
+        self.policy = policy
         self.runner = heartbeat_runner_name(kind="inline")
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def run_once(self) -> None:
-        heartbeat_run_all(settings_=self.settings, runner=self.runner, pool_ids=self.pool_ids)
+        heartbeat_run_all(policy=self.policy, runner=self.runner, pool_ids=self.pool_ids)
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._loop, name="heartbeats", daemon=True)
         self._thread.start()
 
     def _loop(self) -> None:
-        interval = self.settings.interval_seconds
+        interval = self.policy.interval_seconds
         next_round = time.monotonic() + interval
         while not self._stop.wait(max(0.0, next_round - time.monotonic())):
             # Fixed-rate schedule: a slow round does not push every later one back.

@@ -31,7 +31,7 @@ MAX_PROBE_SECONDS = 5.0
 
 
 @dataclass(frozen=True)
-class HeartbeatSettings:
+class HeartbeatPolicy:
     interval_seconds: float
     timeout_seconds: float
     study_cache_window_hours: float
@@ -54,7 +54,7 @@ def heartbeat_runner_name(*, kind: str) -> str:
     return f"{kind}:{socket.gethostname()}:{os.getpid()}"
 
 
-def heartbeat_settings_read() -> HeartbeatSettings:
+def heartbeat_policy_read() -> HeartbeatPolicy:
     """Intervals for a heartbeat runner that has no config object of its own (Celery):
     from the file in SYNTHIQ_CONFIG, validated like runproxy validates it, else the
     config file's documented defaults."""
@@ -62,10 +62,10 @@ def heartbeat_settings_read() -> HeartbeatSettings:
 
     if settings.SYNTHIQ_CONFIG:
         config = config_load(path=settings.SYNTHIQ_CONFIG)
-        return HeartbeatSettings(config.heartbeat_interval, config.heartbeat_timeout,
+        return HeartbeatPolicy(config.heartbeat_interval, config.heartbeat_timeout,
                                  config.study_cache_window_hours)
     fields = ConfigSerializer().fields
-    return HeartbeatSettings(fields["HeartbeatIntervalSeconds"].default,
+    return HeartbeatPolicy(fields["HeartbeatIntervalSeconds"].default,
                              fields["HeartbeatTimeoutSeconds"].default,
                              fields["StudyCacheWindowHours"].default)
 
@@ -152,14 +152,14 @@ def backend_health_record(
     return healthy
 
 
-def heartbeat_round(*, pool_id: str, settings_: HeartbeatSettings, runner: str) -> dict[str, bool]:
+def heartbeat_round(*, pool_id: str, policy: HeartbeatPolicy, runner: str) -> dict[str, bool]:
     """One heartbeat round for a pool: probe all enabled backends, record each result and
     the round itself. Returns backend id -> healthy."""
     close_old_connections()
     targets = heartbeat_targets(pool_id=pool_id)
     modes = {t.backend_id: t.health.get("Mode", "liveness") for t in targets}
     started = time.monotonic()
-    outcomes = heartbeat_probe_all(targets=targets, timeout=settings_.probe_timeout)
+    outcomes = heartbeat_probe_all(targets=targets, timeout=policy.probe_timeout)
     now = dt.datetime.now(dt.UTC)
     previous = backend_health_rows(backend_ids=list(modes))
     result: dict[str, bool] = {}
@@ -168,7 +168,7 @@ def heartbeat_round(*, pool_id: str, settings_: HeartbeatSettings, runner: str) 
             result[outcome.backend_id] = backend_health_record(
                 outcome=outcome, pool_id=pool_id, mode=modes[outcome.backend_id],
                 previous=previous.get(outcome.backend_id), now=now,
-                timeout_seconds=settings_.timeout_seconds,
+                timeout_seconds=policy.timeout_seconds,
             )
         _upsert(HeartbeatRound, key={"pool_id": pool_id}, fields={"completed_utc": now, "runner": runner})
     logger.debug("heartbeat round pool=%s backends=%d healthy=%d in %.0f ms by %s", pool_id, len(outcomes),
@@ -176,7 +176,9 @@ def heartbeat_round(*, pool_id: str, settings_: HeartbeatSettings, runner: str) 
     return result
 
 
-def heartbeat_run_all(*, settings_: HeartbeatSettings, runner: str, pool_ids: list[str] | None = None) -> dict[str, dict[str, bool]]:
+def heartbeat_run_all(
+    *, policy: HeartbeatPolicy, runner: str, pool_ids: list[str] | None = None
+) -> dict[str, dict[str, bool]]:
     """A round for each pool (every enabled pool in the database when none are named)."""
     from pools.selectors import pools_enabled
 
@@ -186,7 +188,7 @@ def heartbeat_run_all(*, settings_: HeartbeatSettings, runner: str, pool_ids: li
     results = {}
     for pool_id in pool_ids:
         try:
-            results[pool_id] = heartbeat_round(pool_id=pool_id, settings_=settings_, runner=runner)
+            results[pool_id] = heartbeat_round(pool_id=pool_id, policy=policy, runner=runner)
         except Exception:  # one pool's database trouble must not starve the others
             logger.exception("heartbeat round for pool=%s failed", pool_id)
     return results

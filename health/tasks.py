@@ -10,18 +10,18 @@ from celery import shared_task
 @shared_task(name="health.heartbeat_run_all", ignore_result=True)
 def heartbeat_run_all() -> None:
     from health.services import (
+        heartbeat_policy_read,
         heartbeat_run_all,
         heartbeat_runner_name,
-        heartbeat_settings_read,
     )
 
-    heartbeat_run_all(settings_=heartbeat_settings_read(), runner=heartbeat_runner_name(kind="celery"))
+    heartbeat_run_all(policy=heartbeat_policy_read(), runner=heartbeat_runner_name(kind="celery"))
 
 
 @shared_task(name="affinity.bindings_purge_expired", ignore_result=True)
 def bindings_purge_expired() -> None:
     from affinity.services import bindings_purge_expired
-    from health.services import heartbeat_settings_read
+    from health.services import heartbeat_policy_read
 
-    bindings_purge_expired(window_hours=heartbeat_settings_read().study_cache_window_hours,
+    bindings_purge_expired(window_hours=heartbeat_policy_read().study_cache_window_hours,
                            now=dt.datetime.now(dt.UTC))

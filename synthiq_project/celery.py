@@ -30,9 +30,9 @@ def beat_schedule_define(sender: Celery, **kwargs) -> None:
     """The beat schedule, in code. Each periodic task expires after its own period: a
     heartbeat that waited longer than an interval in the queue (worker down, backlog)
     describes the past and is dropped rather than run late in a burst."""
-    from health.services import heartbeat_settings_read
+    from health.services import heartbeat_policy_read
 
-    interval = heartbeat_settings_read().interval_seconds
+    interval = heartbeat_policy_read().interval_seconds
     sender.conf.beat_schedule = {
         "heartbeats": {"task": "health.heartbeat_run_all", "schedule": interval,
                        "options": {"expires": interval}},

@@ -41,9 +41,9 @@ def _pool(*backends: tuple[str, str, str]) -> None:
 
 
 def _round(timeout: float = 3.0) -> dict[str, bool]:
-    from health.services import HeartbeatSettings, heartbeat_round
+    from health.services import HeartbeatPolicy, heartbeat_round
 
-    return heartbeat_round(pool_id="main", settings_=HeartbeatSettings(1.0, timeout, 96), runner="test")
+    return heartbeat_round(pool_id="main", policy=HeartbeatPolicy(1.0, timeout, 96), runner="test")
 
 
 def test_native_load_is_received_hold_processing_over_capacity_failed_excluded(endpoints):
@@ -93,11 +93,15 @@ BROKEN = {
     "status not ok": ("native", dict(body=NATIVE_OK | {"status": "degraded"}), "status 'degraded'"),
     "queue missing": ("native", dict(body={"status": "ok", "capacity": 50}), "queue missing"),
     "depth as string": ("native", dict(body=NATIVE_OK | {"queue": {"received": "3", "hold": 0, "processing": 0,
-                                                                   "failed": 0}}), "queue.received must be an integer"),
+                                                                   "failed": 0}}),
+                        "queue.received must be an integer"),
     "queue field missing": ("native", dict(body=NATIVE_OK | {"queue": {"received": 3}}), "queue.hold missing"),
-    "negative depth": ("certified", dict(body={"status": "ok", "queue_depth": -2, "capacity": 5}), "queue_depth must be >= 0"),
-    "bool depth": ("certified", dict(body={"status": "ok", "queue_depth": True, "capacity": 5}), "must be an integer"),
-    "zero capacity": ("certified", dict(body={"status": "ok", "queue_depth": 1, "capacity": 0}), "capacity must be > 0"),
+    "negative depth": ("certified", dict(body={"status": "ok", "queue_depth": -2, "capacity": 5}),
+                       "queue_depth must be >= 0"),
+    "bool depth": ("certified", dict(body={"status": "ok", "queue_depth": True, "capacity": 5}),
+                   "must be an integer"),
+    "zero capacity": ("certified", dict(body={"status": "ok", "queue_depth": 1, "capacity": 0}),
+                      "capacity must be > 0"),
     "load as string": ("certified", dict(body={"status": "ok", "load": "0.1", "capacity": 5}), "load must be a number"),
     "load NaN": ("certified", dict(raw=b'{"status": "ok", "load": NaN}'), "not JSON"),
     "no depth nor load": ("certified", dict(body={"status": "ok", "capacity": 5}), "neither queue_depth nor load"),
@@ -130,7 +134,8 @@ def test_body_breaking_the_contract_is_a_failed_heartbeat_with_a_clear_log_line(
     elapsed = time.monotonic() - started
     row = health_row("broken")
     assert reason in row.last_error, row.last_error
-    assert any(line.startswith("heartbeat failed backend=broken") and reason in line for line in log.lines()), log.lines()
+    assert any(line.startswith("heartbeat failed backend=broken") and reason in line
+               for line in log.lines()), log.lines()
     # The load is the last one the backend reported, never one made up from a broken body.
     assert (row.load, row.queue_depth, row.capacity) == (before.load, before.queue_depth, before.capacity)
     assert row.last_ok_utc == before.last_ok_utc and row.last_check_utc > before.last_check_utc

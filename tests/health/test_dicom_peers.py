@@ -21,9 +21,9 @@ def _pool(*backends: dict) -> None:
 
 
 def _round() -> dict[str, bool]:
-    from health.services import HeartbeatSettings, heartbeat_round
+    from health.services import HeartbeatPolicy, heartbeat_round
 
-    return heartbeat_round(pool_id="main", settings_=HeartbeatSettings(INTERVAL, TIMEOUT, 96), runner="test")
+    return heartbeat_round(pool_id="main", policy=HeartbeatPolicy(INTERVAL, TIMEOUT, 96), runner="test")
 
 
 def test_liveness_by_c_echo_against_storescp_goes_down_after_the_timeout_and_comes_back(cluster):
