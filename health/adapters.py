@@ -22,8 +22,9 @@ logger = logging.getLogger("synthiq.health")
 
 # Orthanc runs this many jobs at once unless its "ConcurrentJobs" option says otherwise
 # (Orthanc Book, configuration reference). Orthanc's REST API does not expose the option,
-# so this is the denominator; a deployment that raises ConcurrentJobs reads busier than it is,
-# which errs on the side of not flooding it.
+# so this is the denominator unless the backend's Health.Capacity gives the site's value;
+# a deployment that raised ConcurrentJobs without saying so reads busier than it is, which
+# errs on the side of not flooding it.
 ORTHANC_CONCURRENT_JOBS = 2
 
 
@@ -65,7 +66,8 @@ def orthanc_health(target: Target, timeout: float) -> Reading:
     jobs = int(metrics["orthanc_jobs_pending"] + metrics["orthanc_jobs_running"])
     rest = max(0, int(metrics.get("orthanc_rest_api_active_requests", 1)) - 1)
     depth = jobs + rest
-    load, note = load_normalize(load=None, depth=depth, denominator=ORTHANC_CONCURRENT_JOBS)
+    capacity = int(target.health.get("Capacity", ORTHANC_CONCURRENT_JOBS))
+    load, note = load_normalize(load=None, depth=depth, denominator=capacity)
     detail = {
         "jobs_pending": int(metrics["orthanc_jobs_pending"]),
         "jobs_running": int(metrics["orthanc_jobs_running"]),
@@ -73,4 +75,4 @@ def orthanc_health(target: Target, timeout: float) -> Reading:
         "count_instances": int(metrics.get("orthanc_count_instances", 0)),
         "disk_size_mb": metrics.get("orthanc_disk_size_mb"),
     }
-    return Reading(load=load, queue_depth=depth, capacity=ORTHANC_CONCURRENT_JOBS, detail=detail, load_note=note)
+    return Reading(load=load, queue_depth=depth, capacity=capacity, detail=detail, load_note=note)

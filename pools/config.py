@@ -71,6 +71,9 @@ class HealthSerializer(StrictSerializer):
     Adapter = serializers.ChoiceField(choices=["orthanc"], required=False)
     Username = serializers.CharField(required=False)
     Password = serializers.CharField(required=False)
+    # Adapter mode: the denominator when the vendor's metrics do not carry one
+    # (Orthanc: its "ConcurrentJobs" option, 2 by default).
+    Capacity = serializers.IntegerField(required=False, min_value=1)
 
     def validate(self, attrs):
         mode = attrs["Mode"]
