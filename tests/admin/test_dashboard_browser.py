@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 
 from routing.synthetic import write_study
 from tests.admin.cdp import Browser
 from tests.admin.support import api_user, healthy, study_root
 from tests.harness import ROOT, send_files
 
-SCREENSHOT = ROOT / "docs" / "dashboard.png"
+# `SYNTHIQ_SCREENSHOT=docs/dashboard.png pytest tests/admin/test_dashboard_browser.py`
+# refreshes the README's picture; otherwise the screenshot stays in the test's tmp dir.
+SCREENSHOT_TO = os.environ.get("SYNTHIQ_SCREENSHOT")
 
 
 def _text(selector: str) -> str:
@@ -82,8 +85,9 @@ def test_dashboard_shows_decisions_and_counters_live_without_a_reload(cluster, t
 
         assert Backend.objects.get(id="node-b").draining is True
         assert browser.js("window.__loadedOnce") is True
-        browser.screenshot(SCREENSHOT)
-        assert SCREENSHOT.stat().st_size > 20_000
+        screenshot = ROOT / SCREENSHOT_TO if SCREENSHOT_TO else tmp_path / "dashboard.png"
+        browser.screenshot(screenshot)
+        assert screenshot.stat().st_size > 20_000
 
         # Banners: a second proxy process that cannot reach the database and sees stale heartbeats.
         from routing.models import ProxyProcess
