@@ -13,9 +13,9 @@ import logging
 from collections import Counter
 from collections.abc import Iterable
 
+from pydicom import uid
 from pynetdicom import AE, build_context
 from pynetdicom.sop_class import CTImageStorage  # type: ignore[attr-defined]
-from pydicom import uid
 
 logger = logging.getLogger("synthiq.routing")
 

@@ -8,12 +8,12 @@ import sqlite3
 import uuid
 
 import pytest
-
-pytestmark = pytest.mark.postgres
 from django.core.management import call_command
 
 from affinity.services import binding_claim
 from pools.models import Backend, Pool
+
+pytestmark = pytest.mark.postgres
 
 
 def test_every_binding_moves_to_the_other_database_and_a_rerun_adds_nothing(db, tmp_path, db_kind):

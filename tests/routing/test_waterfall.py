@@ -5,7 +5,13 @@ from __future__ import annotations
 from collections import Counter
 
 from routing.waterfall import (
-    AFFINITY_HIT, FALLBACK, LEAST_BUSY, WEIGHTED, BackendState, WrrState, decide,
+    AFFINITY_HIT,
+    FALLBACK,
+    LEAST_BUSY,
+    WEIGHTED,
+    BackendState,
+    WrrState,
+    decide,
 )
 
 

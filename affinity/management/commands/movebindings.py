@@ -35,7 +35,8 @@ class Command(BaseCommand):
             source["ENGINE"], source.get("NAME"), source.get("HOST")
         ):
             raise CommandError("--to: the target is the current database")
-        connections.settings[TARGET] = connections.settings[DEFAULT_DB_ALIAS] | target | {"OPTIONS": target.get("OPTIONS", {})}
+        options = {"OPTIONS": target.get("OPTIONS", {})}  # not the source's engine-specific ones
+        connections.settings[TARGET] = connections.settings[DEFAULT_DB_ALIAS] | target | options
         connections.settings[TARGET].pop("TEST", None)
         try:
             call_command("migrate", database=TARGET, verbosity=0)

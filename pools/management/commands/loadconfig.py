@@ -17,7 +17,7 @@ class Command(BaseCommand):
         try:
             cfg = config_load(path=config)
         except ConfigError as exc:
-            raise CommandError("invalid config, nothing changed:\n  " + "\n  ".join(exc.errors))
+            raise CommandError("invalid config, nothing changed:\n  " + "\n  ".join(exc.errors)) from None
         if check:
             self.stdout.write("config OK")
             return

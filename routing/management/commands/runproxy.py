@@ -67,7 +67,7 @@ class Command(BaseCommand):
         try:
             self.config: Config = config_load(path=config)
         except ConfigError as exc:
-            raise CommandError("invalid config, nothing changed:\n  " + "\n  ".join(exc.errors))
+            raise CommandError("invalid config, nothing changed:\n  " + "\n  ".join(exc.errors)) from None
         self.stopping = False
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
