@@ -11,25 +11,32 @@ side writes to the spool as PDUs arrive, and the outbound side's PDU queue is ca
 from __future__ import annotations
 
 import logging
+import select
 import socket
 import ssl
+import struct
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+import pynetdicom.association
+import pynetdicom.dul
 from django.db import connection
 from pydicom.dataset import Dataset
 from pynetdicom import AE, _config, build_context, evt
 from pynetdicom.association import Association
+from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dsutils import split_dataset
+from pynetdicom.dul import DULServiceProvider
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
+from routing import transport
 from routing.negotiation import prefer_accepted, probe_transfer_syntaxes, syntax_ranks
 from routing.router import BackendAddress, Router
 from routing.scan import HeaderError, scan_header
 from routing.stats import Stats
-from routing import transport
 
 logger = logging.getLogger("synthiq.routing")
 
@@ -39,6 +46,48 @@ _config.STORE_RECV_CHUNKED_DATASET = True  # spool inbound data sets to a file, 
 _config.STORE_SEND_CHUNKED_DATASET = True  # send a file's bytes as they are
 _config.LOG_HANDLER_LEVEL = "none"
 transport.install()  # bounded, fast socket reads (see routing/transport.py)
+
+
+class _PromptIdleWait:
+    """Stands in for the ``time`` module inside pynetdicom's ``dul`` and ``association``
+    modules. Their reactor loops poll: when idle they sleep one tick (1 ms) and look
+    again, so each PDU and each complete DIMSE message waits for the next tick of two
+    loops. Here the same idle wait ends as soon as there is work: a DUL thread waits for
+    its socket to become readable, an acceptor association's reactor for a message on
+    its DIMSE queue. Idle cost is unchanged (still at most one wake-up per tick); shorter
+    sleeps (pynetdicom's 0.1 ms pause loops) and every other ``time`` use pass through."""
+
+    TICK = 0.001
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(time, name)
+
+    @staticmethod
+    def sleep(seconds: float) -> None:
+        if seconds >= _PromptIdleWait.TICK:
+            thread = threading.current_thread()
+            if isinstance(thread, DULServiceProvider):
+                assoc_socket = thread.socket
+                raw = getattr(assoc_socket, "socket", None)
+                if raw is not None and getattr(assoc_socket, "_is_connected", False):
+                    if isinstance(raw, ssl.SSLSocket) and raw.pending():
+                        return  # decrypted bytes already buffered: no need to wait
+                    try:
+                        select.select([raw], [], [], seconds)
+                        return
+                    except (OSError, ValueError):
+                        pass  # closed under us: plain sleep, pynetdicom notices the close
+            elif isinstance(thread, Association) and thread.is_acceptor:
+                messages = thread.dimse.msg_queue
+                with messages.not_empty:
+                    if not messages._qsize():
+                        messages.not_empty.wait(seconds)
+                return
+        time.sleep(seconds)
+
+
+pynetdicom.dul.time = _PromptIdleWait()  # type: ignore[assignment]
+pynetdicom.association.time = _PromptIdleWait()  # type: ignore[assignment]
 
 # Outbound PDUs queued ahead of the socket, per association: bounds memory whatever
 # the instance size (pynetdicom would otherwise queue a whole instance at once).
@@ -84,6 +133,69 @@ class OutboundUnavailable(Exception):
     def __init__(self, status: int, comment: str):
         super().__init__(comment)
         self.status, self.comment = status, comment
+
+
+def _keep_stray_responses(assoc: Association) -> None:
+    """Guard against pynetdicom's reactor race (pydicom/pynetdicom#875): the reactor can
+    take a C-STORE response off the DIMSE queue as the sender starts waiting for it and
+    drop it as "unexpected", leaving the forward hung for the whole DIMSE timeout. Such a
+    response is put back for its waiter instead."""
+    serve = assoc._serve_request
+
+    def serve_request(msg: Any, context_id: int) -> None:
+        if not msg.is_valid_request and msg.is_valid_response:
+            assoc.dimse.msg_queue.put((context_id, msg))
+            return
+        serve(msg, context_id)
+
+    assoc._serve_request = serve_request  # type: ignore[method-assign]
+
+
+_META_HEAD = struct.Struct("<4sHH2sHI")  # b"DICM", (0002,0000) UL, length 4, its value
+
+
+def _dataset_offset(path: str | Path) -> int:
+    """Where the data set starts in a spool file pynetdicom wrote: after the preamble,
+    b"DICM" and the file meta group, whose length its first element gives. Reading it
+    directly saves decoding the file meta with pydicom on every C-STORE."""
+    with open(path, "rb") as fp:
+        fp.seek(128)
+        head = fp.read(_META_HEAD.size)
+    if len(head) == _META_HEAD.size:
+        magic, group, element, vr, length, value = _META_HEAD.unpack(head)
+        if magic == b"DICM" and (group, element, vr, length) == (0x0002, 0x0000, b"UL", 4):
+            return 128 + _META_HEAD.size + value
+    return split_dataset(Path(path))[1]  # not the layout pynetdicom writes: let pydicom read it
+
+
+def _send_file(assoc: Association, req: Any, path: str | Path, offset: int, transfer_syntax: str) -> Dataset:
+    """``send_c_store(path)`` without its per-call costs: the SOP class and instance come
+    from the inbound request (pynetdicom wrote the spool's file meta from them) instead of
+    decoding the file meta again, and the reactor is not paused (a 0.1 ms polling wait per
+    C-STORE) since ``_keep_stray_responses`` hands a response the reactor takes back to
+    this waiter. The data set bytes are sent from the spool file as they are. Returns the
+    status Dataset (empty when the backend timed out or aborted); raises ValueError when
+    no accepted context fits, as ``send_c_store`` does."""
+    context = assoc._get_valid_context(req.AffectedSOPClassUID, transfer_syntax, "scu", allow_conversion=False)
+    rq = C_STORE()
+    rq.MessageID = req.MessageID
+    rq.Priority = req.Priority
+    rq.MoveOriginatorApplicationEntityTitle = req.MoveOriginatorApplicationEntityTitle
+    rq.MoveOriginatorMessageID = req.MoveOriginatorMessageID
+    rq.AffectedSOPClassUID = req.AffectedSOPClassUID
+    rq.AffectedSOPInstanceUID = req.AffectedSOPInstanceUID
+    rq._dataset_path = (Path(path), offset)
+    assoc.dimse.send_msg(rq, context.context_id)
+    while True:
+        _, rsp = assoc.dimse.get_msg(block=True)
+        if rsp is None:  # DIMSE timeout, abort or closed connection
+            assoc._handle_no_response()
+            return Dataset()
+        if isinstance(rsp, C_STORE) and rsp.MessageIDBeingRespondedTo == rq.MessageID:
+            return assoc._check_received_status(rsp)
+        # Never take another message's answer for this one's.
+        logger.warning("backend sent an unexpected %s (responding to %s) while message %s was in flight: ignored",
+                       type(rsp).__name__, getattr(rsp, "MessageIDBeingRespondedTo", None), rq.MessageID)
 
 
 @dataclass(frozen=True)
@@ -347,6 +459,7 @@ class Proxy:
         )
         if assoc.is_established:
             _bound_pdu_queue(assoc, OUTBOUND_PDU_QUEUE)
+            _keep_stray_responses(assoc)
             session.outbound[backend.id] = assoc
             return assoc
         if assoc.is_rejected:
@@ -405,7 +518,7 @@ def _store(event: evt.Event, proxy: Proxy, pool: PoolListenerConfig) -> Dataset 
     path = event.dataset_path
     transfer_syntax = event.context.transfer_syntax
 
-    _, offset = split_dataset(path)
+    offset = _dataset_offset(path)
     try:
         with open(path, "rb") as fp:
             fp.seek(offset)
@@ -457,13 +570,7 @@ def _store(event: evt.Event, proxy: Proxy, pool: PoolListenerConfig) -> Dataset 
 
     proxy.router.note_sent(backend_id)
     try:
-        rsp = assoc.send_c_store(
-            path,
-            msg_id=req.MessageID,
-            priority=req.Priority,
-            originator_aet=req.MoveOriginatorApplicationEntityTitle,
-            originator_id=req.MoveOriginatorMessageID,
-        )
+        rsp = _send_file(assoc, req, path, offset, transfer_syntax)
     except ValueError as exc:
         # The backend accepted the association but not this SOP class with this syntax.
         session.failed += 1

@@ -127,22 +127,6 @@ def file_contexts(paths: list[Path]) -> list[tuple[str, str]]:
     return list(pairs)
 
 
-def keep_stray_responses(assoc) -> None:
-    """Work around pynetdicom's reactor race (pydicom/pynetdicom#875): the association's
-    reactor can take a C-STORE response off the DIMSE queue just as ``send_c_store``
-    starts waiting for it, drop it as "unexpected", and leave the sender waiting for the
-    whole DIMSE timeout. Put such a response back on the queue for its waiter instead."""
-    serve = assoc._serve_request
-
-    def serve_request(msg, context_id):
-        if not msg.is_valid_request and msg.is_valid_response:
-            assoc.dimse.msg_queue.put((context_id, msg))
-            return
-        serve(msg, context_id)
-
-    assoc._serve_request = serve_request
-
-
 class PynetdicomSender:
     """One association per batch; the files' data set bytes are sent as they are."""
 
@@ -165,7 +149,7 @@ class PynetdicomSender:
     def send(self, batch: Batch) -> None:
         from pynetdicom import evt
 
-        from routing.proxy import _bound_pdu_queue, _set_nodelay
+        from routing.proxy import _bound_pdu_queue, _keep_stray_responses, _set_nodelay
 
         assoc = self.ae.associate(
             self.host,
@@ -182,7 +166,7 @@ class PynetdicomSender:
             return
         # The sender's own PDU queue is bounded too, so a 1 GiB instance costs no 1 GiB here.
         _bound_pdu_queue(assoc, self.queue_limit)
-        keep_stray_responses(assoc)
+        _keep_stray_responses(assoc)  # pynetdicom#875: see routing/proxy.py
         try:
             for p in batch.paths:
                 self.msg_id = self.msg_id % 65535 + 1
