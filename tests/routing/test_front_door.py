@@ -56,16 +56,22 @@ def _loadconfig(path) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=60)
 
 
-def test_an_invalid_config_changes_nothing_and_names_the_key_path(cluster, tmp_path):
-    from pools.models import Backend
-
-    good = cluster.config([
+def _loaded_two_backend_config(cluster, tmp_path):
+    """A valid two-backend config file, already loaded into the database."""
+    config = cluster.config([
         {"Id": "node-a", "AeTitle": "NODEA", "Host": "127.0.0.1", "Port": 104},
         {"Id": "node-b", "AeTitle": "NODEB", "Host": "127.0.0.1", "Port": 105},
     ])
     path = tmp_path / "synthiq.json"
-    path.write_text(json.dumps(good))
+    path.write_text(json.dumps(config))
     assert _loadconfig(path).returncode == 0
+    return config, path
+
+
+def test_an_invalid_config_changes_nothing_and_names_the_key_path(cluster, tmp_path):
+    from pools.models import Backend
+
+    good, path = _loaded_two_backend_config(cluster, tmp_path)
     before = list(Backend.objects.values_list("id", "port", "enabled").order_by("id"))
 
     bad = json.loads(json.dumps(good))
@@ -93,13 +99,7 @@ def test_runproxy_refuses_an_invalid_config_with_the_key_path(cluster, tmp_path)
 def test_a_backend_removed_from_the_file_is_disabled_not_deleted(cluster, tmp_path):
     from pools.models import Backend
 
-    config = cluster.config([
-        {"Id": "node-a", "AeTitle": "NODEA", "Host": "127.0.0.1", "Port": 104},
-        {"Id": "node-b", "AeTitle": "NODEB", "Host": "127.0.0.1", "Port": 105},
-    ])
-    path = tmp_path / "synthiq.json"
-    path.write_text(json.dumps(config))
-    assert _loadconfig(path).returncode == 0
+    config, path = _loaded_two_backend_config(cluster, tmp_path)
     config["Pools"][0]["Backends"].pop()
     path.write_text(json.dumps(config))
     assert _loadconfig(path).returncode == 0
