@@ -7,8 +7,9 @@ import hashlib
 import struct
 from pathlib import Path
 
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import generate_uid
+
+from routing.synthetic import make_header
 
 CHUNK = 1 << 20
 
@@ -24,31 +25,12 @@ def write_large_instance(path: Path, *, pixel_bytes: int, study_uid: str | None 
         raise ValueError("pixel_bytes must be even and below 4 GiB")
     columns = 16384
     rows = max(1, pixel_bytes // 2 // columns)
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = CTImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID = CTImageStorage
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    ds.Modality = "CT"
-    ds.PatientName = "SYNTHETIC^LARGE"
-    ds.PatientID = "SYNLARGE"
-    ds.StudyInstanceUID = study_uid or generate_uid()
-    ds.SeriesInstanceUID = generate_uid()
-    ds.InstanceNumber = 1
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
     # Rows x Columns is nominal (tomo-sized objects are often multi-frame); only the
     # byte count matters for the transfer.
-    ds.Rows = min(rows, 65535)
-    ds.Columns = columns
-    ds.BitsAllocated = 16
-    ds.BitsStored = 16
-    ds.HighBit = 15
-    ds.PixelRepresentation = 0
-    ds.set_original_encoding(False, True)
+    ds = make_header(study_uid=study_uid or generate_uid(), series_uid=generate_uid(), number=1,
+                     rows=min(rows, 65535), columns=columns)
+    ds.PatientName = "SYNTHETIC^LARGE"
+    ds.PatientID = "SYNLARGE"
     ds.save_as(path, enforce_file_format=True)
     with open(path, "rb") as fp:
         from pynetdicom.dsutils import split_dataset

@@ -10,7 +10,7 @@ from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, ImplicitVRLittle
 _PIXEL_CACHE: dict[int, bytes] = {}
 
 
-def make_instance(
+def make_header(
     *,
     study_uid: str,
     series_uid: str,
@@ -21,10 +21,7 @@ def make_instance(
     modality: str = "CT",
     transfer_syntax: str = ExplicitVRLittleEndian,
 ) -> Dataset:
-    """A CT image of rows x columns 16-bit pixels (512x512 is the ~513 KB slice)."""
-    size = rows * columns * 2
-    if size not in _PIXEL_CACHE:
-        _PIXEL_CACHE[size] = bytes(range(256)) * (size // 256) + bytes(size % 256)
+    """A CT image's attributes for rows x columns 16-bit pixels, without the Pixel Data."""
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = CTImageStorage
     meta.MediaStorageSOPInstanceUID = generate_uid()
@@ -47,9 +44,17 @@ def make_instance(
     ds.BitsStored = 16
     ds.HighBit = 15
     ds.PixelRepresentation = 0
+    ds.set_original_encoding(transfer_syntax == ImplicitVRLittleEndian, True)
+    return ds
+
+
+def make_instance(*, rows: int = 64, columns: int = 64, **kwargs) -> Dataset:
+    """A CT image of rows x columns 16-bit pixels (512x512 is the ~513 KB slice)."""
+    size = rows * columns * 2
+    if size not in _PIXEL_CACHE:
+        _PIXEL_CACHE[size] = bytes(range(256)) * (size // 256) + bytes(size % 256)
+    ds = make_header(rows=rows, columns=columns, **kwargs)
     ds.PixelData = _PIXEL_CACHE[size]
-    implicit = transfer_syntax == ImplicitVRLittleEndian
-    ds.set_original_encoding(implicit, True)
     return ds
 
 
