@@ -11,6 +11,7 @@ side writes to the spool as PDUs arrive, and the outbound side's PDU queue is ca
 from __future__ import annotations
 
 import logging
+import queue
 import select
 import socket
 import ssl
@@ -168,6 +169,25 @@ def _dataset_offset(path: str | Path) -> int:
     return split_dataset(Path(path))[1]  # not the layout pynetdicom writes: let pydicom read it
 
 
+def _next_message(assoc: Association) -> Any | None:
+    """The next DIMSE message from the backend, or None on timeout, abort or close.
+
+    pynetdicom wakes a waiter on abort by queueing a (None, None) marker, but with the
+    reactor not paused its own non-blocking poll can take that marker first, which would
+    leave this wait blocked for the whole DIMSE timeout. So wait in short slices and look
+    at the association's state between them."""
+    deadline = time.monotonic() + (assoc.dimse_timeout or 600)
+    while time.monotonic() < deadline:
+        try:
+            _, msg = assoc.dimse.msg_queue.get(timeout=0.05)
+        except queue.Empty:
+            if assoc.acse.is_aborted() or not assoc.dul.is_alive() or assoc.is_aborted:
+                return None
+            continue
+        return msg  # None when it is pynetdicom's abort marker
+    return None
+
+
 def _send_file(assoc: Association, req: Any, path: str | Path, offset: int, transfer_syntax: str) -> Dataset:
     """``send_c_store(path)`` without its per-call costs: the SOP class and instance come
     from the inbound request (pynetdicom wrote the spool's file meta from them) instead of
@@ -187,7 +207,7 @@ def _send_file(assoc: Association, req: Any, path: str | Path, offset: int, tran
     rq._dataset_path = (Path(path), offset)
     assoc.dimse.send_msg(rq, context.context_id)
     while True:
-        _, rsp = assoc.dimse.get_msg(block=True)
+        rsp = _next_message(assoc)
         if rsp is None:  # DIMSE timeout, abort or closed connection
             assoc._handle_no_response()
             return Dataset()
