@@ -1,0 +1,245 @@
+"""Association negotiation, both ways, through pynetdicom's PDU and presentation classes.
+
+Inbound, SynthIQ is the acceptor: ``accept`` checks the request and negotiates its
+presentation contexts (every storage class, private ones included, plus the non-storage
+services the pool passes), preferring in each context a transfer syntax the pool's
+backends accept. Outbound, SynthIQ is the requestor on the modality's behalf:
+``outbound_request`` mirrors the accepted contexts (same IDs, same abstract syntax, the
+one accepted transfer syntax), calls with the modality's AE title and Implementation
+Class UID, and carries its User Identity, SOP Class (Common) Extended and role
+selection items. No asynchronous operations window is negotiated either way: one
+operation is outstanding at a time.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from pydicom import uid as uids
+from pynetdicom.pdu import A_ASSOCIATE_AC, A_ASSOCIATE_RJ, A_ASSOCIATE_RQ
+from pynetdicom.pdu_primitives import (
+    A_ASSOCIATE,
+    ImplementationClassUIDNotification,
+    ImplementationVersionNameNotification,
+    MaximumLengthNotification,
+    SCP_SCU_RoleSelectionNegotiation,
+    SOPClassCommonExtendedNegotiation,
+    SOPClassExtendedNegotiation,
+    UserIdentityNegotiation,
+)
+from pynetdicom.presentation import PresentationContext, build_context, negotiate_unrestricted
+
+from routing.dicom.pdu import ProtocolError
+
+APPLICATION_CONTEXT = "1.2.840.10008.3.1.1.1"
+VERIFICATION = "1.2.840.10008.1.1"
+# SynthIQ's Implementation Class UID: a UUID-derived UID (PS3.5 B.2), fixed for the product.
+IMPLEMENTATION_CLASS_UID = "2.25.247512358916834104837263522309862715431"
+IMPLEMENTATION_VERSION_NAME = "SYNTHIQ_1"
+MAX_CONTEXTS = 128
+
+# The syntaxes C-ECHO is accepted in (as pynetdicom's AE offers them).
+VERIFICATION_SYNTAXES = [uids.ImplicitVRLittleEndian, uids.ExplicitVRLittleEndian,
+                         uids.DeflatedExplicitVRLittleEndian, uids.ExplicitVRBigEndian]
+
+# A-ASSOCIATE-RJ (PS3.8 9.3.4): (result, source, reason).
+REJECT_CALLED_AE = (1, 1, 7)  # permanent, service-user, called AE title not recognised
+REJECT_CALLING_AE = (1, 1, 3)  # permanent, service-user, calling AE title not recognised
+REJECT_APPLICATION_CONTEXT = (1, 1, 2)  # permanent, service-user, application context not supported
+REJECT_PROTOCOL_VERSION = (1, 2, 2)  # permanent, ACSE provider, protocol version not supported
+REJECT_LIMIT = (2, 3, 2)  # transient, presentation provider, local limit exceeded
+REJECT_NO_REASON = (2, 1, 1)  # transient, service-user, no reason given
+
+
+@dataclass
+class AssociateRequest:
+    """A decoded A-ASSOCIATE-RQ."""
+
+    primitive: A_ASSOCIATE
+    protocol_version: int
+    calling_ae: str
+    called_ae: str
+    application_context: str
+    contexts: list[PresentationContext]
+    max_pdu: int
+    implementation_class_uid: str = ""
+    implementation_version_name: str = ""
+    roles: dict[str, tuple[bool | None, bool | None]] = field(default_factory=dict)
+    # User Identity, SOP Class (Common) Extended, role selection: carried outbound as they are.
+    carried: list = field(default_factory=list)
+
+
+@dataclass
+class Accepted:
+    """The outcome of inbound negotiation."""
+
+    contexts: dict[int, PresentationContext]  # accepted ones only, by context ID
+    pdu: bytes  # the A-ASSOCIATE-AC to send
+
+
+@dataclass
+class BackendAccept:
+    """A backend's A-ASSOCIATE-AC: its max PDU and what it accepted, by context ID."""
+
+    max_pdu: int
+    contexts: dict[int, str]  # context ID -> the one accepted transfer syntax
+    rejected: dict[int, int] = field(default_factory=dict)  # context ID -> result code
+
+
+def _user_items(primitive: A_ASSOCIATE) -> list:
+    return list(primitive.user_information or [])
+
+
+def decode_associate_rq(raw: bytes | memoryview) -> AssociateRequest:
+    pdu = A_ASSOCIATE_RQ()
+    try:
+        pdu.decode(bytes(raw))
+        primitive = pdu.to_primitive()
+    except Exception as exc:  # pynetdicom raises several types on malformed items
+        raise ProtocolError(f"malformed A-ASSOCIATE-RQ: {exc}") from None
+    rq = AssociateRequest(
+        primitive=primitive,
+        protocol_version=pdu.protocol_version,
+        calling_ae=str(primitive.calling_ae_title or "").strip(),
+        called_ae=str(primitive.called_ae_title or "").strip(),
+        application_context=str(primitive.application_context_name or ""),
+        contexts=list(primitive.presentation_context_definition_list),
+        max_pdu=0,
+    )
+    for item in _user_items(primitive):
+        if isinstance(item, MaximumLengthNotification):
+            rq.max_pdu = int(item.maximum_length_received or 0)
+        elif isinstance(item, ImplementationClassUIDNotification):
+            rq.implementation_class_uid = str(item.implementation_class_uid or "")
+        elif isinstance(item, ImplementationVersionNameNotification):
+            rq.implementation_version_name = str(item.implementation_version_name or "")
+        elif isinstance(item, SCP_SCU_RoleSelectionNegotiation):
+            rq.roles[str(item.sop_class_uid)] = (item.scu_role, item.scp_role)
+            rq.carried.append(item)
+        elif isinstance(item, SOPClassExtendedNegotiation | SOPClassCommonExtendedNegotiation
+                        | UserIdentityNegotiation):
+            rq.carried.append(item)
+        # An asynchronous operations window is not carried: one operation at a time.
+    return rq
+
+
+def reject(reason: tuple[int, int, int]) -> bytes:
+    pdu = A_ASSOCIATE_RJ()
+    pdu.result, pdu.source, pdu.reason_diagnostic = reason
+    return pdu.encode()
+
+
+def rejection_text(raw: bytes | memoryview) -> str:
+    pdu = A_ASSOCIATE_RJ()
+    pdu.decode(bytes(raw))
+    try:
+        return f"{pdu.result_str}, {pdu.source_str}: {pdu.reason_str}"
+    except ValueError:
+        return f"result {pdu.result}, source {pdu.source}, reason {pdu.reason_diagnostic}"
+
+
+def syntax_ranks(accepted_by_backend: Iterable[frozenset[str] | None]) -> dict[str, int]:
+    """How many of the backends that answered accept each syntax."""
+    return dict(Counter(ts for accepted in accepted_by_backend if accepted for ts in accepted))
+
+
+def prefer_accepted(proposed: list[str], ranks: Mapping[str, int]) -> list[str]:
+    """A context's proposed syntaxes reordered: those most backends accept first, the
+    requestor's own order kept among equals. Nothing is dropped, so a syntax no backend
+    was seen to accept is still taken when it is all the requestor offers (its C-STOREs
+    then fail with a clear status if the chosen backend refuses it)."""
+    if not ranks:
+        return proposed
+    return sorted(proposed, key=lambda ts: -ranks.get(str(ts), 0))
+
+
+def accept(rq: AssociateRequest, *, ae_title: str, max_pdu: int, services: Iterable[str] = (VERIFICATION,),
+           ranks: Mapping[str, int] | None = None) -> Accepted:
+    """Negotiate ``rq``'s contexts: storage classes (any, private ones included) in the
+    syntax most backends accept among those proposed, ``services`` (non-storage abstract
+    syntaxes the pool passes) in any syntax proposed. Returns the A-ASSOCIATE-AC."""
+    if len(rq.contexts) > MAX_CONTEXTS:
+        raise ProtocolError(f"{len(rq.contexts)} presentation contexts proposed (at most {MAX_CONTEXTS})")
+    proposed = []
+    for cx in rq.contexts:
+        ordered = prefer_accepted([str(ts) for ts in cx.transfer_syntax], ranks or {})
+        copy = build_context(cx.abstract_syntax, ordered)
+        copy.context_id = cx.context_id
+        proposed.append(copy)
+    supported = []
+    for abstract in services:
+        cx = build_context(abstract, VERIFICATION_SYNTAXES if abstract == VERIFICATION else
+                           sorted({str(ts) for c in rq.contexts if c.abstract_syntax == abstract
+                                   for ts in c.transfer_syntax}) or VERIFICATION_SYNTAXES)
+        cx.scu_role, cx.scp_role = None, None
+        supported.append(cx)
+    results, roles = negotiate_unrestricted(proposed, supported, rq.roles or None)
+
+    ac = A_ASSOCIATE()
+    ac.application_context_name = APPLICATION_CONTEXT
+    ac.calling_ae_title = rq.calling_ae or "ANY-SCU"
+    ac.called_ae_title = ae_title
+    ac.result = 0x00
+    ac.presentation_context_definition_results_list = results
+    length = MaximumLengthNotification()
+    length.maximum_length_received = max_pdu
+    implementation = ImplementationClassUIDNotification()
+    implementation.implementation_class_uid = IMPLEMENTATION_CLASS_UID
+    version = ImplementationVersionNameNotification()
+    version.implementation_version_name = IMPLEMENTATION_VERSION_NAME
+    ac.user_information = [length, implementation, version, *roles]
+    accepted = {int(cx.context_id): cx for cx in results if cx.result == 0x00}
+    return Accepted(contexts=accepted, pdu=A_ASSOCIATE_AC(ac).encode())
+
+
+def outbound_request(rq: AssociateRequest, accepted: Mapping[int, PresentationContext], *, called_ae: str,
+                     max_pdu: int) -> bytes:
+    """The A-ASSOCIATE-RQ to a backend on the modality's behalf (see the module docstring)."""
+    out = A_ASSOCIATE()
+    out.application_context_name = APPLICATION_CONTEXT
+    out.calling_ae_title = rq.calling_ae
+    out.called_ae_title = called_ae
+    contexts = []
+    for context_id, cx in sorted(accepted.items()):
+        copy = build_context(cx.abstract_syntax, [cx.transfer_syntax[0]])
+        copy.context_id = context_id
+        contexts.append(copy)
+    out.presentation_context_definition_list = contexts
+    length = MaximumLengthNotification()
+    length.maximum_length_received = max_pdu
+    implementation = ImplementationClassUIDNotification()
+    implementation.implementation_class_uid = rq.implementation_class_uid or IMPLEMENTATION_CLASS_UID
+    items: list = [length, implementation]
+    if rq.implementation_version_name:
+        version = ImplementationVersionNameNotification()
+        version.implementation_version_name = rq.implementation_version_name
+        items.append(version)
+    abstracts = {str(cx.abstract_syntax) for cx in accepted.values()}
+    for item in rq.carried:
+        # Items about one SOP class go only where that class is proposed; User Identity always.
+        if str(getattr(item, "sop_class_uid", None) or "") in abstracts or isinstance(item, UserIdentityNegotiation):
+            items.append(item)
+    out.user_information = items
+    return A_ASSOCIATE_RQ(out).encode()
+
+
+def decode_associate_ac(raw: bytes | memoryview) -> BackendAccept:
+    pdu = A_ASSOCIATE_AC()
+    try:
+        pdu.decode(bytes(raw))
+        primitive = pdu.to_primitive()
+    except Exception as exc:
+        raise ProtocolError(f"malformed A-ASSOCIATE-AC: {exc}") from None
+    max_pdu = 0
+    for item in _user_items(primitive):
+        if isinstance(item, MaximumLengthNotification):
+            max_pdu = int(item.maximum_length_received or 0)
+    accepted, rejected = {}, {}
+    for cx in primitive.presentation_context_definition_results_list:
+        if cx.result == 0x00 and cx.transfer_syntax:
+            accepted[int(cx.context_id)] = str(cx.transfer_syntax[0])
+        else:
+            rejected[int(cx.context_id)] = int(cx.result or 0)
+    return BackendAccept(max_pdu=max_pdu, contexts=accepted, rejected=rejected)

@@ -1,0 +1,63 @@
+"""Socket options and TLS contexts for DICOM connections, inbound and outbound.
+
+TCP_NODELAY on every socket: Nagle's algorithm on a relay's socket, against a peer that
+delays its ACKs, caps an association near 24 small instances a second. TCP_QUICKACK
+(Linux) is not sticky: the kernel falls back to delayed ACKs after a while, so the relay
+re-arms it after every read; that is what lets a modality that leaves Nagle on (most do)
+send as fast as the network allows (see ``shared/notes/relay.md``).
+"""
+
+from __future__ import annotations
+
+import socket
+import ssl
+from collections.abc import Mapping
+from typing import Any
+
+QUICKACK = getattr(socket, "TCP_QUICKACK", None)
+
+
+def tune(sock: Any) -> None:
+    """NODELAY and an immediate ACK. Buffer sizes are left to the kernel's autotuning
+    (setting SO_RCVBUF/SO_SNDBUF pins them and measured no faster on loopback)."""
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except OSError:
+        return  # the connection is already gone: its reader will see that
+    quickack(sock)
+
+
+def quickack(sock: Any) -> None:
+    if QUICKACK is not None:
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, QUICKACK, 1)
+        except OSError:
+            pass
+
+
+def server_tls(tls: Mapping[str, Any]) -> ssl.SSLContext:
+    """TLS 1.2+ for a listener; a client certificate is required when the pool says so."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(tls["Certificate"], tls["Key"])
+    if tls.get("CA"):
+        ctx.load_verify_locations(tls["CA"])
+    ctx.verify_mode = ssl.CERT_REQUIRED if tls.get("RequireClientCertificate") else ssl.CERT_NONE
+    return ctx
+
+
+def client_tls(tls: Mapping[str, Any]) -> ssl.SSLContext:
+    """TLS 1.2+ to a backend, verified against its CA, with SynthIQ's certificate when given."""
+    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=tls.get("CA"))
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    if tls.get("Certificate"):
+        ctx.load_cert_chain(tls["Certificate"], tls["Key"])
+    return ctx
+
+
+def tune_pynetdicom(event: Any) -> None:
+    """``evt.EVT_CONN_OPEN`` handler for pynetdicom's threaded AE (probes, simulators):
+    the same socket options on its associations."""
+    assoc_socket = event.assoc.dul.socket
+    if assoc_socket is not None and assoc_socket.socket is not None:
+        tune(assoc_socket.socket)

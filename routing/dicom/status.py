@@ -1,0 +1,35 @@
+"""DIMSE status codes: the ones SynthIQ returns itself, and how any status is classed.
+
+Every status a backend returns reaches the modality verbatim; these are the only codes
+SynthIQ makes up, each with an Error Comment naming the backend or the cause.
+"""
+
+from __future__ import annotations
+
+SUCCESS = 0x0000
+# Warnings that still mean "stored" (PS3.4 B.2.3): coercion, elements discarded, mismatch.
+WARNINGS = frozenset({0xB000, 0xB006, 0xB007})
+PENDING = frozenset({0xFF00, 0xFF01})
+CANCEL = 0xFE00
+
+# C-STORE (and C-ECHO) failures SynthIQ returns itself.
+OUT_OF_RESOURCES = 0xA700  # Refused: Out of Resources - no enabled backend in the pool
+BACKEND_UNREACHABLE = 0xA701  # Refused: Out of Resources - backend unreachable / rejected the association
+BACKEND_NO_RESPONSE = 0xA702  # Refused: Out of Resources - backend aborted, reset or timed out mid-operation
+SOP_CLASS_NOT_SUPPORTED = 0x0122  # Refused: SOP class / transfer syntax not accepted by the backend
+CANNOT_UNDERSTAND = 0xC000  # Error: Cannot understand - header unreadable or no Study Instance UID
+UID_BEYOND_HOLD = 0xC001  # Error: Cannot understand - Study Instance UID not within the bytes SynthIQ holds
+
+
+def is_success(status: int) -> bool:
+    """Stored: success, or a warning that PS3.4 counts as stored."""
+    return status == SUCCESS or status in WARNINGS
+
+
+def status_class(status: int) -> str:
+    """The label metrics and counters use: success, warning, or the failure's high byte."""
+    if status == SUCCESS:
+        return "success"
+    if status in WARNINGS:
+        return "warning"
+    return f"0x{status >> 8:02X}xx"
