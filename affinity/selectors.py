@@ -13,6 +13,18 @@ def binding_backend(*, pool_id: str, study_uid: str) -> str | None:
     )
 
 
+def bindings_backends(*, keys: list[tuple[str, str]]) -> dict[tuple[str, str], str]:
+    """The backend of each (pool, study) key that has a binding, in one query per pool."""
+    by_pool: dict[str, list[str]] = {}
+    for pool_id, study_uid in keys:
+        by_pool.setdefault(pool_id, []).append(study_uid)
+    found: dict[tuple[str, str], str] = {}
+    for pool_id, study_uids in by_pool.items():
+        rows = Binding.objects.filter(pool_id=pool_id, study_uid__in=study_uids).values_list("study_uid", "backend_id")
+        found.update({(pool_id, study_uid): backend_id for study_uid, backend_id in rows})
+    return found
+
+
 def bindings_search(
     *,
     study_uid_prefix: str = "",

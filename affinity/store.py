@@ -10,6 +10,7 @@ import logging
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 
 from django.db import DatabaseError, close_old_connections
 
@@ -18,6 +19,7 @@ from affinity import selectors, services
 logger = logging.getLogger("synthiq.affinity")
 
 Key = tuple[str, str]  # (pool id, study uid)
+DB_RETRY_SECONDS = 1.0
 
 
 class HotCache:
@@ -63,12 +65,20 @@ class AffinityStore:
         self._unwritten: dict[Key, tuple[str, dt.datetime]] = {}
         self.db_ok = True
         self.db_error = ""
+        self._retry_at = 0.0
 
     # -- state of the database ------------------------------------------------
     def _db_failed(self, exc: Exception, what: str) -> None:
         if self.db_ok:
-            logger.error("affinity database unavailable during %s: %s (routing continues from memory)", what, exc)
+            logger.error("affinity database unavailable during %s: %s (routing continues from memory; new "
+                         "studies are placed by a hash of their UID until it is back)", what, exc)
         self.db_ok, self.db_error = False, f"{type(exc).__name__}: {exc}"
+        self._retry_at = time.monotonic() + DB_RETRY_SECONDS
+
+    def _db_usable(self) -> bool:
+        """While the database is down, route misses do not each wait on it: it is tried
+        again after DB_RETRY_SECONDS (and by every flush, which writes what was pending)."""
+        return self.db_ok or time.monotonic() >= self._retry_at
 
     def _db_back(self) -> None:
         if not self.db_ok:
@@ -81,36 +91,67 @@ class AffinityStore:
 
     def lookup(self, key: Key) -> str | None:
         """The study's binding (after a cache miss): one not yet written wins, then the database."""
+        return self.lookup_many([key]).get(key)
+
+    def lookup_many(self, keys: list[Key]) -> dict[Key, str]:
+        """Bindings of several studies in one query; bindings decided while the database
+        was away (not yet written) win. On a database error only those are returned."""
         with self._lock:
-            pending = self._unwritten.get(key)
-        if pending:
-            return pending[0]
+            found = {key: self._unwritten[key][0] for key in keys if key in self._unwritten}
+        rest = [key for key in keys if key not in found]
+        if not rest or not self._db_usable():
+            return found
         try:
             close_old_connections()
-            backend_id = selectors.binding_backend(pool_id=key[0], study_uid=key[1])
+            found.update(selectors.bindings_backends(keys=rest))
         except DatabaseError as exc:
             self._db_failed(exc, "lookup")
-            return None
-        return backend_id
+        return found
 
     def claim(self, key: Key, backend_id: str, *, replaces: str | None = None) -> str:
         """Make ``backend_id`` the study's binding unless another process got there
         first; returns the binding that holds. Written before the first instance is
         forwarded, or kept in memory if the database cannot take it now."""
+        if replaces:
+            return self._rebind(key, backend_id, replaces)
+        return self.claim_many({key: backend_id})[key]
+
+    def claim_many(self, claims: dict[Key, str], *, fallback: Callable[[Key], str] | None = None) -> dict[Key, str]:
+        """Claim several new studies at once (see ``claim``). When the database cannot
+        take them, each study goes to ``fallback(key)`` (default: the backend claimed),
+        kept in memory and written once the database is back."""
+        if not claims:
+            return {}
         now = dt.datetime.now(dt.UTC)
+        held: dict[Key, str] | None = None
+        if self._db_usable():
+            try:
+                close_old_connections()
+                held = services.bindings_claim_many(claims=claims, now=now)
+            except DatabaseError as exc:
+                self._db_failed(exc, "claim")
+            else:
+                self._db_back()
+        if held is None:
+            held = {key: fallback(key) if fallback else backend_id for key, backend_id in claims.items()}
+            with self._lock:
+                for key, backend_id in held.items():
+                    self._unwritten[key] = (backend_id, now)
+        stamp = time.monotonic()
+        for key, backend_id in held.items():
+            self.cache.put(key, backend_id, stamp)
+        return held
+
+    def _rebind(self, key: Key, backend_id: str, replaces: str) -> str:
         try:
             close_old_connections()
-            if replaces:
-                bound = services.binding_rebind(
-                    pool_id=key[0], study_uid=key[1], old_backend_id=replaces, new_backend_id=backend_id
-                )
-            else:
-                bound = services.binding_claim(pool_id=key[0], study_uid=key[1], backend_id=backend_id, now=now)
+            bound = services.binding_rebind(pool_id=key[0], study_uid=key[1], old_backend_id=replaces,
+                                            new_backend_id=backend_id)
         except DatabaseError as exc:
-            self._db_failed(exc, "claim")
-            with self._lock:
-                self._unwritten[key] = (backend_id, now)
+            self._db_failed(exc, "rebind")
             bound = backend_id
+            with self._lock:
+                self._unwritten[key] = (backend_id, dt.datetime.now(dt.UTC))
         else:
             self._db_back()
         self.cache.put(key, bound, time.monotonic())

@@ -22,6 +22,8 @@ from typing import Any
 from pynetdicom import AE, evt
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
+from routing.dicom.netopts import client_tls, tune_pynetdicom
+
 # A health body is a few hundred bytes; anything past this is a broken or hostile peer,
 # and reading it whole would let one backend eat the heartbeat runner's memory.
 MAX_BODY_BYTES = 64 * 1024
@@ -238,16 +240,13 @@ def probe_adapter(target: Target, timeout: float) -> Reading:
 
 
 def probe_echo(target: Target, timeout: float) -> Reading:
-    # Imported here: routing.router imports health.selectors, which imports this module.
-    from routing.proxy import _client_tls, _set_nodelay
-
     ae = AE(ae_title=target.pool_ae_title)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = ae.connection_timeout = timeout
     ae.add_requested_context(Verification)
-    tls_args = (_client_tls(target.tls), target.host) if target.tls else None
+    tls_args = (client_tls(target.tls), target.host) if target.tls else None
     try:
         assoc = ae.associate(target.host, target.port, ae_title=target.ae_title, tls_args=tls_args,
-                             evt_handlers=[(evt.EVT_CONN_OPEN, _set_nodelay)])
+                             evt_handlers=[(evt.EVT_CONN_OPEN, tune_pynetdicom)])
     except (OSError, ValueError) as exc:
         raise ProbeError(f"C-ECHO association failed: {exc}") from None
     if not assoc.is_established:

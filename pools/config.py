@@ -119,8 +119,18 @@ class NetworkSerializer(StrictSerializer):
     DimseTimeoutSeconds = serializers.FloatField(min_value=1, default=600)
     NetworkTimeoutSeconds = serializers.FloatField(min_value=1, default=600)
     ConnectTimeoutSeconds = serializers.FloatField(min_value=0.5, default=10)
-    MaxAssociations = serializers.IntegerField(min_value=1, max_value=1000, default=64)
+    MaxAssociations = serializers.IntegerField(min_value=1, max_value=10000, default=64)
     MaxPduBytes = serializers.IntegerField(min_value=4096, max_value=16 * 1024 * 1024, default=262144)
+    # The front door: connections that have not finished association negotiation.
+    HandshakeTimeoutSeconds = serializers.FloatField(min_value=0.5, default=10)
+    MaxPendingAssociations = serializers.IntegerField(min_value=1, max_value=100000, default=256)
+    MaxPendingPerAddress = serializers.IntegerField(min_value=1, max_value=100000, default=32)
+    # Outbound associations: how long a backend may take to answer A-RELEASE, and how long
+    # an unused one stays open (below common PACS idle timeouts: Orthanc's is 30 s).
+    ReleaseTimeoutSeconds = serializers.FloatField(min_value=0.1, default=5)
+    OutboundIdleSeconds = serializers.FloatField(min_value=0.1, default=20)
+    # Data set bytes held while a C-STORE's Study Instance UID is looked for.
+    HeaderHoldBytes = serializers.IntegerField(min_value=16384, max_value=64 * 1024 * 1024, default=1 << 20)
 
 
 class ConfigSerializer(StrictSerializer):

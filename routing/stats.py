@@ -57,6 +57,10 @@ class Stats:
         with self._lock:
             self.open_associations -= 1
 
+    def connection_refused(self) -> None:
+        with self._lock:
+            self.counters["connections_refused"] += 1
+
     def routed(self, reason: str) -> None:
         with self._lock:
             self.counters[f"routed.{reason}"] += 1

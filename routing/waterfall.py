@@ -7,12 +7,16 @@ returned, so each tier is testable in microseconds.
 
 from __future__ import annotations
 
+import hashlib
+import math
 from dataclasses import dataclass, field
 
 AFFINITY_HIT = "affinity-hit"
 LEAST_BUSY = "least-busy"
 WEIGHTED = "weighted"
 FALLBACK = "fallback"
+# Placed by a rendezvous hash of the study while the affinity database was unreachable.
+RENDEZVOUS = "rendezvous"
 
 # The weighted round-robin slot that stands for "all backends with a known load".
 KNOWN_GROUP = "\x00known-load-group"
@@ -53,6 +57,15 @@ class WrrState:
     current: dict[str, int] = field(default_factory=dict)
 
 
+def bound_backend(backends: tuple[BackendState, ...], bound_backend_id: str | None) -> BackendState | None:
+    """Tier 1: the study's bound backend, if it is still in the pool and enabled."""
+    if bound_backend_id is not None:
+        for b in backends:
+            if b.id == bound_backend_id and b.enabled:
+                return b
+    return None
+
+
 def _new_study_candidates(backends: tuple[BackendState, ...]) -> list[BackendState]:
     return [b for b in backends if b.enabled and not b.draining and b.healthy]
 
@@ -78,10 +91,9 @@ def decide(
     """
     # Tier 1: persistent affinity, even to an unhealthy, slow or draining backend:
     # moving a study mid-stream is what SynthIQ exists to prevent.
-    if bound_backend_id is not None:
-        for b in backends:
-            if b.id == bound_backend_id and b.enabled:
-                return Decision(b.id, AFFINITY_HIT)
+    bound = bound_backend(backends, bound_backend_id)
+    if bound is not None:
+        return Decision(bound.id, AFFINITY_HIT)
 
     # Tier 2: health-aware least-busy, with unknown-load backends balanced by weight.
     healthy = _new_study_candidates(backends)
@@ -102,3 +114,23 @@ def decide(
         if b.enabled and not b.draining:
             return Decision(b.id, FALLBACK)
     return Decision(None, FALLBACK)
+
+
+def _rendezvous_score(study_uid: str, backend_id: str, weight: int) -> float:
+    digest = hashlib.blake2b(f"{study_uid}\x00{backend_id}".encode(), digest_size=8).digest()
+    unit = (int.from_bytes(digest, "big") + 0.5) / 2**64  # in (0, 1)
+    return -weight / math.log(unit)  # weighted rendezvous: a backend of weight 2 wins twice as often
+
+
+def rendezvous(*, backends: tuple[BackendState, ...], study_uid: str) -> str | None:
+    """The backend a study goes to when no binding can be read or written (database
+    down): a weighted rendezvous hash of the Study Instance UID over the pool's healthy
+    backends (else its enabled ones), so every worker and every host sharing the
+    database picks the same node without talking, and a backend leaving moves only its
+    own share of studies."""
+    candidates = (_new_study_candidates(backends)
+                  or [b for b in backends if b.enabled and not b.draining]
+                  or [b for b in backends if b.enabled])
+    if not candidates:
+        return None
+    return max(candidates, key=lambda b: (_rendezvous_score(study_uid, b.id, b.weight), b.id)).id

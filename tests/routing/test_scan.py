@@ -11,7 +11,7 @@ from pydicom.data import get_testdata_file
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset
 
-from routing.scan import HeaderError, scan_header
+from routing.dicom.scan import HeaderError, scan_header
 
 
 def _encoded(name: str) -> tuple[bytes, str, str]:

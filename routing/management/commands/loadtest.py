@@ -133,8 +133,6 @@ class PynetdicomSender:
     def __init__(self, *, host: str, port: int, called_ae: str, calling_ae: str, contexts, max_pdu: int, tally: Tally):
         from pynetdicom import AE, _config, build_context
 
-        from routing.proxy import OUTBOUND_PDU_QUEUE
-
         _config.STORE_SEND_CHUNKED_DATASET = True
         self.host, self.port, self.called_ae = host, port, called_ae
         self.contexts = [build_context(a, t) for a, t in contexts]
@@ -142,21 +140,20 @@ class PynetdicomSender:
         self.ae.acse_timeout = 60
         self.ae.dimse_timeout = self.ae.network_timeout = 3600
         self.ae.maximum_pdu_size = max_pdu
-        self.queue_limit = OUTBOUND_PDU_QUEUE
         self.tally = tally
         self.msg_id = 0
 
     def send(self, batch: Batch) -> None:
         from pynetdicom import evt
 
-        from routing.proxy import _bound_pdu_queue, _keep_stray_responses, _set_nodelay
+        from routing.dicom.netopts import tune_pynetdicom
 
         assoc = self.ae.associate(
             self.host,
             self.port,
             contexts=self.contexts,
             ae_title=self.called_ae,
-            evt_handlers=[(evt.EVT_CONN_OPEN, _set_nodelay)],
+            evt_handlers=[(evt.EVT_CONN_OPEN, tune_pynetdicom)],
         )
         if not assoc.is_established:
             for _ in batch.paths:
@@ -164,9 +161,6 @@ class PynetdicomSender:
             with self.tally.lock:
                 self.tally.errors.append(f"association to {self.called_ae}@{self.host}:{self.port} failed")
             return
-        # The sender's own PDU queue is bounded too, so a 1 GiB instance costs no 1 GiB here.
-        _bound_pdu_queue(assoc, self.queue_limit)
-        _keep_stray_responses(assoc)  # pynetdicom#875: see routing/proxy.py
         try:
             for p in batch.paths:
                 self.msg_id = self.msg_id % 65535 + 1

@@ -26,8 +26,8 @@ from pynetdicom import AE, _config, evt
 from pynetdicom.dsutils import split_dataset
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
-from routing.proxy import _set_nodelay
-from routing.scan import HeaderError, scan_header
+from routing.dicom.netopts import tune_pynetdicom
+from routing.dicom.scan import HeaderError, scan_header
 
 logger = logging.getLogger("synthiq.backend")
 
@@ -212,7 +212,7 @@ class Command(BaseCommand):
             (o["host"], o["port"]),
             block=False,
             evt_handlers=[
-                (evt.EVT_CONN_OPEN, _set_nodelay),
+                (evt.EVT_CONN_OPEN, tune_pynetdicom),
                 (evt.EVT_C_ECHO, lambda event: 0x0000),
                 (evt.EVT_C_STORE, backend.handle_store),
                 (evt.EVT_RELEASED, backend.count_association, ["released"]),

@@ -1,0 +1,215 @@
+"""One DICOM connection on the event loop: bytes in, whole PDUs out, flow control both ways.
+
+``PduConnection`` is an ``asyncio.Protocol``. It frames PDUs as bytes arrive (see
+``routing.dicom.pdu.PduBuffer``) and hands them to a single reader coroutine through
+``next_pdu()``. Flow control:
+
+- reading: once more than ``read_limit`` bytes wait unread, the transport stops
+  reading from the socket (TCP then pushes back on the peer) until the reader catches
+  up. So a peer that SynthIQ is not ready to listen to costs a bounded buffer, and a
+  relay whose other side is slow stops reading this side.
+- writing: the transport's write buffer has a high/low water mark; ``drain()`` waits
+  while it is over the high mark, so what is written to a slow peer is bounded too.
+
+TCP_QUICKACK is re-armed after every read (see ``routing.dicom.netopts``). While no
+coroutine claims the connection (an idle outbound association), PDUs go to an idle
+handler instead, so a backend's own A-RELEASE-RQ or A-ABORT is answered at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Callable
+
+from routing.dicom import netopts
+from routing.dicom.pdu import Pdu, PduBuffer, ProtocolError
+
+logger = logging.getLogger("synthiq.relay")
+
+WRITE_HIGH_WATER = 512 * 1024
+WRITE_LOW_WATER = 128 * 1024
+
+
+class ConnectionClosed(ConnectionError):
+    """The peer closed or reset the connection."""
+
+
+class TimedOut(TimeoutError):
+    """Nothing arrived (or nothing could be written) within the timer."""
+
+
+class PduConnection(asyncio.Protocol):
+    def __init__(self, *, name: str, max_length: int, max_pdata_length: int | None = None,
+                 read_limit: int = 1 << 20,
+                 on_open: Callable[[PduConnection], None] | None = None):
+        self.name = name
+        self.framer = PduBuffer(max_length=max_length, max_pdata_length=max_pdata_length)
+        self.read_limit = read_limit
+        self.ready: deque[Pdu] = deque()
+        self.ready_bytes = 0
+        self.transport: asyncio.Transport | None = None
+        self.sock = None
+        self.peer: tuple[str, int] = ("?", 0)
+        self.error: Exception | None = None  # set once: closed, reset, or a protocol error
+        self.lost = asyncio.get_running_loop().create_future()  # done when the connection is gone
+        self._waiter: asyncio.Future[None] | None = None
+        self._drain_waiter: asyncio.Future[None] | None = None
+        self._reading_paused = False
+        self.write_paused = False
+        self.received = 0
+        self.on_open = on_open
+        # Called with this connection when PDUs arrive and no coroutine has claimed it.
+        self.idle_handler: Callable[[PduConnection], None] | None = None
+        self.claimed = False
+
+    # -- asyncio.Protocol ---------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.attach(transport)
+        peer = transport.get_extra_info("peername")
+        if peer:
+            self.peer = (str(peer[0]), int(peer[1]))
+        if self.on_open is not None:
+            self.on_open(self)
+
+    def attach(self, transport: asyncio.Transport) -> None:
+        """Use ``transport`` (the plain one, or the TLS one after ``start_tls``)."""
+        self.transport = transport
+        transport.set_write_buffer_limits(WRITE_HIGH_WATER, WRITE_LOW_WATER)
+        self.sock = transport.get_extra_info("socket")
+        if self.sock is not None:
+            netopts.tune(self.sock)
+
+    def data_received(self, data: bytes) -> None:
+        if self.sock is not None:
+            netopts.quickack(self.sock)
+        self.received += len(data)
+        framer = self.framer
+        framer.feed(data)
+        try:
+            while (pdu := framer.next()) is not None:
+                self.ready.append(pdu)
+                self.ready_bytes += len(pdu)
+        except ProtocolError as exc:
+            self._fail(exc)
+        if self.ready_bytes + framer.buffered > self.read_limit and not self._reading_paused and self.transport:
+            self._reading_paused = True
+            self.transport.pause_reading()
+        if self.ready:
+            if not self.claimed and self.idle_handler is not None:
+                self.idle_handler(self)
+            self._wake()
+
+    def eof_received(self) -> bool:
+        self._fail(ConnectionClosed(f"{self.name}: the peer closed the connection"))
+        return False  # close our side too
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._fail(ConnectionClosed(f"{self.name}: connection {'reset: ' + str(exc) if exc else 'closed'}"))
+        if not self.lost.done():
+            self.lost.set_result(None)
+        self.write_paused = False
+        self._wake_drain()
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        self._wake_drain()
+
+    # -- for the coroutine that owns it -------------------------------------------------
+    def _fail(self, exc: Exception) -> None:
+        if self.error is None:
+            self.error = exc
+        self._wake()
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def _wake_drain(self) -> None:
+        waiter = self._drain_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def pop(self) -> Pdu | None:
+        """The next PDU already framed, without waiting."""
+        if not self.ready:
+            return None
+        pdu = self.ready.popleft()
+        self.ready_bytes -= len(pdu)
+        if self._reading_paused and self.ready_bytes + self.framer.buffered <= self.read_limit // 2:
+            self._reading_paused = False
+            if self.transport is not None and not self.transport.is_closing():
+                self.transport.resume_reading()
+        return pdu
+
+    async def next_pdu(self, timeout: float | None) -> Pdu:
+        """The next PDU. Raises ProtocolError, ConnectionClosed or TimedOut. PDUs that
+        arrived before the connection ended are still returned first."""
+        pdu = self.pop()
+        if pdu is not None:
+            return pdu
+        if self.error is not None:
+            raise self.error
+        await self._wait(timeout, "waiting for a PDU")
+        pdu = self.pop()
+        if pdu is not None:
+            return pdu
+        assert self.error is not None
+        raise self.error
+
+    async def _wait(self, timeout: float | None, what: str) -> None:
+        loop = asyncio.get_running_loop()
+        waiter = self._waiter = loop.create_future()
+        timer = loop.call_later(timeout, _expire, waiter) if timeout is not None else None
+        try:
+            await waiter
+        except TimeoutError:
+            raise TimedOut(f"{self.name}: nothing for {timeout:.0f}s {what}") from None
+        finally:
+            self._waiter = None
+            if timer is not None:
+                timer.cancel()
+
+    def write(self, data: bytes | memoryview) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(data)
+
+    async def drain(self, timeout: float | None) -> None:
+        """Wait while the write buffer is over its high mark. Raises ConnectionClosed or TimedOut."""
+        if self.write_paused:
+            loop = asyncio.get_running_loop()
+            waiter = self._drain_waiter = loop.create_future()
+            timer = loop.call_later(timeout, _expire, waiter) if timeout is not None else None
+            try:
+                await waiter
+            except TimeoutError:
+                raise TimedOut(f"{self.name}: the peer read nothing for {timeout:.0f}s") from None
+            finally:
+                self._drain_waiter = None
+                if timer is not None:
+                    timer.cancel()
+        if self.error is not None and isinstance(self.error, ConnectionClosed) and self.lost.done():
+            raise self.error
+
+    @property
+    def is_open(self) -> bool:
+        return self.transport is not None and not self.transport.is_closing() and not self.lost.done()
+
+    def close(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.close()
+
+    def abort_transport(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+
+
+def _expire(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_exception(TimeoutError())

@@ -1,0 +1,443 @@
+"""One inbound association, from the modality's connect to its release or abort.
+
+The coroutine ``InboundAssociation.run`` negotiates, then serves one DIMSE operation at
+a time (no asynchronous operations window is granted):
+
+- C-ECHO is answered here.
+- C-STORE: the command and the first data set fragments are held (up to
+  ``hold_bytes``) until the Study Instance UID has been read; the study is routed (a hot
+  cache hit inline, anything else on the router's batching thread, so the loop never
+  waits on the database); the command and the held fragments go to the backend's
+  association, and every further fragment is passed on as it arrives, re-framed to the
+  backend's max PDU when it is smaller than the modality's PDUs. The backend's
+  C-STORE-RSP goes back as the bytes it sent.
+
+Never a false success: the modality gets the backend's status only; anything that goes
+wrong on the way is answered, after the rest of the instance has been read and
+dropped, with SynthIQ's own failure status (``routing.dicom.status``) and a comment
+naming the backend. If the modality aborts mid-instance, the backend's association is
+aborted too, so the backend never completes a partial instance.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import TYPE_CHECKING
+
+from pynetdicom.presentation import PresentationContext
+
+from routing.dicom import commands, negotiation, pdu, status
+from routing.dicom.pdu import ProtocolError
+from routing.dicom.scan import Header, HeaderError, HeaderScanner
+from routing.relay.connection import ConnectionClosed, PduConnection, TimedOut
+from routing.relay.outbound import BackendLink, OutboundUnavailable
+from routing.relay.stream import MessageStream, PeerAborted, PeerReleaseRequest
+
+if TYPE_CHECKING:
+    from routing.relay.server import PoolListener, Relay
+
+logger = logging.getLogger("synthiq.routing")
+
+ASSOCIATION_CACHED = "association-cached"
+
+
+class _Failed(Exception):
+    """An operation SynthIQ answers itself: the status, its comment, and the backend if any."""
+
+    def __init__(self, code: int, comment: str, backend_id: str | None = None):
+        super().__init__(comment)
+        self.status, self.comment, self.backend_id = code, comment, backend_id
+
+
+class _LinkLost(Exception):
+    """The backend's association went away (abort, reset, timeout) mid-operation."""
+
+
+class InboundAssociation:
+    def __init__(self, relay: Relay, listener: PoolListener, conn: PduConnection):
+        self.relay = relay
+        self.listener = listener
+        self.pool_id = listener.id
+        self.conn = conn
+        self.network = relay.network
+        self.calling_ae = ""
+        self.source_ip = conn.peer[0]
+        self.links: dict[str, BackendLink] = {}
+        self.studies: dict[str, str] = {}  # study uid -> backend, for this association
+        self.rx = self.fwd = self.failed = self.cache_hits = 0
+        self.busy = False
+        self.established = False
+        self.rq: negotiation.AssociateRequest | None = None
+        self.contexts: dict[int, PresentationContext] = {}
+        self.stream: MessageStream | None = None
+        self.ended = asyncio.get_running_loop().create_future()
+        self.task: asyncio.Task[None] | None = None  # set by the relay
+
+    # -- the whole life -----------------------------------------------------------------
+    async def run(self, deadline: float) -> None:
+        outcome = "aborted"
+        try:
+            if not await self._negotiate(deadline):
+                return
+            outcome = await self._serve()
+        except PeerAborted as exc:
+            logger.info("pool=%s calling_ae=%s source_ip=%s aborted the association: %s",
+                        self.pool_id, self.calling_ae, self.source_ip, exc)
+        except ConnectionClosed as exc:
+            if self.established:
+                logger.info("pool=%s calling_ae=%s source_ip=%s connection ended without release: %s",
+                            self.pool_id, self.calling_ae, self.source_ip, exc)
+        except TimedOut as exc:
+            logger.warning("pool=%s calling_ae=%s source_ip=%s: %s; aborting the association",
+                           self.pool_id, self.calling_ae, self.source_ip, exc)
+            self._abort_inbound(pdu.REASON_NOT_SPECIFIED)
+        except ProtocolError as exc:
+            logger.error("pool=%s calling_ae=%s source_ip=%s broke the protocol: %s; aborting the association",
+                         self.pool_id, self.calling_ae or "?", self.source_ip, exc)
+            self._abort_inbound(exc.reason)
+        except asyncio.CancelledError:
+            # runproxy is stopping (see Relay.stop): an idle association's backends are
+            # released cleanly; one still mid-operation past the grace period is aborted.
+            if not self.busy:
+                await self._release_links()
+            self._abort_inbound(pdu.REASON_NOT_SPECIFIED)
+        except Exception:  # a bug must cost one association, never the worker
+            logger.exception("pool=%s calling_ae=%s source_ip=%s: unexpected error; aborting the association",
+                             self.pool_id, self.calling_ae, self.source_ip)
+            self._abort_inbound(pdu.REASON_NOT_SPECIFIED)
+        finally:
+            for link in list(self.links.values()):
+                if outcome != "released":
+                    link.abort()
+            self.links.clear()
+            self.conn.close()
+            if self.established:
+                self.relay.stats.association_closed()
+                logger.info(
+                    "association %s pool=%s calling_ae=%s source_ip=%s rx=%d fwd=%d failed=%d studies=%d "
+                    "cache-hits=%d backends=%d",
+                    outcome, self.pool_id, self.calling_ae, self.source_ip, self.rx, self.fwd, self.failed,
+                    len(self.studies), self.cache_hits, len(set(self.studies.values())),
+                )
+            if not self.ended.done():
+                self.ended.set_result(None)
+
+    def _abort_inbound(self, reason: int) -> None:
+        if self.conn.is_open:
+            self.conn.write(pdu.abort(reason=reason))
+            self.conn.close()
+
+    # -- association establishment ------------------------------------------------------
+    async def _negotiate(self, deadline: float) -> bool:
+        loop = asyncio.get_running_loop()
+        if self.listener.tls is not None:
+            await self._start_tls(deadline)
+        first = await self.conn.next_pdu(max(0.0, deadline - loop.time()))
+        if first.type != pdu.A_ASSOCIATE_RQ:
+            raise ProtocolError(f"PDU 0x{first.type:02X} before A-ASSOCIATE-RQ", pdu.REASON_UNEXPECTED_PDU)
+        rq = negotiation.decode_associate_rq(first.raw)
+        self.calling_ae = rq.calling_ae
+        why, reason = self._refusal(rq)
+        if reason is not None:
+            logger.warning("association rejected pool=%s calling_ae=%s called_ae=%s source_ip=%s: %s",
+                           self.pool_id, rq.calling_ae, rq.called_ae, self.source_ip, why)
+            self.conn.write(negotiation.reject(reason))
+            self.conn.close()
+            return False
+        accepted = negotiation.accept(rq, ae_title=self.listener.ae_title, max_pdu=self.network.max_pdu,
+                                      services=self.listener.services,
+                                      ranks=self.relay.syntax_ranks.get(self.pool_id))
+        self.rq, self.contexts = rq, dict(accepted.contexts)
+        self.stream = MessageStream(self.conn, self.contexts)
+        # The relay counts this association among the established ones from here.
+        self.relay.established(self)
+        self.established = True
+        self.relay.stats.association_opened()
+        # Past negotiation, P-DATA may be as long as the max PDU SynthIQ announced.
+        self.conn.framer.max_pdata_length = self.network.max_pdu
+        self.conn.write(accepted.pdu)
+        return True
+
+    async def _start_tls(self, deadline: float) -> None:
+        """TLS after the TCP accept (counted as pending from connect), under the same
+        connect-to-AC deadline, so a client that never says hello holds nothing for long."""
+        loop = asyncio.get_running_loop()
+        assert self.conn.transport is not None and self.listener.tls is not None
+        remaining = max(0.1, deadline - loop.time())
+        try:
+            transport = await loop.start_tls(self.conn.transport, self.conn, self.listener.tls, server_side=True,
+                                             ssl_handshake_timeout=remaining)
+        except (OSError, TimeoutError, ConnectionError) as exc:
+            raise ConnectionClosed(f"TLS handshake with {self.source_ip} failed: {exc or type(exc).__name__}") from None
+        if transport is None:
+            raise ConnectionClosed(f"TLS handshake with {self.source_ip} failed")
+        self.conn.attach(transport)  # type: ignore[arg-type]
+
+    def _refusal(self, rq: negotiation.AssociateRequest) -> tuple[str, tuple[int, int, int] | None]:
+        if rq.protocol_version != 1:
+            return f"protocol version {rq.protocol_version}", negotiation.REJECT_PROTOCOL_VERSION
+        if rq.application_context != negotiation.APPLICATION_CONTEXT:
+            return f"application context {rq.application_context}", negotiation.REJECT_APPLICATION_CONTEXT
+        if rq.called_ae != self.listener.ae_title:
+            return f"called AE title {rq.called_ae!r} is not {self.listener.ae_title!r}", negotiation.REJECT_CALLED_AE
+        allowed = self.listener.allowed_calling_ae_titles
+        if allowed and rq.calling_ae not in allowed:
+            return f"calling AE title {rq.calling_ae!r} not in the allow-list", negotiation.REJECT_CALLING_AE
+        if self.relay.stopping:
+            return "runproxy is stopping", negotiation.REJECT_NO_REASON
+        if not self.relay.has_room():
+            return (f"{self.network.max_associations} associations already open (Network.MaxAssociations)",
+                    negotiation.REJECT_LIMIT)
+        return "", None
+
+    # -- serving ------------------------------------------------------------------------
+    async def _serve(self) -> str:
+        assert self.stream is not None
+        while True:
+            try:
+                context_id, command = await self.stream.read_command(self.network.network_timeout)
+            except PeerReleaseRequest:
+                await self._release()
+                return "released"
+            self.busy = True
+            try:
+                await self._dispatch(context_id, command)
+            finally:
+                self.busy = False
+            self.relay.operation_done()
+
+    async def _dispatch(self, context_id: int, command: commands.Command) -> None:
+        field = command.field
+        if field == commands.C_ECHO_RQ:
+            self._answer(context_id, commands.response(command, status.SUCCESS))  # Success
+            if command.has_data_set:
+                await self._drop_data_set(context_id)
+            return
+        if field == commands.C_STORE_RQ and command.has_data_set:
+            await self._store(context_id, command)
+            return
+        logger.warning("pool=%s calling_ae=%s: %s not supported here; answered 0x0211",
+                       self.pool_id, self.calling_ae, command.name)
+        if command.has_data_set:
+            await self._drop_data_set(context_id)
+        if command.is_request and field != commands.C_CANCEL_RQ:
+            self._answer(context_id, commands.response(command, 0x0211))  # Refused: unrecognised operation
+
+    def _answer(self, context_id: int, raw: bytes | memoryview) -> None:
+        assert self.rq is not None
+        for frame in pdu.fragments(context_id, raw, command=True, last=True, max_pdu=self.rq.max_pdu):
+            self.conn.write(frame)
+
+    async def _drop_data_set(self, context_id: int) -> None:
+        assert self.stream is not None
+        await self.stream.skip_data_set(context_id, self.network.network_timeout)
+
+    # -- C-STORE ------------------------------------------------------------------------
+    async def _store(self, context_id: int, command: commands.Command) -> None:
+        started = time.perf_counter()
+        self.rx += 1
+        sop_uid = command.sop_instance_uid
+        try:
+            held, last, header = await self._hold_until_study_uid(context_id)
+            try:
+                backend_id = await self._route(header, sop_uid)
+                link = await self._link(backend_id, context_id)
+            except _Failed:
+                if not last:  # answer only once the whole request has been read
+                    await self._drop_data_set(context_id)
+                raise
+            code, answer = await self._forward(link, context_id, command, held, last)
+        except _Failed as failure:
+            self.failed += 1
+            self.relay.stats.forward_failed(failure.backend_id, failure.status)
+            offending = [0x0020000D] if failure.status in (status.CANNOT_UNDERSTAND, status.UID_BEYOND_HOLD) else None
+            self._answer(context_id, commands.response(command, failure.status, comment=failure.comment,
+                                                       offending=offending))
+            return
+        if status.is_success(code):
+            self.fwd += 1
+        else:
+            self.failed += 1
+            logger.warning("pool=%s sop=%s backend=%s answered 0x%04X %s", self.pool_id, sop_uid, backend_id, code,
+                           answer.text(commands.ERROR_COMMENT))
+        self.relay.stats.forwarded(backend_id, code, time.perf_counter() - started)
+        self._answer(context_id, answer.raw if answer.responded_to == command.message_id
+                     else answer.replaced(commands.MESSAGE_ID_RESPONDED_TO, command.message_id or 0))
+
+    async def _hold_until_study_uid(self, context_id: int) -> tuple[list[memoryview], bool, Header]:
+        """Read data set fragments until the Study Instance UID is known; they are held
+        (bounded by ``hold_bytes``) to be sent once the study is routed."""
+        assert self.stream is not None
+        scanner = HeaderScanner(self.transfer_syntax(context_id))
+        held: list[memoryview] = []
+        size = 0
+        while True:
+            piece = await self.stream.next_piece(context_id, self.network.network_timeout)
+            held.append(piece.data)
+            size += len(piece.data)
+            try:
+                header = scanner.feed(piece.data, last=piece.last)
+            except HeaderError as exc:
+                code, comment = status.CANNOT_UNDERSTAND, str(exc)
+            else:
+                if header is not None:
+                    return held, piece.last, header
+                if size < self.network.hold_bytes:
+                    continue
+                code, comment = (status.UID_BEYOND_HOLD,
+                                 f"Study Instance UID not in the first {self.network.hold_bytes // 1024} KiB")
+            held.clear()
+            if not piece.last:
+                await self._drop_data_set(context_id)
+            logger.error("pool=%s calling_ae=%s source_ip=%s: C-STORE refused with 0x%04X: %s",
+                         self.pool_id, self.calling_ae, self.source_ip, code, comment)
+            raise _Failed(code, comment)
+
+    def transfer_syntax(self, context_id: int) -> str:
+        return str(self.contexts[context_id].transfer_syntax[0])
+
+    async def _route(self, header: Header, sop_uid: str) -> str:
+        suid = header.study_uid
+        backend_id = self.studies.get(suid)
+        if backend_id is not None:
+            self.cache_hits += 1
+            self.relay.stats.routed(ASSOCIATION_CACHED)
+        else:
+            route = await self.relay.route(self.pool_id, suid)
+            if route.backend_id is None:
+                logger.error("pool=%s study=%s sop=%s: no enabled backend can take it", self.pool_id, suid, sop_uid)
+                raise _Failed(status.OUT_OF_RESOURCES, f"pool {self.pool_id}: no backend available")
+            backend_id = route.backend_id
+            self.studies[suid] = backend_id
+            if route.cache_hit:
+                self.cache_hits += 1
+            self.relay.stats.decided(pool_id=self.pool_id, study_uid=suid, backend_id=backend_id,
+                                     reason=route.reason, calling_ae=self.calling_ae, source_ip=self.source_ip,
+                                     modality=header.modality)
+            logger.info(
+                "route pool=%s calling_ae=%s source_ip=%s study=%s sop=%s modality=%s patient_id=%s "
+                "backend=%s reason=%s",
+                self.pool_id, self.calling_ae, self.source_ip, suid, sop_uid, header.modality,
+                header.patient_id, backend_id, route.reason,
+            )
+        self.relay.placement.touch(self.pool_id, suid)
+        return backend_id
+
+    async def _link(self, backend_id: str, context_id: int) -> BackendLink:
+        """This association's link to ``backend_id``, opened when needed. Raises _Failed."""
+        link = self.links.get(backend_id)
+        if link is None or not link.usable:
+            self.links.pop(backend_id, None)
+            try:
+                link = await self.relay.open_link(self, backend_id)
+            except OutboundUnavailable as exc:
+                logger.error("pool=%s calling_ae=%s: %s", self.pool_id, self.calling_ae, exc.comment)
+                raise _Failed(exc.status, exc.comment, backend_id) from None
+            self.links[backend_id] = link
+        if context_id not in link.accepted.contexts:
+            comment = f"backend {backend_id} refused SOP class/syntax"
+            logger.error("pool=%s calling_ae=%s: %s (%s in %s)", self.pool_id, self.calling_ae, comment,
+                         self.contexts[context_id].abstract_syntax, self.transfer_syntax(context_id))
+            raise _Failed(status.SOP_CLASS_NOT_SUPPORTED, comment, backend_id)
+        return link
+
+    async def _forward(self, link: BackendLink, context_id: int, command: commands.Command,
+                       held: list[memoryview], last: bool) -> tuple[int, commands.Command]:
+        assert self.stream is not None
+        backend_id = link.backend.id
+        self.relay.placement.note_sent(backend_id)
+        link.claim()
+        try:
+            try:
+                link.send(context_id, command.raw, command=True, last=True)
+                for n, data in enumerate(held):
+                    link.send(context_id, data, command=False, last=last and n == len(held) - 1)
+                held.clear()
+                await self._drain(link)
+                while not last:
+                    piece = await self.stream.next_piece(context_id, self.network.network_timeout,
+                                                         pass_whole_up_to=link.max_pdu)
+                    last = piece.last
+                    if not link.usable:
+                        raise _LinkLost(f"backend {backend_id} went away mid-instance")
+                    if piece.raw is not None:
+                        link.conn.write(piece.raw)
+                    else:
+                        link.send(context_id, piece.data, command=False, last=last)
+                    if link.conn.write_paused:
+                        await self._drain(link)
+                return await self._response(link, command)
+            except _LinkLost as exc:
+                link.abort()
+                self.links.pop(backend_id, None)
+                logger.error("pool=%s calling_ae=%s sop=%s backend=%s: %s", self.pool_id, self.calling_ae,
+                             command.sop_instance_uid, backend_id, exc)
+                if not last:
+                    await self._drop_data_set(context_id)
+                raise _Failed(status.BACKEND_NO_RESPONSE, f"backend {backend_id} aborted/timed out",
+                              backend_id) from None
+        except (PeerAborted, ConnectionClosed, ProtocolError, TimedOut):
+            # The modality went away (or broke the protocol) mid-instance: the backend must
+            # never complete a partial instance.
+            link.abort()
+            self.links.pop(backend_id, None)
+            raise
+        finally:
+            if link.usable:
+                link.unclaim(idle_seconds=self.network.outbound_idle, on_idle=self._link_idle)
+
+    async def _drain(self, link: BackendLink) -> None:
+        try:
+            await link.conn.drain(self.network.dimse_timeout)
+        except TimedOut as exc:
+            raise _LinkLost(f"backend stopped reading ({exc})") from None
+        except ConnectionClosed as exc:
+            raise _LinkLost(str(exc)) from None
+        if not link.usable:
+            raise _LinkLost(f"backend {link.backend.id} went away mid-instance")
+
+    async def _response(self, link: BackendLink, command: commands.Command) -> tuple[int, commands.Command]:
+        """The backend's C-STORE-RSP for ``command``."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.network.dimse_timeout
+        while True:
+            try:
+                rsp_context, rsp = await link.stream.read_command(max(0.0, deadline - loop.time()))
+            except (PeerAborted, ConnectionClosed, TimedOut, ProtocolError, PeerReleaseRequest) as exc:
+                raise _LinkLost(f"no C-STORE response ({type(exc).__name__}: {exc})") from None
+            if rsp.field == commands.C_STORE_RSP:
+                if rsp.responded_to != command.message_id:
+                    logger.warning("backend %s answered message %s with Message ID Being Responded To %s: mapped",
+                                   link.backend.id, command.message_id, rsp.responded_to)
+                code = rsp.status
+                if code is None:
+                    raise _LinkLost("C-STORE response without a Status")
+                if rsp.has_data_set:
+                    await link.stream.skip_data_set(rsp_context, self.network.dimse_timeout)
+                return code, rsp
+            logger.warning("backend %s sent %s while a C-STORE was in flight: ignored", link.backend.id, rsp.name)
+            if rsp.has_data_set:
+                await link.stream.skip_data_set(rsp_context, self.network.dimse_timeout)
+
+    def _link_idle(self, link: BackendLink) -> None:
+        if self.links.get(link.backend.id) is link:
+            del self.links[link.backend.id]
+        self.relay.spawn(link.release(self.network.release_timeout))
+
+    # -- release ------------------------------------------------------------------------
+    async def _release_links(self) -> None:
+        links, self.links = list(self.links.values()), {}
+        if links:
+            await asyncio.gather(*(link.release(self.network.release_timeout) for link in links))
+
+    async def _release(self) -> None:
+        """The modality asked to release: release the backends first (bounded), then answer."""
+        await self._release_links()
+        self.conn.write(pdu.release_rp())
+        # The requestor closes the connection after our A-RELEASE-RP; wait a moment for it.
+        try:
+            await asyncio.wait_for(asyncio.shield(self.conn.lost), self.network.release_timeout)
+        except TimeoutError:
+            pass

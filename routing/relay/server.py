@@ -1,0 +1,248 @@
+"""The relay: every pool's listener on one event loop, the front-door limits, and shutdown.
+
+The listening sockets are bound by runproxy (once, in the parent when there are several
+workers) and handed in. The front door is built so that a flood cannot starve real
+modalities: connections that have not finished association negotiation are counted
+apart from established associations, bounded in total and per source address, and
+each has a deadline from connect to A-ASSOCIATE-AC (TLS handshake included); memory
+per connection follows the bytes received, never the bytes announced.
+
+Routing is delegated to ``placement`` (``routing.router.Router``): a hot cache hit is
+answered inline; anything that may touch the database runs on the router's own thread
+and is awaited, so the loop never blocks on it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import ssl
+import time
+from collections import Counter
+from collections.abc import Coroutine, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from routing.dicom import negotiation, netopts
+from routing.relay.connection import PduConnection
+from routing.relay.inbound import InboundAssociation
+from routing.relay.outbound import HANDSHAKE_PDU_LIMIT, BackendAddress, BackendLink
+
+logger = logging.getLogger("synthiq.routing")
+
+# How often a refused connection is logged per reason (a flood must not flood the log).
+REFUSAL_LOG_SECONDS = 10.0
+
+
+@dataclass(frozen=True)
+class PoolListener:
+    id: str
+    ae_title: str
+    host: str
+    port: int
+    allowed_calling_ae_titles: tuple[str, ...] = ()
+    tls: ssl.SSLContext | None = None
+    services: tuple[str, ...] = (negotiation.VERIFICATION,)
+
+
+@dataclass(frozen=True)
+class NetworkSettings:
+    acse_timeout: float = 30
+    dimse_timeout: float = 600
+    network_timeout: float = 600
+    connect_timeout: float = 10
+    max_associations: int = 64
+    max_pdu: int = 262144
+    # Front door (connections still negotiating).
+    handshake_timeout: float = 10
+    max_pending: int = 256
+    max_pending_per_address: int = 32
+    # Outbound associations.
+    release_timeout: float = 5
+    outbound_idle: float = 20
+    # Bytes of a C-STORE's data set held while its Study Instance UID is looked for.
+    hold_bytes: int = 1 << 20
+
+
+class Route(Protocol):
+    backend_id: str | None
+    reason: str
+    cache_hit: bool
+
+
+class Placement(Protocol):
+    """What the relay needs of routing (``routing.router.Router``)."""
+
+    def route_cached(self, *, pool_id: str, study_uid: str) -> Route | None: ...
+    def submit(self, *, pool_id: str, study_uid: str) -> Any: ...  # concurrent.futures.Future[Route]
+    def note_sent(self, backend_id: str) -> None: ...
+    def touch(self, pool_id: str, study_uid: str) -> None: ...
+    def address(self, backend_id: str) -> BackendAddress: ...
+
+
+@dataclass
+class _Pending:
+    """Connections accepted but not yet associated, in total and per source address."""
+
+    total: int = 0
+    by_address: Counter[str] = field(default_factory=Counter)
+
+
+class Relay:
+    def __init__(self, *, pools: list[PoolListener], network: NetworkSettings, placement: Placement, stats: Any,
+                 syntax_ranks: Mapping[str, Mapping[str, int]] | None = None):
+        self.pools = pools
+        self.network = network
+        self.placement = placement
+        self.stats = stats
+        self.syntax_ranks = dict(syntax_ranks or {})
+        self.servers: list[asyncio.AbstractServer] = []
+        self.associations: set[InboundAssociation] = set()
+        self._established: set[InboundAssociation] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._pending = _Pending()
+        self._refusals_logged: dict[str, float] = {}
+        self._client_tls: dict[str, ssl.SSLContext] = {}
+        self.stopping = False
+        self.accepting = False
+        self._idle = asyncio.Event()
+
+    # -- listening ------------------------------------------------------------------------
+    async def start(self, sockets: Mapping[str, socket.socket]) -> None:
+        loop = asyncio.get_running_loop()
+        for pool in self.pools:
+            server = await loop.create_server(lambda pool=pool: self._connection(pool), sock=sockets[pool.id],
+                                              backlog=1024)
+            self.servers.append(server)
+            logger.info("listening pool=%s ae=%s on %s:%d%s", pool.id, pool.ae_title, pool.host, pool.port,
+                        " (TLS)" if pool.tls else "")
+        self.accepting = True
+
+    def _connection(self, pool: PoolListener) -> PduConnection:
+        return PduConnection(name=f"pool {pool.id} inbound", max_length=HANDSHAKE_PDU_LIMIT,
+                             max_pdata_length=self.network.max_pdu,
+                             read_limit=max(2 * self.network.max_pdu, 1 << 20),
+                             on_open=lambda conn: self._opened(pool, conn))
+
+    def _opened(self, pool: PoolListener, conn: PduConnection) -> None:
+        """A TCP connection was accepted: count it as pending, or refuse it at once."""
+        address = conn.peer[0]
+        pending = self._pending
+        why = ""
+        if self.stopping:
+            why = "stopping"
+        elif pending.total >= self.network.max_pending:
+            why = f"{pending.total} connections still negotiating (Network.MaxPendingAssociations)"
+        elif pending.by_address[address] >= self.network.max_pending_per_address:
+            why = (f"{pending.by_address[address]} connections from {address} still negotiating "
+                   "(Network.MaxPendingPerAddress)")
+        if why:
+            self._log_refusal(why, f"pool={pool.id} source_ip={address}: connection refused: {why}")
+            self.stats.connection_refused()
+            conn.abort_transport()
+            return
+        pending.total += 1
+        pending.by_address[address] += 1
+        if pool.tls is not None and conn.transport is not None:
+            conn.transport.pause_reading()  # the TLS handshake reads first (start_tls resumes)
+        assoc = InboundAssociation(self, pool, conn)
+        self.associations.add(assoc)
+        deadline = asyncio.get_running_loop().time() + self.network.handshake_timeout
+        task = self.spawn(assoc.run(deadline))
+        assoc.task = task
+        task.add_done_callback(lambda _: self._ended(assoc, address))
+
+    def _log_refusal(self, key: str, line: str) -> None:
+        now = time.monotonic()
+        kind = key.split(" ", 1)[-1]
+        if now - self._refusals_logged.get(kind, 0.0) >= REFUSAL_LOG_SECONDS:
+            self._refusals_logged[kind] = now
+            logger.warning("%s", line)
+
+    def established(self, assoc: InboundAssociation) -> None:
+        """``assoc`` finished negotiation: it leaves the pending count for the established one."""
+        self._unpend(assoc.source_ip)
+        self._established.add(assoc)
+
+    def _unpend(self, address: str) -> None:
+        pending = self._pending
+        pending.total -= 1
+        pending.by_address[address] -= 1
+        if pending.by_address[address] <= 0:
+            del pending.by_address[address]
+
+    def _ended(self, assoc: InboundAssociation, address: str) -> None:
+        self.associations.discard(assoc)
+        if assoc in self._established:
+            self._established.discard(assoc)
+        else:
+            self._unpend(address)
+        self.operation_done()
+
+    def has_room(self) -> bool:
+        return len(self._established) < self.network.max_associations
+
+    @property
+    def open_associations(self) -> int:
+        return len(self._established)
+
+    @property
+    def pending_connections(self) -> int:
+        return self._pending.total
+
+    # -- work the associations hand over ------------------------------------------------
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        """Run ``coro`` as a task the relay keeps (and awaits on shutdown)."""
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def route(self, pool_id: str, study_uid: str) -> Route:
+        route = self.placement.route_cached(pool_id=pool_id, study_uid=study_uid)
+        if route is not None:
+            return route
+        return await asyncio.wrap_future(self.placement.submit(pool_id=pool_id, study_uid=study_uid))
+
+    async def open_link(self, assoc: InboundAssociation, backend_id: str) -> BackendLink:
+        backend = self.placement.address(backend_id)
+        assert assoc.rq is not None
+        request = negotiation.outbound_request(assoc.rq, assoc.contexts, called_ae=backend.ae_title,
+                                               max_pdu=self.network.max_pdu)
+        tls = None
+        if backend.tls:
+            tls = self._client_tls.get(backend.id)
+            if tls is None:
+                tls = self._client_tls[backend.id] = netopts.client_tls(backend.tls)
+        return await BackendLink.open(backend, request, connect_timeout=self.network.connect_timeout,
+                                      acse_timeout=self.network.acse_timeout, max_pdu=self.network.max_pdu, tls=tls)
+
+    def operation_done(self) -> None:
+        if self.stopping and not any(a.busy for a in self.associations):
+            self._idle.set()
+
+    # -- stopping -------------------------------------------------------------------------
+    async def stop(self, *, grace_seconds: float) -> None:
+        """Stop accepting; let operations in flight finish (bounded); then release every
+        backend association and end the inbound ones."""
+        self.stopping = True
+        self.accepting = False
+        for server in self.servers:
+            server.close()
+        busy = sum(1 for a in self.associations if a.busy)
+        if busy:
+            logger.info("waiting up to %.0fs for %d operation(s) in flight", grace_seconds, busy)
+            self.operation_done()
+            try:
+                await asyncio.wait_for(self._idle.wait(), grace_seconds)
+            except TimeoutError:
+                logger.warning("stopping with %d operation(s) still in flight: their associations are aborted",
+                               sum(1 for a in self.associations if a.busy))
+        for assoc in list(self.associations):
+            if assoc.task is not None:
+                assoc.task.cancel()
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=self.network.release_timeout + 1)
+        for server in self.servers:
+            await server.wait_closed()

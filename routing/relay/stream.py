@@ -1,0 +1,132 @@
+"""DIMSE messages over a ``PduConnection``: whole command sets, then the data set piece by piece.
+
+A command set is small and read whole (capped); a data set is never assembled: it is
+handed on as the PDVs (or whole P-DATA-TF PDUs) it arrived in. PS3.8 rules are checked
+on the way: PDVs only on accepted presentation contexts, one message at a time, every
+fragment of a message on its context, a data set only after its command.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Container
+from dataclasses import dataclass
+
+from routing.dicom import commands, pdu
+from routing.dicom.pdu import Pdu, Pdv, ProtocolError
+from routing.relay.connection import PduConnection
+
+COMMAND_LIMIT = 64 * 1024  # a command set is a few hundred bytes; more is not a command
+
+
+class PeerReleaseRequest(Exception):
+    """The peer sent A-RELEASE-RQ."""
+
+
+class PeerReleaseReply(Exception):
+    """The peer sent A-RELEASE-RP."""
+
+
+class PeerAborted(ConnectionError):
+    def __init__(self, who: str, source: int, reason: int):
+        super().__init__(f"{who} sent A-ABORT (source {source}, reason {reason})")
+        self.source, self.reason = source, reason
+
+
+@dataclass(slots=True)
+class Piece:
+    """Part of a data set: a whole P-DATA-TF to pass on as it is (``raw``), or one PDV's data."""
+
+    data: memoryview
+    last: bool
+    raw: memoryview | None = None
+
+    @property
+    def size(self) -> int:
+        return len(self.data) if self.raw is None else len(self.raw)
+
+
+class MessageStream:
+    def __init__(self, conn: PduConnection, contexts: Container[int]):
+        self.conn = conn
+        self.contexts = contexts
+        self._pdvs: deque[Pdv] = deque()
+
+    async def _next_pdu(self, timeout: float | None) -> Pdu:
+        got = await self.conn.next_pdu(timeout)
+        if got.type == pdu.P_DATA_TF:
+            return got
+        if got.type == pdu.A_RELEASE_RQ_TYPE:
+            raise PeerReleaseRequest()
+        if got.type == pdu.A_RELEASE_RP_TYPE:
+            raise PeerReleaseReply()
+        if got.type == pdu.A_ABORT:
+            raise PeerAborted(self.conn.name, *pdu.abort_fields(got))
+        raise ProtocolError(f"unexpected PDU type 0x{got.type:02X} on an established association",
+                            pdu.REASON_UNEXPECTED_PDU)
+
+    def _check(self, pdv: Pdv) -> Pdv:
+        if pdv.context_id not in self.contexts:
+            raise ProtocolError(f"PDV on presentation context {pdv.context_id}, which was not accepted")
+        return pdv
+
+    async def _next_pdv(self, timeout: float | None) -> Pdv:
+        while not self._pdvs:
+            self._pdvs.extend(pdu.pdvs(await self._next_pdu(timeout)))
+        return self._check(self._pdvs.popleft())
+
+    @property
+    def between_messages(self) -> bool:
+        return not self._pdvs
+
+    async def read_command(self, timeout: float | None) -> tuple[int, commands.Command]:
+        """The next message's command set: (presentation context ID, Command)."""
+        first = await self._next_pdv(timeout)
+        if not first.is_command:
+            raise ProtocolError(f"data set fragment on context {first.context_id} where a command was due")
+        parts = [first.data]
+        size = len(first.data)
+        last = first
+        while not last.is_last:
+            last = await self._next_pdv(timeout)
+            if not last.is_command or last.context_id != first.context_id:
+                raise ProtocolError("command set fragments interleaved with another message")
+            parts.append(last.data)
+            size += len(last.data)
+            if size > COMMAND_LIMIT:
+                raise ProtocolError(f"command set longer than {COMMAND_LIMIT} bytes")
+        try:
+            command = commands.decode(b"".join(parts))
+        except commands.CommandError as exc:
+            raise ProtocolError(f"unreadable command set: {exc}") from None
+        return first.context_id, command
+
+    async def next_piece(self, context_id: int, timeout: float | None, *, pass_whole_up_to: int = 0) -> Piece:
+        """The next part of the data set on ``context_id``. A P-DATA-TF holding only this
+        data set's fragments, whose variable field is at most ``pass_whole_up_to`` bytes,
+        comes back whole (``raw``) so it can be passed on without re-framing."""
+        if not self._pdvs:
+            got = await self._next_pdu(timeout)
+            items = list(pdu.pdvs(got))
+            body = len(got.raw) - pdu.PDU_HEADER_BYTES
+            if body <= pass_whole_up_to and all(
+                p.context_id == context_id and not p.is_command and (not p.is_last or p is items[-1]) for p in items
+            ):
+                self._check(items[0])
+                data = items[0].data if len(items) == 1 else memoryview(b"")
+                return Piece(data, items[-1].is_last, raw=got.raw)
+            self._pdvs.extend(items)
+        pdv = self._check(self._pdvs.popleft())
+        if pdv.is_command or pdv.context_id != context_id:
+            raise ProtocolError(f"{'command' if pdv.is_command else 'data'} fragment on context "
+                                f"{pdv.context_id} inside a data set on context {context_id}")
+        return Piece(pdv.data, pdv.is_last)
+
+    async def skip_data_set(self, context_id: int, timeout: float | None) -> int:
+        """Read and drop the rest of a data set; returns the bytes dropped."""
+        dropped = 0
+        while True:
+            piece = await self.next_piece(context_id, timeout, pass_whole_up_to=1 << 62)
+            dropped += piece.size
+            if piece.last:
+                return dropped

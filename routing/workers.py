@@ -1,0 +1,130 @@
+"""``runproxy --workers N``: N forked processes serving the listening sockets the parent bound.
+
+The parent binds each pool's socket once (so a taken port fails loudly, and no stale
+process can silently share it as SO_REUSEPORT would allow); the workers inherit the
+sockets and accept on them, each on its own event loop. The parent keeps the
+heartbeats and the periodic purge, restarts a worker that dies, and on SIGTERM passes
+the signal on and waits for every worker to drain.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable
+
+logger = logging.getLogger("synthiq.routing")
+
+RESPAWN_BACKOFF_SECONDS = 1.0
+
+
+class Workers:
+    def __init__(self, *, count: int, target: Callable[[int, Callable[[], None]], int],
+                 stopping: threading.Event, grace_seconds: float):
+        self.count = count
+        self.target = target
+        self.stopping = stopping
+        self.grace_seconds = grace_seconds
+        self.pids: dict[int, int] = {}  # pid -> worker index
+        self._ready_r, self._ready_w = os.pipe()
+        self._respawn_at: dict[int, float] = {}
+
+    def start(self) -> None:
+        for index in range(self.count):
+            self._fork(index)
+
+    def _fork(self, index: int) -> None:
+        pid = os.fork()
+        if pid == 0:  # the worker
+            code = 1
+            try:
+                os.close(self._ready_r)
+                parent = os.getppid()
+                threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
+                code = self.target(index, lambda: os.write(self._ready_w, b"r"))
+            except BaseException:
+                logger.exception("worker %d failed", index)
+            finally:
+                os._exit(code)
+        self.pids[pid] = index
+        logger.info("worker %d started (pid %d)", index, pid)
+
+    def wait_ready(self, *, timeout: float) -> bool:
+        """True once every worker is listening."""
+        deadline = time.monotonic() + timeout
+        seen = 0
+        os.set_blocking(self._ready_r, False)
+        while seen < self.count and time.monotonic() < deadline and not self.stopping.is_set():
+            try:
+                seen += len(os.read(self._ready_r, 64))
+            except BlockingIOError:
+                time.sleep(0.05)
+            self.reap()
+        return seen >= self.count
+
+    def reap(self) -> None:
+        """Collect workers that exited; start a new one for each (not while stopping)."""
+        while self.pids:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                break
+            index = self.pids.pop(pid, None)
+            if index is None:
+                continue
+            logger.error("worker %d (pid %d) exited with %s", index, pid, _describe(status))
+            if not self.stopping.is_set():
+                self._respawn_at[index] = time.monotonic() + RESPAWN_BACKOFF_SECONDS
+        for index, at in list(self._respawn_at.items()):
+            if time.monotonic() >= at and not self.stopping.is_set():
+                del self._respawn_at[index]
+                self._fork(index)
+
+    def stop(self) -> None:
+        """SIGTERM to every worker; each drains (bounded by its grace); stragglers are killed."""
+        for pid in list(self.pids):
+            _signal(pid, signal.SIGTERM)
+        deadline = time.monotonic() + self.grace_seconds
+        while self.pids and time.monotonic() < deadline:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                break
+            if pid == 0:
+                time.sleep(0.05)
+                continue
+            index = self.pids.pop(pid, None)
+            if index is not None and status:
+                logger.warning("worker %d (pid %d) exited with %s", index, pid, _describe(status))
+        for pid in list(self.pids):
+            logger.error("worker pid %d did not stop in time: killed", pid)
+            _signal(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        self.pids.clear()
+
+
+def _signal(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def _describe(status: int) -> str:
+    if os.WIFSIGNALED(status):
+        return f"signal {signal.Signals(os.WTERMSIG(status)).name}"
+    return f"code {os.waitstatus_to_exitcode(status)}"
+
+
+def _exit_with_parent(parent: int) -> None:
+    """A worker whose parent died (SIGKILL) stops too, instead of serving orphaned."""
+    while True:
+        time.sleep(1.0)
+        if os.getppid() != parent:
+            os.kill(os.getpid(), signal.SIGTERM)
+            return
