@@ -1,10 +1,13 @@
-"""SPEC §12 benchmarks: W1-W4 through three paths side by side in one run.
+"""SPEC §12 benchmarks: W1-W5 through three paths side by side in one run.
 
 Paths: direct to one simulated backend, HAProxy (TCP mode, round-robin over the three
 backends) and SynthIQ (runproxy) over the same three backends, all in discard mode.
-Each (workload, path) runs ``--runs`` times, interleaved so that the three paths see
-the same machine load; the table shows medians. Then the routing-decision latency and
-the affinity write rate are measured on SQLite and PostgreSQL (bench/dbbench.py).
+Senders are DCMTK's storescu (``loadtest --sender storescu``): with TCP_NODELAY=1 in its
+environment for W1-W4 (the fair ceiling), with its default sockets (Nagle on, as most
+modality stacks ship) for W5. Each (workload, path) runs ``--runs`` times, interleaved so
+that the three paths see the same machine load; the table shows medians and the ratios
+to HAProxy and to direct. Then the routing-decision latency and the binding-claim rate
+are measured on SQLite and PostgreSQL (bench/dbbench.py).
 
     make bench                       # full run
     make bench BENCH_ARGS=--quick    # small sizes, one run each: a sanity check
@@ -30,6 +33,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
@@ -51,14 +56,17 @@ class Workload:
     associations: int
     split: int
     big_bytes: int = 0  # one streamed instance of this many pixel bytes instead
+    nagle: bool = False  # senders keep their default sockets (no TCP_NODELAY)
+    data: str = ""  # share another workload's generated files
 
     def describe(self) -> str:
+        sockets = ", senders' default sockets (Nagle on)" if self.nagle else ""
         if self.big_bytes:
-            return f"1 instance of {self.big_bytes / 2**20:.0f} MiB"
+            return f"1 instance of {self.big_bytes / 2**20:.0f} MiB{sockets}"
         size = self.rows * self.columns * 2
         return (
             f"{self.studies}x{self.instances} instances of {size / 1000:.0f} kB pixels, "
-            f"{self.associations} senders, split {self.split}"
+            f"{self.associations} senders, split {self.split}{sockets}"
         )
 
 
@@ -67,12 +75,14 @@ FULL = [
     Workload("W2", "busy morning", 32, 100, 512, 512, 8, 2),
     Workload("W3", "tomo", 1, 1, 0, 0, 1, 1, big_bytes=1 << 30),
     Workload("W4", "small objects", 4, 1250, 44, 44, 4, 1),
+    Workload("W5", "Nagle-bound modalities", 4, 1250, 44, 44, 4, 1, nagle=True, data="W4"),
 ]
 QUICK = [
     Workload("W1", "one CT", 1, 100, 512, 512, 1, 1),
     Workload("W2", "busy morning", 16, 20, 512, 512, 8, 2),
     Workload("W3", "tomo", 1, 1, 0, 0, 1, 1, big_bytes=128 << 20),
     Workload("W4", "small objects", 4, 250, 44, 44, 4, 1),
+    Workload("W5", "Nagle-bound modalities", 4, 100, 44, 44, 4, 1, nagle=True),
 ]
 
 
@@ -117,35 +127,42 @@ def wait_port(port: int, timeout: float = 30) -> None:
     wait_for(up, timeout=timeout, what=f"port {port}")
 
 
-def process_group_pids(pgid: int) -> list[int]:
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        fields = stat.rsplit(")", 1)[1].split()
-        if int(fields[2]) == pgid:  # fields after "pid (comm)": state, ppid, pgrp
-            pids.append(int(entry.name))
-    return pids
-
-
-def vm_kb(pid: int, key: str) -> int:
+def runproxy_processes(managed: Managed) -> list[psutil.Process]:
+    """runproxy and its workers."""
+    assert managed.proc is not None
     try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith(key + ":"):
-                return int(line.split()[1])
+        parent = psutil.Process(managed.proc.pid)
+        return [parent, *parent.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
+
+
+def peak_rss_mb(process: psutil.Process) -> float:
+    """Peak RSS (VmHWM: psutil reports only the current RSS)."""
+    try:
+        for line in Path(f"/proc/{process.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
     except OSError:
         pass
-    return 0
+    return 0.0
 
 
-def peak_rss_mb(managed: Managed) -> float:
-    """Peak RSS (VmHWM) of the process group's largest process (workers count apart)."""
-    assert managed.proc is not None
-    return max((vm_kb(pid, "VmHWM") for pid in process_group_pids(managed.proc.pid)), default=0) / 1024
+def process_figures(managed: Managed) -> dict[str, float]:
+    """Peak RSS of the largest runproxy process, the sum of their PSS now (workers share
+    pages with the parent; PSS counts each shared page once across them), and the CPU
+    seconds they used so far."""
+    processes = runproxy_processes(managed)
+    pss = cpu = 0.0
+    for process in processes:
+        try:
+            pss += process.memory_full_info().pss / 2**20
+            times = process.cpu_times()
+            cpu += times.user + times.system
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            pass
+    return {"peak_rss_mb": max((peak_rss_mb(p) for p in processes), default=0.0), "pss_sum_mb": pss,
+            "cpu_s": cpu, "processes": len(processes)}
 
 
 class Bench:
@@ -318,15 +335,19 @@ backend pacs
             "--json",
             str(out),
             "--no-progress",
-            "--max-pdu",
-            str(self.args.max_pdu),
+            "--sender",
+            "storescu",
         ]
+        if workload.nagle:
+            argv.append("--nagle")
         for b in self.backends:
             argv += ["--backend-url", b["url"]]
         proc = subprocess.run(argv, cwd=ROOT, env=self.env, capture_output=True, text=True)
         if not out.exists():
             raise RuntimeError(f"loadtest failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
         result = json.loads(out.read_text())
+        # storescu reports per association, not per instance: what the backends hold decides.
+        result["failed"] = max(result["failed"], result["instances"] - result.get("instances_held", 0))
         if proc.returncode:
             log(f"loadtest reported failures: {proc.stderr.strip()[-400:]}")
         return result
@@ -342,8 +363,10 @@ backend pacs
             proxy = self.start_synthiq(f"{workload.name}-{run}")
             prof = self.start_profiler(proxy, f"{workload.name}-{run}")
             try:
+                idle = process_figures(proxy)["cpu_s"]
                 result = self.load(workload, data, self.proxy_port, "SYNTHIQ", out)
-                result["peak_rss_mb"] = peak_rss_mb(proxy)
+                result |= process_figures(proxy)
+                result["cpu_s"] -= idle  # what the workload cost, not the start-up
             finally:
                 self.stop_profiler(prof)
                 proxy.stop()
@@ -352,7 +375,8 @@ backend pacs
             f"{workload.name} {path:8s} run {run}: {result['wall_s']:.2f} s, "
             f"{result['instances_per_s']:.1f} inst/s, {result['mb_per_s']:.1f} MB/s, failed {result['failed']}, "
             f"split {result.get('studies_split')}"
-            + (f", peak RSS {result['peak_rss_mb']:.0f} MB" if "peak_rss_mb" in result else "")
+            + (f", peak RSS {result['peak_rss_mb']:.0f} MB, PSS {result['pss_sum_mb']:.0f} MB over "
+               f"{result['processes']} process(es), CPU {result['cpu_s']:.2f} s" if "peak_rss_mb" in result else "")
         )
         return result
 
@@ -364,7 +388,7 @@ backend pacs
         paths = [p for p in PATHS if not self.args.paths or p in self.args.paths]
         data = {}
         for w in workloads:
-            data[w.name] = self.tmp / "data" / ("quick-" if self.args.quick else "") / w.name
+            data[w.name] = self.tmp / "data" / ("quick-" if self.args.quick else "") / (w.data or w.name)
             log(f"generating {w.name} ({w.describe()}) in {data[w.name]}")
             generate(w, data[w.name])
         self.setup()
@@ -448,6 +472,8 @@ def summarize(workloads: list[Workload], paths: list[str], raw) -> list[dict[str
     for w in workloads:
         ha = raw[w.name].get("haproxy")
         ha_wall = statistics.median(r["wall_s"] for r in ha) if ha else None
+        direct = raw[w.name].get("direct")
+        direct_wall = statistics.median(r["wall_s"] for r in direct) if direct else None
         for p in paths:
             runs = raw[w.name][p]
             walls = [r["wall_s"] for r in runs]
@@ -464,7 +490,9 @@ def summarize(workloads: list[Workload], paths: list[str], raw) -> list[dict[str
                     "mb_per_s": mid["bytes"] / wall / 1e6,
                     "latency_ms": mid["latency_ms"],
                     "ratio_to_haproxy": wall / ha_wall if ha_wall else None,
+                    "ratio_to_direct": wall / direct_wall if direct_wall else None,
                     "peak_rss_mb": max((r["peak_rss_mb"] for r in runs if "peak_rss_mb" in r), default=None),
+                    "pss_sum_mb": max((r["pss_sum_mb"] for r in runs if "pss_sum_mb" in r), default=None),
                     "studies_split": max((r.get("studies_split") or 0) for r in runs),
                     "studies": mid["studies"],
                     "failed": sum(r["failed"] for r in runs),
@@ -498,10 +526,10 @@ def vm_line(path: str, key: str) -> int:
 
 
 def table(result: dict[str, Any]) -> str:
-    head = ("workload", "path", "wall s", "inst/s", "MB/s", "x HAProxy", "p99 ms", "peak RSS MB", "split", "failed")
+    head = ("workload", "path", "wall s", "inst/s", "MB/s", "x HAProxy", "x direct", "peak RSS MB", "PSS sum MB",
+            "split", "failed")
     lines = [" | ".join(head), " | ".join("---" for _ in head)]
     for r in result["rows"]:
-        p99 = r["latency_ms"].get("p99")
         lines.append(
             " | ".join(
                 [
@@ -511,8 +539,9 @@ def table(result: dict[str, Any]) -> str:
                     f"{r['instances_per_s']:.1f}",
                     f"{r['mb_per_s']:.1f}",
                     f"{r['ratio_to_haproxy']:.2f}" if r["ratio_to_haproxy"] else "-",
-                    f"{p99:.1f}" if p99 is not None else "-",
+                    f"{r['ratio_to_direct']:.2f}" if r["ratio_to_direct"] else "-",
                     f"{r['peak_rss_mb']:.0f}" if r["peak_rss_mb"] is not None else "-",
+                    f"{r['pss_sum_mb']:.0f}" if r["pss_sum_mb"] is not None else "-",
                     f"{r['studies_split']}/{r['studies']}",
                     str(r["failed"]),
                 ]
@@ -526,8 +555,8 @@ def table(result: dict[str, Any]) -> str:
         lines.append(
             f"\n{kind}: route hit p99 {d['route_hit_us']['p99']:.1f} us (cache lookup p99 "
             f"{d['cache_get_us']['p99']:.1f} us), route miss p99 {d['route_miss_ms']['p99']:.2f} ms; "
-            f"binding claims {d['claims_per_s']:.0f}/s (1 thread), {d['claims_per_s_threads']:.0f}/s "
-            f"({d['threads']} threads); write-behind touches {d['touches_per_s']:.0f}/s"
+            f"binding claims {d['claims_per_s_batched']:.0f}/s sustained ({d['submitters']} associations at once, "
+            f"batched), {d['claims_per_s']:.0f}/s one at a time; write-behind touches {d['touches_per_s']:.0f}/s"
         )
     return "\n".join(lines)
 
@@ -538,7 +567,7 @@ def main() -> int:
     parser.add_argument("--runs", type=int, help="runs per (workload, path); default 3 (1 with --quick)")
     parser.add_argument("--workloads", nargs="*", help="e.g. W1 W3 (default: all)")
     parser.add_argument("--paths", nargs="*", choices=PATHS, help="default: all three")
-    parser.add_argument("--max-pdu", type=int, default=262144, help="Network.MaxPduBytes for SynthIQ and senders")
+    parser.add_argument("--max-pdu", type=int, default=262144, help="Network.MaxPduBytes of SynthIQ")
     parser.add_argument("--workers", type=int, default=1, help="runproxy --workers")
     parser.add_argument(
         "--profile",

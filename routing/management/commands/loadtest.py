@@ -177,9 +177,12 @@ class PynetdicomSender:
 
 
 class StorescuSender:
-    """DCMTK's storescu, one process (and association) per batch; no per-instance latency."""
+    """DCMTK's storescu, one process (and association) per batch; no per-instance latency.
+    With ``nagle`` it keeps DCMTK's default sockets (Nagle on, as most modality stacks
+    ship); otherwise TCP_NODELAY=1 in its environment (the fair ceiling)."""
 
-    def __init__(self, *, host: str, port: int, called_ae: str, calling_ae: str, max_pdu: int, tally: Tally):
+    def __init__(self, *, host: str, port: int, called_ae: str, calling_ae: str, max_pdu: int, tally: Tally,
+                 nagle: bool = False):
         self.exe = shutil.which("storescu")
         if self.exe is None:
             raise CommandError("storescu not found: install Debian's dcmtk")
@@ -196,13 +199,16 @@ class StorescuSender:
             str(port),
         ]
         self.tally = tally
+        self.env = {k: v for k, v in os.environ.items() if k != "TCP_NODELAY"}
+        if not nagle:
+            self.env["TCP_NODELAY"] = "1"
 
     def send(self, batch: Batch) -> None:
         proc = subprocess.run(
             self.argv + [str(p) for p in batch.paths],
             capture_output=True,
             text=True,
-            env=os.environ | {"TCP_NODELAY": "1"},
+            env=self.env,
         )
         status = 0 if proc.returncode == 0 else -1
         for p in batch.paths:
@@ -307,6 +313,8 @@ class Command(BaseCommand):
         parser.add_argument("--folder", type=Path, help="send this folder's DICOM files instead")
         parser.add_argument("--keep", type=Path, help="write synthetic files here and keep them")
         parser.add_argument("--sender", choices=["pynetdicom", "storescu"], default="pynetdicom")
+        parser.add_argument("--nagle", action="store_true",
+                            help="storescu: keep DCMTK's default sockets (Nagle on) instead of TCP_NODELAY=1")
         parser.add_argument("--max-pdu", type=int, default=262144, help="largest PDU this side accepts")
         parser.add_argument(
             "--backend-url",
@@ -361,6 +369,7 @@ class Command(BaseCommand):
                     calling_ae=o["calling_ae"],
                     max_pdu=o["max_pdu"],
                     tally=tally,
+                    nagle=o["nagle"],
                 )
         else:
             contexts = file_contexts(all_paths)
