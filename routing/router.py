@@ -192,6 +192,10 @@ class Router:
             with self._lock:
                 decision = decide(backends=states, bound_backend_id=bound.get(key),
                                   wrr=self._wrr.setdefault(pool_id, WrrState()))
+                if decision.backend_id is not None and decision.reason != AFFINITY_HIT:
+                    # Herding guard: a placed study counts at once, before its first instance
+                    # is sent, so the rest of a burst decided in this batch sees it.
+                    self._sent[decision.backend_id] = self._sent.get(decision.backend_id, 0) + 1
             if decision.backend_id is None:
                 routes[key] = Route(None, decision.reason, False)
             elif decision.reason == AFFINITY_HIT:

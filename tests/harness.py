@@ -198,11 +198,12 @@ class Cluster:
         return {"HeartbeatIntervalSeconds": 1, "HeartbeatTimeoutSeconds": 3} | top | {"Pools": [pool]}
 
     def proxy(self, config: dict[str, Any], *, name: str = "runproxy", http: bool = False,
-              extra_env: dict[str, str] | None = None, max_file_bytes: int | None = None) -> ProxyHandle:
+              extra_env: dict[str, str] | None = None, max_file_bytes: int | None = None,
+              extra_args: list[str] | None = None) -> ProxyHandle:
         path = self.tmp / f"{name}.json"
         path.write_text(json.dumps(config))
         pool = config["Pools"][0]
-        argv = [PYTHON, "manage.py", "runproxy", "--config", str(path)]
+        argv = [PYTHON, "manage.py", "runproxy", "--config", str(path), *(extra_args or [])]
         http_port = None
         if http:
             http_port = free_port()

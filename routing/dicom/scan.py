@@ -13,6 +13,7 @@ themselves are never changed.
 
 from __future__ import annotations
 
+import functools
 import io
 import struct
 import zlib
@@ -41,6 +42,11 @@ UNDEFINED = 0xFFFFFFFF
 ITEM, ITEM_END, SEQUENCE_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
 
 
+# (tag, explicit VR short, explicit VR long, implicit VR, item length) per byte order.
+_STRUCTS = {little: tuple(struct.Struct(("<" if little else ">") + f) for f in ("HH", "HH2sH", "HH2s2xL", "HHL", "L"))
+            for little in (True, False)}
+
+
 class HeaderError(ValueError):
     """The data set's header cannot be read or lacks a Study Instance UID."""
 
@@ -60,6 +66,7 @@ class Header:
         return dict(self.values).get(tag, "")
 
 
+@functools.lru_cache(maxsize=256)
 def encoding(transfer_syntax: str) -> tuple[bool, bool, bool]:
     """(implicit VR, little endian, deflated). Unknown or private syntaxes are read as
     explicit VR little endian, as every encapsulated syntax is."""
@@ -98,11 +105,7 @@ class HeaderScanner:
         self.found: dict[int, str] = {}
         self._fallback_why = ""
         self.done: Header | None = None
-        end = "<" if self.little else ">"
-        self._tag = struct.Struct(end + "HH")
-        self._explicit_short = struct.Struct(end + "HH2sH")
-        self._explicit_long = struct.Struct(end + "HH2s2xL")
-        self._implicit = struct.Struct(end + "HHL")
+        self._tag, self._explicit_short, self._explicit_long, self._implicit, self._length = _STRUCTS[self.little]
 
     # -- input ------------------------------------------------------------------------
     def feed(self, data: bytes | memoryview, *, last: bool = False) -> Header | None:
@@ -161,7 +164,7 @@ class HeaderScanner:
     def _walk(self, buf: bytearray | memoryview) -> tuple[int, bool]:
         """Step over the complete elements in ``buf``: (bytes walked, scan over)."""
         pos, end = 0, len(buf)
-        length_of = struct.Struct("<L" if self.little else ">L")
+        length_of = self._length
         while True:
             if end - pos < 8:
                 return pos, False

@@ -227,8 +227,7 @@ class InboundAssociation:
 
     def _answer(self, context_id: int, raw: bytes | memoryview) -> None:
         assert self.rq is not None
-        for frame in pdu.fragments(context_id, raw, command=True, last=True, max_pdu=self.rq.max_pdu):
-            self.conn.write(frame)
+        self.conn.write(b"".join(pdu.fragments(context_id, raw, command=True, last=True, max_pdu=self.rq.max_pdu)))
 
     async def _drop_data_set(self, context_id: int) -> None:
         assert self.stream is not None
@@ -351,9 +350,7 @@ class InboundAssociation:
         link.claim()
         try:
             try:
-                link.send(context_id, command.raw, command=True, last=True)
-                for n, data in enumerate(held):
-                    link.send(context_id, data, command=False, last=last and n == len(held) - 1)
+                link.send_message(context_id, command.raw, held, last)
                 held.clear()
                 await self._drain(link)
                 while not last:

@@ -15,6 +15,7 @@ and is awaited, so the loop never blocks on it.
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import socket
 import ssl
@@ -33,6 +34,8 @@ logger = logging.getLogger("synthiq.routing")
 
 # How often a refused connection is logged per reason (a flood must not flood the log).
 REFUSAL_LOG_SECONDS = 10.0
+ACCEPT_BATCH = 8  # connections taken per wake-up of a listening socket
+ACCEPT_PAUSE_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
@@ -97,7 +100,7 @@ class Relay:
         self.placement = placement
         self.stats = stats
         self.syntax_ranks = dict(syntax_ranks or {})
-        self.servers: list[asyncio.AbstractServer] = []
+        self._listening: dict[str, socket.socket] = {}
         self.associations: set[InboundAssociation] = set()
         self._established: set[InboundAssociation] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -110,14 +113,51 @@ class Relay:
 
     # -- listening ------------------------------------------------------------------------
     async def start(self, sockets: Mapping[str, socket.socket]) -> None:
+        """Accept on the pools' listening sockets. Accepting is done here rather than by
+        ``loop.create_server`` because asyncio's server accepts every waiting connection
+        in one go: with several workers on one socket, the first to wake would take a
+        whole burst. A few per wake-up spreads a burst over the workers."""
         loop = asyncio.get_running_loop()
         for pool in self.pools:
-            server = await loop.create_server(lambda pool=pool: self._connection(pool), sock=sockets[pool.id],
-                                              backlog=1024)
-            self.servers.append(server)
+            sock = sockets[pool.id]
+            sock.setblocking(False)
+            self._listening[pool.id] = sock
+            loop.add_reader(sock.fileno(), self._accept, pool, sock)
             logger.info("listening pool=%s ae=%s on %s:%d%s", pool.id, pool.ae_title, pool.host, pool.port,
                         " (TLS)" if pool.tls else "")
         self.accepting = True
+
+    def _accept(self, pool: PoolListener, sock: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        for _ in range(ACCEPT_BATCH):
+            try:
+                conn, _ = sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    # Out of file descriptors or memory: stop accepting for a moment (the
+                    # backlog holds new connections) rather than spin on the error.
+                    self._log_refusal("resources", f"pool={pool.id}: cannot accept ({exc.strerror}); "
+                                      f"pausing accepts for {ACCEPT_PAUSE_SECONDS:.0f}s")
+                    loop.remove_reader(sock.fileno())
+                    loop.call_later(ACCEPT_PAUSE_SECONDS, self._resume_accepting, pool, sock)
+                    return
+                logger.warning("pool=%s: accept failed: %s", pool.id, exc)
+                return
+            conn.setblocking(False)
+            self.spawn(self._adopt(pool, conn))
+
+    def _resume_accepting(self, pool: PoolListener, sock: socket.socket) -> None:
+        if not self.stopping:
+            asyncio.get_running_loop().add_reader(sock.fileno(), self._accept, pool, sock)
+
+    async def _adopt(self, pool: PoolListener, conn: socket.socket) -> None:
+        try:
+            await asyncio.get_running_loop().connect_accepted_socket(lambda: self._connection(pool), conn)
+        except OSError as exc:  # gone before it could be set up
+            logger.debug("pool=%s: accepted connection lost at once: %s", pool.id, exc)
+            conn.close()
 
     def _connection(self, pool: PoolListener) -> PduConnection:
         return PduConnection(name=f"pool {pool.id} inbound", max_length=HANDSHAKE_PDU_LIMIT,
@@ -129,16 +169,17 @@ class Relay:
         """A TCP connection was accepted: count it as pending, or refuse it at once."""
         address = conn.peer[0]
         pending = self._pending
-        why = ""
+        kind = why = ""
         if self.stopping:
-            why = "stopping"
+            kind = why = "stopping"
         elif pending.total >= self.network.max_pending:
-            why = f"{pending.total} connections still negotiating (Network.MaxPendingAssociations)"
+            kind, why = "pending", f"{pending.total} connections still negotiating (Network.MaxPendingAssociations)"
         elif pending.by_address[address] >= self.network.max_pending_per_address:
-            why = (f"{pending.by_address[address]} connections from {address} still negotiating "
-                   "(Network.MaxPendingPerAddress)")
+            kind, why = f"pending {address}", (f"{pending.by_address[address]} connections from {address} still "
+                                               "negotiating (Network.MaxPendingPerAddress)")
         if why:
-            self._log_refusal(why, f"pool={pool.id} source_ip={address}: connection refused: {why}")
+            self._log_refusal(kind, f"pool={pool.id} source_ip={address}: connection refused: {why} "
+                                    f"(repeats within {REFUSAL_LOG_SECONDS:.0f}s not logged)")
             self.stats.connection_refused()
             conn.abort_transport()
             return
@@ -153,9 +194,8 @@ class Relay:
         assoc.task = task
         task.add_done_callback(lambda _: self._ended(assoc, address))
 
-    def _log_refusal(self, key: str, line: str) -> None:
+    def _log_refusal(self, kind: str, line: str) -> None:
         now = time.monotonic()
-        kind = key.split(" ", 1)[-1]
         if now - self._refusals_logged.get(kind, 0.0) >= REFUSAL_LOG_SECONDS:
             self._refusals_logged[kind] = now
             logger.warning("%s", line)
@@ -228,8 +268,10 @@ class Relay:
         backend association and end the inbound ones."""
         self.stopping = True
         self.accepting = False
-        for server in self.servers:
-            server.close()
+        loop = asyncio.get_running_loop()
+        for sock in self._listening.values():
+            loop.remove_reader(sock.fileno())
+            sock.close()
         busy = sum(1 for a in self.associations if a.busy)
         if busy:
             logger.info("waiting up to %.0fs for %d operation(s) in flight", grace_seconds, busy)
@@ -244,5 +286,3 @@ class Relay:
                 assoc.task.cancel()
         if self._tasks:
             await asyncio.wait(set(self._tasks), timeout=self.network.release_timeout + 1)
-        for server in self.servers:
-            await server.wait_closed()
