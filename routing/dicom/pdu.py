@@ -85,13 +85,13 @@ class PduBuffer:
     """Bytes in, whole PDUs out (sans-I/O). ``limit(pdu_type)`` caps announced lengths."""
 
     def __init__(self, *, max_length: int, max_pdata_length: int | None = None):
-        self._chunks: deque[bytes | bytearray] = deque()
+        self._chunks: deque[bytes | bytearray | memoryview] = deque()
         self._offset = 0  # read position inside the first chunk
         self.buffered = 0  # bytes held, not yet returned as PDUs
         self.max_length = max_length
         self.max_pdata_length = max_pdata_length if max_pdata_length is not None else max_length
 
-    def feed(self, data: bytes | bytearray) -> None:
+    def feed(self, data: bytes | bytearray | memoryview) -> None:
         if data:
             self._chunks.append(data)
             self.buffered += len(data)

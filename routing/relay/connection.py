@@ -1,6 +1,6 @@
 """One DICOM connection on the event loop: bytes in, whole PDUs out, flow control both ways.
 
-``PduConnection`` is an ``asyncio.Protocol``. It frames PDUs as bytes arrive (see
+``PduConnection`` is an ``asyncio.BufferedProtocol``. It frames PDUs as bytes arrive (see
 ``routing.dicom.pdu.PduBuffer``) and hands them to a single reader coroutine through
 ``next_pdu()``. Flow control:
 
@@ -30,6 +30,9 @@ logger = logging.getLogger("synthiq.relay")
 
 WRITE_HIGH_WATER = 512 * 1024
 WRITE_LOW_WATER = 128 * 1024
+CHUNK_MIN = 16 * 1024
+CHUNK_MAX = 1 << 20
+CHUNK_TAIL = 4096  # a chunk with less room than this is retired for a new one
 
 
 class ConnectionClosed(ConnectionError):
@@ -40,7 +43,7 @@ class TimedOut(TimeoutError):
     """Nothing arrived (or nothing could be written) within the timer."""
 
 
-class PduConnection(asyncio.Protocol):
+class PduConnection(asyncio.BufferedProtocol):
     def __init__(self, *, name: str, max_length: int, max_pdata_length: int | None = None,
                  read_limit: int = 1 << 20,
                  on_open: Callable[[PduConnection], None] | None = None):
@@ -63,8 +66,15 @@ class PduConnection(asyncio.Protocol):
         # Called with this connection when PDUs arrive and no coroutine has claimed it.
         self.idle_handler: Callable[[PduConnection], None] | None = None
         self.claimed = False
+        # Reads land in chunks of our own (asyncio.BufferedProtocol): a PDU inside one
+        # chunk is passed on as a view, with no copy. A chunk starts small (an idle or
+        # dripping connection costs little) and doubles while reads fill it (bulk data).
+        self._chunk: memoryview | None = None
+        self._filled = 0
+        self._chunk_size = CHUNK_MIN
+        self._discarding = False
 
-    # -- asyncio.Protocol ---------------------------------------------------------------
+    # -- asyncio.BufferedProtocol -------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.attach(transport)
@@ -82,10 +92,28 @@ class PduConnection(asyncio.Protocol):
         if self.sock is not None:
             netopts.tune(self.sock)
 
-    def data_received(self, data: bytes) -> None:
+    def get_buffer(self, sizehint: int) -> memoryview:
+        chunk = self._chunk
+        if chunk is None or len(chunk) - self._filled < CHUNK_TAIL:
+            # Never written to again once filled: views of it may be queued for writing.
+            self._chunk = chunk = memoryview(bytearray(self._chunk_size))
+            self._filled = 0
+        return chunk[self._filled:]
+
+    def buffer_updated(self, nbytes: int) -> None:
+        assert self._chunk is not None
+        start = self._filled
+        self._filled += nbytes
+        if self._filled == len(self._chunk) and self._chunk_size < CHUNK_MAX:
+            self._chunk_size *= 2
+        self.data_received(self._chunk[start:self._filled])
+
+    def data_received(self, data: bytes | memoryview) -> None:
         if self.sock is not None:
             netopts.quickack(self.sock)
         self.received += len(data)
+        if self._discarding:
+            return
         framer = self.framer
         framer.feed(data)
         try:
@@ -104,7 +132,7 @@ class PduConnection(asyncio.Protocol):
 
     def eof_received(self) -> bool:
         self._fail(ConnectionClosed(f"{self.name}: the peer closed the connection"))
-        return False  # close our side too
+        return False  # close our side too (after a half-close of ours, that ends it)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._fail(ConnectionClosed(f"{self.name}: connection {'reset: ' + str(exc) if exc else 'closed'}"))
@@ -204,6 +232,31 @@ class PduConnection(asyncio.Protocol):
     def close(self) -> None:
         if self.transport is not None and not self.transport.is_closing():
             self.transport.close()
+
+    def send_and_close(self, last_words: bytes, *, linger: float) -> None:
+        """Send a final PDU (an A-ABORT) and close the way PS3.8 wants (AA-1 then ARTIM):
+        half-close, drop whatever the peer still sends, close at its EOF or after
+        ``linger`` seconds. Closing at once with unread bytes would make the kernel
+        reset the connection, and the peer might never read the A-ABORT."""
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        transport.write(last_words)
+        self._discarding = True
+        self.ready.clear()
+        if self._reading_paused:
+            self._reading_paused = False
+            transport.resume_reading()
+        if not transport.can_write_eof():
+            transport.close()
+            return
+        transport.write_eof()
+        asyncio.get_running_loop().call_later(linger, self.close)
+
+    @property
+    def lingering(self) -> bool:
+        """Closing after a final PDU (see ``send_and_close``)."""
+        return self._discarding
 
     def abort_transport(self) -> None:
         if self.transport is not None:

@@ -41,6 +41,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger("synthiq.routing")
 
 ASSOCIATION_CACHED = "association-cached"
+# After an A-ABORT, how long the peer has to close the connection itself (PS3.8 ARTIM).
+ABORT_LINGER_SECONDS = 2.0
 
 
 class _Failed(Exception):
@@ -112,7 +114,8 @@ class InboundAssociation:
                 if outcome != "released":
                     link.abort()
             self.links.clear()
-            self.conn.close()
+            if not self.conn.lingering:
+                self.conn.close()
             if self.established:
                 self.relay.stats.association_closed()
                 logger.info(
@@ -126,8 +129,7 @@ class InboundAssociation:
 
     def _abort_inbound(self, reason: int) -> None:
         if self.conn.is_open:
-            self.conn.write(pdu.abort(reason=reason))
-            self.conn.close()
+            self.conn.send_and_close(pdu.abort(reason=reason), linger=ABORT_LINGER_SECONDS)
 
     # -- association establishment ------------------------------------------------------
     async def _negotiate(self, deadline: float) -> bool:
@@ -143,8 +145,7 @@ class InboundAssociation:
         if reason is not None:
             logger.warning("association rejected pool=%s calling_ae=%s called_ae=%s source_ip=%s: %s",
                            self.pool_id, rq.calling_ae, rq.called_ae, self.source_ip, why)
-            self.conn.write(negotiation.reject(reason))
-            self.conn.close()
+            self.conn.send_and_close(negotiation.reject(reason), linger=ABORT_LINGER_SECONDS)
             return False
         accepted = negotiation.accept(rq, ae_title=self.listener.ae_title, max_pdu=self.network.max_pdu,
                                       services=self.listener.services,
