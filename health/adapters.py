@@ -9,6 +9,8 @@ from __future__ import annotations
 import logging
 import math
 
+from prometheus_client.parser import text_string_to_metric_families
+
 from health.probes import (
     ProbeError,
     Reading,
@@ -28,25 +30,6 @@ logger = logging.getLogger("synthiq.health")
 ORTHANC_CONCURRENT_JOBS = 2
 
 
-def prometheus_parse(text: str) -> dict[str, float]:
-    """Unlabelled samples of the Prometheus text format (what Orthanc emits)."""
-    samples: dict[str, float] = {}
-    for line in text.splitlines():
-        line = line.strip()
-        if not line or line.startswith("#") or "{" in line:
-            continue
-        parts = line.split()
-        if len(parts) < 2:
-            continue
-        try:
-            value = float(parts[1])
-        except ValueError:
-            continue
-        if math.isfinite(value):
-            samples[parts[0]] = value
-    return samples
-
-
 @adapter_register("orthanc")
 def orthanc_health(target: Target, timeout: float) -> Reading:
     """Orthanc's /tools/metrics-prometheus (Orthanc >= 1.5.4, "MetricsEnabled": true, the
@@ -56,9 +39,19 @@ def orthanc_health(target: Target, timeout: float) -> Reading:
     url = target.health["Url"].rstrip("/") + "/tools/metrics-prometheus"
     _, body = http_get(url=url, timeout=timeout, health=target.health)
     try:
-        metrics = prometheus_parse(body.decode("utf-8"))
+        text = body.decode("utf-8")
     except UnicodeDecodeError:
         raise ProbeError("Orthanc metrics are not UTF-8 text") from None
+    try:
+        # Orthanc's metrics are unlabelled samples; a NaN or infinite one is as good as absent.
+        metrics = {
+            sample.name: sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+            if not sample.labels and math.isfinite(sample.value)
+        }
+    except Exception as exc:  # the parser raises ValueError, and IndexError on some malformed labels
+        raise ProbeError(f"Orthanc metrics are not in the Prometheus text format: {exc}") from None
     needed = ("orthanc_jobs_pending", "orthanc_jobs_running")
     missing = [name for name in needed if name not in metrics]
     if missing:

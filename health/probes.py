@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import json
 import math
+import reprlib
 import socket
 import time
 import urllib.error
@@ -19,9 +20,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from jsonschema import Draft202012Validator, ValidationError
+from jsonschema.exceptions import best_match
 from pynetdicom import AE, evt
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
+from health.contract import certified_validator, native_validator
 from routing.dicom.netopts import client_tls, tune_pynetdicom
 
 # A health body is a few hundred bytes; anything past this is a broken or hostile peer,
@@ -107,11 +111,18 @@ def _reject_constant(name: str) -> float:
     raise ValueError(f"{name} is not valid JSON")
 
 
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e400 parses as inf
+        raise ValueError(f"{text[:40]} is out of range for a number")
+    return value
+
+
 def json_object(body: bytes) -> dict[str, Any]:
     try:
-        # Python's json accepts NaN and Infinity by default; a load of NaN must not reach
-        # the ranking, where every comparison with it is False.
-        data = json.loads(body, parse_constant=_reject_constant)
+        # Python's json accepts NaN and Infinity by default (and reads 1e400 as inf); a load
+        # of NaN must not reach the ranking, where every comparison with it is False.
+        data = json.loads(body, parse_constant=_reject_constant, parse_float=_finite_float)
     except (ValueError, UnicodeDecodeError) as exc:
         raise ProbeError(f"body is not JSON: {exc}") from None
     if not isinstance(data, dict):
@@ -122,38 +133,33 @@ def json_object(body: bytes) -> dict[str, Any]:
 # -- the native and certified contracts --------------------------------------------
 
 
-def _count(body: dict[str, Any], key: str, *, where: str = "", required: bool = True, positive: bool = False):
-    """A non-negative (or positive) integer field; bool is not a number here."""
-    name = f"{where}{key}"
-    if key not in body or body[key] is None:
-        if required:
-            raise ProbeError(f"contract broken: {name} missing")
-        return None
-    value = body[key]
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)  # JSON Schema's "integer" admits 5.0; so does the published contract
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ProbeError(f"contract broken: {name} must be an integer, got {json.dumps(value)[:40]}")
-    if value < (1 if positive else 0):
-        raise ProbeError(f"contract broken: {name} must be {'> 0' if positive else '>= 0'}, got {value}")
-    return value
+def _schema_error_line(error: ValidationError) -> str:
+    """What the schema rejects, in one line that names the field by its path."""
+    path = [str(part) for part in error.absolute_path]
+    if error.validator == "required":
+        missing = next(name for name in error.validator_value if name not in error.instance)
+        return f"{'.'.join([*path, missing])} missing"
+    if error.validator == "anyOf" and all(branch.keys() == {"required"} for branch in error.validator_value):
+        names = [name for branch in error.validator_value for name in branch["required"]]
+        return f"neither {' nor '.join(names)} given"
+    # jsonschema quotes the whole offending value; a 60 KiB string must not become the log line.
+    message = error.message.replace(repr(error.instance), reprlib.repr(error.instance))
+    return f"{'.'.join(path) or 'body'}: {message}"
 
 
-def _load(body: dict[str, Any]) -> float | None:
-    value = body.get("load")
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-        raise ProbeError(f"contract broken: load must be a number >= 0, got {json.dumps(value)[:40]}")
-    return float(value)
-
-
-def _status_ok(body: dict[str, Any]) -> None:
+def _contract_check(body: dict[str, Any], validator: Draft202012Validator) -> None:
+    # A backend that says it is not ok is authoritative whatever the rest of its body holds.
     status = body.get("status")
-    if not isinstance(status, str):
-        raise ProbeError("contract broken: status missing or not a string")
-    if status != "ok":
+    if isinstance(status, str) and status != "ok":
         raise ProbeError(f"backend reports status {status[:40]!r}", refused=True)
+    error = best_match(validator.iter_errors(body))
+    if error is not None:
+        raise ProbeError(f"contract broken: {_schema_error_line(error)}")
+
+
+def _integer(body: dict[str, Any], key: str) -> int | None:
+    # The schemas' "integer" admits 5.0, as JSON Schema does; the Reading holds ints.
+    return int(body[key]) if key in body else None
 
 
 def load_normalize(*, load: float | None, depth: int | None, denominator: int | None) -> tuple[float | None, str]:
@@ -170,32 +176,24 @@ def load_normalize(*, load: float | None, depth: int | None, denominator: int | 
 def contract_native(body: dict[str, Any]) -> Reading:
     """The full contract (GET /api/health). Depth = received + hold + processing;
     failed items are excluded (a node with many failures is unhealthy, not busy)."""
-    _status_ok(body)
-    queue = body.get("queue")
-    if not isinstance(queue, dict):
-        raise ProbeError("contract broken: queue missing or not an object")
-    parts = {k: _count(queue, k, where="queue.") for k in ("received", "hold", "processing", "failed")}
-    depth = parts["received"] + parts["hold"] + parts["processing"]
-    capacity = _count(body, "capacity", required=False, positive=True)
-    max_associations = _count(body, "max_associations", required=False, positive=True)
-    extras = {k: _count(body, k, required=False)
-              for k in ("active_associations", "disk_free_bytes", "throughput_per_min")}
-    denominator = capacity or max_associations
-    load, note = load_normalize(load=_load(body), depth=depth, denominator=denominator)
-    detail = {"queue": parts} | {k: v for k, v in extras.items() if v is not None}
+    _contract_check(body, native_validator)
+    queue = {key: int(body["queue"][key]) for key in ("received", "hold", "processing", "failed")}
+    depth = queue["received"] + queue["hold"] + queue["processing"]
+    denominator = _integer(body, "capacity") or _integer(body, "max_associations")
+    given = float(body["load"]) if "load" in body else None
+    load, note = load_normalize(load=given, depth=depth, denominator=denominator)
+    detail = {"queue": queue} | {
+        key: int(body[key]) for key in ("active_associations", "disk_free_bytes", "throughput_per_min") if key in body
+    }
     return Reading(load=load, queue_depth=depth, capacity=denominator, detail=detail, load_note=note)
 
 
 def contract_certified(body: dict[str, Any]) -> Reading:
     """The minimal public contract: status, queue_depth or load, capacity or max_associations."""
-    _status_ok(body)
-    depth = _count(body, "queue_depth", required=False)
-    given = _load(body)
-    if depth is None and given is None:
-        raise ProbeError("contract broken: neither queue_depth nor load given")
-    capacity = _count(body, "capacity", required=False, positive=True)
-    max_associations = _count(body, "max_associations", required=False, positive=True)
-    denominator = capacity or max_associations
+    _contract_check(body, certified_validator)
+    depth = _integer(body, "queue_depth")
+    denominator = _integer(body, "capacity") or _integer(body, "max_associations")
+    given = float(body["load"]) if "load" in body else None
     load, note = load_normalize(load=given, depth=depth, denominator=denominator)
     return Reading(load=load, queue_depth=depth, capacity=denominator, load_note=note)
 

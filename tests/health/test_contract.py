@@ -5,6 +5,7 @@ with a clear log line, never a crash and never a guessed load."""
 from __future__ import annotations
 
 import datetime as dt
+import re
 import time
 
 import pytest
@@ -62,6 +63,7 @@ def test_native_load_is_received_hold_processing_over_capacity_failed_excluded(e
     ({"status": "ok", "queue_depth": 6, "max_associations": 4}, 1.5, 6, 4),
     ({"status": "ok", "load": 0.25, "capacity": 8, "queue_depth": 1}, 0.25, 1, 8),
     ({"status": "ok", "load": 0}, 0.0, None, None),
+    ({"status": "ok", "queue_depth": 5.0, "capacity": 50.0}, 0.1, 5, 50),  # JSON Schema's integer admits 5.0
 ])
 def test_certified_load_is_own_load_else_depth_over_capacity_or_max_associations(endpoints, body, load,
                                                                                     depth, capacity):
@@ -94,16 +96,25 @@ BROKEN = {
     "queue missing": ("native", dict(body={"status": "ok", "capacity": 50}), "queue missing"),
     "depth as string": ("native", dict(body=NATIVE_OK | {"queue": {"received": "3", "hold": 0, "processing": 0,
                                                                    "failed": 0}}),
-                        "queue.received must be an integer"),
+                        "queue.received: '3' is not of type 'integer'"),
     "queue field missing": ("native", dict(body=NATIVE_OK | {"queue": {"received": 3}}), "queue.hold missing"),
     "negative depth": ("certified", dict(body={"status": "ok", "queue_depth": -2, "capacity": 5}),
-                       "queue_depth must be >= 0"),
+                       "queue_depth: -2 is less than the minimum of 0"),
     "bool depth": ("certified", dict(body={"status": "ok", "queue_depth": True, "capacity": 5}),
-                   "must be an integer"),
+                   "queue_depth: True is not of type 'integer'"),
     "zero capacity": ("certified", dict(body={"status": "ok", "queue_depth": 1, "capacity": 0}),
-                      "capacity must be > 0"),
-    "load as string": ("certified", dict(body={"status": "ok", "load": "0.1", "capacity": 5}), "load must be a number"),
+                      "capacity: 0 is less than the minimum of 1"),
+    "load as string": ("certified", dict(body={"status": "ok", "load": "0.1", "capacity": 5}),
+                       "load: '0.1' is not of type 'number'"),
+    "fractional depth": ("native", dict(body=NATIVE_OK | {"queue": {"received": 1.5, "hold": 0, "processing": 0,
+                                                                     "failed": 0}}),
+                         "queue.received: 1.5 is not of type 'integer'"),
+    "null capacity": ("certified", dict(body={"status": "ok", "queue_depth": 1, "capacity": None}),
+                      "capacity: None is not of type 'integer'"),
+    "status not a string": ("certified", dict(body={"status": 1, "queue_depth": 1, "capacity": 5}),
+                            "status: 1 is not of type 'string'"),
     "load NaN": ("certified", dict(raw=b'{"status": "ok", "load": NaN}'), "not JSON"),
+    "load overflowing to infinity": ("certified", dict(raw=b'{"status": "ok", "load": 1e400}'), "out of range"),
     "no depth nor load": ("certified", dict(body={"status": "ok", "capacity": 5}), "neither queue_depth nor load"),
     "not JSON": ("native", dict(raw=b"<html>busy</html>"), "not JSON"),
     "JSON array": ("certified", dict(body=[{"status": "ok"}]), "not a JSON object"),
@@ -144,6 +155,70 @@ def test_body_breaking_the_contract_is_a_failed_heartbeat_with_a_clear_log_line(
     # The other backend of the round is unaffected, and no probe outlived its timeout (0.8 s).
     assert result["fine"] is True and health_row("fine").load == pytest.approx(0.2)
     assert elapsed < 2.5
+
+
+@pytest.mark.parametrize("read", ["contract_native", "contract_certified"])
+def test_a_status_other_than_ok_is_refused_whatever_the_rest_of_the_body_holds(read):
+    import health.probes
+
+    with pytest.raises(health.probes.ProbeError, match="backend reports status 'degraded'") as failed:
+        getattr(health.probes, read)({"status": "degraded", "queue": "broken", "capacity": -1})
+    assert failed.value.refused
+
+
+def test_a_huge_wrong_value_is_shortened_in_the_log_line():
+    from health.probes import ProbeError, contract_certified
+
+    with pytest.raises(ProbeError) as failed:
+        contract_certified({"status": "ok", "queue_depth": "9" * 60_000, "capacity": 5})
+    message = str(failed.value)
+    assert message.startswith("contract broken: queue_depth: '999") and message.endswith(" is not of type 'integer'")
+    assert len(message) < 120
+
+
+ORTHANC_METRICS = b"""# Orthanc writes unlabelled gauges with millisecond timestamps
+orthanc_jobs_pending 3 1700000000000
+orthanc_jobs_running 1 1700000000000
+orthanc_jobs_pending{queue="other"} 99
+orthanc_rest_api_active_requests 2 1700000000000
+orthanc_count_instances 40 1700000000000
+orthanc_disk_size_mb 1.5 1700000000000
+"""
+
+
+def _orthanc_probe(endpoint: HealthEndpoint):
+    from health.probes import Target, probe_run
+
+    health = {"Mode": "adapter", "Adapter": "orthanc", "Url": endpoint.url}
+    target = Target(backend_id="orthanc", pool_ae_title="SYNTHIQ", ae_title="ORTHANC", host="127.0.0.1",
+                    port=free_port(), health=health)
+    return probe_run(target=target, timeout=2.0)
+
+
+def test_orthanc_adapter_reads_unlabelled_jobs_and_rest_requests_other_than_its_own(endpoints):
+    e = endpoints()
+    e.serve(raw=ORTHANC_METRICS)
+    reading = _orthanc_probe(e)
+    assert (reading.queue_depth, reading.capacity, reading.load) == (3 + 1 + (2 - 1), 2, 2.5)
+    assert reading.detail == {"jobs_pending": 3, "jobs_running": 1, "rest_active_requests": 1,
+                              "count_instances": 40, "disk_size_mb": 1.5}
+
+
+@pytest.mark.parametrize("raw, reason", [
+    (b"<html>busy</html>", "Orthanc metrics are not in the Prometheus text format"),
+    (b'orthanc_jobs_pending{queue=1} 3\n', "Orthanc metrics are not in the Prometheus text format"),
+    (b"orthanc_jobs_pending 3\n", "Orthanc metrics lack orthanc_jobs_running (is MetricsEnabled false?)"),
+    (b"orthanc_jobs_pending NaN\northanc_jobs_running 1\n", "Orthanc metrics lack orthanc_jobs_pending"),
+    (b"\xff\xfe orthanc", "Orthanc metrics are not UTF-8 text"),
+])
+def test_orthanc_metrics_that_cannot_be_read_are_a_failed_heartbeat(endpoints, raw, reason):
+    from health.probes import ProbeError
+
+    e = endpoints()
+    e.serve(raw=raw)
+    with pytest.raises(ProbeError, match=re.escape(reason)) as failed:
+        _orthanc_probe(e)
+    assert "crashed" not in str(failed.value)
 
 
 def test_no_good_heartbeat_for_the_timeout_makes_a_backend_unhealthy(endpoints):

@@ -10,12 +10,14 @@ import re
 import jsonschema
 import pytest
 
+from health.contract import SCHEMA_DIR
 from health.probes import ProbeError, contract_certified, contract_native
 from tests.harness import ROOT
 
 DOC = (ROOT / "docs" / "health-contract.md").read_text()
 BLOCKS = re.findall(r"```json( [a-z-]+)?\n(.*?)```", DOC, flags=re.S)
-SCHEMAS = {tag.strip(): json.loads(text) for tag, text in BLOCKS if tag}
+SCHEMA_TEXTS = {tag.strip(): text for tag, text in BLOCKS if tag}
+SCHEMAS = {tag: json.loads(text) for tag, text in SCHEMA_TEXTS.items()}
 EXAMPLES = [json.loads(text) for tag, text in BLOCKS if not tag]
 READERS = {"native-schema": contract_native, "certified-schema": contract_certified}
 
@@ -29,6 +31,21 @@ def test_the_document_publishes_both_schemas_and_examples():
     assert len(EXAMPLES) >= 3
     for schema in SCHEMAS.values():
         jsonschema.Draft202012Validator.check_schema(schema)
+
+
+@pytest.mark.parametrize("tag, name", [("native-schema", "native"), ("certified-schema", "certified")])
+def test_the_published_schemas_are_the_files_the_probes_validate_against(tag, name):
+    # The document quotes health/contract/*.schema.json byte for byte; edit the file and
+    # paste it into the document (or the other way round), never one alone.
+    assert SCHEMA_TEXTS[tag].encode() == (SCHEMA_DIR / f"{name}.schema.json").read_bytes()
+
+
+def test_a_depth_without_a_denominator_breaks_the_published_schema_yet_reads_as_up_with_load_unknown():
+    body = {"status": "ok", "queue_depth": 5}
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(body, SCHEMAS["certified-schema"])
+    reading = contract_certified(body)
+    assert reading.load is None and reading.queue_depth == 5 and "load unknown" in reading.load_note
 
 
 @pytest.mark.parametrize("n", range(3))
