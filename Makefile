@@ -49,7 +49,7 @@ test-postgres: deps
 	SYNTHIQ_TEST_DB=postgresql $(PY) -m pytest -m postgres $(PYTEST_ARGS)
 
 bench: setup
-	$(PY) bench/run.py $(BENCH_ARGS)
+	$(PY) -m bench.run $(BENCH_ARGS)
 
 lint: deps
 	$(VENV)/bin/ruff check .

@@ -1,4 +1,4 @@
-"""The affinity store as runproxy uses it: an in-memory hot cache in front of the
+"""The bindings as runproxy holds them: an in-memory hot cache in front of the affinity
 database, write-behind of per-instance updates, and a degraded mode that keeps
 routing when the database is unreachable or its disk is full.
 """
@@ -55,7 +55,7 @@ class HotCache:
         return len(self._data)
 
 
-class AffinityStore:
+class Bindings:
     def __init__(self, *, window_hours: float, max_cache_entries: int = 500_000):
         self.cache = HotCache(max_entries=max_cache_entries, window_seconds=window_hours * 3600)
         self.window_hours = window_hours

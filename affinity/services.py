@@ -84,6 +84,10 @@ def bindings_touch(*, touches: dict[tuple[str, str], tuple[int, dt.datetime]]) -
             )
 
 
+# How often expired bindings are purged (by Celery beat, or by runproxy when heartbeats run inline).
+BINDING_PURGE_SECONDS = 600.0
+
+
 def bindings_purge_expired(*, window_hours: float, now: dt.datetime) -> int:
     """Delete bindings idle for longer than the study cache window."""
     cutoff = now - dt.timedelta(hours=window_hours)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from pydicom.uid import generate_uid
 
-from routing.synthetic import make_header
+from routing.simulators.synthetic import make_header
 
 CHUNK = 1 << 20
 

@@ -1,10 +1,11 @@
 """Routing-decision latency and affinity write rate against the database in DATABASE_URL.
 
-Run by bench/run.py once for SQLite and once for PostgreSQL, in its own process (the
-database is a process-wide Django setting). Times the objects runproxy uses in-process:
+Run by bench/run.py (``python -m bench.dbbench``) once for SQLite and once for
+PostgreSQL, in its own process (the database is a process-wide Django setting). Times
+the objects runproxy uses in-process:
 ``Router.route`` on a cache miss (database lookup + waterfall + durable insert-if-absent
 binding, through the routing thread) and on a hit (hot cache, no I/O),
-``AffinityStore.cached`` alone, sustained binding claims per second when many
+``Bindings.cached`` alone, sustained binding claims per second when many
 associations route new studies at once (``Router.submit`` from 64 threads: the routing
 thread claims them in batches), the same one claim at a time (the unbatched reference),
 and the write-behind batch of per-instance touches.
@@ -21,8 +22,6 @@ import threading
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "synthiq_project.settings")
 SUBMITTERS = 64
 
@@ -52,8 +51,8 @@ def main() -> int:
 
     call_command("migrate", verbosity=0)
     from affinity import services
+    from affinity.bindings import Bindings
     from affinity.models import Binding
-    from affinity.store import AffinityStore
     from health.models import BackendHealth
     from pools.config import config_load
     from pools.services import config_sync
@@ -88,8 +87,8 @@ def main() -> int:
         )
     Binding.objects.all().delete()
 
-    store = AffinityStore(window_hours=96)
-    router = Router(store=store, heartbeat_timeout=86400)
+    bindings = Bindings(window_hours=96)
+    router = Router(bindings=bindings, heartbeat_timeout=86400)
     router.refresh(pool_ids=["bench"])
     uids = [f"1.2.826.0.1.3680043.10.999.{os.getpid()}.{n}" for n in range(n_route)]
 
@@ -110,7 +109,7 @@ def main() -> int:
     for _ in range(3):
         for uid in uids:
             t = time.perf_counter()
-            store.cached(("bench", uid))
+            bindings.cached(("bench", uid))
             cache.append(time.perf_counter() - t)
 
     # Binding claims one at a time: the durable write of a new study, one transaction each.

@@ -9,8 +9,11 @@ that the three paths see the same machine load; the table shows medians and the 
 to HAProxy and to direct. Then the routing-decision latency and the binding-claim rate
 are measured on SQLite and PostgreSQL (bench/dbbench.py).
 
+Run from the repository root, as a module of the ``bench`` package:
+
     make bench                       # full run
     make bench BENCH_ARGS=--quick    # small sizes, one run each: a sanity check
+    .venv/bin/python -m bench.run --quick --workloads W1 W4
 """
 
 from __future__ import annotations
@@ -22,7 +25,6 @@ import os
 import platform
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -35,10 +37,7 @@ from typing import Any
 
 import psutil
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from tests.harness import Managed, free_port, wait_for  # noqa: E402
+from routing.simulators.processes import ROOT, Managed, free_port, port_open, wait_for
 
 PYTHON = str(ROOT / ".venv" / "bin" / "python") if (ROOT / ".venv" / "bin" / "python").exists() else sys.executable
 PG_ADMIN_URL = os.environ.get("SYNTHIQ_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -95,7 +94,7 @@ def log(msg: str) -> None:
 
 def generate(workload: Workload, directory: Path) -> None:
     from bench.bigfile import write_large_instance
-    from routing.synthetic import write_study
+    from routing.simulators.synthetic import write_study
 
     if (directory / ".complete").exists():
         return
@@ -119,12 +118,7 @@ def generate(workload: Workload, directory: Path) -> None:
 
 
 def wait_port(port: int, timeout: float = 30) -> None:
-    def up() -> bool:
-        with socket.socket() as s:
-            s.settimeout(0.5)
-            return s.connect_ex(("127.0.0.1", port)) == 0
-
-    wait_for(up, timeout=timeout, what=f"port {port}")
+    wait_for(lambda: port_open(port), timeout=timeout, what=f"port {port}")
 
 
 def runproxy_processes(managed: Managed) -> list[psutil.Process]:
@@ -435,7 +429,7 @@ backend pacs
     def dbbench(self, url: str) -> dict[str, Any]:
         out = self.tmp / f"dbbench-{uuid.uuid4().hex[:8]}.json"
         env = self.env | {"DATABASE_URL": url}
-        argv = [PYTHON, str(ROOT / "bench" / "dbbench.py"), "--json", str(out)]
+        argv = [PYTHON, "-m", "bench.dbbench", "--json", str(out)]
         if self.args.quick:
             argv.append("--quick")
         log(f"database benchmarks on {url.split(':')[0]}")
@@ -453,8 +447,8 @@ config = config_load(path=sys.argv[1])
 config_sync(config=config)
 now = dt.datetime.now(dt.UTC)
 for pool in config.pools:
-    for b in pool["Backends"]:
-        BackendHealth.objects.update_or_create(backend_id=b["Id"], defaults={
+    for b in pool.backends:
+        BackendHealth.objects.update_or_create(backend_id=b.id, defaults={
             "healthy": True, "load": 0.0, "capacity": 50, "last_ok_utc": now, "last_check_utc": now})
 """
 

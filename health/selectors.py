@@ -46,12 +46,17 @@ def heartbeat_targets(*, pool_id: str) -> list[Target]:
     ]
 
 
+# Heartbeats are stale (nothing runs them: beat dead, worker gone) after this many
+# intervals without a completed round.
+STALE_INTERVALS = 3
+
+
 def heartbeat_staleness(*, pool_ids: list[str], now: dt.datetime, interval_seconds: float,
                         since: dt.datetime) -> dict[str, float | None]:
     """Seconds since each pool's last completed round (None: never), for the pools whose
-    heartbeats are stale: no round for three intervals, counted from ``since`` at the
+    heartbeats are stale: no round for STALE_INTERVALS intervals, counted from ``since`` at the
     earliest so a process that just started does not cry wolf."""
-    limit = 3 * interval_seconds
+    limit = STALE_INTERVALS * interval_seconds
     last = dict(HeartbeatRound.objects.filter(pool_id__in=pool_ids).values_list("pool_id", "completed_utc"))
     stale: dict[str, float | None] = {}
     for pool_id in pool_ids:

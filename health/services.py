@@ -14,7 +14,6 @@ import time
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 
-from django.conf import settings
 from django.db import IntegrityError, close_old_connections, transaction
 
 from health.models import BackendHealth, HeartbeatRound
@@ -55,19 +54,12 @@ def heartbeat_runner_name(*, kind: str) -> str:
 
 
 def heartbeat_policy_read() -> HeartbeatPolicy:
-    """Intervals for a heartbeat runner that has no config object of its own (Celery):
-    from the file in SYNTHIQ_CONFIG, validated like runproxy validates it, else the
-    config file's documented defaults."""
-    from pools.config import ConfigSerializer, config_load
+    """The heartbeat policy of a runner with no config object of its own (Celery)."""
+    from pools.selectors import config_file_settings
 
-    if settings.SYNTHIQ_CONFIG:
-        config = config_load(path=settings.SYNTHIQ_CONFIG)
-        return HeartbeatPolicy(config.heartbeat_interval, config.heartbeat_timeout,
-                                 config.study_cache_window_hours)
-    fields = ConfigSerializer().fields
-    return HeartbeatPolicy(fields["HeartbeatIntervalSeconds"].default,
-                             fields["HeartbeatTimeoutSeconds"].default,
-                             fields["StudyCacheWindowHours"].default)
+    site = config_file_settings()
+    return HeartbeatPolicy(site["heartbeat_interval_seconds"], site["heartbeat_timeout_seconds"],
+                           site["study_cache_window_hours"])
 
 
 def _probe(target: Target, timeout: float) -> Outcome:

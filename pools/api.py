@@ -1,8 +1,7 @@
-"""Pools API: configuration, runtime state, health and live counters; drain / enable."""
+"""Backends' runtime state through the API: drain / enable (the overview lives in routing.operator)."""
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 
 from drf_spectacular.utils import extend_schema
@@ -12,21 +11,9 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from pools import selectors, services
-from pools.serializers import BackendStateSerializer, PoolSerializer
-from routing import selectors as routing_selectors
+from pools.serializers import BackendStateSerializer
 
 logger = logging.getLogger("synthiq.pools")
-
-
-class PoolsView(APIView):
-    @extend_schema(
-        operation_id="pools",
-        summary="Pools and their backends: mode, health, load (null = unknown), weight, draining, counters",
-        responses=PoolSerializer(many=True),
-    )
-    def get(self, request: Request) -> Response:
-        pools = routing_selectors.pools_overview(now=dt.datetime.now(dt.UTC))
-        return Response(PoolSerializer(pools, many=True).data)
 
 
 class _BackendDrainingView(APIView):

@@ -1,20 +1,26 @@
-"""The JSON configuration file: parsing and whole-file validation with key-path errors.
+"""The JSON configuration file as a typed model (pydantic v2), validated as a whole.
 
-Validation is done by DRF serializers (the stack already has them); their nested error
-dicts are flattened into lines such as ``Pools[0].Backends[1].Port: must be 1-65535``.
+The file's keys are PascalCase (``"HeartbeatIntervalSeconds"``); the code reads the
+model's attributes (``config.heartbeat_interval_seconds``). Types are strict — a port
+written as the string ``"11202"`` is an error, not a quiet conversion — unknown keys are
+errors (a typo must not silently drop a setting), and every default is held here, once.
+Every problem in the file is reported at once as ``key.path: message`` lines, e.g.
+``Pools[0].Backends[1].Port: must be 1-65535`` or
+``Pools[0].Port: expected an integer, got the string '11202'``.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
-from rest_framework import serializers
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic.alias_generators import to_pascal
+from pydantic.functional_validators import AfterValidator
+from pydantic_core import PydanticCustomError
 
 AE_MAX = 16
-PORT_MSG = "must be 1-65535"
 
 
 class ConfigError(Exception):
@@ -25,201 +31,228 @@ class ConfigError(Exception):
         super().__init__("; ".join(errors))
 
 
-def _port_field(**kw) -> serializers.IntegerField:
-    return serializers.IntegerField(
-        min_value=1,
-        max_value=65535,
-        error_messages={"min_value": PORT_MSG, "max_value": PORT_MSG, "invalid": PORT_MSG},
-        **kw,
-    )
+def _port(value: int) -> int:
+    if not 1 <= value <= 65535:
+        raise PydanticCustomError("port", "must be 1-65535")
+    return value
 
 
 def _ae_title(value: str) -> str:
     if not value.strip() or len(value) > AE_MAX or "\\" in value or not value.isascii():
-        raise serializers.ValidationError("must be 1-16 ASCII characters, no backslash")
+        raise PydanticCustomError("ae_title", "must be 1-16 ASCII characters, no backslash")
     return value.strip()
 
 
-class StrictSerializer(serializers.Serializer):
-    """Unknown keys are errors: a typo in a key must not silently drop a setting."""
-
-    def to_internal_value(self, data):
-        if isinstance(data, dict):
-            unknown = sorted(set(data) - set(self.fields))
-            if unknown:
-                raise serializers.ValidationError({k: ["unknown key"] for k in unknown})
-        return super().to_internal_value(data)
+def _existing_file(value: str) -> str:
+    if not Path(value).is_file():
+        raise PydanticCustomError("file", "file not found: {path}", {"path": value})
+    return value
 
 
-class TlsSerializer(StrictSerializer):
-    Certificate = serializers.CharField(required=False)
-    Key = serializers.CharField(required=False)
-    CA = serializers.CharField(required=False)
-    RequireClientCertificate = serializers.BooleanField(required=False, default=False)
-
-    def validate(self, attrs):
-        for key in ("Certificate", "Key", "CA"):
-            if key in attrs and not Path(attrs[key]).is_file():
-                raise serializers.ValidationError({key: [f"file not found: {attrs[key]}"]})
-        return attrs
+def _http_url(value: str) -> str:
+    if not value.startswith(("http://", "https://")) or len(value) < 10:
+        raise PydanticCustomError("url", "must be an http:// or https:// URL")
+    return value
 
 
-class HealthSerializer(StrictSerializer):
-    Mode = serializers.ChoiceField(choices=["native", "certified", "adapter", "liveness"])
-    Url = serializers.URLField(required=False)
-    Probe = serializers.ChoiceField(choices=["echo", "tcp", "http"], required=False)
-    Adapter = serializers.ChoiceField(choices=["orthanc"], required=False)
-    Username = serializers.CharField(required=False)
-    Password = serializers.CharField(required=False)
-    # Adapter mode: the denominator when the vendor's metrics do not carry one
-    # (Orthanc: its "ConcurrentJobs" option, 2 by default).
-    Capacity = serializers.IntegerField(required=False, min_value=1)
-
-    def validate(self, attrs):
-        mode = attrs["Mode"]
-        needs_url = mode in ("native", "certified", "adapter") or attrs.get("Probe") == "http"
-        if needs_url and not attrs.get("Url"):
-            raise serializers.ValidationError({"Url": [f"required for {mode} health"]})
-        if mode == "adapter" and not attrs.get("Adapter"):
-            raise serializers.ValidationError({"Adapter": ["required for adapter health"]})
-        if mode == "liveness":
-            attrs.setdefault("Probe", "echo")
-        return attrs
+Port = Annotated[int, AfterValidator(_port)]
+AeTitle = Annotated[str, AfterValidator(_ae_title)]
+Slug = Annotated[str, Field(pattern=r"^[-a-zA-Z0-9_]+$", min_length=1, max_length=64)]
+FilePath = Annotated[str, AfterValidator(_existing_file)]
+HttpUrl = Annotated[str, AfterValidator(_http_url)]
 
 
-class BackendSerializer(StrictSerializer):
-    Id = serializers.SlugField(max_length=64)
-    AeTitle = serializers.CharField(validators=[_ae_title])
-    Host = serializers.CharField()
-    Port = _port_field()
-    Weight = serializers.IntegerField(min_value=1, max_value=1000, default=1)
-    Enabled = serializers.BooleanField(default=True)
-    Health = HealthSerializer(required=False)
-    Tls = TlsSerializer(required=False)
-    # Token the backend uses to report storage commitment over HTTP.
-    CommitmentToken = serializers.CharField(required=False, min_length=16)
+class Model(BaseModel):
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True, alias_generator=to_pascal)
 
 
-class PoolSerializer(StrictSerializer):
-    Id = serializers.SlugField(max_length=64)
-    AeTitle = serializers.CharField(validators=[_ae_title])
-    Host = serializers.CharField(default="0.0.0.0")
-    Port = _port_field()
-    AllowedCallingAeTitles = serializers.ListField(
-        child=serializers.CharField(validators=[_ae_title]), default=list
-    )
-    Backends = BackendSerializer(many=True, allow_empty=False)
-    Tls = TlsSerializer(required=False)
+class TlsConfig(Model):
+    """DICOM TLS: inbound (a pool's certificate and key, optional client-certificate
+    requirement) or outbound (the backend's CA, optional client certificate)."""
+
+    certificate: FilePath | None = None
+    key: FilePath | None = None
+    ca: FilePath | None = Field(default=None, alias="CA")
+    require_client_certificate: bool = False
 
 
-class NetworkSerializer(StrictSerializer):
+class HealthConfig(Model):
+    mode: Literal["native", "certified", "adapter", "liveness"] = "liveness"
+    url: HttpUrl | None = None
+    probe: Literal["echo", "tcp", "http"] = "echo"
+    adapter: Literal["orthanc"] | None = None
+    username: str | None = None
+    password: str | None = None
+    # Adapter mode: the denominator when the vendor's metrics lack one (Orthanc's
+    # "ConcurrentJobs" option, 2 by default).
+    capacity: Annotated[int, Field(ge=1)] | None = None
+
+    @model_validator(mode="after")
+    def _needs(self) -> HealthConfig:
+        if (self.mode in ("native", "certified", "adapter") or self.probe == "http") and not self.url:
+            raise PydanticCustomError("needs", "Url: required for {mode} health", {"mode": self.mode})
+        if self.mode == "adapter" and not self.adapter:
+            raise PydanticCustomError("needs", "Adapter: required for adapter health")
+        return self
+
+
+class BackendConfig(Model):
+    id: Slug
+    ae_title: AeTitle
+    host: Annotated[str, Field(min_length=1)]
+    port: Port
+    weight: Annotated[int, Field(ge=1, le=1000)] = 1
+    enabled: bool = True
+    health: HealthConfig = HealthConfig()
+    tls: TlsConfig | None = None
+    # The token the backend uses to report storage commitment over HTTP.
+    commitment_token: Annotated[str, Field(min_length=16)] | None = None
+
+
+class PoolConfig(Model):
+    id: Slug
+    ae_title: AeTitle
+    host: str = "0.0.0.0"
+    port: Port
+    allowed_calling_ae_titles: tuple[AeTitle, ...] = ()
+    backends: Annotated[tuple[BackendConfig, ...], Field(min_length=1)]
+    tls: TlsConfig | None = None
+
+
+class NetworkConfig(Model):
     """Timeouts and limits of the DICOM side, with safe defaults."""
 
-    AcseTimeoutSeconds = serializers.FloatField(min_value=1, default=30)
-    DimseTimeoutSeconds = serializers.FloatField(min_value=1, default=600)
-    NetworkTimeoutSeconds = serializers.FloatField(min_value=1, default=600)
-    ConnectTimeoutSeconds = serializers.FloatField(min_value=0.5, default=10)
-    MaxAssociations = serializers.IntegerField(min_value=1, max_value=10000, default=64)
-    MaxPduBytes = serializers.IntegerField(min_value=4096, max_value=16 * 1024 * 1024, default=262144)
+    acse_timeout_seconds: Annotated[float, Field(ge=1)] = 30
+    dimse_timeout_seconds: Annotated[float, Field(ge=1)] = 600
+    network_timeout_seconds: Annotated[float, Field(ge=1)] = 600
+    connect_timeout_seconds: Annotated[float, Field(ge=0.5)] = 10
+    max_associations: Annotated[int, Field(ge=1, le=10000)] = 64
+    max_pdu_bytes: Annotated[int, Field(ge=4096, le=16 * 1024 * 1024)] = 262144
     # The front door: connections that have not finished association negotiation.
-    HandshakeTimeoutSeconds = serializers.FloatField(min_value=0.5, default=10)
-    MaxPendingAssociations = serializers.IntegerField(min_value=1, max_value=100000, default=256)
-    MaxPendingPerAddress = serializers.IntegerField(min_value=1, max_value=100000, default=32)
-    # Outbound associations: how long a backend may take to answer A-RELEASE, and how long
-    # an unused one stays open (below common PACS idle timeouts: Orthanc's is 30 s).
-    ReleaseTimeoutSeconds = serializers.FloatField(min_value=0.1, default=5)
-    OutboundIdleSeconds = serializers.FloatField(min_value=0.1, default=20)
+    handshake_timeout_seconds: Annotated[float, Field(ge=0.5)] = 10
+    max_pending_associations: Annotated[int, Field(ge=1, le=100000)] = 256
+    max_pending_per_address: Annotated[int, Field(ge=1, le=100000)] = 32
+    # Outbound associations: how long a backend may take to answer A-RELEASE, and how
+    # long an unused one stays open (below common PACS idle timeouts: Orthanc's is 30 s).
+    release_timeout_seconds: Annotated[float, Field(ge=0.1)] = 5
+    outbound_idle_seconds: Annotated[float, Field(ge=0.1)] = 20
     # Data set bytes held while a C-STORE's Study Instance UID is looked for.
-    HeaderHoldBytes = serializers.IntegerField(min_value=16384, max_value=64 * 1024 * 1024, default=1 << 20)
+    header_hold_bytes: Annotated[int, Field(ge=16384, le=64 * 1024 * 1024)] = 1 << 20
 
 
-class ConfigSerializer(StrictSerializer):
-    StudyCacheWindowHours = serializers.FloatField(min_value=0.01, default=96)
-    HeartbeatIntervalSeconds = serializers.FloatField(min_value=0.2, default=5)
-    HeartbeatTimeoutSeconds = serializers.FloatField(min_value=0.5, default=15)
-    Network = NetworkSerializer(required=False)
-    Pools = serializers.ListField(child=PoolSerializer(), allow_empty=False)
+class Config(Model):
+    study_cache_window_hours: Annotated[float, Field(ge=0.01)] = 96
+    heartbeat_interval_seconds: Annotated[float, Field(ge=0.2)] = 5
+    heartbeat_timeout_seconds: Annotated[float, Field(ge=0.5)] = 15
+    network: NetworkConfig = NetworkConfig()
+    pools: Annotated[tuple[PoolConfig, ...], Field(min_length=1)]
 
-    def validate(self, attrs):
-        attrs.setdefault("Network", NetworkSerializer(data={}).run_validation({}))
-        errors: dict[str, Any] = {}
-        if attrs["HeartbeatTimeoutSeconds"] < attrs["HeartbeatIntervalSeconds"]:
-            errors["HeartbeatTimeoutSeconds"] = ["must be >= HeartbeatIntervalSeconds"]
-        seen_pools, seen_backends, seen_listeners = set(), set(), set()
-        for i, pool in enumerate(attrs["Pools"]):
-            if pool["Id"] in seen_pools:
-                errors[f"Pools[{i}].Id"] = [f"duplicate pool id {pool['Id']!r}"]
-            seen_pools.add(pool["Id"])
-            if pool["Port"] in seen_listeners:
-                errors[f"Pools[{i}].Port"] = [f"port {pool['Port']} used by another pool"]
-            seen_listeners.add(pool["Port"])
-            for j, backend in enumerate(pool["Backends"]):
-                if backend["Id"] in seen_backends:
-                    errors[f"Pools[{i}].Backends[{j}].Id"] = [
-                        f"duplicate backend id {backend['Id']!r} (ids are unique across pools)"
-                    ]
-                seen_backends.add(backend["Id"])
-                backend.setdefault("Health", {"Mode": "liveness", "Probe": "echo"})
-        if errors:
-            raise serializers.ValidationError(errors)
-        return attrs
+    def backend(self, backend_id: str) -> BackendConfig | None:
+        return next((b for p in self.pools for b in p.backends if b.id == backend_id), None)
 
 
-def _flatten(detail: Any, path: str = "") -> list[str]:
-    if isinstance(detail, dict):
-        out: list[str] = []
-        for key, value in detail.items():
-            if key == "non_field_errors":
-                out += _flatten(value, path)
-            elif isinstance(key, int):
-                out += _flatten(value, f"{path}[{key}]")
-            else:
-                # Keys produced by our own validate() already carry their full sub-path.
-                out += _flatten(value, f"{path}.{key}" if path else str(key))
-        return out
-    if isinstance(detail, list):
-        if all(isinstance(x, str) for x in detail):
-            return [f"{path or '(top level)'}: {msg}" for msg in detail]
-        out = []
-        for i, item in enumerate(detail):
-            if item:
-                out += _flatten(item, f"{path}[{i}]")
-        return out
-    return [f"{path or '(top level)'}: {detail}"]
+DEFAULTS = {name: field.default for name, field in Config.model_fields.items() if name not in ("network", "pools")}
 
 
-@dataclass(frozen=True)
-class Config:
-    raw: dict[str, Any]
+# -- reading errors -----------------------------------------------------------------------
 
-    @property
-    def pools(self) -> list[dict[str, Any]]:
-        return self.raw["Pools"]
+_EXPECTED = {
+    "int_type": "an integer", "float_type": "a number", "string_type": "a string", "bool_type": "true or false",
+    "tuple_type": "a list", "list_type": "a list", "model_type": "an object", "dict_type": "an object",
+    "model_attributes_type": "an object",
+}
 
-    @property
-    def network(self) -> dict[str, Any]:
-        return self.raw["Network"]
 
-    @property
-    def study_cache_window_hours(self) -> float:
-        return self.raw["StudyCacheWindowHours"]
+def _described(value: Any) -> str:
+    if isinstance(value, bool):
+        return f"the boolean {json.dumps(value)}"
+    if isinstance(value, str):
+        return f"the string {value!r}"
+    if isinstance(value, int | float):
+        return f"the number {value!r}"
+    if value is None:
+        return "null"
+    return {list: "a list", dict: "an object"}.get(type(value), type(value).__name__)
 
-    @property
-    def heartbeat_interval(self) -> float:
-        return self.raw["HeartbeatIntervalSeconds"]
 
-    @property
-    def heartbeat_timeout(self) -> float:
-        return self.raw["HeartbeatTimeoutSeconds"]
+def _message(error: dict[str, Any]) -> str:
+    kind = error["type"]
+    if kind in _EXPECTED:
+        return f"expected {_EXPECTED[kind]}, got {_described(error['input'])}"
+    if kind == "extra_forbidden":
+        return "unknown key"
+    if kind == "missing":
+        return "required"
+    if kind == "literal_error":
+        return f"must be one of {error['ctx']['expected']}, got {_described(error['input'])}"
+    if kind in ("greater_than_equal", "less_than_equal"):
+        bound = error["ctx"]["ge" if kind == "greater_than_equal" else "le"]
+        return f"must be {'>=' if kind == 'greater_than_equal' else '<='} {bound}"
+    if kind == "too_short":
+        return "must not be empty"
+    if kind == "string_pattern_mismatch":
+        return "must be letters, digits, '-' or '_'"
+    return str(error["msg"])
+
+
+def _path(loc: tuple[Any, ...]) -> str:
+    path = ""
+    for part in loc:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        elif not str(part).startswith(("function-", "tagged-")):  # pydantic's validator steps
+            path += f".{part}" if path else str(part)
+    return path
+
+
+def _lines(exc: ValidationError) -> list[str]:
+    out = []
+    for error in exc.errors(include_url=False):
+        if error["type"] == "too_short" and error["input"]:
+            continue  # pydantic counts only the valid items: the invalid ones are reported already
+        path, message = _path(error["loc"]), _message(error)
+        if error["type"] == "needs":  # "Key: message" from a model validator names its own key
+            key, message = message.split(": ", 1)
+            path = f"{path}.{key}" if path else key
+        out.append(f"{path or '(top level)'}: {message}")
+    return out
+
+
+def _cross_checks(config: Config) -> list[str]:
+    """What no single field can know: unique ids and ports, timeout vs interval."""
+    errors = []
+    if config.heartbeat_timeout_seconds < config.heartbeat_interval_seconds:
+        errors.append("HeartbeatTimeoutSeconds: must be >= HeartbeatIntervalSeconds")
+    pools: set[str] = set()
+    ports: set[int] = set()
+    backends: set[str] = set()
+    for i, pool in enumerate(config.pools):
+        if pool.id in pools:
+            errors.append(f"Pools[{i}].Id: duplicate pool id {pool.id!r}")
+        if pool.port in ports:
+            errors.append(f"Pools[{i}].Port: port {pool.port} used by another pool")
+        pools.add(pool.id)
+        ports.add(pool.port)
+        for j, backend in enumerate(pool.backends):
+            if backend.id in backends:
+                errors.append(f"Pools[{i}].Backends[{j}].Id: duplicate backend id {backend.id!r} "
+                              "(ids are unique across pools)")
+            backends.add(backend.id)
+    return errors
 
 
 def config_parse(*, data: Any) -> Config:
-    serializer = ConfigSerializer(data=data)
     if not isinstance(data, dict):
         raise ConfigError(["(top level): must be a JSON object"])
-    if not serializer.is_valid():
-        raise ConfigError(_flatten(serializer.errors))
-    return Config(raw=json.loads(json.dumps(serializer.validated_data)))
+    try:
+        # Validated as JSON (strict JSON types: a list is a list, "5" is not a number).
+        config = Config.model_validate_json(json.dumps(data))
+    except ValidationError as exc:
+        raise ConfigError(_lines(exc)) from None
+    errors = _cross_checks(config)
+    if errors:
+        raise ConfigError(errors)
+    return config
 
 
 def config_load(*, path: str | Path) -> Config:

@@ -1,8 +1,20 @@
 from __future__ import annotations
 
+from django.conf import settings
 from django.db.models import QuerySet
 
+from pools.config import DEFAULTS, config_load
 from pools.models import Backend, Pool
+
+
+def config_file_settings() -> dict[str, float]:
+    """The site-wide settings (heartbeat interval and timeout, study cache window) for a
+    process that has no config object of its own (Celery): from the file in
+    SYNTHIQ_CONFIG, validated as runproxy validates it, else the config model's defaults."""
+    if settings.SYNTHIQ_CONFIG:
+        config = config_load(path=settings.SYNTHIQ_CONFIG)
+        return {name: getattr(config, name) for name in DEFAULTS}
+    return dict(DEFAULTS)
 
 
 def pools_enabled() -> QuerySet[Pool]:

@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from django.db import transaction
 
-from pools.config import Config
+from pools.config import Config, Model
 from pools.models import Backend, Pool
 
 logger = logging.getLogger("synthiq.pools")
+
+
+def _as_json(section: Model | None) -> dict[str, Any] | None:
+    """A config section as the database keeps it (the file's own keys)."""
+    return section.model_dump(mode="json", by_alias=True, exclude_none=True) if section is not None else None
 
 
 @transaction.atomic
@@ -20,31 +26,31 @@ def config_sync(*, config: Config) -> dict[str, list[str]]:
     listed: set[str] = set()
     for p in config.pools:
         pool, _ = Pool.objects.update_or_create(
-            id=p["Id"],
+            id=p.id,
             defaults={
-                "ae_title": p["AeTitle"],
-                "host": p["Host"],
-                "port": p["Port"],
-                "allowed_calling_ae_titles": p["AllowedCallingAeTitles"],
-                "tls": p.get("Tls"),
+                "ae_title": p.ae_title,
+                "host": p.host,
+                "port": p.port,
+                "allowed_calling_ae_titles": list(p.allowed_calling_ae_titles),
+                "tls": _as_json(p.tls),
                 "enabled": True,
             },
         )
         changes["pools"].append(pool.id)
-        for b in p["Backends"]:
+        for b in p.backends:
             backend, _ = Backend.objects.update_or_create(
-                id=b["Id"],
+                id=b.id,
                 defaults={
                     "pool": pool,
-                    "ae_title": b["AeTitle"],
-                    "host": b["Host"],
-                    "port": b["Port"],
-                    "weight": b["Weight"],
-                    "enabled": b["Enabled"],
-                    "health_mode": b["Health"]["Mode"],
-                    "health": b["Health"],
-                    "commitment_token": b.get("CommitmentToken", ""),
-                    "tls": b.get("Tls"),
+                    "ae_title": b.ae_title,
+                    "host": b.host,
+                    "port": b.port,
+                    "weight": b.weight,
+                    "enabled": b.enabled,
+                    "health_mode": b.health.mode,
+                    "health": _as_json(b.health),
+                    "commitment_token": b.commitment_token or "",
+                    "tls": _as_json(b.tls),
                 },
             )
             listed.add(backend.id)

@@ -4,19 +4,17 @@ from __future__ import annotations
 
 from django.db import models
 
+from routing.waterfall import DECISION_TIERS
+
 
 class RoutingDecision(models.Model):
-    class Reason(models.TextChoices):
-        AFFINITY_HIT = "affinity-hit"
-        LEAST_BUSY = "least-busy"
-        WEIGHTED = "weighted"
-        FALLBACK = "fallback"
+    REASONS = [(tier, tier) for tier in DECISION_TIERS]
 
     at_utc = models.DateTimeField(db_index=True)
     pool = models.ForeignKey("pools.Pool", on_delete=models.CASCADE)
     backend = models.ForeignKey("pools.Backend", on_delete=models.CASCADE)
     study_uid = models.CharField(max_length=64)
-    reason = models.CharField(max_length=16, choices=Reason.choices)
+    reason = models.CharField(max_length=16, choices=REASONS)
     calling_ae = models.CharField(max_length=16, blank=True, default="")
     source_ip = models.CharField(max_length=64, blank=True, default="")
     modality = models.CharField(max_length=16, blank=True, default="")

@@ -1,6 +1,6 @@
 """Routing as runproxy runs it: the pure waterfall fed by a snapshot of the pools'
 backends and their health (refreshed from the database about once a second), and the
-affinity store (hot cache in front of the database).
+affinity bindings (hot cache in front of the database, ``affinity.bindings``).
 
 Two paths. ``route_cached`` answers a study whose binding is in the hot cache, with no
 I/O, on the caller's thread (the relay's event loop). Everything else goes through
@@ -18,11 +18,12 @@ import logging
 import queue
 import threading
 import time
+from collections import deque
 from concurrent.futures import Future
 
 from django.db import close_old_connections
 
-from affinity.store import AffinityStore, Key
+from affinity.bindings import Bindings, Key
 from health import selectors as health_selectors
 from pools import selectors as pool_selectors
 from routing.relay.outbound import BackendAddress
@@ -40,6 +41,8 @@ from routing.waterfall import (
 logger = logging.getLogger("synthiq.routing")
 
 BATCH_LIMIT = 500
+# The herding guard remembers at most this many sends per backend (its count saturates).
+SENDS_REMEMBERED = 65536
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,27 +53,29 @@ class Route:
 
 
 class Router:
-    def __init__(self, *, store: AffinityStore, heartbeat_timeout: float):
-        self.store = store
+    def __init__(self, *, bindings: Bindings, heartbeat_timeout: float):
+        self.bindings = bindings
         self.heartbeat_timeout = heartbeat_timeout
         self._lock = threading.Lock()
         self._states: dict[str, tuple[BackendState, ...]] = {}
         self._addresses: dict[str, BackendAddress] = {}
         self._wrr: dict[str, WrrState] = {}
-        self._sent: dict[str, int] = {}
-        self._report_seen: dict[str, dt.datetime | None] = {}
+        # Herding guard: when each instance went to each backend (wall clock), and when
+        # each backend last reported; what was sent after its report is not in it yet.
+        self._sends: dict[str, deque[float]] = {}
+        self._reported_at: dict[str, float] = {}
         self._requests: queue.SimpleQueue[tuple[Key, Future[Route]] | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
 
     # -- snapshot -----------------------------------------------------------
     def refresh(self, *, pool_ids: list[str]) -> None:
-        """Reload backends and health. Resets the herding guard's count for every
-        backend that has reported since the last refresh."""
+        """Reload backends and health (and with them when each backend last reported,
+        which the herding guard counts from)."""
         close_old_connections()
         now = dt.datetime.now(dt.UTC)
         states: dict[str, tuple[BackendState, ...]] = {}
         addresses: dict[str, BackendAddress] = {}
-        reported: dict[str, dt.datetime | None] = {}
+        reported: dict[str, float] = {}
         for pool_id in pool_ids:
             backends = pool_selectors.backends_of_pool(pool_id=pool_id)
             rows = health_selectors.backend_health_rows(backend_ids=[b.id for b in backends])
@@ -80,7 +85,7 @@ class Router:
                 healthy = health_selectors.backend_is_healthy(
                     row=row, now=now, timeout_seconds=self.heartbeat_timeout
                 )
-                reported[b.id] = row.last_ok_utc if row else None
+                reported[b.id] = row.last_ok_utc.timestamp() if (row and row.last_ok_utc) else 0.0
                 pool_states.append(
                     BackendState(
                         id=b.id,
@@ -95,10 +100,7 @@ class Router:
                 addresses[b.id] = BackendAddress(b.id, b.ae_title, b.host, b.port, b.tls)
             states[pool_id] = tuple(pool_states)
         with self._lock:
-            for backend_id, seen in reported.items():
-                if seen != self._report_seen.get(backend_id):
-                    self._sent[backend_id] = 0
-            self._report_seen = reported
+            self._reported_at = reported
             self._states = states
             self._addresses = addresses
             for pool_id in pool_ids:
@@ -110,22 +112,42 @@ class Router:
     def states(self, pool_id: str) -> tuple[BackendState, ...]:
         with self._lock:
             return tuple(
-                dataclasses.replace(b, sent_since_report=self._sent.get(b.id, 0))
+                dataclasses.replace(b, sent_since_report=self._sent_since_report(b.id))
                 for b in self._states.get(pool_id, ())
             )
 
+    def _sent_since_report(self, backend_id: str) -> int:
+        """Instances sent to the backend after its last report (caller holds the lock).
+        Counted against each backend's own report time, so backends whose reports land
+        in different refreshes are never compared on counts of different ages."""
+        sends = self._sends.get(backend_id)
+        if not sends:
+            return 0
+        # Older than the report, or than the heartbeat timeout (no report at all: the
+        # backend is unhealthy and out of Tier 2 anyway), is no longer counted.
+        since = max(self._reported_at.get(backend_id, 0.0), time.time() - self.heartbeat_timeout)
+        while sends and sends[0] <= since:
+            sends.popleft()
+        return len(sends)
+
     def note_sent(self, backend_id: str) -> None:
         with self._lock:
-            self._sent[backend_id] = self._sent.get(backend_id, 0) + 1
+            self._note_sent(backend_id)
+
+    def _note_sent(self, backend_id: str) -> None:
+        sends = self._sends.get(backend_id)
+        if sends is None:
+            sends = self._sends[backend_id] = deque(maxlen=SENDS_REMEMBERED)
+        sends.append(time.time())
 
     def touch(self, pool_id: str, study_uid: str) -> None:
-        self.store.touch((pool_id, study_uid))
+        self.bindings.touch((pool_id, study_uid))
 
     # -- decisions ----------------------------------------------------------
     def route_cached(self, *, pool_id: str, study_uid: str) -> Route | None:
         """The study's backend if its binding is in the hot cache and that backend is
         still enabled in the pool; None otherwise. No I/O."""
-        bound = self.store.cached((pool_id, study_uid))
+        bound = self.bindings.cached((pool_id, study_uid))
         if bound is None:
             return None
         with self._lock:
@@ -183,7 +205,7 @@ class Router:
     def route_many(self, keys: list[Key]) -> dict[Key, Route]:
         """Route several studies at once: one lookup, the waterfall, one batched claim."""
         started = time.perf_counter()
-        bound = self.store.lookup_many(list(dict.fromkeys(keys)))
+        bound = self.bindings.lookup_many(list(dict.fromkeys(keys)))
         routes: dict[Key, Route] = {}
         claims: dict[Key, Decision] = {}
         for key in dict.fromkeys(keys):
@@ -195,22 +217,22 @@ class Router:
                 if decision.backend_id is not None and decision.reason != AFFINITY_HIT:
                     # Herding guard: a placed study counts at once, before its first instance
                     # is sent, so the rest of a burst decided in this batch sees it.
-                    self._sent[decision.backend_id] = self._sent.get(decision.backend_id, 0) + 1
+                    self._note_sent(decision.backend_id)
             if decision.backend_id is None:
                 routes[key] = Route(None, decision.reason, False)
             elif decision.reason == AFFINITY_HIT:
-                self.store.cache.put(key, decision.backend_id, time.monotonic())
+                self.bindings.cache.put(key, decision.backend_id, time.monotonic())
                 routes[key] = Route(decision.backend_id, AFFINITY_HIT, False)
             elif key in bound:  # bound to a backend that left the pool: move it, conditionally
-                held = self.store.claim(key, decision.backend_id, replaces=bound[key])
+                held = self.bindings.claim(key, decision.backend_id, replaces=bound[key])
                 routes[key] = Route(held, decision.reason if held == decision.backend_id else AFFINITY_HIT, False)
             else:
                 claims[key] = decision
         if claims:
-            held = self.store.claim_many({key: d.backend_id for key, d in claims.items()},  # type: ignore[misc]
+            held = self.bindings.claim_many({key: d.backend_id for key, d in claims.items()},  # type: ignore[misc]
                                          fallback=self._rendezvous)
             for key, decision in claims.items():
-                if not self.store.db_ok:
+                if not self.bindings.db_ok:
                     routes[key] = Route(held[key], RENDEZVOUS, False)
                 elif held[key] == decision.backend_id:
                     routes[key] = Route(held[key], decision.reason, False)

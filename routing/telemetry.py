@@ -14,6 +14,7 @@ from typing import Any
 
 from django.db import DatabaseError, close_old_connections, transaction
 
+from routing.dicom.status import status_class
 from routing.models import ProxyProcess, RoutingDecision
 
 logger = logging.getLogger("synthiq.routing")
@@ -24,15 +25,7 @@ RECENT_DECISIONS = 200
 LATENCY_BUCKETS: tuple[float, ...] = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
-def _status_class(status: int) -> str:
-    if status == 0:
-        return "success"
-    if status in (0xB000, 0xB006, 0xB007):
-        return "warning"
-    return f"0x{status >> 8:02X}xx"
-
-
-class Stats:
+class Telemetry:
     def __init__(self, *, process_id: str | None = None):
         self.process_id = process_id or f"{socket.gethostname()}:{os.getpid()}"
         self.started = dt.datetime.now(dt.UTC)
@@ -83,7 +76,7 @@ class Stats:
 
     def forwarded(self, backend_id: str, status: int, seconds: float) -> None:
         with self._lock:
-            cls = _status_class(status)
+            cls = status_class(status)
             self.counters[f"status.{cls}"] += 1
             self.counters["received"] += 1
             b = self._backend(backend_id)
@@ -98,7 +91,7 @@ class Stats:
 
     def forward_failed(self, backend_id: str | None, status: int) -> None:
         with self._lock:
-            cls = _status_class(status)
+            cls = status_class(status)
             self.counters[f"status.{cls}"] += 1
             self.counters["received"] += 1
             self.counters["failed"] += 1

@@ -17,6 +17,11 @@ WEIGHTED = "weighted"
 FALLBACK = "fallback"
 # Placed by a rendezvous hash of the study while the affinity database was unreachable.
 RENDEZVOUS = "rendezvous"
+# Not a decision: the association already routed this study (the relay's own memory).
+ASSOCIATION_CACHED = "association-cached"
+# What a decision (a RoutingDecision row) is tagged with, and every tier a routed instance is counted under.
+DECISION_TIERS = (AFFINITY_HIT, LEAST_BUSY, WEIGHTED, FALLBACK, RENDEZVOUS)
+TIERS = (AFFINITY_HIT, LEAST_BUSY, WEIGHTED, ASSOCIATION_CACHED, FALLBACK, RENDEZVOUS)
 
 # The weighted round-robin slot that stands for "all backends with a known load".
 KNOWN_GROUP = "\x00known-load-group"

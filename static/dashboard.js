@@ -3,14 +3,9 @@
 
 (function () {
   const POLL_MS = 2000;
-  const TIERS = [
-    ["affinity-hit", "affinity hit"],
-    ["least-busy", "least busy"],
-    ["weighted", "weighted"],
-    ["association-cached", "association cached"],
-    ["fallback", "fallback"],
-  ];
-  const TIER_LABEL = Object.fromEntries(TIERS);
+  // The tiers and their labels come from /api/status (defined once, in Python).
+  let TIERS = [];
+  let TIER_LABEL = {};
 
   const $ = (sel) => document.querySelector(sel);
 
@@ -110,7 +105,7 @@
     }
     const failed = document.querySelector('[data-counter="failed"]');
     failed.classList.toggle("bad", status.counters.failed > 0);
-    $("#tiers").replaceChildren(...TIERS.map(([tier]) =>
+    $("#tiers").replaceChildren(...TIERS.map((tier) =>
       el("span", { class: "tier-count", "data-tier": tier }, pill(tier), el("b", {}, fmtInt(status.counters.routed[tier])))));
   }
 
@@ -233,6 +228,8 @@
         getJSON("/api/status"), getJSON("/api/pools"), getJSON("/api/activity?limit=25"),
       ]);
       lastStatus = status;
+      TIERS = status.tiers.map((t) => t.id);
+      TIER_LABEL = Object.fromEntries(status.tiers.map((t) => [t.id, t.label]));
       banners(status, null);
       counters(status);
       strip(status);

@@ -20,9 +20,7 @@ app.config_from_object("django.conf:settings", namespace="CELERY")
 # keeps one's beat from feeding another's worker.
 app.conf.task_default_queue = os.environ.get("SYNTHIQ_CELERY_QUEUE", "synthiq")
 app.conf.broker_connection_retry_on_startup = True
-app.autodiscover_tasks(["health"])
-
-PURGE_SECONDS = 600.0
+app.autodiscover_tasks(["health", "affinity"])
 
 
 @app.on_after_finalize.connect
@@ -30,12 +28,13 @@ def beat_schedule_define(sender: Celery, **kwargs) -> None:
     """The beat schedule, in code. Each periodic task expires after its own period: a
     heartbeat that waited longer than an interval in the queue (worker down, backlog)
     describes the past and is dropped rather than run late in a burst."""
+    from affinity.services import BINDING_PURGE_SECONDS
     from health.services import heartbeat_policy_read
 
     interval = heartbeat_policy_read().interval_seconds
     sender.conf.beat_schedule = {
         "heartbeats": {"task": "health.heartbeat_run_all", "schedule": interval,
                        "options": {"expires": interval}},
-        "binding-expiry": {"task": "affinity.bindings_purge_expired", "schedule": PURGE_SECONDS,
-                           "options": {"expires": PURGE_SECONDS}},
+        "binding-expiry": {"task": "affinity.bindings_purge_expired", "schedule": BINDING_PURGE_SECONDS,
+                           "options": {"expires": BINDING_PURGE_SECONDS}},
     }

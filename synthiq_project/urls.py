@@ -6,9 +6,9 @@ from django.urls import path
 from drf_spectacular.views import SpectacularAPIView
 
 from affinity.api import AffinityListView, CommitmentView
-from pools.api import BackendDrainView, BackendEnableView, PoolsView
-from routing.api import ActivityView, StatusView
-from routing.views import dashboard, metrics
+from pools.api import BackendDrainView, BackendEnableView
+from routing.operator.api import ActivityView, PoolsView, StatusView
+from routing.operator.views import dashboard, metrics
 
 
 def healthz(request):

@@ -1,18 +1,14 @@
 """Real processes on loopback for the tests: simulated backends, runproxy, DICOM senders.
 
 Every process is started in its own process group and torn down with it, on failure too.
-Ports are chosen free at run time.
+Ports are chosen free at run time. The process helpers themselves live in
+routing/simulators/processes.py (bench/ uses them too); they are re-exported here.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
-import signal
-import socket
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -22,35 +18,18 @@ from typing import Any
 import pytest
 import requests
 
-ROOT = Path(__file__).resolve().parent.parent
+from routing.simulators.processes import ROOT as ROOT
+from routing.simulators.processes import Managed, MissingTool, find_tool, free_port, port_open, wait_for
+
 PYTHON = sys.executable
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def require_tool(name: str, debian_package: str) -> str:
     """Path of a tool the tests need. Missing is a failure, never a skip."""
-    path = shutil.which(name)
-    if path is None:
-        pytest.fail(
-            f"{name} not found: install Debian's {debian_package} "
-            f"(`make setup` does it as root: apt-get install {debian_package})"
-        )
-    return path
-
-
-def wait_for(predicate, *, timeout: float, interval: float = 0.05, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = predicate()
-        if result:
-            return result
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+    try:
+        return find_tool(name, debian_package)
+    except MissingTool as exc:
+        pytest.fail(str(exc))
 
 
 def dataset_digest(path: Path) -> str:
@@ -61,72 +40,6 @@ def dataset_digest(path: Path) -> str:
     with open(path, "rb") as fp:
         fp.seek(offset)
         return hashlib.sha256(fp.read()).hexdigest()
-
-
-@dataclass
-class Managed:
-    """A child process in its own process group, its output in a log file."""
-
-    name: str
-    argv: list[str]
-    env: dict[str, str]
-    log_path: Path
-    ready_text: str | None = None
-    proc: subprocess.Popen | None = None
-    _log_offset: int = 0
-    # Largest file the process may write (RLIMIT_FSIZE): past it writes fail with EFBIG,
-    # as on a full disk (Python ignores SIGXFSZ).
-    max_file_bytes: int | None = None
-
-    def start(self, *, timeout: float = 30) -> Managed:
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        self._log_offset = len(self.log())  # a restart waits for its own "ready" line
-        log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(
-            self.argv, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=self._limits,
-        )
-        log.close()
-        if self.ready_text:
-            wait_for(self._ready, timeout=timeout, what=f"{self.name} to start ({self.log_path})")
-        return self
-
-    def _limits(self) -> None:
-        if self.max_file_bytes is not None:
-            import resource
-
-            resource.setrlimit(resource.RLIMIT_FSIZE, (self.max_file_bytes, self.max_file_bytes))
-
-    def _ready(self) -> bool:
-        if self.proc and self.proc.poll() is not None:
-            raise AssertionError(f"{self.name} exited with {self.proc.returncode}:\n{self.log()}")
-        return self.ready_text in self.log()[self._log_offset:]
-
-    def log(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")
-        except FileNotFoundError:
-            return ""
-
-    def signal(self, sig: int) -> None:
-        if self.proc and self.proc.poll() is None:
-            os.killpg(self.proc.pid, sig)
-
-    def stop(self, *, timeout: float = 15) -> int | None:
-        if not self.proc:
-            return None
-        if self.proc.poll() is None:
-            self.signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.signal(signal.SIGKILL)
-                self.proc.wait(timeout=5)
-        try:  # anything the child left in its group
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-        return self.proc.returncode
 
 
 @dataclass
@@ -309,14 +222,6 @@ def wait_refreshed() -> None:
 
 
 # -- health peers: DCMTK's storescp and a real Orthanc ------------------------------------
-
-
-def port_open(port: int, host: str = "127.0.0.1") -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=0.5):
-            return True
-    except OSError:
-        return False
 
 
 def start_storescp(cluster: Cluster, *, name: str = "storescp", ae_title: str = "STORESCP",

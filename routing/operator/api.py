@@ -1,4 +1,4 @@
-"""Status and activity APIs: what the runproxy processes are doing right now."""
+"""Status, pools overview and activity APIs: what the runproxy processes are doing right now."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from routing import selectors
-from routing.models import RoutingDecision
-from routing.serializers import DecisionSerializer, StatusSerializer
+from routing.operator import status as selectors
+from routing.operator.serializers import DecisionSerializer, PoolSerializer, StatusSerializer
+from routing.waterfall import DECISION_TIERS
 
 ACTIVITY_DEFAULT_LIMIT = 50
 ACTIVITY_MAX_LIMIT = 500
@@ -43,6 +43,17 @@ class StatusView(APIView):
         return Response(StatusSerializer(snapshot).data)
 
 
+class PoolsView(APIView):
+    @extend_schema(
+        operation_id="pools",
+        summary="Pools and their backends: mode, health, load (null = unknown), weight, draining, counters",
+        responses=PoolSerializer(many=True),
+    )
+    def get(self, request: Request) -> Response:
+        pools = selectors.pools_overview(now=dt.datetime.now(dt.UTC))
+        return Response(PoolSerializer(pools, many=True).data)
+
+
 class ActivityView(APIView):
     @extend_schema(
         operation_id="activity",
@@ -53,15 +64,15 @@ class ActivityView(APIView):
             ),
             OpenApiParameter("pool", OpenApiTypes.STR),
             OpenApiParameter("backend", OpenApiTypes.STR),
-            OpenApiParameter("tier", OpenApiTypes.STR, enum=RoutingDecision.Reason.values),
+            OpenApiParameter("tier", OpenApiTypes.STR, enum=list(DECISION_TIERS)),
         ],
         responses=inline_serializer("Activity", {"results": DecisionSerializer(many=True)}),
     )
     def get(self, request: Request) -> Response:
         limit = _int_param(request, "limit", default=ACTIVITY_DEFAULT_LIMIT, minimum=1, maximum=ACTIVITY_MAX_LIMIT)
         tier = request.query_params.get("tier", "")
-        if tier and tier not in RoutingDecision.Reason.values:
-            raise ValidationError({"tier": f"one of {', '.join(RoutingDecision.Reason.values)}"})
+        if tier and tier not in DECISION_TIERS:
+            raise ValidationError({"tier": f"one of {', '.join(DECISION_TIERS)}"})
         decisions = selectors.routing_decisions_recent(
             pool_id=request.query_params.get("pool", ""),
             backend_id=request.query_params.get("backend", ""),

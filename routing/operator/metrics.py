@@ -19,7 +19,8 @@ from prometheus_client.core import (
 )
 
 from pools import selectors as pool_selectors
-from routing import selectors
+from routing.operator import status as selectors
+from routing.waterfall import TIERS
 
 
 class SynthIQCollector:
@@ -76,7 +77,7 @@ class SynthIQCollector:
         for p in processes:
             snap = p.counters or {}
             counters = snap.get("counters") or {}
-            for tier in selectors.TIERS:
+            for tier in TIERS:
                 routed.add_metric([p.id, tier], counters.get(f"routed.{tier}", 0))
             decisions.add_metric([p.id], counters.get("decisions", 0))
             received.add_metric([p.id], counters.get("received", 0))

@@ -1,12 +1,59 @@
-"""Shapes of the status and activity APIs."""
+"""Shapes of the status, pools overview and activity APIs."""
 
 from __future__ import annotations
 
 from rest_framework import serializers
 
-from pools.serializers import BackendHealthSerializer
+from pools.models import Backend
 from routing.models import RoutingDecision
-from routing.selectors import TIERS
+from routing.waterfall import TIERS
+
+
+class BackendHealthSerializer(serializers.Serializer):
+    state = serializers.ChoiceField(
+        choices=["healthy", "unhealthy", "stale", "unknown"],
+        help_text="stale: the last heartbeat was good but older than the heartbeat timeout; "
+        "unknown: no heartbeat result yet.",
+    )
+    healthy = serializers.BooleanField(help_text="What the router uses: a good heartbeat within the timeout.")
+    load = serializers.FloatField(
+        allow_null=True, help_text="Normalized load (depth / capacity); null when not reported (unknown, never 0)."
+    )
+    queue_depth = serializers.IntegerField(allow_null=True)
+    capacity = serializers.IntegerField(allow_null=True)
+    last_ok_utc = serializers.DateTimeField(allow_null=True)
+    last_check_utc = serializers.DateTimeField(allow_null=True)
+    last_error = serializers.CharField(allow_blank=True)
+
+
+class BackendCountersSerializer(serializers.Serializer):
+    forwarded = serializers.IntegerField(help_text="C-STOREs the backend answered (any status).")
+    failed = serializers.IntegerField(help_text="C-STOREs that ended in a failure status.")
+    statuses = serializers.DictField(child=serializers.IntegerField(), help_text="Counts by status class.")
+    mean_forward_ms = serializers.FloatField(allow_null=True)
+
+
+class BackendSerializer(serializers.Serializer):
+    id = serializers.CharField()
+    ae_title = serializers.CharField()
+    host = serializers.CharField()
+    port = serializers.IntegerField()
+    weight = serializers.IntegerField()
+    enabled = serializers.BooleanField(help_text="From the configuration file.")
+    draining = serializers.BooleanField(help_text="Runtime state: takes no new studies, keeps its bound ones.")
+    health_mode = serializers.ChoiceField(choices=Backend.HealthMode.choices)
+    load_reported = serializers.BooleanField()
+    health = BackendHealthSerializer()
+    counters = BackendCountersSerializer(help_text="Summed over the live runproxy processes.")
+
+
+class PoolSerializer(serializers.Serializer):
+    id = serializers.CharField()
+    ae_title = serializers.CharField()
+    host = serializers.CharField()
+    port = serializers.IntegerField()
+    enabled = serializers.BooleanField()
+    backends = BackendSerializer(many=True)
 
 
 class ProcessSerializer(serializers.Serializer):
@@ -84,8 +131,14 @@ class BackendStatusSerializer(BackendHealthSerializer):
     draining = serializers.BooleanField()
 
 
+class TierSerializer(serializers.Serializer):
+    id = serializers.CharField()
+    label = serializers.CharField()
+
+
 class StatusSerializer(serializers.Serializer):
     generated_utc = serializers.DateTimeField()
+    tiers = TierSerializer(many=True, help_text="The routing tiers, in display order, with their labels.")
     processes = ProcessSerializer(many=True, help_text="Live runproxy processes (published in the last 10 s).")
     listeners = ListenerSerializer(many=True)
     pools_without_listener = serializers.ListField(child=serializers.CharField())

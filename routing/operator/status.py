@@ -1,7 +1,7 @@
 """Reads for the admin surface: what the runproxy processes published, merged with the
 pools, backends and health rows they route over.
 
-Each runproxy process publishes a snapshot of its counters every ~2 s (routing/stats.py);
+Each runproxy process publishes a snapshot of its counters every ~2 s (routing/telemetry.py);
 the web process may be another process or host, so everything here comes from the
 database, never from memory.
 """
@@ -18,20 +18,21 @@ from django.db.models import QuerySet
 from health import selectors as health_selectors
 from health.models import BackendHealth
 from pools import selectors as pool_selectors
+from pools.config import DEFAULTS
 from pools.models import Backend
 from routing.models import ProxyProcess, RoutingDecision
+from routing.waterfall import TIERS
 
 # A process that has not published for five publish intervals is gone (crashed or
 # partitioned): its counters no longer describe anything live.
 LIVE_PROCESS_SECONDS = 10.0
-# Until runproxy publishes the configured values, assume the documented defaults.
-DEFAULT_HEARTBEAT_INTERVAL = 5.0
-DEFAULT_HEARTBEAT_TIMEOUT = 15.0
-# A heartbeat round older than this many intervals means nothing runs the heartbeats.
-STALE_ROUNDS = 3
 
-TIERS = ("affinity-hit", "least-busy", "weighted", "association-cached", "fallback")
 OK_STATUS_CLASSES = ("success", "warning")
+# How the dashboard names each routing tier (the ids are routing.waterfall's).
+TIER_LABELS = {
+    "affinity-hit": "affinity hit", "least-busy": "least busy", "weighted": "weighted",
+    "association-cached": "association cached", "fallback": "fallback", "rendezvous": "hashed (database down)",
+}
 
 
 @dataclass
@@ -142,7 +143,7 @@ def backend_health_view(
 
 
 def _timeout(totals: ProxyTotals) -> float:
-    return totals.heartbeat_timeout or DEFAULT_HEARTBEAT_TIMEOUT
+    return totals.heartbeat_timeout or DEFAULTS["heartbeat_timeout_seconds"]
 
 
 def pools_overview(*, now: dt.datetime, totals: ProxyTotals | None = None) -> list[dict[str, Any]]:
@@ -185,10 +186,10 @@ def pools_overview(*, now: dt.datetime, totals: ProxyTotals | None = None) -> li
 
 
 def heartbeat_state(*, now: dt.datetime, totals: ProxyTotals, pool_ids: list[str]) -> dict[str, Any]:
-    """Stale when a pool's last heartbeat round is missing or older than STALE_ROUNDS
+    """Stale when a pool's last heartbeat round is missing or older than health_selectors.STALE_INTERVALS
     intervals (nothing runs the heartbeats: beat died, inline runner stuck). A flag the
     proxies publish themselves takes precedence when present."""
-    interval = totals.heartbeat_interval or DEFAULT_HEARTBEAT_INTERVAL
+    interval = totals.heartbeat_interval or DEFAULTS["heartbeat_interval_seconds"]
     rounds = health_selectors.heartbeat_rounds_all()
     pools = []
     for pool_id in pool_ids:
@@ -199,7 +200,7 @@ def heartbeat_state(*, now: dt.datetime, totals: ProxyTotals, pool_ids: list[str
                 "pool": pool_id,
                 "last_round_utc": last,
                 "age_seconds": round(age, 1) if age is not None else None,
-                "stale": age is None or age > STALE_ROUNDS * interval,
+                "stale": age is None or age > health_selectors.STALE_INTERVALS * interval,
             }
         )
     from_rounds = any(p["stale"] for p in pools)
@@ -244,6 +245,7 @@ def status_snapshot(*, now: dt.datetime) -> dict[str, Any]:
     ]
     return {
         "generated_utc": now,
+        "tiers": [{"id": tier, "label": TIER_LABELS[tier]} for tier in TIERS],
         "processes": [
             {
                 "id": p.id,

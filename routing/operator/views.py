@@ -9,7 +9,7 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.csrf import ensure_csrf_cookie
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from routing.metrics import SynthIQCollector
+from routing.operator.metrics import SynthIQCollector
 
 
 @never_cache

@@ -34,13 +34,13 @@ from routing.dicom.scan import Header, HeaderError, HeaderScanner
 from routing.relay.connection import ConnectionClosed, PduConnection, TimedOut
 from routing.relay.outbound import BackendLink, OutboundUnavailable
 from routing.relay.stream import MessageStream, PeerAborted, PeerReleaseRequest
+from routing.waterfall import ASSOCIATION_CACHED
 
 if TYPE_CHECKING:
     from routing.relay.server import PoolListener, Relay
 
 logger = logging.getLogger("synthiq.routing")
 
-ASSOCIATION_CACHED = "association-cached"
 # After an A-ABORT, how long the peer has to close the connection itself (PS3.8 ARTIM).
 ABORT_LINGER_SECONDS = 2.0
 
@@ -117,7 +117,7 @@ class InboundAssociation:
             if not self.conn.lingering:
                 self.conn.close()
             if self.established:
-                self.relay.stats.association_closed()
+                self.relay.telemetry.association_closed()
                 logger.info(
                     "association %s pool=%s calling_ae=%s source_ip=%s rx=%d fwd=%d failed=%d studies=%d "
                     "cache-hits=%d backends=%d",
@@ -155,7 +155,7 @@ class InboundAssociation:
         # The relay counts this association among the established ones from here.
         self.relay.established(self)
         self.established = True
-        self.relay.stats.association_opened()
+        self.relay.telemetry.association_opened()
         # Past negotiation, P-DATA may be as long as the max PDU SynthIQ announced.
         self.conn.framer.max_pdata_length = self.network.max_pdu
         self.conn.write(accepted.pdu)
@@ -251,7 +251,7 @@ class InboundAssociation:
             code, answer = await self._forward(link, context_id, command, held, last)
         except _Failed as failure:
             self.failed += 1
-            self.relay.stats.forward_failed(failure.backend_id, failure.status)
+            self.relay.telemetry.forward_failed(failure.backend_id, failure.status)
             offending = [0x0020000D] if failure.status in (status.CANNOT_UNDERSTAND, status.UID_BEYOND_HOLD) else None
             self._answer(context_id, commands.response(command, failure.status, comment=failure.comment,
                                                        offending=offending))
@@ -262,7 +262,7 @@ class InboundAssociation:
             self.failed += 1
             logger.warning("pool=%s sop=%s backend=%s answered 0x%04X %s", self.pool_id, sop_uid, backend_id, code,
                            answer.text(commands.ERROR_COMMENT))
-        self.relay.stats.forwarded(backend_id, code, time.perf_counter() - started)
+        self.relay.telemetry.forwarded(backend_id, code, time.perf_counter() - started)
         self._answer(context_id, answer.raw if answer.responded_to == command.message_id
                      else answer.replaced(commands.MESSAGE_ID_RESPONDED_TO, command.message_id or 0))
 
@@ -303,7 +303,7 @@ class InboundAssociation:
         backend_id = self.studies.get(suid)
         if backend_id is not None:
             self.cache_hits += 1
-            self.relay.stats.routed(ASSOCIATION_CACHED)
+            self.relay.telemetry.routed(ASSOCIATION_CACHED)
         else:
             route = await self.relay.route(self.pool_id, suid)
             if route.backend_id is None:
@@ -313,7 +313,7 @@ class InboundAssociation:
             self.studies[suid] = backend_id
             if route.cache_hit:
                 self.cache_hits += 1
-            self.relay.stats.decided(pool_id=self.pool_id, study_uid=suid, backend_id=backend_id,
+            self.relay.telemetry.decided(pool_id=self.pool_id, study_uid=suid, backend_id=backend_id,
                                      reason=route.reason, calling_ae=self.calling_ae, source_ip=self.source_ip,
                                      modality=header.modality)
             logger.info(

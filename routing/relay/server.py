@@ -93,12 +93,12 @@ class _Pending:
 
 
 class Relay:
-    def __init__(self, *, pools: list[PoolListener], network: NetworkSettings, placement: Placement, stats: Any,
+    def __init__(self, *, pools: list[PoolListener], network: NetworkSettings, placement: Placement, telemetry: Any,
                  syntax_ranks: Mapping[str, Mapping[str, int]] | None = None):
         self.pools = pools
         self.network = network
         self.placement = placement
-        self.stats = stats
+        self.telemetry = telemetry
         self.syntax_ranks = dict(syntax_ranks or {})
         self._listening: dict[str, socket.socket] = {}
         self.associations: set[InboundAssociation] = set()
@@ -180,7 +180,7 @@ class Relay:
         if why:
             self._log_refusal(kind, f"pool={pool.id} source_ip={address}: connection refused: {why} "
                                     f"(repeats within {REFUSAL_LOG_SECONDS:.0f}s not logged)")
-            self.stats.connection_refused()
+            self.telemetry.connection_refused()
             conn.abort_transport()
             return
         pending.total += 1

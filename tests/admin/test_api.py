@@ -10,13 +10,13 @@ import os
 
 import pytest
 
-from routing.synthetic import write_study
+from routing.simulators.synthetic import write_study
 from tests.admin.support import Api, api_user, clean_database, healthy, study_root
 from tests.harness import Cluster, send_files, wait_for
 
 pytestmark = pytest.mark.postgres
 
-TIERS = {"affinity-hit", "least-busy", "weighted", "association-cached", "fallback"}
+TIERS = {"affinity-hit", "least-busy", "weighted", "association-cached", "fallback", "rendezvous"}
 
 
 def _token(backend_id: str) -> str:

@@ -7,7 +7,7 @@ import datetime as dt
 import json
 import os
 
-from routing.synthetic import write_study
+from routing.simulators.synthetic import write_study
 from tests.admin.cdp import Browser
 from tests.admin.support import api_user, healthy, study_root
 from tests.harness import ROOT, send_files

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import time
 
-from routing.management.commands.runproxy import REFRESH_SECONDS
-from routing.synthetic import write_study
+from routing.runner import REFRESH_SECONDS
+from routing.simulators.synthetic import write_study
 from tests.admin.support import Api, api_user, healthy
 from tests.harness import placement, send_files
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from routing.synthetic import write_study
+from routing.simulators.synthetic import write_study
 from tests.admin.support import healthy
 from tests.harness import send_files, wait_for
 
@@ -73,9 +73,9 @@ def test_metrics_parse_and_their_counters_move_with_traffic(cluster, tmp_path):
 
 
 def test_latency_histogram_buckets_follow_prometheus_le_semantics():
-    from routing.stats import LATENCY_BUCKETS, Stats
+    from routing.telemetry import LATENCY_BUCKETS, Telemetry
 
-    stats = Stats(process_id="test")
+    stats = Telemetry(process_id="test")
     for seconds in (0.001, 0.003, 0.003, 20.0):
         stats.forwarded("node-a", 0, seconds)
     snap = stats.snapshot()

@@ -1,4 +1,5 @@
-"""The affinity store against a real database, including a full disk (SQLite's SQLITE_FULL)."""
+"""The bindings as runproxy holds them (hot cache, write-behind, degraded mode) against a
+real database, including a full disk (SQLite's SQLITE_FULL)."""
 
 from __future__ import annotations
 
@@ -8,9 +9,9 @@ import pytest
 from django.db import DatabaseError, connection
 from django.db.backends.signals import connection_created
 
+from affinity.bindings import Bindings
 from affinity.models import Binding
 from affinity.services import binding_claim, bindings_purge_expired
-from affinity.store import AffinityStore
 from pools.models import Backend, Pool
 
 
@@ -30,12 +31,12 @@ def test_insert_if_absent_returns_the_first_claim(pool):
 
 
 def test_touches_are_written_behind_in_one_batch(pool):
-    store = AffinityStore(window_hours=96)
-    assert store.claim(("main", "1.2.3"), "node-a") == "node-a"
+    bindings = Bindings(window_hours=96)
+    assert bindings.claim(("main", "1.2.3"), "node-a") == "node-a"
     for _ in range(5):
-        store.touch(("main", "1.2.3"))
+        bindings.touch(("main", "1.2.3"))
     assert Binding.objects.get().instance_count == 0
-    store.flush()
+    bindings.flush()
     assert Binding.objects.get().instance_count == 5
 
 
@@ -50,8 +51,8 @@ def test_idle_bindings_are_purged_after_the_window(pool):
 def test_a_full_disk_keeps_routing_from_memory_and_writes_the_bindings_once_space_is_back(pool, db_kind):
     if db_kind != "sqlite":
         pytest.fail("this test needs SQLite's max_page_count: run it with SYNTHIQ_TEST_DB=sqlite")
-    store = AffinityStore(window_hours=96)
-    assert store.claim(("main", "cached"), "node-a") == "node-a"
+    bindings = Bindings(window_hours=96)
+    assert bindings.claim(("main", "cached"), "node-a") == "node-a"
     with connection.cursor() as cursor:
         cursor.execute("PRAGMA page_count")
         pages = cursor.fetchone()[0]
@@ -63,16 +64,16 @@ def test_a_full_disk_keeps_routing_from_memory_and_writes_the_bindings_once_spac
     connection_created.connect(disk_full)
     connection.close()
     try:
-        _disk_full_checks(store)
+        _disk_full_checks(bindings)
     finally:
         connection_created.disconnect(disk_full)
         connection.close()
-    store.flush()
-    assert store.db_ok and store.pending_writes() == 0
+    bindings.flush()
+    assert bindings.db_ok and bindings.pending_writes() == 0
     assert Binding.objects.get(study_uid="new-study").backend_id == "node-b"
 
 
-def _disk_full_checks(store: AffinityStore) -> None:
+def _disk_full_checks(bindings: Bindings) -> None:
     with connection.cursor() as cursor:
         for n in range(500):  # fill the last free pages so the next insert cannot fit
             try:
@@ -82,10 +83,10 @@ def _disk_full_checks(store: AffinityStore) -> None:
             except DatabaseError:
                 break
 
-    assert store.cached(("main", "cached")) == "node-a"  # a cached binding needs no write
-    assert store.claim(("main", "new-study"), "node-b") == "node-b"  # decided, kept in memory
-    assert not store.db_ok and "full" in store.db_error
-    assert store.pending_writes() == 1
-    assert store.lookup(("main", "new-study")) == "node-b"
-    store.flush()  # still full: the pending binding is kept, not dropped
-    assert store.pending_writes() == 1
+    assert bindings.cached(("main", "cached")) == "node-a"  # a cached binding needs no write
+    assert bindings.claim(("main", "new-study"), "node-b") == "node-b"  # decided, kept in memory
+    assert not bindings.db_ok and "full" in bindings.db_error
+    assert bindings.pending_writes() == 1
+    assert bindings.lookup(("main", "new-study")) == "node-b"
+    bindings.flush()  # still full: the pending binding is kept, not dropped
+    assert bindings.pending_writes() == 1

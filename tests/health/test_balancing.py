@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from routing.synthetic import write_study
+from routing.simulators.synthetic import write_study
 from tests.harness import placement, send_files
 from tests.health.helpers import HealthEndpoint
 

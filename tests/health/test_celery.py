@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from routing.synthetic import write_study
+from routing.simulators.synthetic import write_study
 from tests.harness import PYTHON, Managed, port_open, send_files, wait_for
 
 pytestmark = pytest.mark.postgres

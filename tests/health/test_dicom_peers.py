@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from routing.synthetic import write_study
+from routing.simulators.synthetic import write_study
 from tests.harness import free_port, start_orthanc, start_storescp, wait_for
 from tests.health.helpers import HealthEndpoint, LogCapture, config_apply, health_row
 

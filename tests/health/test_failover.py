@@ -7,7 +7,7 @@ import datetime as dt
 import time
 from pathlib import Path
 
-from routing.synthetic import write_study
+from routing.simulators.synthetic import write_study
 from tests.harness import send_files, wait_for
 from tests.health.helpers import health_row
 

@@ -31,9 +31,9 @@ def _errors(mutate) -> list[str]:
 def test_defaults_are_filled_in():
     cfg = config_parse(data=GOOD)
     assert cfg.study_cache_window_hours == 96
-    assert cfg.heartbeat_interval == 5 and cfg.heartbeat_timeout == 15
-    assert cfg.pools[0]["Backends"][1]["Health"] == {"Mode": "liveness", "Probe": "echo"}
-    assert cfg.network["MaxAssociations"] > 0
+    assert cfg.heartbeat_interval_seconds == 5 and cfg.heartbeat_timeout_seconds == 15
+    assert (cfg.pools[0].backends[1].health.mode, cfg.pools[0].backends[1].health.probe) == ("liveness", "echo")
+    assert cfg.network.max_associations > 0
 
 
 @pytest.mark.parametrize("mutate, expected", [
@@ -44,6 +44,9 @@ def test_defaults_are_filled_in():
     (lambda d: d["Pools"][0]["Backends"][1].update(Id="node-a"), "Pools[0].Backends[1].Id: duplicate backend id"),
     (lambda d: d.update(HeartbeatTimeoutSeconds=1), "HeartbeatTimeoutSeconds: must be >= HeartbeatIntervalSeconds"),
     (lambda d: d.update(Pools=[]), "Pools:"),
+    (lambda d: d.pop("Pools"), "Pools: required"),
+    (lambda d: d["Pools"][0]["Backends"][0]["Health"].update(Mode="psychic"),
+     "Pools[0].Backends[0].Health.Mode: must be one of"),
 ])
 def test_each_error_names_its_key_path(mutate, expected):
     errors = _errors(mutate)
@@ -57,3 +60,29 @@ def test_every_error_in_the_file_is_reported_at_once():
     errors = _errors(two_errors)
     assert any(e.startswith("Pools[0].Port") for e in errors)
     assert any(e.startswith("Pools[0].Backends[0].Port") for e in errors)
+
+
+@pytest.mark.parametrize("mutate, expected", [
+    (lambda d: d["Pools"][0].update(Port="11202"), "Pools[0].Port: expected an integer, got the string '11202'"),
+    (lambda d: d["Pools"][0]["Backends"][1].update(Weight=2.5),
+     "Pools[0].Backends[1].Weight: expected an integer, got the number 2.5"),
+    (lambda d: d["Pools"][0]["Backends"][1].update(Enabled="yes"),
+     "Pools[0].Backends[1].Enabled: expected true or false, got the string 'yes'"),
+    (lambda d: d["Pools"][0]["Backends"][1].update(Port=True),
+     "Pools[0].Backends[1].Port: expected an integer, got the boolean true"),
+    (lambda d: d.update(HeartbeatIntervalSeconds="5"),
+     "HeartbeatIntervalSeconds: expected a number, got the string '5'"),
+    (lambda d: d["Pools"][0].update(AllowedCallingAeTitles="CT01"),
+     "Pools[0].AllowedCallingAeTitles: expected a list, got the string 'CT01'"),
+    (lambda d: d["Pools"][0]["Backends"][0].update(Health="native"),
+     "Pools[0].Backends[0].Health: expected an object, got the string 'native'"),
+])
+def test_a_value_of_the_wrong_type_is_named_not_converted(mutate, expected):
+    assert expected in _errors(mutate)
+
+
+def test_the_code_reads_attributes_and_keys_in_snake_case_are_not_accepted():
+    data = copy.deepcopy(GOOD)
+    data["Pools"][0]["ae_title"] = data["Pools"][0].pop("AeTitle")
+    errors = _errors(lambda d: d.update(data))
+    assert "Pools[0].ae_title: unknown key" in errors and "Pools[0].AeTitle: required" in errors

@@ -8,7 +8,7 @@ import pytest
 import requests
 from pydicom.data import get_testdata_file
 
-from routing.synthetic import write_study
+from routing.simulators.synthetic import write_study
 from tests.harness import binding_of, dataset_digest, send_files, set_health, wait_refreshed
 
 pytestmark = pytest.mark.postgres

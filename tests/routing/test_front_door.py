@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from routing.synthetic import write_study
+from routing.simulators.synthetic import write_study
 from tests.harness import PYTHON, ROOT, placement, require_tool, send_files
 
 

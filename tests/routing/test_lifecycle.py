@@ -9,7 +9,7 @@ import time
 
 import requests
 
-from routing.synthetic import write_study
+from routing.simulators.synthetic import write_study
 from tests.harness import PYTHON, free_port, require_tool, send_files, wait_for
 
 

@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from routing.synthetic import write_study
+from routing.simulators.synthetic import write_study
 from tests.harness import binding_of, placement, send_files, set_health, wait_refreshed
 
 pytestmark = pytest.mark.postgres

@@ -16,7 +16,7 @@ from pydicom import dcmread
 from pynetdicom.dsutils import split_dataset
 
 from routing.dicom import commands, pdu
-from routing.synthetic import write_study
+from routing.simulators.synthetic import write_study
 from tests.harness import (
     PYTHON,
     ROOT,

@@ -11,7 +11,7 @@ import pytest
 from pydicom import dcmread
 from pynetdicom import AE, build_context
 
-from routing.synthetic import write_study
+from routing.simulators.synthetic import write_study
 from tests.harness import require_tool, send_files, start_storescp, wait_for
 
 

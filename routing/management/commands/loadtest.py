@@ -1,318 +1,38 @@
-"""loadtest: send studies through a pool the way modalities do, and measure it.
-
-Synthetic studies (or a folder of DICOM files) are cut into batches: each study is
-split over ``--split`` associations, and the batches are spread over ``--associations``
-concurrent senders, so the halves of one study travel on different associations at the
-same time. Each batch is one association. Files' bytes go out unchanged (pynetdicom's
-chunked send, TCP_NODELAY) or through DCMTK's storescu.
-
-Reports instances/s, MB/s, per-instance C-STORE latency percentiles and, given the
-HTTP URLs of simulated backends (runbackend), how many studies ended up split.
-"""
+"""loadtest: the load generator (routing.simulators.loadtest) on the command line."""
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
-import sys
-import tempfile
-import threading
-import time
-from collections import defaultdict
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-import requests
 from django.core.management.base import BaseCommand, CommandError
 
-
-@dataclass
-class Batch:
-    """The part of one study that one association carries."""
-
-    study_uid: str
-    paths: list[Path]
-
-
-@dataclass
-class Tally:
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    sent: int = 0
-    failed: int = 0
-    bytes: int = 0
-    latencies: list[float] = field(default_factory=list)
-    statuses: dict[str, int] = field(default_factory=lambda: defaultdict(int))
-    errors: list[str] = field(default_factory=list)
-
-    def record(self, *, status: int, nbytes: int, latency: float | None) -> None:
-        with self.lock:
-            self.sent += 1
-            self.bytes += nbytes
-            if status not in (0x0000, 0xB000, 0xB006, 0xB007):
-                self.failed += 1
-            self.statuses[f"0x{status:04X}" if status >= 0 else "none"] += 1
-            if latency is not None:
-                self.latencies.append(latency)
-
-
-def percentile(values: list[float], q: float) -> float | None:
-    """Nearest-rank percentile; None for no values."""
-    if not values:
-        return None
-    ordered = sorted(values)
-    rank = max(1, min(len(ordered), round(q / 100 * len(ordered) + 0.5)))
-    return ordered[rank - 1]
-
-
-def plan_batches(studies: dict[str, list[Path]], *, split: int) -> list[Batch]:
-    """Cut every study into ``split`` contiguous parts, ordered part-major so that
-    consecutive batches (which go to different senders) carry parts of the same study."""
-    parts: list[list[Batch]] = []
-    for suid, paths in studies.items():
-        k = max(1, min(split, len(paths)))
-        size = -(-len(paths) // k)
-        parts.append([Batch(suid, paths[i : i + size]) for i in range(0, len(paths), size)])
-    batches = []
-    for study_parts in parts:
-        batches.extend(study_parts)
-    return batches
-
-
-def assign(batches: list[Batch], senders: int) -> list[list[Batch]]:
-    queues: list[list[Batch]] = [[] for _ in range(senders)]
-    for n, batch in enumerate(batches):
-        queues[n % senders].append(batch)
-    return [q for q in queues if q]
-
-
-def synthesize(directory: Path, *, studies: int, instances: int, rows: int, columns: int) -> dict[str, list[Path]]:
-    from routing.synthetic import write_study
-
-    out = {}
-    for n in range(studies):
-        suid, paths = write_study(
-            directory / f"study{n:04d}", count=instances, rows=rows, columns=columns, patient_id=f"LOAD{n:04d}"
-        )
-        out[suid] = paths
-    return out
-
-
-def read_folder(folder: Path) -> dict[str, list[Path]]:
-    """Group a folder's DICOM files by study, in instance-number order."""
-    from pydicom import dcmread
-    from pydicom.errors import InvalidDicomError
-
-    found: dict[str, list[tuple[int, str, Path]]] = defaultdict(list)
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-        try:
-            ds = dcmread(path, stop_before_pixels=True, specific_tags=["StudyInstanceUID", "InstanceNumber"])
-        except (InvalidDicomError, OSError, ValueError):
-            continue
-        suid = str(ds.get("StudyInstanceUID", "") or "")
-        if suid:
-            found[suid].append((int(ds.get("InstanceNumber", 0) or 0), path.name, path))
-    return {suid: [p for _, _, p in sorted(items)] for suid, items in found.items()}
-
-
-def file_contexts(paths: list[Path]) -> list[tuple[str, str]]:
-    from pydicom.filereader import read_file_meta_info
-
-    pairs: dict[tuple[str, str], None] = {}
-    for p in paths:
-        meta = read_file_meta_info(p)
-        pairs[(str(meta.MediaStorageSOPClassUID), str(meta.TransferSyntaxUID))] = None
-    return list(pairs)
-
-
-class PynetdicomSender:
-    """One association per batch; the files' data set bytes are sent as they are."""
-
-    def __init__(self, *, host: str, port: int, called_ae: str, calling_ae: str, contexts, max_pdu: int, tally: Tally):
-        from pynetdicom import AE, _config, build_context
-
-        _config.STORE_SEND_CHUNKED_DATASET = True
-        self.host, self.port, self.called_ae = host, port, called_ae
-        self.contexts = [build_context(a, t) for a, t in contexts]
-        self.ae = AE(ae_title=calling_ae)
-        self.ae.acse_timeout = 60
-        self.ae.dimse_timeout = self.ae.network_timeout = 3600
-        self.ae.maximum_pdu_size = max_pdu
-        self.tally = tally
-        self.msg_id = 0
-
-    def send(self, batch: Batch) -> None:
-        from pynetdicom import evt
-
-        from routing.dicom.netopts import tune_pynetdicom
-
-        assoc = self.ae.associate(
-            self.host,
-            self.port,
-            contexts=self.contexts,
-            ae_title=self.called_ae,
-            evt_handlers=[(evt.EVT_CONN_OPEN, tune_pynetdicom)],
-        )
-        if not assoc.is_established:
-            for _ in batch.paths:
-                self.tally.record(status=-1, nbytes=0, latency=None)
-            with self.tally.lock:
-                self.tally.errors.append(f"association to {self.called_ae}@{self.host}:{self.port} failed")
-            return
-        try:
-            for p in batch.paths:
-                self.msg_id = self.msg_id % 65535 + 1
-                started = time.perf_counter()
-                rsp = assoc.send_c_store(p, msg_id=self.msg_id)
-                latency = time.perf_counter() - started
-                status = int(rsp.Status) if "Status" in rsp else -1
-                self.tally.record(status=status, nbytes=p.stat().st_size, latency=latency)
-                if not assoc.is_established:
-                    break
-        finally:
-            if assoc.is_established:
-                assoc.release()
-
-
-class StorescuSender:
-    """DCMTK's storescu, one process (and association) per batch; no per-instance latency.
-    With ``nagle`` it keeps DCMTK's default sockets (Nagle on, as most modality stacks
-    ship); otherwise TCP_NODELAY=1 in its environment (the fair ceiling)."""
-
-    def __init__(self, *, host: str, port: int, called_ae: str, calling_ae: str, max_pdu: int, tally: Tally,
-                 nagle: bool = False):
-        self.exe = shutil.which("storescu")
-        if self.exe is None:
-            raise CommandError("storescu not found: install Debian's dcmtk")
-        self.argv = [
-            self.exe,
-            "-aet",
-            calling_ae,
-            "-aec",
-            called_ae,
-            "-R",
-            "--max-pdu",
-            str(min(max_pdu, 131072)),
-            host,
-            str(port),
-        ]
-        self.tally = tally
-        self.env = {k: v for k, v in os.environ.items() if k != "TCP_NODELAY"}
-        if not nagle:
-            self.env["TCP_NODELAY"] = "1"
-
-    def send(self, batch: Batch) -> None:
-        proc = subprocess.run(
-            self.argv + [str(p) for p in batch.paths],
-            capture_output=True,
-            text=True,
-            env=self.env,
-        )
-        status = 0 if proc.returncode == 0 else -1
-        for p in batch.paths:
-            self.tally.record(status=status, nbytes=p.stat().st_size, latency=None)
-        if proc.returncode:
-            with self.tally.lock:
-                self.tally.errors.append(proc.stderr.strip()[-300:])
-
-
-def split_studies(urls: list[str], study_uids: set[str]) -> dict[str, Any]:
-    """How many of ``study_uids`` more than one backend holds, and how many instances each holds."""
-    where: dict[str, set[str]] = defaultdict(set)
-    held = 0
-    for url in urls:
-        holdings = requests.get(f"{url.rstrip('/')}/api/holdings", timeout=30).json()
-        for suid, sops in holdings.items():
-            if suid in study_uids:
-                where[suid].add(url)
-                held += len(sops)
-    return {
-        "studies_split": sum(1 for b in where.values() if len(b) > 1),
-        "instances_held": held,
-        "studies_seen": len(where),
-    }
-
-
-class Progress:
-    def __init__(self, tally: Tally, total: int, *, enabled: bool):
-        self.tally, self.total, self.enabled = tally, total, enabled
-        self.started = time.monotonic()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="progress", daemon=True)
-
-    def __enter__(self):
-        if self.enabled:
-            self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        if self.enabled:
-            self._thread.join()
-            self._draw()
-            sys.stderr.write("\n")
-            sys.stderr.flush()
-
-    def _run(self) -> None:
-        while not self._stop.wait(0.25):
-            self._draw()
-
-    def _draw(self) -> None:
-        done, nbytes, failed = self.tally.sent, self.tally.bytes, self.tally.failed
-        elapsed = max(time.monotonic() - self.started, 1e-6)
-        width = 30
-        filled = int(width * done / self.total) if self.total else width
-        sys.stderr.write(
-            f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{self.total} "
-            f"{done / elapsed:7.1f} inst/s {nbytes / elapsed / 1e6:7.1f} MB/s failed={failed} "
-        )
-        sys.stderr.flush()
-
-
-def run_load(*, batches: list[Batch], senders: int, make_sender, progress: bool) -> tuple[Tally, float]:
-    tally = Tally()
-    queues = assign(batches, senders)
-    total = sum(len(b.paths) for b in batches)
-
-    def worker(queue: list[Batch]) -> None:
-        sender = make_sender(tally)
-        for batch in queue:
-            try:
-                sender.send(batch)
-            except Exception as exc:  # count it and go on: a load test reports, it does not stop
-                with tally.lock:
-                    tally.errors.append(f"{type(exc).__name__}: {exc}")
-
-    threads = [threading.Thread(target=worker, args=(q,), name=f"sender-{n}") for n, q in enumerate(queues)]
-    with Progress(tally, total, enabled=progress):
-        started = time.perf_counter()
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        wall = time.perf_counter() - started
-    return tally, wall
+from routing.simulators import SimulatorError
+from routing.simulators.loadtest import load_run, studies_prepared, summary_text
 
 
 class Command(BaseCommand):
     help = "Send studies through a pool with N concurrent associations and report throughput and latency."
 
     def add_arguments(self, parser):
-        parser.add_argument("--host", default="127.0.0.1")
-        parser.add_argument("--port", type=int, required=True)
-        parser.add_argument("--called-ae", default="SYNTHIQ")
-        parser.add_argument("--calling-ae", default="LOADTEST")
+        parser.add_argument("--host", default="127.0.0.1", help="address of the pool (or backend) to send to")
+        parser.add_argument("--port", type=int, required=True, help="its DICOM port")
+        parser.add_argument("--called-ae", default="SYNTHIQ", help="its AE title")
+        parser.add_argument("--calling-ae", default="LOADTEST", help="the senders' AE title")
         parser.add_argument("--associations", type=int, default=4, help="concurrent senders")
         parser.add_argument("--split", type=int, default=2, help="associations each study is split over")
         parser.add_argument("--studies", type=int, default=4, help="synthetic studies")
         parser.add_argument("--instances", type=int, default=100, help="instances per synthetic study")
-        parser.add_argument("--rows", type=int, default=512)
-        parser.add_argument("--columns", type=int, default=512)
+        parser.add_argument("--rows", type=int, default=512, help="rows of each synthetic image (16-bit pixels)")
+        parser.add_argument("--columns", type=int, default=512, help="columns of each synthetic image")
         parser.add_argument("--folder", type=Path, help="send this folder's DICOM files instead")
         parser.add_argument("--keep", type=Path, help="write synthetic files here and keep them")
-        parser.add_argument("--sender", choices=["pynetdicom", "storescu"], default="pynetdicom")
+        parser.add_argument(
+            "--sender",
+            choices=["pynetdicom", "storescu"],
+            default="pynetdicom",
+            help="pynetdicom (per-instance latency) or DCMTK's storescu (one process per association)",
+        )
         parser.add_argument("--nagle", action="store_true",
                             help="storescu: keep DCMTK's default sockets (Nagle on) instead of TCP_NODELAY=1")
         parser.add_argument("--max-pdu", type=int, default=262144, help="largest PDU this side accepts")
@@ -326,105 +46,35 @@ class Command(BaseCommand):
             "--reset-holdings", action="store_true", help="clear the simulated backends' holdings before sending"
         )
         parser.add_argument("--json", type=Path, help="also write the summary as JSON here")
-        parser.add_argument("--no-progress", action="store_true")
+        parser.add_argument("--no-progress", action="store_true", help="no progress bar (it goes to stderr)")
 
     def handle(self, *args, **o):
         if o["associations"] < 1 or o["split"] < 1:
             raise CommandError("--associations and --split must be at least 1")
-        tmp = None
-        if o["folder"]:
-            studies = read_folder(o["folder"])
-            if not studies:
-                raise CommandError(f"--folder: no DICOM files with a Study Instance UID in {o['folder']}")
-        else:
-            target = o["keep"] or Path(tmp := tempfile.mkdtemp(prefix="synthiq-loadtest-"))
-            studies = synthesize(
-                target, studies=o["studies"], instances=o["instances"], rows=o["rows"], columns=o["columns"]
-            )
         try:
-            summary = self.run(studies, o)
-        finally:
-            if tmp:
-                shutil.rmtree(tmp, ignore_errors=True)
-        self.report(summary)
+            with studies_prepared(
+                folder=o["folder"], keep=o["keep"], studies=o["studies"], instances=o["instances"],
+                rows=o["rows"], columns=o["columns"],
+            ) as studies:
+                summary = load_run(
+                    studies=studies,
+                    host=o["host"],
+                    port=o["port"],
+                    called_ae=o["called_ae"],
+                    calling_ae=o["calling_ae"],
+                    associations=o["associations"],
+                    split=o["split"],
+                    sender=o["sender"],
+                    nagle=o["nagle"],
+                    max_pdu=o["max_pdu"],
+                    backend_urls=o["backend_url"],
+                    reset_holdings=o["reset_holdings"],
+                    progress=not o["no_progress"],
+                )
+        except SimulatorError as exc:
+            raise CommandError(str(exc)) from exc
+        self.stdout.write(summary_text(summary))
         if o["json"]:
             o["json"].write_text(json.dumps(summary, indent=2))
         if summary["failed"] or summary["errors"]:
             raise CommandError(f"{summary['failed']} instance(s) not stored; errors: {summary['errors'][:3]}")
-
-    def run(self, studies: dict[str, list[Path]], o: dict[str, Any]) -> dict[str, Any]:
-        urls = o["backend_url"]
-        if urls and o["reset_holdings"]:
-            for url in urls:
-                requests.delete(f"{url.rstrip('/')}/api/holdings", timeout=30).raise_for_status()
-        all_paths = [p for paths in studies.values() for p in paths]
-        batches = plan_batches(studies, split=o["split"])
-        if o["sender"] == "storescu":
-
-            def make_sender(tally):
-                return StorescuSender(
-                    host=o["host"],
-                    port=o["port"],
-                    called_ae=o["called_ae"],
-                    calling_ae=o["calling_ae"],
-                    max_pdu=o["max_pdu"],
-                    tally=tally,
-                    nagle=o["nagle"],
-                )
-        else:
-            contexts = file_contexts(all_paths)
-
-            def make_sender(tally):
-                return PynetdicomSender(
-                    host=o["host"],
-                    port=o["port"],
-                    called_ae=o["called_ae"],
-                    calling_ae=o["calling_ae"],
-                    contexts=contexts,
-                    max_pdu=o["max_pdu"],
-                    tally=tally,
-                )
-
-        tally, wall = run_load(
-            batches=batches, senders=o["associations"], make_sender=make_sender, progress=not o["no_progress"]
-        )
-        lat = tally.latencies
-        summary: dict[str, Any] = {
-            "instances": tally.sent,
-            "failed": tally.failed,
-            "statuses": dict(tally.statuses),
-            "errors": tally.errors,
-            "bytes": tally.bytes,
-            "studies": len(studies),
-            "associations": len(batches),
-            "concurrent": min(o["associations"], len(batches)),
-            "wall_s": wall,
-            "instances_per_s": tally.sent / wall if wall else 0.0,
-            "mb_per_s": tally.bytes / wall / 1e6 if wall else 0.0,
-            "latency_ms": {
-                f"p{q}": (v * 1000 if (v := percentile(lat, q)) is not None else None) for q in (50, 95, 99)
-            },
-        }
-        if urls:
-            summary |= split_studies(urls, set(studies))
-        return summary
-
-    def report(self, s: dict[str, Any]) -> None:
-        lat = s["latency_ms"]
-
-        def ms(v):
-            return "n/a" if v is None else f"{v:.1f} ms"
-
-        lines = [
-            f"instances   {s['instances']} in {s['associations']} associations "
-            f"({s['concurrent']} concurrent), {s['studies']} studies, failed {s['failed']}",
-            f"wall        {s['wall_s']:.2f} s",
-            f"throughput  {s['instances_per_s']:.1f} instances/s, {s['mb_per_s']:.1f} MB/s",
-            f"latency     p50 {ms(lat['p50'])}  p95 {ms(lat['p95'])}  p99 {ms(lat['p99'])}",
-        ]
-        if "studies_split" in s:
-            lines.append(
-                f"split       {s['studies_split']} of {s['studies_seen']} studies on more than one backend "
-                f"({s['instances_held']} instances held)"
-            )
-        self.stdout.write("\n".join(lines))

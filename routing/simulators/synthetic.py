@@ -1,4 +1,4 @@
-"""Synthetic DICOM instances for the load test, the tests and the benchmarks."""
+"""Synthetic DICOM studies for the load test, the tests and the benchmarks."""
 
 from __future__ import annotations
 

@@ -1,0 +1,342 @@
+"""runproxy's process: start-up, the event loop of a worker, its chores, and shutdown.
+
+Modelled on a long-running worker: SIGTERM/SIGINT set a flag, work is split into small
+methods, and shutdown waits (bounded) for operations in flight before releasing the
+backend associations and flushing writes.
+
+Start-up, in order: validate the config and sync it to the database; bind every pool's
+listening socket (once, here: a port another process holds is a clear error, never
+silently shared); one heartbeat round (a cold start would otherwise pile onto the first
+backend); probe the backends' transfer syntaxes. Then either serve on this process's
+event loop (``--workers 1``) or fork N workers that inherit the sockets, each with its
+own loop, hot cache and counters (published to the database, summed by /api/status).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import resource
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
+from django.conf import settings
+from django.db import connections
+
+from affinity.bindings import Bindings
+from affinity.services import BINDING_PURGE_SECONDS, bindings_purge_expired
+from health.runner import InlineHeartbeats
+from health.selectors import STALE_INTERVALS, heartbeat_staleness
+from health.services import HeartbeatPolicy
+from pools.config import Config, NetworkConfig, PoolConfig
+from pools.services import config_sync
+from routing import logqueue
+from routing.dicom import netopts
+from routing.relay.server import NetworkSettings, PoolListener, Relay
+from routing.router import Router
+from routing.services import routing_activity_purge
+from routing.syntax_probe import probe_pool
+from routing.telemetry import Telemetry
+from routing.workers import Workers
+
+logger = logging.getLogger("synthiq.routing")
+
+REFRESH_SECONDS = 1.0
+PUBLISH_SECONDS = 2.0
+# While heartbeats are stale, repeat the error this often (not at every publish).
+STALE_LOG_SECONDS = 30.0
+
+
+class StartupError(Exception):
+    """runproxy cannot start: one line that names the culprit."""
+
+
+def parse_http(value: str) -> tuple[str, int]:
+    host, _, port = value.rpartition(":")
+    if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise StartupError(f"--http: expected HOST:PORT, got {value!r}")
+    return host, int(port)
+
+
+def network_settings(network: NetworkConfig) -> NetworkSettings:
+    return NetworkSettings(
+        acse_timeout=network.acse_timeout_seconds,
+        dimse_timeout=network.dimse_timeout_seconds,
+        network_timeout=network.network_timeout_seconds,
+        connect_timeout=network.connect_timeout_seconds,
+        max_associations=network.max_associations,
+        max_pdu=network.max_pdu_bytes,
+        handshake_timeout=network.handshake_timeout_seconds,
+        max_pending=network.max_pending_associations,
+        max_pending_per_address=network.max_pending_per_address,
+        release_timeout=network.release_timeout_seconds,
+        outbound_idle=network.outbound_idle_seconds,
+        hold_bytes=network.header_hold_bytes,
+    )
+
+
+def bind_listener(pool: PoolConfig) -> socket.socket:
+    """The pool's listening socket, bound without SO_REUSEPORT: a port that another
+    process (a stale runproxy, a PACS) holds is an error here, never a silent share."""
+    family = socket.AF_INET6 if ":" in pool.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT only; not REUSEPORT
+    try:
+        sock.bind((pool.host, pool.port))
+        sock.listen(1024)
+    except OSError as exc:
+        sock.close()
+        raise StartupError(f"pool {pool.id}: cannot listen on {pool.host}:{pool.port}: {exc.strerror or exc}") from None
+    sock.setblocking(False)
+    return sock
+
+
+def raise_open_files_limit() -> None:
+    """1,000+ sockets pass the common soft limit of 1,024 open files, after which asyncio
+    stops accepting for a second at a time: raise the soft limit to the hard one."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY:
+        hard = 1 << 20
+    if soft != resource.RLIM_INFINITY and soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            logger.info("open files limit raised from %d to %d", soft, hard)
+        except (ValueError, OSError) as exc:
+            logger.warning("could not raise the open files limit from %d: %s", soft, exc)
+
+
+class ProxyRunner:
+    def __init__(self, *, config: Config, grace_seconds: float, say: Callable[[str], None]):
+        self.config = config
+        self.say = say
+        self.grace_seconds = grace_seconds
+        self.stopping = threading.Event()
+
+    def run(self, *, workers: int, http: str | None) -> None:
+        """Start up (see the module docstring) and serve until SIGTERM/SIGINT."""
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+        raise_open_files_limit()
+        if http:
+            parse_http(http)
+        config_sync(config=self.config)
+        self.pool_ids = [p.id for p in self.config.pools]
+        sockets = {p.id: bind_listener(p) for p in self.config.pools}
+        self.network = network_settings(self.config.network)
+        self.heartbeat_policy = HeartbeatPolicy(self.config.heartbeat_interval_seconds,
+                                                self.config.heartbeat_timeout_seconds,
+                                                self.config.study_cache_window_hours)
+        self.heartbeats: InlineHeartbeats | None = None
+        self.heartbeats_since = dt.datetime.now(dt.UTC)
+        self.stale_logged_at: float | None = None
+        if settings.SYNTHIQ_INLINE_HEARTBEATS:
+            # One full round before accepting: a cold start would otherwise find no
+            # healthy backend and pile every new study onto the first one (fallback).
+            self.heartbeats = InlineHeartbeats(pool_ids=self.pool_ids, policy=self.heartbeat_policy)
+            self.heartbeats.run_once()
+        else:
+            logger.info("heartbeats come from Celery beat (CELERY_BROKER_URL is set)")
+        self.syntax_ranks = self.probe_syntaxes()
+        if workers == 1:
+            self.serve_here(sockets, http)
+        else:
+            self.serve_in_workers(sockets, http, workers)
+
+    def _on_signal(self, signum, frame) -> None:
+        logger.info("signal %s: stopping", signal.Signals(signum).name)
+        self.stopping.set()
+
+    def probe_syntaxes(self) -> dict[str, dict[str, int]]:
+        router = Router(bindings=Bindings(window_hours=self.config.study_cache_window_hours),
+                        heartbeat_timeout=self.config.heartbeat_timeout_seconds)
+        router.refresh(pool_ids=self.pool_ids)
+        return {
+            pool.id: probe_pool(pool_id=pool.id, calling_ae=pool.ae_title,
+                                backends=[router.address(s.id) for s in router.states(pool.id) if s.enabled])
+            for pool in self.config.pools
+        }
+
+    # -- one process ----------------------------------------------------------------------
+    def serve_here(self, sockets: dict[str, socket.socket], http: str | None) -> None:
+        if self.heartbeats is not None:
+            self.heartbeats.start()
+        web = self.start_web(http) if http else None
+        try:
+            asyncio.run(self.serve(sockets, ready=lambda: self._say_ready(), purge=True))
+        finally:
+            if self.heartbeats is not None:
+                self.heartbeats.stop()
+            if web is not None:
+                web.close()
+            logger.info("runproxy stopped")
+
+    def _say_ready(self) -> None:
+        self.say(f"runproxy ready: pools={','.join(self.pool_ids)}")
+
+    # -- several processes ------------------------------------------------------------------
+    def serve_in_workers(self, sockets: dict[str, socket.socket], http: str | None, count: int) -> None:
+        connections.close_all()  # no database connection may cross a fork
+
+        def worker(index: int, ready: Callable[[], None]) -> int:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            asyncio.run(self.serve(sockets, ready=ready, purge=False, worker=index))
+            return 0
+
+        pool = Workers(count=count, target=worker, stopping=self.stopping, grace_seconds=self.grace_seconds + 10)
+        pool.start()
+        for sock in sockets.values():
+            sock.close()  # the workers hold them now
+        if self.heartbeats is not None:
+            self.heartbeats.start()
+        web = self.start_web(http) if http else None
+        try:
+            if pool.wait_ready(timeout=60):
+                self._say_ready()
+            next_purge = time.monotonic() + 5
+            while not self.stopping.wait(0.2):
+                pool.reap()
+                if time.monotonic() >= next_purge:
+                    self.purge()
+                    next_purge = time.monotonic() + BINDING_PURGE_SECONDS
+        finally:
+            pool.stop()
+            if self.heartbeats is not None:
+                self.heartbeats.stop()
+            if web is not None:
+                web.close()
+            logger.info("runproxy stopped (%d workers)", count)
+
+    # -- the event loop of a worker ---------------------------------------------------------
+    async def serve(self, sockets: dict[str, socket.socket], *, ready: Callable[[], None], purge: bool,
+                    worker: int | None = None) -> None:
+        listener = logqueue.start()  # log lines leave the loop through a queue
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stop_loop, sig, stop)
+        if self.stopping.is_set():
+            stop.set()
+        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="housekeeping")
+        self.bindings = Bindings(window_hours=self.config.study_cache_window_hours)
+        self.router = Router(bindings=self.bindings, heartbeat_timeout=self.config.heartbeat_timeout_seconds)
+        self.telemetry = Telemetry()
+        await loop.run_in_executor(executor, self.refresh)
+        pools = [
+            PoolListener(p.id, p.ae_title, p.host, p.port, p.allowed_calling_ae_titles,
+                         netopts.server_tls(p.tls.model_dump(by_alias=True)) if p.tls else None)
+            for p in self.config.pools
+        ]
+        self.relay = Relay(pools=pools, network=self.network, placement=self.router, telemetry=self.telemetry,
+                           syntax_ranks=self.syntax_ranks)
+        await self.relay.start(sockets)
+        ready()
+        chores = [self._every(REFRESH_SECONDS, executor, self.refresh),
+                  self._every(PUBLISH_SECONDS, executor, self.publish)]
+        if purge:
+            chores.append(self._every(BINDING_PURGE_SECONDS, executor, self.purge, first=5.0))
+        tasks = [asyncio.ensure_future(chore) for chore in chores]
+        try:
+            await stop.wait()
+        finally:
+            for task in tasks:
+                task.cancel()
+            await self.relay.stop(grace_seconds=self.grace_seconds)
+            self.router.stop()
+            await loop.run_in_executor(executor, self.bindings.flush)
+            await loop.run_in_executor(executor, lambda: self.publish(stopped=True))
+            executor.shutdown(wait=True)
+            connections.close_all()
+            listener.stop()
+
+    def _stop_loop(self, sig: int, stop: asyncio.Event) -> None:
+        logger.info("signal %s: stopping", signal.Signals(sig).name)
+        self.stopping.set()
+        stop.set()
+
+    @staticmethod
+    async def _every(seconds: float, executor: ThreadPoolExecutor, chore: Callable[[], None],
+                     first: float = 0.0) -> None:
+        """Run a blocking chore on the housekeeping thread, every ``seconds``."""
+        loop = asyncio.get_running_loop()
+        await asyncio.sleep(first or seconds)
+        while True:
+            try:
+                await loop.run_in_executor(executor, chore)
+            except Exception:
+                logger.exception("%s failed", getattr(chore, "__name__", chore))
+            await asyncio.sleep(seconds)
+
+    # -- chores ---------------------------------------------------------------------------
+    def refresh(self) -> None:
+        try:
+            self.router.refresh(pool_ids=self.pool_ids)
+        except Exception as exc:  # a database outage must not stop routing
+            logger.warning("snapshot refresh failed, routing on the last one: %s", exc)
+        self.bindings.flush()
+
+    def heartbeat_status(self) -> dict:
+        """Stale heartbeats (no round for three intervals: beat dead, worker gone) are
+        shouted, not silently read as "all healthy"; routing meanwhile sees every row
+        go stale by itself (health.selectors.backend_is_healthy)."""
+        timing = {"heartbeat_interval": self.heartbeat_policy.interval_seconds,
+                  "heartbeat_timeout": self.heartbeat_policy.timeout_seconds,
+                  "heartbeat_mode": "inline" if self.heartbeats else "celery"}
+        try:
+            stale = heartbeat_staleness(pool_ids=self.pool_ids, now=dt.datetime.now(dt.UTC),
+                                        interval_seconds=self.heartbeat_policy.interval_seconds,
+                                        since=self.heartbeats_since)
+        except Exception as exc:  # database down: say so rather than claim freshness
+            return timing | {"heartbeat_stale": None, "heartbeat_error": str(exc)}
+        now = time.monotonic()
+        if not stale:
+            if self.stale_logged_at is not None:
+                logger.warning("heartbeats are running again")
+            self.stale_logged_at = None
+        elif self.stale_logged_at is None or now - self.stale_logged_at >= STALE_LOG_SECONDS:
+            self.stale_logged_at = now
+            ages = ", ".join(f"{p}: {'never' if a is None else f'{a:.0f}s ago'}" for p, a in stale.items())
+            logger.error("HEARTBEATS STALE: no heartbeat round for over %.0fs (%s) - %s; every backend "
+                         "will read unhealthy", STALE_INTERVALS * self.heartbeat_policy.interval_seconds, ages,
+                         "is the inline heartbeat thread stuck?" if self.heartbeats
+                         else "is Celery beat (and a worker) running?")
+        return timing | {"heartbeat_stale": bool(stale), "heartbeat_stale_pools": sorted(stale)}
+
+    def publish(self, *, stopped: bool = False) -> None:
+        self.telemetry.publish(
+            extra={
+                "cache_size": len(self.bindings.cache),
+                "db_ok": self.bindings.db_ok,
+                "db_error": self.bindings.db_error,
+                "pending_bindings": self.bindings.pending_writes(),
+                "pending_connections": self.relay.pending_connections,
+            } | self.heartbeat_status(),
+            listeners=[{"pool": p.id, "ae_title": p.ae_title, "port": p.port,
+                        "accepting": self.relay.accepting} for p in self.relay.pools],
+            stopped=stopped,
+        )
+
+    def purge(self) -> None:
+        now = dt.datetime.now(dt.UTC)
+        try:
+            bindings_purge_expired(window_hours=self.config.study_cache_window_hours, now=now)
+            routing_activity_purge(now=now)
+        except Exception as exc:
+            logger.warning("purge failed: %s", exc)
+
+    # -- web app --------------------------------------------------------------------------
+    def start_web(self, http: str):
+        from waitress.server import create_server
+
+        from synthiq_project.wsgi import application
+
+        host, port = parse_http(http)
+        server = create_server(application, host=host, port=port, threads=4)
+        threading.Thread(target=server.run, name="http", daemon=True).start()
+        logger.info("admin web app on http://%s:%d/", host, port)
+        return server

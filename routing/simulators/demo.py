@@ -1,0 +1,92 @@
+"""The demo (``manage.py demo``, what ``make run`` starts): three simulated backends and
+runproxy with the dashboard, on the embedded SQLite default."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.core.management import call_command
+from rest_framework.authtoken.models import Token
+
+from routing.simulators import SimulatorError
+from routing.simulators.processes import ROOT, port_open
+
+NODES = ("a", "b", "c")
+
+
+def demo_run(*, dicom_port: int, http: str, backend_base_port: int, announce: Callable[[str], None]) -> None:
+    """Start the simulated backends, then run runproxy in this process until it stops.
+
+    Backend n (1..3) listens on ``backend_base_port + n`` for DICOM and ``+ 100 + n`` for
+    HTTP; node-c is a liveness backend, so the demo shows both kinds of load.
+    """
+    config: dict[str, Any] = {
+        "StudyCacheWindowHours": 96,
+        "HeartbeatIntervalSeconds": 5,
+        "HeartbeatTimeoutSeconds": 15,
+        "Pools": [{"Id": "main", "AeTitle": "SYNTHIQ", "Host": "0.0.0.0", "Port": dicom_port,
+                   "AllowedCallingAeTitles": [], "Backends": []}],
+    }
+    children = []
+    try:
+        for n, name in enumerate(NODES, start=1):
+            port, http_port = backend_base_port + n, backend_base_port + 100 + n
+            ae = f"NODE{name.upper()}"
+            health = ({"Mode": "liveness", "Probe": "echo"} if name == "c" else
+                      {"Mode": "native", "Url": f"http://127.0.0.1:{http_port}/api/health"})
+            config["Pools"][0]["Backends"].append(
+                {"Id": f"node-{name}", "AeTitle": ae, "Host": "127.0.0.1", "Port": port,
+                 "Weight": 1, "Enabled": True, "Health": health}
+            )
+            store = settings.VAR_DIR / "demo-store" / f"node-{name}"
+            children.append(subprocess.Popen(
+                [sys.executable, "manage.py", "runbackend", "--ae-title", ae, "--port", str(port),
+                 "--http-port", str(http_port), "--store-dir", str(store)],
+                cwd=ROOT,
+            ))
+        _wait_listening([b["Port"] for b in config["Pools"][0]["Backends"]], children)
+        path = settings.VAR_DIR / "demo-config.json"
+        path.write_text(json.dumps(config, indent=2))
+        user, password = _demo_user()
+        token = Token.objects.get_or_create(user=user)[0].key
+        announce(
+            f"\nSynthIQ demo\n"
+            f"  DICOM:     AE SYNTHIQ on port {dicom_port}  (storescu -aec SYNTHIQ 127.0.0.1 {dicom_port} FILE...)\n"
+            f"  Dashboard: http://{http}/   log in as '{user.username}' / '{password}'\n"
+            f"  API token: curl -H 'Authorization: Token {token}' http://{http}/api/status\n"
+            f"  Config:    {path}\n"
+        )
+        call_command("runproxy", config=str(path), http=http)
+    finally:
+        for child in children:
+            child.terminate()
+        for child in children:
+            child.wait(timeout=10)
+
+
+def _wait_listening(ports: list[int], children: list[subprocess.Popen]) -> None:
+    """Start routing only once the simulated backends accept connections."""
+    deadline = time.monotonic() + 60
+    for port in ports:
+        while not port_open(port):
+            if time.monotonic() > deadline or any(c.poll() is not None for c in children):
+                raise SimulatorError(f"simulated backend on port {port} did not start")
+            time.sleep(0.1)
+
+
+def _demo_user():
+    """The admin user, with a fresh password each run (shown once in the banner)."""
+    User = get_user_model()
+    password = secrets.token_urlsafe(9)
+    user, _ = User.objects.get_or_create(username="admin", defaults={"is_staff": True, "is_superuser": True})
+    user.set_password(password)
+    user.save()
+    return user, password
