@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 APT_PACKAGES := $(shell grep -v '^\#' requirements/apt.txt)
 export SYNTHIQ_ALLOW_DEV_KEY ?= 1
 
-.PHONY: setup deps apt migrate run test test-sqlite test-postgres bench lint clean
+.PHONY: setup deps apt migrate run test check test-sqlite test-postgres bench lint clean
 
 setup: deps apt migrate
 
@@ -40,7 +40,13 @@ migrate: deps
 run: setup
 	$(PY) manage.py demo
 
-test: setup test-sqlite test-postgres
+test: setup check test-sqlite test-postgres
+
+# Static checks: lint, the import contracts (pyproject.toml), strict types where they pay.
+check: deps
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports --no-cache
+	$(VENV)/bin/mypy
 
 test-sqlite: deps
 	SYNTHIQ_TEST_DB=sqlite $(PY) -m pytest $(PYTEST_ARGS)
@@ -51,8 +57,7 @@ test-postgres: deps
 bench: setup
 	$(PY) -m bench.run $(BENCH_ARGS)
 
-lint: deps
-	$(VENV)/bin/ruff check .
+lint: check
 
 clean:
 	rm -rf $(VENV) var

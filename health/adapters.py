@@ -16,6 +16,7 @@ from health.probes import (
     Reading,
     Target,
     adapter_register,
+    health_url,
     http_get,
     load_normalize,
 )
@@ -36,7 +37,7 @@ def orthanc_health(target: Target, timeout: float) -> Reading:
     default). Work in flight is its jobs engine (pending + running: retrieves, sends to
     modalities, modifications, archives) plus REST requests being served (uploads via
     POST /instances or STOW-RS), minus the one request this probe itself is."""
-    url = target.health["Url"].rstrip("/") + "/tools/metrics-prometheus"
+    url = health_url(target).rstrip("/") + "/tools/metrics-prometheus"
     _, body = http_get(url=url, timeout=timeout, health=target.health)
     try:
         text = body.decode("utf-8")
@@ -59,7 +60,7 @@ def orthanc_health(target: Target, timeout: float) -> Reading:
     jobs = int(metrics["orthanc_jobs_pending"] + metrics["orthanc_jobs_running"])
     rest = max(0, int(metrics.get("orthanc_rest_api_active_requests", 1)) - 1)
     depth = jobs + rest
-    capacity = int(target.health.get("Capacity", ORTHANC_CONCURRENT_JOBS))
+    capacity = target.health.capacity or ORTHANC_CONCURRENT_JOBS
     load, note = load_normalize(load=None, depth=depth, denominator=capacity)
     detail = {
         "jobs_pending": int(metrics["orthanc_jobs_pending"]),

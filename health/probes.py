@@ -26,7 +26,8 @@ from pynetdicom import AE, evt
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from health.contract import certified_validator, native_validator
-from routing.dicom.netopts import client_tls, tune_pynetdicom
+from pools.config import HealthConfig
+from routing.dicom.netopts import ClientTls, client_tls, tune_pynetdicom
 
 # A health body is a few hundred bytes; anything past this is a broken or hostile peer,
 # and reading it whole would let one backend eat the heartbeat runner's memory.
@@ -51,8 +52,8 @@ class Target:
     ae_title: str
     host: str
     port: int
-    health: dict[str, Any]
-    tls: dict | None = None
+    health: HealthConfig
+    tls: ClientTls | None = None
 
 
 @dataclass(frozen=True)
@@ -70,11 +71,11 @@ class Reading:
 # -- HTTP -------------------------------------------------------------------------
 
 
-def http_get(*, url: str, timeout: float, health: dict[str, Any] | None = None) -> tuple[int, bytes]:
+def http_get(*, url: str, timeout: float, health: HealthConfig | None = None) -> tuple[int, bytes]:
     """GET with a total deadline and a body cap. Returns (status, body) for 2xx only."""
     request = urllib.request.Request(url, headers={"Accept": "application/json"})
-    if health and health.get("Username"):
-        token = base64.b64encode(f"{health['Username']}:{health.get('Password', '')}".encode()).decode()
+    if health and health.username:
+        token = base64.b64encode(f"{health.username}:{health.password or ''}".encode()).decode()
         request.add_header("Authorization", f"Basic {token}")
     deadline = time.monotonic() + timeout
     try:
@@ -199,13 +200,19 @@ def contract_certified(body: dict[str, Any]) -> Reading:
 
 
 def probe_native(target: Target, timeout: float) -> Reading:
-    _, body = http_get(url=target.health["Url"], timeout=timeout, health=target.health)
+    _, body = http_get(url=health_url(target), timeout=timeout, health=target.health)
     return contract_native(json_object(body))
 
 
 def probe_certified(target: Target, timeout: float) -> Reading:
-    _, body = http_get(url=target.health["Url"], timeout=timeout, health=target.health)
+    _, body = http_get(url=health_url(target), timeout=timeout, health=target.health)
     return contract_certified(json_object(body))
+
+
+def health_url(target: Target) -> str:
+    if not target.health.url:  # the config model requires one for every mode that uses it
+        raise ProbeError(f"no health Url configured for {target.backend_id}")
+    return target.health.url
 
 
 # -- adapters -----------------------------------------------------------------------
@@ -227,7 +234,7 @@ def adapter_register(name: str) -> Callable[[Adapter], Adapter]:
 def probe_adapter(target: Target, timeout: float) -> Reading:
     import health.adapters  # noqa: F401  (registers the shipped adapters)
 
-    name = target.health.get("Adapter", "")
+    name = target.health.adapter or ""
     adapter = ADAPTERS.get(name)
     if adapter is None:
         raise ProbeError(f"no health adapter named {name!r} (known: {', '.join(sorted(ADAPTERS))})")
@@ -272,7 +279,7 @@ def probe_tcp(target: Target, timeout: float) -> Reading:
 
 
 def probe_http(target: Target, timeout: float) -> Reading:
-    status, _ = http_get(url=target.health["Url"], timeout=timeout, health=target.health)
+    status, _ = http_get(url=health_url(target), timeout=timeout, health=target.health)
     return Reading(detail={"http_status": status})
 
 
@@ -281,7 +288,7 @@ LIVENESS = {"echo": probe_echo, "tcp": probe_tcp, "http": probe_http}
 
 def probe_run(*, target: Target, timeout: float) -> Reading:
     """Run the backend's probe. Raises ProbeError for every kind of failed heartbeat."""
-    mode = target.health.get("Mode", "liveness")
+    mode = target.health.mode
     try:
         if mode == "native":
             return probe_native(target, timeout)
@@ -290,7 +297,7 @@ def probe_run(*, target: Target, timeout: float) -> Reading:
         if mode == "adapter":
             return probe_adapter(target, timeout)
         if mode == "liveness":
-            reading = LIVENESS[target.health.get("Probe", "echo")](target, timeout)
+            reading = LIVENESS[target.health.probe](target, timeout)
             # Up/down only: whatever a liveness check saw, the load stays unknown.
             return Reading(detail=reading.detail)
         raise ProbeError(f"unknown health mode {mode!r}")

@@ -41,7 +41,7 @@ def heartbeat_targets(*, pool_id: str) -> list[Target]:
     backends = Backend.objects.filter(pool_id=pool_id, enabled=True).select_related("pool").order_by("id")
     return [
         Target(backend_id=b.id, pool_ae_title=b.pool.ae_title, ae_title=b.ae_title, host=b.host,
-               port=b.port, health=b.health or {"Mode": b.health_mode}, tls=b.tls)
+               port=b.port, health=b.health_config, tls=b.client_tls)
         for b in backends
     ]
 

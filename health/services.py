@@ -149,7 +149,7 @@ def heartbeat_round(*, pool_id: str, policy: HeartbeatPolicy, runner: str) -> di
     the round itself. Returns backend id -> healthy."""
     close_old_connections()
     targets = heartbeat_targets(pool_id=pool_id)
-    modes = {t.backend_id: t.health.get("Mode", "liveness") for t in targets}
+    modes = {t.backend_id: t.health.mode for t in targets}
     started = time.monotonic()
     outcomes = heartbeat_probe_all(targets=targets, timeout=policy.probe_timeout)
     now = dt.datetime.now(dt.UTC)

@@ -18,7 +18,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic.alias_generators import to_pascal
 from pydantic.functional_validators import AfterValidator
-from pydantic_core import PydanticCustomError
+from pydantic_core import ErrorDetails, PydanticCustomError
 
 AE_MAX = 16
 
@@ -172,10 +172,12 @@ def _described(value: Any) -> str:
         return f"the number {value!r}"
     if value is None:
         return "null"
-    return {list: "a list", dict: "an object"}.get(type(value), type(value).__name__)
+    if isinstance(value, list):
+        return "a list"
+    return "an object" if isinstance(value, dict) else type(value).__name__
 
 
-def _message(error: dict[str, Any]) -> str:
+def _message(error: ErrorDetails) -> str:
     kind = error["type"]
     if kind in _EXPECTED:
         return f"expected {_EXPECTED[kind]}, got {_described(error['input'])}"

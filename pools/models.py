@@ -8,6 +8,9 @@ from __future__ import annotations
 
 from django.db import models
 
+from pools.config import HealthConfig, TlsConfig
+from routing.dicom.netopts import ClientTls
+
 
 class Pool(models.Model):
     id = models.CharField(primary_key=True, max_length=64)
@@ -59,3 +62,16 @@ class Backend(models.Model):
     @property
     def load_is_reported(self) -> bool:
         return self.health_mode != self.HealthMode.LIVENESS
+
+    @property
+    def health_config(self) -> HealthConfig:
+        """The ``Health`` section as the config file gave it (kept here as JSON)."""
+        return HealthConfig.model_validate(self.health or {"Mode": self.health_mode})
+
+    @property
+    def client_tls(self) -> ClientTls | None:
+        """How SynthIQ reaches this backend over TLS (None: plain DICOM)."""
+        if not self.tls:
+            return None
+        tls = TlsConfig.model_validate(self.tls)
+        return ClientTls(ca=tls.ca, certificate=tls.certificate, key=tls.key)

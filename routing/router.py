@@ -97,7 +97,7 @@ class Router:
                         capacity=row.capacity if row else None,
                     )
                 )
-                addresses[b.id] = BackendAddress(b.id, b.ae_title, b.host, b.port, b.tls)
+                addresses[b.id] = BackendAddress(b.id, b.ae_title, b.host, b.port, b.client_tls)
             states[pool_id] = tuple(pool_states)
         with self._lock:
             self._reported_at = reported

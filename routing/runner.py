@@ -20,6 +20,7 @@ import logging
 import resource
 import signal
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -33,7 +34,7 @@ from affinity.services import BINDING_PURGE_SECONDS, bindings_purge_expired
 from health.runner import InlineHeartbeats
 from health.selectors import STALE_INTERVALS, heartbeat_staleness
 from health.services import HeartbeatPolicy
-from pools.config import Config, NetworkConfig, PoolConfig
+from pools.config import Config, PoolConfig, TlsConfig
 from pools.services import config_sync
 from routing import logqueue
 from routing.dicom import netopts
@@ -61,23 +62,6 @@ def parse_http(value: str) -> tuple[str, int]:
     if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
         raise StartupError(f"--http: expected HOST:PORT, got {value!r}")
     return host, int(port)
-
-
-def network_settings(network: NetworkConfig) -> NetworkSettings:
-    return NetworkSettings(
-        acse_timeout=network.acse_timeout_seconds,
-        dimse_timeout=network.dimse_timeout_seconds,
-        network_timeout=network.network_timeout_seconds,
-        connect_timeout=network.connect_timeout_seconds,
-        max_associations=network.max_associations,
-        max_pdu=network.max_pdu_bytes,
-        handshake_timeout=network.handshake_timeout_seconds,
-        max_pending=network.max_pending_associations,
-        max_pending_per_address=network.max_pending_per_address,
-        release_timeout=network.release_timeout_seconds,
-        outbound_idle=network.outbound_idle_seconds,
-        hold_bytes=network.header_hold_bytes,
-    )
 
 
 def bind_listener(pool: PoolConfig) -> socket.socket:
@@ -110,6 +94,13 @@ def raise_open_files_limit() -> None:
             logger.warning("could not raise the open files limit from %d: %s", soft, exc)
 
 
+def _server_tls(tls: TlsConfig) -> ssl.SSLContext:
+    if not (tls.certificate and tls.key):
+        raise StartupError("a pool's Tls needs Certificate and Key")
+    return netopts.server_tls(certificate=tls.certificate, key=tls.key, ca=tls.ca,
+                              require_client_certificate=tls.require_client_certificate)
+
+
 class ProxyRunner:
     def __init__(self, *, config: Config, grace_seconds: float, say: Callable[[str], None]):
         self.config = config
@@ -127,7 +118,7 @@ class ProxyRunner:
         config_sync(config=self.config)
         self.pool_ids = [p.id for p in self.config.pools]
         sockets = {p.id: bind_listener(p) for p in self.config.pools}
-        self.network = network_settings(self.config.network)
+        self.network = NetworkSettings(**self.config.network.model_dump())
         self.heartbeat_policy = HeartbeatPolicy(self.config.heartbeat_interval_seconds,
                                                 self.config.heartbeat_timeout_seconds,
                                                 self.config.study_cache_window_hours)
@@ -229,7 +220,7 @@ class ProxyRunner:
         await loop.run_in_executor(executor, self.refresh)
         pools = [
             PoolListener(p.id, p.ae_title, p.host, p.port, p.allowed_calling_ae_titles,
-                         netopts.server_tls(p.tls.model_dump(by_alias=True)) if p.tls else None)
+                         _server_tls(p.tls) if p.tls else None)
             for p in self.config.pools
         ]
         self.relay = Relay(pools=pools, network=self.network, placement=self.router, telemetry=self.telemetry,

@@ -78,7 +78,7 @@ class Command:
         value = self.values.get(tag)
         if value is None or len(value) < 2:
             return None
-        return US.unpack_from(value)[0]
+        return int(US.unpack_from(value)[0])
 
     def text(self, tag: int) -> str:
         value = self.values.get(tag)

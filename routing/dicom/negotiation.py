@@ -16,8 +16,10 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from pydicom import uid as uids
+from pydicom.uid import UID
 from pynetdicom.pdu import A_ASSOCIATE_AC, A_ASSOCIATE_RJ, A_ASSOCIATE_RQ
 from pynetdicom.pdu_primitives import (
     A_ASSOCIATE,
@@ -66,9 +68,9 @@ class AssociateRequest:
     max_pdu: int
     implementation_class_uid: str = ""
     implementation_version_name: str = ""
-    roles: dict[str, tuple[bool | None, bool | None]] = field(default_factory=dict)
+    roles: dict[UID, tuple[bool | None, bool | None]] = field(default_factory=dict)
     # User Identity, SOP Class (Common) Extended, role selection: carried outbound as they are.
-    carried: list = field(default_factory=list)
+    carried: list[Any] = field(default_factory=list)
 
 
 @dataclass
@@ -88,8 +90,14 @@ class BackendAccept:
     rejected: dict[int, int] = field(default_factory=dict)  # context ID -> result code
 
 
-def _user_items(primitive: A_ASSOCIATE) -> list:
+def _user_items(primitive: A_ASSOCIATE) -> list[Any]:
     return list(primitive.user_information or [])
+
+
+def _context_id(cx: PresentationContext) -> int:
+    if cx.context_id is None:
+        raise ProtocolError("presentation context without an ID")
+    return int(cx.context_id)
 
 
 def decode_associate_rq(raw: bytes | memoryview) -> AssociateRequest:
@@ -116,7 +124,7 @@ def decode_associate_rq(raw: bytes | memoryview) -> AssociateRequest:
         elif isinstance(item, ImplementationVersionNameNotification):
             rq.implementation_version_name = str(item.implementation_version_name or "")
         elif isinstance(item, SCP_SCU_RoleSelectionNegotiation):
-            rq.roles[str(item.sop_class_uid)] = (item.scu_role, item.scp_role)
+            rq.roles[UID(str(item.sop_class_uid))] = (item.scu_role, item.scp_role)
             rq.carried.append(item)
         elif isinstance(item, SOPClassExtendedNegotiation | SOPClassCommonExtendedNegotiation
                         | UserIdentityNegotiation):
@@ -164,15 +172,16 @@ def accept(rq: AssociateRequest, *, ae_title: str, max_pdu: int, services: Itera
         raise ProtocolError(f"{len(rq.contexts)} presentation contexts proposed (at most {MAX_CONTEXTS})")
     proposed = []
     for cx in rq.contexts:
-        ordered = prefer_accepted([str(ts) for ts in cx.transfer_syntax], ranks or {})
-        copy = build_context(cx.abstract_syntax, ordered)
+        ordered: list[str | UID] = list(prefer_accepted([str(ts) for ts in cx.transfer_syntax], ranks or {}))
+        copy = build_context(str(cx.abstract_syntax), ordered)
         copy.context_id = cx.context_id
         proposed.append(copy)
     supported = []
     for abstract in services:
-        cx = build_context(abstract, VERIFICATION_SYNTAXES if abstract == VERIFICATION else
-                           sorted({str(ts) for c in rq.contexts if c.abstract_syntax == abstract
-                                   for ts in c.transfer_syntax}) or VERIFICATION_SYNTAXES)
+        offered: list[str | UID] = sorted({str(ts) for c in rq.contexts if c.abstract_syntax == abstract
+                                           for ts in c.transfer_syntax})
+        cx = build_context(abstract, list(VERIFICATION_SYNTAXES) if abstract == VERIFICATION or not offered
+                           else offered)
         cx.scu_role, cx.scp_role = None, None
         supported.append(cx)
     results, roles = negotiate_unrestricted(proposed, supported, rq.roles or None)
@@ -190,7 +199,7 @@ def accept(rq: AssociateRequest, *, ae_title: str, max_pdu: int, services: Itera
     version = ImplementationVersionNameNotification()
     version.implementation_version_name = IMPLEMENTATION_VERSION_NAME
     ac.user_information = [length, implementation, version, *roles]
-    accepted = {int(cx.context_id): cx for cx in results if cx.result == 0x00}
+    accepted = {_context_id(cx): cx for cx in results if cx.result == 0x00}
     return Accepted(contexts=accepted, pdu=A_ASSOCIATE_AC(ac).encode())
 
 
@@ -203,7 +212,7 @@ def outbound_request(rq: AssociateRequest, accepted: Mapping[int, PresentationCo
     out.called_ae_title = called_ae
     contexts = []
     for context_id, cx in sorted(accepted.items()):
-        copy = build_context(cx.abstract_syntax, [cx.transfer_syntax[0]])
+        copy = build_context(str(cx.abstract_syntax), [cx.transfer_syntax[0]])
         copy.context_id = context_id
         contexts.append(copy)
     out.presentation_context_definition_list = contexts
@@ -211,7 +220,7 @@ def outbound_request(rq: AssociateRequest, accepted: Mapping[int, PresentationCo
     length.maximum_length_received = max_pdu
     implementation = ImplementationClassUIDNotification()
     implementation.implementation_class_uid = rq.implementation_class_uid or IMPLEMENTATION_CLASS_UID
-    items: list = [length, implementation]
+    items: list[Any] = [length, implementation]
     if rq.implementation_version_name:
         version = ImplementationVersionNameNotification()
         version.implementation_version_name = rq.implementation_version_name
@@ -239,7 +248,7 @@ def decode_associate_ac(raw: bytes | memoryview) -> BackendAccept:
     accepted, rejected = {}, {}
     for cx in primitive.presentation_context_definition_results_list:
         if cx.result == 0x00 and cx.transfer_syntax:
-            accepted[int(cx.context_id)] = str(cx.transfer_syntax[0])
+            accepted[_context_id(cx)] = str(cx.transfer_syntax[0])
         else:
-            rejected[int(cx.context_id)] = int(cx.result or 0)
+            rejected[_context_id(cx)] = int(cx.result or 0)
     return BackendAccept(max_pdu=max_pdu, contexts=accepted, rejected=rejected)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import socket
 import ssl
-from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 QUICKACK = getattr(socket, "TCP_QUICKACK", None)
@@ -35,23 +35,33 @@ def quickack(sock: Any) -> None:
             pass
 
 
-def server_tls(tls: Mapping[str, Any]) -> ssl.SSLContext:
+@dataclass(frozen=True)
+class ClientTls:
+    """How to reach a backend over TLS: its CA, and SynthIQ's client certificate if it wants one."""
+
+    ca: str | None = None
+    certificate: str | None = None
+    key: str | None = None
+
+
+def server_tls(*, certificate: str, key: str, ca: str | None = None,
+               require_client_certificate: bool = False) -> ssl.SSLContext:
     """TLS 1.2+ for a listener; a client certificate is required when the pool says so."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    ctx.load_cert_chain(tls["Certificate"], tls["Key"])
-    if tls.get("CA"):
-        ctx.load_verify_locations(tls["CA"])
-    ctx.verify_mode = ssl.CERT_REQUIRED if tls.get("RequireClientCertificate") else ssl.CERT_NONE
+    ctx.load_cert_chain(certificate, key)
+    if ca:
+        ctx.load_verify_locations(ca)
+    ctx.verify_mode = ssl.CERT_REQUIRED if require_client_certificate else ssl.CERT_NONE
     return ctx
 
 
-def client_tls(tls: Mapping[str, Any]) -> ssl.SSLContext:
+def client_tls(spec: ClientTls) -> ssl.SSLContext:
     """TLS 1.2+ to a backend, verified against its CA, with SynthIQ's certificate when given."""
-    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=tls.get("CA"))
+    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=spec.ca)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    if tls.get("Certificate"):
-        ctx.load_cert_chain(tls["Certificate"], tls["Key"])
+    if spec.certificate:
+        ctx.load_cert_chain(spec.certificate, spec.key)
     return ctx
 
 

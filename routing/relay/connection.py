@@ -192,17 +192,11 @@ class PduConnection(asyncio.BufferedProtocol):
         raise self.error
 
     async def _wait(self, timeout: float | None, what: str) -> None:
-        loop = asyncio.get_running_loop()
-        waiter = self._waiter = loop.create_future()
-        timer = loop.call_later(timeout, _expire, waiter) if timeout is not None else None
+        self._waiter = asyncio.get_running_loop().create_future()
         try:
-            await waiter
-        except TimeoutError:
-            raise TimedOut(f"{self.name}: nothing for {timeout:.0f}s {what}") from None
+            await _within(self._waiter, timeout, f"{self.name}: nothing for {timeout or 0:.0f}s {what}")
         finally:
             self._waiter = None
-            if timer is not None:
-                timer.cancel()
 
     def write(self, data: bytes | memoryview) -> None:
         if self.transport is not None and not self.transport.is_closing():
@@ -211,17 +205,12 @@ class PduConnection(asyncio.BufferedProtocol):
     async def drain(self, timeout: float | None) -> None:
         """Wait while the write buffer is over its high mark. Raises ConnectionClosed or TimedOut."""
         if self.write_paused:
-            loop = asyncio.get_running_loop()
-            waiter = self._drain_waiter = loop.create_future()
-            timer = loop.call_later(timeout, _expire, waiter) if timeout is not None else None
+            self._drain_waiter = asyncio.get_running_loop().create_future()
             try:
-                await waiter
-            except TimeoutError:
-                raise TimedOut(f"{self.name}: the peer read nothing for {timeout:.0f}s") from None
+                await _within(self._drain_waiter, timeout,
+                              f"{self.name}: the peer read nothing for {timeout or 0:.0f}s")
             finally:
                 self._drain_waiter = None
-                if timer is not None:
-                    timer.cancel()
         if self.error is not None and isinstance(self.error, ConnectionClosed) and self.lost.done():
             raise self.error
 
@@ -261,6 +250,19 @@ class PduConnection(asyncio.BufferedProtocol):
     def abort_transport(self) -> None:
         if self.transport is not None:
             self.transport.abort()
+
+
+async def _within(waiter: asyncio.Future[None], timeout: float | None, message: str) -> None:
+    """Await ``waiter``, or raise TimedOut(message) after ``timeout`` seconds. A plain
+    timer on the future: cheaper than a task per wait (asyncio.wait_for)."""
+    timer = asyncio.get_running_loop().call_later(timeout, _expire, waiter) if timeout is not None else None
+    try:
+        await waiter
+    except TimeoutError:
+        raise TimedOut(message) from None
+    finally:
+        if timer is not None:
+            timer.cancel()
 
 
 def _expire(waiter: asyncio.Future[None]) -> None:

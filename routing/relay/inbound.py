@@ -147,7 +147,7 @@ class InboundAssociation:
                            self.pool_id, rq.calling_ae, rq.called_ae, self.source_ip, why)
             self.conn.send_and_close(negotiation.reject(reason), linger=ABORT_LINGER_SECONDS)
             return False
-        accepted = negotiation.accept(rq, ae_title=self.listener.ae_title, max_pdu=self.network.max_pdu,
+        accepted = negotiation.accept(rq, ae_title=self.listener.ae_title, max_pdu=self.network.max_pdu_bytes,
                                       services=self.listener.services,
                                       ranks=self.relay.syntax_ranks.get(self.pool_id))
         self.rq, self.contexts = rq, dict(accepted.contexts)
@@ -157,7 +157,7 @@ class InboundAssociation:
         self.established = True
         self.relay.telemetry.association_opened()
         # Past negotiation, P-DATA may be as long as the max PDU SynthIQ announced.
-        self.conn.framer.max_pdata_length = self.network.max_pdu
+        self.conn.framer.max_pdata_length = self.network.max_pdu_bytes
         self.conn.write(accepted.pdu)
         return True
 
@@ -198,7 +198,7 @@ class InboundAssociation:
         assert self.stream is not None
         while True:
             try:
-                context_id, command = await self.stream.read_command(self.network.network_timeout)
+                context_id, command = await self.stream.read_command(self.network.network_timeout_seconds)
             except PeerReleaseRequest:
                 await self._release()
                 return "released"
@@ -232,7 +232,7 @@ class InboundAssociation:
 
     async def _drop_data_set(self, context_id: int) -> None:
         assert self.stream is not None
-        await self.stream.skip_data_set(context_id, self.network.network_timeout)
+        await self.stream.skip_data_set(context_id, self.network.network_timeout_seconds)
 
     # -- C-STORE ------------------------------------------------------------------------
     async def _store(self, context_id: int, command: commands.Command) -> None:
@@ -274,7 +274,7 @@ class InboundAssociation:
         held: list[memoryview] = []
         size = 0
         while True:
-            piece = await self.stream.next_piece(context_id, self.network.network_timeout)
+            piece = await self.stream.next_piece(context_id, self.network.network_timeout_seconds)
             held.append(piece.data)
             size += len(piece.data)
             try:
@@ -284,10 +284,10 @@ class InboundAssociation:
             else:
                 if header is not None:
                     return held, piece.last, header
-                if size < self.network.hold_bytes:
+                if size < self.network.header_hold_bytes:
                     continue
                 code, comment = (status.UID_BEYOND_HOLD,
-                                 f"Study Instance UID not in the first {self.network.hold_bytes // 1024} KiB")
+                                 f"Study Instance UID not in the first {self.network.header_hold_bytes // 1024} KiB")
             held.clear()
             if not piece.last:
                 await self._drop_data_set(context_id)
@@ -355,7 +355,7 @@ class InboundAssociation:
                 held.clear()
                 await self._drain(link)
                 while not last:
-                    piece = await self.stream.next_piece(context_id, self.network.network_timeout,
+                    piece = await self.stream.next_piece(context_id, self.network.network_timeout_seconds,
                                                          pass_whole_up_to=link.max_pdu)
                     last = piece.last
                     if not link.usable:
@@ -384,11 +384,11 @@ class InboundAssociation:
             raise
         finally:
             if link.usable:
-                link.unclaim(idle_seconds=self.network.outbound_idle, on_idle=self._link_idle)
+                link.unclaim(idle_seconds=self.network.outbound_idle_seconds, on_idle=self._link_idle)
 
     async def _drain(self, link: BackendLink) -> None:
         try:
-            await link.conn.drain(self.network.dimse_timeout)
+            await link.conn.drain(self.network.dimse_timeout_seconds)
         except TimedOut as exc:
             raise _LinkLost(f"backend stopped reading ({exc})") from None
         except ConnectionClosed as exc:
@@ -399,7 +399,7 @@ class InboundAssociation:
     async def _response(self, link: BackendLink, command: commands.Command) -> tuple[int, commands.Command]:
         """The backend's C-STORE-RSP for ``command``."""
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.network.dimse_timeout
+        deadline = loop.time() + self.network.dimse_timeout_seconds
         while True:
             try:
                 rsp_context, rsp = await link.stream.read_command(max(0.0, deadline - loop.time()))
@@ -413,22 +413,22 @@ class InboundAssociation:
                 if code is None:
                     raise _LinkLost("C-STORE response without a Status")
                 if rsp.has_data_set:
-                    await link.stream.skip_data_set(rsp_context, self.network.dimse_timeout)
+                    await link.stream.skip_data_set(rsp_context, self.network.dimse_timeout_seconds)
                 return code, rsp
             logger.warning("backend %s sent %s while a C-STORE was in flight: ignored", link.backend.id, rsp.name)
             if rsp.has_data_set:
-                await link.stream.skip_data_set(rsp_context, self.network.dimse_timeout)
+                await link.stream.skip_data_set(rsp_context, self.network.dimse_timeout_seconds)
 
     def _link_idle(self, link: BackendLink) -> None:
         if self.links.get(link.backend.id) is link:
             del self.links[link.backend.id]
-        self.relay.spawn(link.release(self.network.release_timeout))
+        self.relay.spawn(link.release(self.network.release_timeout_seconds))
 
     # -- release ------------------------------------------------------------------------
     async def _release_links(self) -> None:
         links, self.links = list(self.links.values()), {}
         if links:
-            await asyncio.gather(*(link.release(self.network.release_timeout) for link in links))
+            await asyncio.gather(*(link.release(self.network.release_timeout_seconds) for link in links))
 
     async def _release(self) -> None:
         """The modality asked to release: release the backends first (bounded), then answer."""
@@ -436,6 +436,6 @@ class InboundAssociation:
         self.conn.write(pdu.release_rp())
         # The requestor closes the connection after our A-RELEASE-RP; wait a moment for it.
         try:
-            await asyncio.wait_for(asyncio.shield(self.conn.lost), self.network.release_timeout)
+            await asyncio.wait_for(asyncio.shield(self.conn.lost), self.network.release_timeout_seconds)
         except TimeoutError:
             pass

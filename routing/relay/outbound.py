@@ -15,9 +15,9 @@ import logging
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 from routing.dicom import negotiation, pdu, status
+from routing.dicom.netopts import ClientTls
 from routing.dicom.pdu import ProtocolError
 from routing.relay.connection import ConnectionClosed, PduConnection, TimedOut
 from routing.relay.stream import MessageStream, PeerAborted, PeerReleaseReply, PeerReleaseRequest
@@ -34,7 +34,7 @@ class BackendAddress:
     ae_title: str
     host: str
     port: int
-    tls: dict[str, Any] | None = None
+    tls: ClientTls | None = None
 
 
 class OutboundUnavailable(Exception):

@@ -51,21 +51,21 @@ class PoolListener:
 
 @dataclass(frozen=True)
 class NetworkSettings:
-    acse_timeout: float = 30
-    dimse_timeout: float = 600
-    network_timeout: float = 600
-    connect_timeout: float = 10
-    max_associations: int = 64
-    max_pdu: int = 262144
-    # Front door (connections still negotiating).
-    handshake_timeout: float = 10
-    max_pending: int = 256
-    max_pending_per_address: int = 32
-    # Outbound associations.
-    release_timeout: float = 5
-    outbound_idle: float = 20
-    # Bytes of a C-STORE's data set held while its Study Instance UID is looked for.
-    hold_bytes: int = 1 << 20
+    """Timeouts and limits of the DICOM side (pools.config.NetworkConfig holds the
+    defaults and what each means)."""
+
+    acse_timeout_seconds: float
+    dimse_timeout_seconds: float
+    network_timeout_seconds: float
+    connect_timeout_seconds: float
+    max_associations: int
+    max_pdu_bytes: int
+    handshake_timeout_seconds: float
+    max_pending_associations: int
+    max_pending_per_address: int
+    release_timeout_seconds: float
+    outbound_idle_seconds: float
+    header_hold_bytes: int
 
 
 class Route(Protocol):
@@ -106,7 +106,7 @@ class Relay:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._pending = _Pending()
         self._refusals_logged: dict[str, float] = {}
-        self._client_tls: dict[str, ssl.SSLContext] = {}
+        self._client_tls: dict[netopts.ClientTls, ssl.SSLContext] = {}
         self.stopping = False
         self.accepting = False
         self._idle = asyncio.Event()
@@ -161,8 +161,8 @@ class Relay:
 
     def _connection(self, pool: PoolListener) -> PduConnection:
         return PduConnection(name=f"pool {pool.id} inbound", max_length=HANDSHAKE_PDU_LIMIT,
-                             max_pdata_length=self.network.max_pdu,
-                             read_limit=max(2 * self.network.max_pdu, 1 << 20),
+                             max_pdata_length=self.network.max_pdu_bytes,
+                             read_limit=max(2 * self.network.max_pdu_bytes, 1 << 20),
                              on_open=lambda conn: self._opened(pool, conn))
 
     def _opened(self, pool: PoolListener, conn: PduConnection) -> None:
@@ -172,7 +172,7 @@ class Relay:
         kind = why = ""
         if self.stopping:
             kind = why = "stopping"
-        elif pending.total >= self.network.max_pending:
+        elif pending.total >= self.network.max_pending_associations:
             kind, why = "pending", f"{pending.total} connections still negotiating (Network.MaxPendingAssociations)"
         elif pending.by_address[address] >= self.network.max_pending_per_address:
             kind, why = f"pending {address}", (f"{pending.by_address[address]} connections from {address} still "
@@ -189,7 +189,7 @@ class Relay:
             conn.transport.pause_reading()  # the TLS handshake reads first (start_tls resumes)
         assoc = InboundAssociation(self, pool, conn)
         self.associations.add(assoc)
-        deadline = asyncio.get_running_loop().time() + self.network.handshake_timeout
+        deadline = asyncio.get_running_loop().time() + self.network.handshake_timeout_seconds
         task = self.spawn(assoc.run(deadline))
         assoc.task = task
         task.add_done_callback(lambda _: self._ended(assoc, address))
@@ -249,14 +249,15 @@ class Relay:
         backend = self.placement.address(backend_id)
         assert assoc.rq is not None
         request = negotiation.outbound_request(assoc.rq, assoc.contexts, called_ae=backend.ae_title,
-                                               max_pdu=self.network.max_pdu)
+                                               max_pdu=self.network.max_pdu_bytes)
         tls = None
         if backend.tls:
-            tls = self._client_tls.get(backend.id)
+            tls = self._client_tls.get(backend.tls)
             if tls is None:
-                tls = self._client_tls[backend.id] = netopts.client_tls(backend.tls)
-        return await BackendLink.open(backend, request, connect_timeout=self.network.connect_timeout,
-                                      acse_timeout=self.network.acse_timeout, max_pdu=self.network.max_pdu, tls=tls)
+                tls = self._client_tls[backend.tls] = netopts.client_tls(backend.tls)
+        network = self.network
+        return await BackendLink.open(backend, request, connect_timeout=network.connect_timeout_seconds,
+                                      acse_timeout=network.acse_timeout_seconds, max_pdu=network.max_pdu_bytes, tls=tls)
 
     def operation_done(self) -> None:
         if self.stopping and not any(a.busy for a in self.associations):
@@ -285,4 +286,4 @@ class Relay:
             if assoc.task is not None:
                 assoc.task.cancel()
         if self._tasks:
-            await asyncio.wait(set(self._tasks), timeout=self.network.release_timeout + 1)
+            await asyncio.wait(set(self._tasks), timeout=self.network.release_timeout_seconds + 1)

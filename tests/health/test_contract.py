@@ -188,8 +188,9 @@ orthanc_disk_size_mb 1.5 1700000000000
 
 def _orthanc_probe(endpoint: HealthEndpoint):
     from health.probes import Target, probe_run
+    from pools.config import HealthConfig
 
-    health = {"Mode": "adapter", "Adapter": "orthanc", "Url": endpoint.url}
+    health = HealthConfig.model_validate({"Mode": "adapter", "Adapter": "orthanc", "Url": endpoint.url})
     target = Target(backend_id="orthanc", pool_ae_title="SYNTHIQ", ae_title="ORTHANC", host="127.0.0.1",
                     port=free_port(), health=health)
     return probe_run(target=target, timeout=2.0)
