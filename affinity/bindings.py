@@ -20,6 +20,8 @@ logger = logging.getLogger("synthiq.affinity")
 
 Key = tuple[str, str]  # (pool id, study uid)
 DB_RETRY_SECONDS = 1.0
+# Instance locations waiting for the database at most (a long outage must not grow memory).
+INSTANCES_PENDING_LIMIT = 200_000
 
 
 class HotCache:
@@ -61,6 +63,8 @@ class Bindings:
         self.window_hours = window_hours
         self._lock = threading.Lock()
         self._touches: dict[Key, tuple[int, dt.datetime]] = {}
+        # (pool, SOP Instance UID) -> (backend, study, when): written behind, like touches.
+        self._instances: dict[Key, tuple[str, str, dt.datetime]] = {}
         # Bindings decided while the database was unavailable, written once it is back.
         self._unwritten: dict[Key, tuple[str, dt.datetime]] = {}
         self.db_ok = True
@@ -157,6 +161,26 @@ class Bindings:
         self.cache.put(key, bound, time.monotonic())
         return bound
 
+    def note_instance(self, *, pool_id: str, sop_instance_uid: str, backend_id: str, study_uid: str) -> None:
+        with self._lock:
+            if len(self._instances) >= INSTANCES_PENDING_LIMIT:
+                return  # the database has been away long: keep memory bounded (commitment then asks all)
+            self._instances[(pool_id, sop_instance_uid)] = (backend_id, study_uid, dt.datetime.now(dt.UTC))
+
+    def instance_backends(self, *, pool_id: str, sop_instance_uids: list[str]) -> dict[str, str]:
+        """Where each of these instances was relayed (not yet written ones first)."""
+        with self._lock:
+            found = {sop: self._instances[(pool_id, sop)][0] for sop in sop_instance_uids
+                     if (pool_id, sop) in self._instances}
+        rest = [sop for sop in sop_instance_uids if sop not in found]
+        if rest and self._db_usable():
+            try:
+                close_old_connections()
+                found |= selectors.instance_backends(pool_id=pool_id, sop_instance_uids=rest)
+            except DatabaseError as exc:
+                self._db_failed(exc, "instance lookup")
+        return found
+
     def touch(self, key: Key) -> None:
         now = dt.datetime.now(dt.UTC)
         with self._lock:
@@ -165,10 +189,12 @@ class Bindings:
 
     # -- background -----------------------------------------------------------
     def flush(self) -> None:
-        """Write pending bindings, then batched touches. Safe to call repeatedly."""
+        """Write pending bindings, then batched touches and instance locations. Safe to
+        call repeatedly."""
         with self._lock:
             unwritten, self._unwritten = self._unwritten, {}
             touches, self._touches = self._touches, {}
+            instances, self._instances = self._instances, {}
         try:
             close_old_connections()
             for key, (backend_id, first_seen) in unwritten.items():
@@ -184,9 +210,12 @@ class Bindings:
                     self.cache.put(key, bound, time.monotonic())
                 else:
                     logger.info("pool=%s study=%s deferred binding to %s written", key[0], key[1], bound)
-            unwritten = {}  # all written: a touch failure below must not re-queue them
+            unwritten = {}  # all written: a failure below must not re-queue them
             if touches:
                 services.bindings_touch(touches=touches)
+            touches = {}
+            if instances:
+                services.instances_record(locations=instances)
         except DatabaseError as exc:
             self._db_failed(exc, "write-behind")
             with self._lock:
@@ -195,6 +224,8 @@ class Bindings:
                 for key, (count, seen) in touches.items():
                     old_count, _ = self._touches.get(key, (0, seen))
                     self._touches[key] = (old_count + count, seen)
+                for key, where in instances.items():
+                    self._instances.setdefault(key, where)
             return
         self._db_back()
 

@@ -22,3 +22,22 @@ class Binding(models.Model):
 
     def __str__(self) -> str:
         return f"{self.pool_id}/{self.study_uid} -> {self.backend_id}"
+
+
+class InstanceLocation(models.Model):
+    """Where a relayed instance went, by SOP Instance UID: storage commitment requests name
+    instances, not studies. Routing metadata only; kept for the study cache window."""
+
+    pool = models.ForeignKey("pools.Pool", on_delete=models.CASCADE)
+    sop_instance_uid = models.CharField(max_length=64)
+    backend = models.ForeignKey("pools.Backend", on_delete=models.CASCADE)
+    study_uid = models.CharField(max_length=64)
+    seen_utc = models.DateTimeField(db_index=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["pool", "sop_instance_uid"], name="instance_location_unique"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.pool_id}/{self.sop_instance_uid} -> {self.backend_id}"

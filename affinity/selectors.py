@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from django.db.models import QuerySet
 
-from affinity.models import Binding
+from affinity.models import Binding, InstanceLocation
 
 
 def binding_backend(*, pool_id: str, study_uid: str) -> str | None:
@@ -52,3 +52,9 @@ def bindings_of_study(*, study_uid: str) -> list[Binding]:
 
 def binding_of_study_in_pool(*, pool_id: str, study_uid: str) -> Binding | None:
     return Binding.objects.filter(pool_id=pool_id, study_uid=study_uid).first()
+
+
+def instance_backends(*, pool_id: str, sop_instance_uids: list[str]) -> dict[str, str]:
+    """The backend each known instance was relayed to (SOP Instance UID -> backend id)."""
+    rows = InstanceLocation.objects.filter(pool_id=pool_id, sop_instance_uid__in=sop_instance_uids)
+    return dict(rows.values_list("sop_instance_uid", "backend_id"))

@@ -10,7 +10,7 @@ from django.db.models import F
 from django.db.models.functions import Greatest
 
 from affinity import selectors
-from affinity.models import Binding
+from affinity.models import Binding, InstanceLocation
 
 logger = logging.getLogger("synthiq.affinity")
 
@@ -88,9 +88,21 @@ def bindings_touch(*, touches: dict[tuple[str, str], tuple[int, dt.datetime]]) -
 BINDING_PURGE_SECONDS = 600.0
 
 
+def instances_record(*, locations: dict[tuple[str, str], tuple[str, str, dt.datetime]]) -> None:
+    """Write-behind of where relayed instances went: (pool, SOP Instance UID) ->
+    (backend, study, seen), one multi-row insert; an instance already known keeps its row."""
+    InstanceLocation.objects.bulk_create(
+        [InstanceLocation(pool_id=pool_id, sop_instance_uid=sop_uid, backend_id=backend_id, study_uid=study_uid,
+                          seen_utc=seen)
+         for (pool_id, sop_uid), (backend_id, study_uid, seen) in locations.items()],
+        ignore_conflicts=True, batch_size=500,
+    )
+
+
 def bindings_purge_expired(*, window_hours: float, now: dt.datetime) -> int:
-    """Delete bindings idle for longer than the study cache window."""
+    """Delete bindings (and instance locations) idle for longer than the study cache window."""
     cutoff = now - dt.timedelta(hours=window_hours)
+    InstanceLocation.objects.filter(seen_utc__lt=cutoff).delete()
     deleted, _ = Binding.objects.filter(last_seen_utc__lt=cutoff).delete()
     if deleted:
         logger.info("purged %d bindings idle since before %s", deleted, cutoff.isoformat())

@@ -109,6 +109,16 @@ class BackendConfig(Model):
     commitment_token: Annotated[str, Field(min_length=16)] | None = None
 
 
+class ServicesConfig(Model):
+    """Which non-storage services a pool passes to its backends (each only if a backend
+    offers it: runproxy asks them at start). Storage and C-ECHO always pass."""
+
+    find: bool = True
+    move: bool = True
+    get: bool = True
+    storage_commitment: bool = True
+
+
 class PoolConfig(Model):
     id: Slug
     ae_title: AeTitle
@@ -117,6 +127,7 @@ class PoolConfig(Model):
     allowed_calling_ae_titles: tuple[AeTitle, ...] = ()
     backends: Annotated[tuple[BackendConfig, ...], Field(min_length=1)]
     tls: TlsConfig | None = None
+    services: ServicesConfig = ServicesConfig()
 
 
 class NetworkConfig(Model):
@@ -138,6 +149,12 @@ class NetworkConfig(Model):
     outbound_idle_seconds: Annotated[float, Field(ge=0.1)] = 20
     # Data set bytes held while a C-STORE's Study Instance UID is looked for.
     header_hold_bytes: Annotated[int, Field(ge=16384, le=64 * 1024 * 1024)] = 1 << 20
+    # A study's backend that cannot be reached is retried this long before the C-STORE
+    # fails (0xA701), the modality's association held meanwhile (nothing buffered: its
+    # socket is simply not read). Well under modalities' usual 30-60 s DIMSE timeouts.
+    bound_backend_hold_seconds: Annotated[float, Field(ge=0, le=120)] = 10
+    # Associations of one pool held that way at once, at most (others fail at once).
+    max_held_associations: Annotated[int, Field(ge=0, le=10000)] = 32
 
 
 class Config(Model):

@@ -20,6 +20,7 @@ import threading
 import time
 from collections import deque
 from concurrent.futures import Future
+from typing import Any
 
 from django.db import close_old_connections
 
@@ -64,7 +65,8 @@ class Router:
         # each backend last reported; what was sent after its report is not in it yet.
         self._sends: dict[str, deque[float]] = {}
         self._reported_at: dict[str, float] = {}
-        self._requests: queue.SimpleQueue[tuple[Key, Future[Route]] | None] = queue.SimpleQueue()
+        # (key, future, claim): claim=False only looks the binding up (queries never bind).
+        self._requests: queue.SimpleQueue[tuple[Key, Future[Any], bool] | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
 
     # -- snapshot -----------------------------------------------------------
@@ -143,6 +145,18 @@ class Router:
     def touch(self, pool_id: str, study_uid: str) -> None:
         self.bindings.touch((pool_id, study_uid))
 
+    def note_instance(self, *, pool_id: str, sop_instance_uid: str, backend_id: str, study_uid: str) -> None:
+        self.bindings.note_instance(pool_id=pool_id, sop_instance_uid=sop_instance_uid, backend_id=backend_id,
+                                    study_uid=study_uid)
+
+    def instance_backends(self, *, pool_id: str, sop_instance_uids: list[str]) -> dict[str, str]:
+        return self.bindings.instance_backends(pool_id=pool_id, sop_instance_uids=sop_instance_uids)
+
+    def healthy_backends(self, pool_id: str) -> list[str]:
+        """The pool's enabled, healthy backends by id (draining ones too: they hold studies)."""
+        with self._lock:
+            return [b.id for b in self._states.get(pool_id, ()) if b.enabled and b.healthy]
+
     # -- decisions ----------------------------------------------------------
     def route_cached(self, *, pool_id: str, study_uid: str) -> Route | None:
         """The study's backend if its binding is in the hot cache and that backend is
@@ -158,13 +172,27 @@ class Router:
     def submit(self, *, pool_id: str, study_uid: str) -> Future[Route]:
         """Route on the routing thread (batched with whatever else is waiting)."""
         future: Future[Route] = Future()
-        self._requests.put(((pool_id, study_uid), future))
+        self._enqueue((pool_id, study_uid), future, claim=True)
+        return future
+
+    def submit_lookup(self, *, pool_id: str, study_uid: str) -> Future[str | None]:
+        """The backend a study is bound to (and still enabled in the pool), or None; never
+        creates a binding (a query must not place a study)."""
+        future: Future[str | None] = Future()
+        cached = self.route_cached(pool_id=pool_id, study_uid=study_uid)
+        if cached is not None:
+            future.set_result(cached.backend_id)
+            return future
+        self._enqueue((pool_id, study_uid), future, claim=False)
+        return future
+
+    def _enqueue(self, key: Key, future: Future[Any], *, claim: bool) -> None:
+        self._requests.put((key, future, claim))
         if self._thread is None:
             with self._lock:
                 if self._thread is None:
                     self._thread = threading.Thread(target=self._serve, name="router", daemon=True)
                     self._thread.start()
-        return future
 
     def route(self, *, pool_id: str, study_uid: str) -> Route:
         """Backend for the first instance of a study seen on an association (blocking)."""
@@ -193,17 +221,29 @@ class Router:
                     break
                 batch.append(item)
             try:
-                routes = self.route_many([key for key, _ in batch])
+                routes = self.route_many([key for key, _, claim in batch if claim])
+                bound = self.lookup_many([key for key, _, claim in batch if not claim])
             except Exception as exc:  # a bug fails this batch's operations, not the thread
                 logger.exception("routing a batch of %d studies failed", len(batch))
-                for _, future in batch:
+                for _, future, _ in batch:
                     future.set_exception(exc)
                 continue
-            for key, future in batch:
-                future.set_result(routes[key])
+            for key, future, claim in batch:
+                future.set_result(routes[key] if claim else bound.get(key))
+
+    def lookup_many(self, keys: list[Key]) -> dict[Key, str]:
+        """The bindings of several studies whose backend is still enabled in the pool."""
+        if not keys:
+            return {}
+        found = self.bindings.lookup_many(list(dict.fromkeys(keys)))
+        with self._lock:
+            return {key: backend for key, backend in found.items()
+                    if bound_backend(self._states.get(key[0], ()), backend) is not None}
 
     def route_many(self, keys: list[Key]) -> dict[Key, Route]:
         """Route several studies at once: one lookup, the waterfall, one batched claim."""
+        if not keys:
+            return {}
         started = time.perf_counter()
         bound = self.bindings.lookup_many(list(dict.fromkeys(keys)))
         routes: dict[Key, Route] = {}

@@ -38,10 +38,11 @@ from pools.config import Config, PoolConfig, TlsConfig
 from pools.services import config_sync
 from routing import logqueue
 from routing.dicom import netopts
+from routing.dicom.services import SERVICE_CLASSES, VERIFICATION
 from routing.relay.server import NetworkSettings, PoolListener, Relay
 from routing.router import Router
 from routing.services import routing_activity_purge
-from routing.syntax_probe import probe_pool
+from routing.syntax_probe import PoolAbilities, probe_pool
 from routing.telemetry import Telemetry
 from routing.workers import Workers
 
@@ -132,7 +133,7 @@ class ProxyRunner:
             self.heartbeats.run_once()
         else:
             logger.info("heartbeats come from Celery beat (CELERY_BROKER_URL is set)")
-        self.syntax_ranks = self.probe_syntaxes()
+        self.abilities = self.probe_backends()
         if workers == 1:
             self.serve_here(sockets, http)
         else:
@@ -142,7 +143,7 @@ class ProxyRunner:
         logger.info("signal %s: stopping", signal.Signals(signum).name)
         self.stopping.set()
 
-    def probe_syntaxes(self) -> dict[str, dict[str, int]]:
+    def probe_backends(self) -> dict[str, PoolAbilities]:
         router = Router(bindings=Bindings(window_hours=self.config.study_cache_window_hours),
                         heartbeat_timeout=self.config.heartbeat_timeout_seconds)
         router.refresh(pool_ids=self.pool_ids)
@@ -151,6 +152,13 @@ class ProxyRunner:
                                 backends=[router.address(s.id) for s in router.states(pool.id) if s.enabled])
             for pool in self.config.pools
         }
+
+    def services_passed(self, pool: PoolConfig) -> tuple[str, ...]:
+        """C-ECHO, plus each switched-on service class that at least one backend offers."""
+        offered = self.abilities[pool.id].services
+        switches = pool.services.model_dump()
+        return (VERIFICATION, *(uid for name, uids in SERVICE_CLASSES.items() if switches[name]
+                                for uid in uids if uid in offered))
 
     # -- one process ----------------------------------------------------------------------
     def serve_here(self, sockets: dict[str, socket.socket], http: str | None) -> None:
@@ -220,11 +228,11 @@ class ProxyRunner:
         await loop.run_in_executor(executor, self.refresh)
         pools = [
             PoolListener(p.id, p.ae_title, p.host, p.port, p.allowed_calling_ae_titles,
-                         _server_tls(p.tls) if p.tls else None)
+                         _server_tls(p.tls) if p.tls else None, services=self.services_passed(p))
             for p in self.config.pools
         ]
         self.relay = Relay(pools=pools, network=self.network, placement=self.router, telemetry=self.telemetry,
-                           syntax_ranks=self.syntax_ranks)
+                           syntax_ranks={pool_id: a.ranks for pool_id, a in self.abilities.items()})
         await self.relay.start(sockets)
         ready()
         chores = [self._every(REFRESH_SECONDS, executor, self.refresh),
@@ -306,6 +314,7 @@ class ProxyRunner:
                 "db_error": self.bindings.db_error,
                 "pending_bindings": self.bindings.pending_writes(),
                 "pending_connections": self.relay.pending_connections,
+                "held_associations": sum(self.relay.held.values()),
             } | self.heartbeat_status(),
             listeners=[{"pool": p.id, "ae_title": p.ae_title, "port": p.port,
                         "accepting": self.relay.accepting} for p in self.relay.pools],

@@ -50,6 +50,16 @@ class Telemetry:
         with self._lock:
             self.open_associations -= 1
 
+    def operation(self, *, service: str, status: int) -> None:
+        """A non-storage operation ended (C-FIND, C-MOVE, C-GET, N-ACTION), by final status class."""
+        with self._lock:
+            self.counters[f"service.{service}.{status_class(status)}"] += 1
+
+    def held(self) -> None:
+        """An association was held while its study's backend was unreachable."""
+        with self._lock:
+            self.counters["held"] += 1
+
     def connection_refused(self) -> None:
         with self._lock:
             self.counters["connections_refused"] += 1

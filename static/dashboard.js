@@ -107,6 +107,18 @@
     failed.classList.toggle("bad", status.counters.failed > 0);
     $("#tiers").replaceChildren(...TIERS.map((tier) =>
       el("span", { class: "tier-count", "data-tier": tier }, pill(tier), el("b", {}, fmtInt(status.counters.routed[tier])))));
+    const ops = Object.entries(status.counters.operations || {});
+    if (ops.length) {
+      $("#operations").replaceChildren(...ops.map(([service, classes]) => {
+        const failed = Object.entries(classes).filter(([cls]) => cls !== "success" && cls !== "warning")
+          .reduce((sum, [, n]) => sum + n, 0);
+        const total = Object.values(classes).reduce((sum, n) => sum + n, 0);
+        return el("span", { class: "tier-count", "data-service": service,
+                            title: Object.entries(classes).map(([c, n]) => c + ": " + n).join(", ") },
+          el("span", { class: "pill" }, service), el("b", {}, fmtInt(total)),
+          failed ? el("span", { class: "bad" }, " (" + fmtInt(failed) + " failed)") : null);
+      }));
+    }
   }
 
   function strip(status) {

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import Cluster
+from tests.harness import Cluster, clean_database
 
 _STATE: dict[str, str] = {}
 PG_ADMIN_URL = os.environ.get("SYNTHIQ_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -80,13 +80,9 @@ def pytest_unconfigure(config):
 @pytest.fixture
 def db():
     """A clean database for the test (this process and its children share it)."""
-    from django.apps import apps
     from django.db import connection
 
-    # Children before parents: bindings and health point at backends, backends at pools.
-    for label in ("routing.RoutingDecision", "routing.ProxyProcess", "affinity.Binding",
-                  "health.BackendHealth", "health.HeartbeatRound", "pools.Backend", "pools.Pool"):
-        apps.get_model(label).objects.all().delete()
+    clean_database()
     yield
     connection.close()
 

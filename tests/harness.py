@@ -210,6 +210,19 @@ def set_health(backend_ids, *, healthy: bool = True, load: float | None = 0.0, c
         )
 
 
+# Children before parents: bindings, locations and health point at backends, backends at pools.
+TABLES = ("routing.RoutingDecision", "routing.ProxyProcess", "affinity.Binding", "affinity.InstanceLocation",
+          "health.BackendHealth", "health.HeartbeatRound", "pools.Backend", "pools.Pool")
+
+
+def clean_database() -> None:
+    """Empty every table the tests write (this process and its children share the database)."""
+    from django.apps import apps
+
+    for label in TABLES:
+        apps.get_model(label).objects.all().delete()
+
+
 def binding_of(study_uid: str, pool_id: str = "main") -> str | None:
     from affinity.models import Binding
 
@@ -268,4 +281,4 @@ def start_orthanc(cluster: Cluster, *, name: str = "orthanc", **options: Any) ->
     path = cluster.tmp / f"{name}.json"
     path.write_text(json.dumps(config))
     m = cluster.process(name, [exe, str(path)], ready="Orthanc has started")
-    return OrthancHandle(http_port, dicom_port, "ORTHANC", m)
+    return OrthancHandle(http_port, dicom_port, config["DicomAet"], m)

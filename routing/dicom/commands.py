@@ -189,8 +189,16 @@ def response(request: Command, status: int, *, comment: str = "", offending: lis
     instance = request.values.get(AFFECTED_SOP_INSTANCE_UID) or request.values.get(REQUESTED_SOP_INSTANCE_UID)
     if instance:
         elements[AFFECTED_SOP_INSTANCE_UID] = instance
+    if ACTION_TYPE_ID in request.values:  # N-ACTION-RSP repeats the action (PS3.7 10.1.4)
+        elements[ACTION_TYPE_ID] = request.values[ACTION_TYPE_ID]
     if comment:
         elements[ERROR_COMMENT] = comment[:ERROR_COMMENT_MAX]
     if offending:
         elements[OFFENDING_ELEMENT] = offending
     return encode(elements)
+
+
+def event_report(*, message_id: int, sop_class_uid: str, sop_instance_uid: str, event_type: int) -> bytes:
+    """An N-EVENT-REPORT-RQ command set; a data set (the event information) follows."""
+    return encode({AFFECTED_SOP_CLASS_UID: sop_class_uid, COMMAND_FIELD: N_EVENT_REPORT_RQ, MESSAGE_ID: message_id,
+                   DATA_SET_TYPE: 0x0000, AFFECTED_SOP_INSTANCE_UID: sop_instance_uid, EVENT_TYPE_ID: event_type})

@@ -182,7 +182,9 @@ def accept(rq: AssociateRequest, *, ae_title: str, max_pdu: int, services: Itera
                                            for ts in c.transfer_syntax})
         cx = build_context(abstract, list(VERIFICATION_SYNTAXES) if abstract == VERIFICATION or not offered
                            else offered)
-        cx.scu_role, cx.scp_role = None, None
+        # Either role: a storage commitment SCU that proposes the SCP role as well gets its
+        # N-EVENT-REPORT on this association (when the backend sends it there).
+        cx.scu_role, cx.scp_role = True, True
         supported.append(cx)
     results, roles = negotiate_unrestricted(proposed, supported, rq.roles or None)
 

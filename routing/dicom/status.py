@@ -21,6 +21,17 @@ CANNOT_UNDERSTAND = 0xC000  # Error: Cannot understand - header unreadable or no
 UID_BEYOND_HOLD = 0xC001  # Error: Cannot understand - Study Instance UID not within the bytes SynthIQ holds
 
 
+# Other services' own failures (PS3.4 C.4, B.2): SynthIQ answers with these when it, not
+# the backend, cannot do the operation.
+FIND_OUT_OF_RESOURCES = 0xA700  # C-FIND: Refused: Out of Resources
+RETRIEVE_UNABLE_TO_COUNT = 0xA701  # C-MOVE/C-GET: Refused: Out of Resources - unable to calculate matches
+RETRIEVE_UNABLE_TO_PERFORM = 0xA702  # C-MOVE/C-GET: Refused: Out of Resources - unable to perform sub-operations
+PROCESSING_FAILURE = 0x0110  # N-ACTION: Processing failure
+RESOURCE_LIMITATION = 0x0213  # N-ACTION: Resource limitation
+NO_SUCH_OBJECT_INSTANCE = 0x0112  # a Failure Reason in a storage commitment result
+UNRECOGNIZED_OPERATION = 0x0211  # Refused: the operation is not supported here
+
+
 def is_success(status: int) -> bool:
     """Stored: success, or a warning that PS3.4 counts as stored."""
     return status == SUCCESS or status in WARNINGS

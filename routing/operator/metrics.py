@@ -70,6 +70,18 @@ class SynthIQCollector:
             "synthiq_listener_accepting", "1 when the pool's DICOM listener accepts associations",
             labels=["process", "pool"],
         )
+        held = GaugeMetricFamily(
+            "synthiq_held_associations", "Associations held now while their study's backend is unreachable",
+            labels=["process"],
+        )
+        held_total = CounterMetricFamily(
+            "synthiq_holds", "Times an association was held while its study's backend was unreachable",
+            labels=["process"],
+        )
+        operations = CounterMetricFamily(
+            "synthiq_operations", "Query, retrieve and storage commitment operations by service and status class",
+            labels=["process", "service", "status_class"],
+        )
         latency = HistogramMetricFamily(
             "synthiq_forward_latency_seconds", "Time from receiving a C-STORE to the backend's response",
             labels=["process", "backend"],
@@ -88,7 +100,12 @@ class SynthIQCollector:
                     responses.add_metric([p.id, cls], value)
                     if cls not in selectors.OK_STATUS_CLASSES:
                         failures.add_metric([p.id, cls], value)
+            for service, classes in selectors.operations_by_service(counters).items():
+                for cls, value in classes.items():
+                    operations.add_metric([p.id, service, cls], value)
             open_assocs.add_metric([p.id], snap.get("open_associations") or 0)
+            held.add_metric([p.id], snap.get("held_associations") or 0)
+            held_total.add_metric([p.id], counters.get("held", 0))
             cache.add_metric([p.id], snap.get("cache_size") or 0)
             db_ok.add_metric([p.id], 0 if snap.get("db_ok") is False else 1)
             pending.add_metric([p.id], snap.get("pending_bindings") or 0)
@@ -105,8 +122,8 @@ class SynthIQCollector:
                     buckets.append((bound, cumulative))
                 total = float((per_backend.get(backend_id) or {}).get("forward_seconds", 0.0))
                 latency.add_metric([p.id, backend_id], buckets, total)
-        yield from (routed, decisions, received, responses, failures, associations, open_assocs, cache,
-                    db_ok, pending, listening, latency)
+        yield from (routed, decisions, received, responses, failures, operations, associations, open_assocs,
+                    held, held_total, cache, db_ok, pending, listening, latency)
         up = GaugeMetricFamily("synthiq_proxy_processes", "runproxy processes that published in the last 10 s")
         up.add_metric([], len(processes))
         yield up

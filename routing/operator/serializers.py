@@ -93,6 +93,12 @@ class CountersSerializer(serializers.Serializer):
     )
     routed = RoutedSerializer(help_text="Instances by routing tier (keys: affinity-hit, least-busy, ...).")
     statuses = serializers.DictField(child=serializers.IntegerField())
+    held = serializers.IntegerField(help_text="Associations held while their study's backend was unreachable "
+                                              "(Network.BoundBackendHoldSeconds).")
+    operations = serializers.DictField(
+        child=serializers.DictField(child=serializers.IntegerField()),
+        help_text="Query, retrieve and storage commitment operations by service (C-FIND, C-MOVE, C-GET, N-ACTION) "
+                  "and final status class.")
 
 
 class DatabaseErrorSerializer(serializers.Serializer):

@@ -116,6 +116,16 @@ def backend_counters(*, counters: Counter[str] | None) -> dict[str, Any]:
     }
 
 
+def operations_by_service(counters: dict[str, Any]) -> dict[str, dict[str, int]]:
+    """Non-storage operations (C-FIND, C-MOVE, C-GET, N-ACTION) by service and final status class."""
+    out: dict[str, dict[str, int]] = {}
+    for key, value in sorted(counters.items()):
+        if key.startswith("service."):
+            service, _, cls = key.removeprefix("service.").rpartition(".")
+            out.setdefault(service, {})[cls] = int(value)
+    return out
+
+
 def backend_health_view(
     *, backend: Backend, row: BackendHealth | None, now: dt.datetime, timeout_seconds: float
 ) -> dict[str, Any]:
@@ -272,6 +282,8 @@ def status_snapshot(*, now: dt.datetime) -> dict[str, Any]:
             "statuses": {
                 k.removeprefix("status."): int(v) for k, v in sorted(c.items()) if k.startswith("status.")
             },
+            "operations": operations_by_service(c),
+            "held": int(c.get("held", 0)),
         },
         "cache_size": totals.cache_size,
         "database": {

@@ -164,6 +164,13 @@ class PduConnection(asyncio.BufferedProtocol):
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
+    def share_waiter(self, waiter: asyncio.Future[None] | None,
+                     unless_other_than: asyncio.Future[None] | None = None) -> None:
+        """Wake ``waiter`` when a PDU arrives (several connections may share one waiter);
+        None clears it, unless it has been replaced by another than ``unless_other_than``."""
+        if unless_other_than is None or self._waiter is unless_other_than:
+            self._waiter = waiter
+
     def pop(self) -> Pdu | None:
         """The next PDU already framed, without waiting."""
         if not self.ready:
@@ -268,3 +275,18 @@ async def _within(waiter: asyncio.Future[None], timeout: float | None, message: 
 def _expire(waiter: asyncio.Future[None]) -> None:
     if not waiter.done():
         waiter.set_exception(TimeoutError())
+
+
+async def first_ready(conns: list[PduConnection], timeout: float | None, what: str) -> None:
+    """Wait until any of ``conns`` has a PDU (or has ended). Nothing is taken from them,
+    so the wait can be abandoned at any point without losing a byte."""
+    if any(c.ready or c.error is not None for c in conns):
+        return
+    waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    for conn in conns:
+        conn.share_waiter(waiter)
+    try:
+        await _within(waiter, timeout, f"nothing for {timeout or 0:.0f}s {what}")
+    finally:
+        for conn in conns:
+            conn.share_waiter(None, unless_other_than=waiter)

@@ -32,6 +32,7 @@ from routing.dicom import commands, negotiation, pdu, status
 from routing.dicom.pdu import ProtocolError
 from routing.dicom.scan import Header, HeaderError, HeaderScanner
 from routing.relay.connection import ConnectionClosed, PduConnection, TimedOut
+from routing.relay.operations import QUERY_RETRIEVE, Operations
 from routing.relay.outbound import BackendLink, OutboundUnavailable
 from routing.relay.stream import MessageStream, PeerAborted, PeerReleaseRequest
 from routing.waterfall import ASSOCIATION_CACHED
@@ -43,6 +44,7 @@ logger = logging.getLogger("synthiq.routing")
 
 # After an A-ABORT, how long the peer has to close the connection itself (PS3.8 ARTIM).
 ABORT_LINGER_SECONDS = 2.0
+HOLD_RETRY_SECONDS = 0.5  # how often a held association tries its backend again
 
 
 class _Failed(Exception):
@@ -75,6 +77,10 @@ class InboundAssociation:
         self.contexts: dict[int, PresentationContext] = {}
         self.stream: MessageStream | None = None
         self.ended = asyncio.get_running_loop().create_future()
+        # Whole messages to the modality never interleave (a backend's request relayed from
+        # an idle association may come while an operation's answer is being written).
+        self.write_lock = asyncio.Lock()
+        self.operations = Operations(self)
         self.task: asyncio.Task[None] | None = None  # set by the relay
 
     # -- the whole life -----------------------------------------------------------------
@@ -212,23 +218,44 @@ class InboundAssociation:
     async def _dispatch(self, context_id: int, command: commands.Command) -> None:
         field = command.field
         if field == commands.C_ECHO_RQ:
-            self._answer(context_id, commands.response(command, status.SUCCESS))  # Success
+            await self.answer(context_id, commands.response(command, status.SUCCESS))  # Success
             if command.has_data_set:
                 await self._drop_data_set(context_id)
             return
         if field == commands.C_STORE_RQ and command.has_data_set:
             await self._store(context_id, command)
             return
+        if field in QUERY_RETRIEVE and command.has_data_set:
+            await self.operations.query_retrieve(context_id, command)
+            return
+        if field == commands.N_ACTION_RQ and command.has_data_set:
+            await self.operations.commitment(context_id, command)
+            return
+        if not command.is_request:
+            if not await self.operations.answer_from_modality(context_id, command):
+                logger.warning("pool=%s calling_ae=%s: %s answering nothing in flight: dropped", self.pool_id,
+                               self.calling_ae, command.name)
+                if command.has_data_set:
+                    await self._drop_data_set(context_id)
+            return
+        if field == commands.C_CANCEL_RQ:
+            return  # nothing in flight to cancel (it has no response)
         logger.warning("pool=%s calling_ae=%s: %s not supported here; answered 0x0211",
                        self.pool_id, self.calling_ae, command.name)
         if command.has_data_set:
             await self._drop_data_set(context_id)
-        if command.is_request and field != commands.C_CANCEL_RQ:
-            self._answer(context_id, commands.response(command, 0x0211))  # Refused: unrecognised operation
+        await self.answer(context_id, commands.response(command, status.UNRECOGNIZED_OPERATION))
 
-    def _answer(self, context_id: int, raw: bytes | memoryview) -> None:
-        assert self.rq is not None
-        self.conn.write(b"".join(pdu.fragments(context_id, raw, command=True, last=True, max_pdu=self.rq.max_pdu)))
+    @property
+    def peer_max_pdu(self) -> int:
+        """The largest PDU the modality takes (0: no limit, capped by pdu.fragments)."""
+        return self.rq.max_pdu if self.rq is not None else 0
+
+    async def answer(self, context_id: int, raw: bytes | memoryview) -> None:
+        """A response of SynthIQ's (or a backend's, already whole) to the modality."""
+        async with self.write_lock:
+            self.conn.write(b"".join(pdu.fragments(context_id, raw, command=True, last=True,
+                                                   max_pdu=self.peer_max_pdu)))
 
     async def _drop_data_set(self, context_id: int) -> None:
         assert self.stream is not None
@@ -253,17 +280,19 @@ class InboundAssociation:
             self.failed += 1
             self.relay.telemetry.forward_failed(failure.backend_id, failure.status)
             offending = [0x0020000D] if failure.status in (status.CANNOT_UNDERSTAND, status.UID_BEYOND_HOLD) else None
-            self._answer(context_id, commands.response(command, failure.status, comment=failure.comment,
+            await self.answer(context_id, commands.response(command, failure.status, comment=failure.comment,
                                                        offending=offending))
             return
         if status.is_success(code):
             self.fwd += 1
+            self.relay.placement.note_instance(pool_id=self.pool_id, sop_instance_uid=sop_uid,
+                                               backend_id=backend_id, study_uid=header.study_uid)
         else:
             self.failed += 1
             logger.warning("pool=%s sop=%s backend=%s answered 0x%04X %s", self.pool_id, sop_uid, backend_id, code,
                            answer.text(commands.ERROR_COMMENT))
         self.relay.telemetry.forwarded(backend_id, code, time.perf_counter() - started)
-        self._answer(context_id, answer.raw if answer.responded_to == command.message_id
+        await self.answer(context_id, answer.raw if answer.responded_to == command.message_id
                      else answer.replaced(commands.MESSAGE_ID_RESPONDED_TO, command.message_id or 0))
 
     async def _hold_until_study_uid(self, context_id: int) -> tuple[list[memoryview], bool, Header]:
@@ -325,8 +354,40 @@ class InboundAssociation:
         self.relay.placement.touch(self.pool_id, suid)
         return backend_id
 
-    async def _link(self, backend_id: str, context_id: int) -> BackendLink:
-        """This association's link to ``backend_id``, opened when needed. Raises _Failed."""
+    async def _hold_for(self, backend_id: str, first: OutboundUnavailable) -> BackendLink:
+        """The study's backend cannot be reached: retry it for up to
+        Network.BoundBackendHoldSeconds before failing the C-STORE. Meanwhile nothing more
+        is read from the modality (its socket fills, TCP holds it back), so holding costs
+        no memory; the number of associations held per pool is bounded."""
+        loop = asyncio.get_running_loop()
+        network, relay = self.network, self.relay
+        deadline = loop.time() + network.bound_backend_hold_seconds
+        if network.bound_backend_hold_seconds <= 0 or relay.held[self.pool_id] >= network.max_held_associations:
+            raise _Failed(first.status, first.comment, backend_id) from None
+        relay.held[self.pool_id] += 1
+        relay.telemetry.held()
+        logger.warning("pool=%s calling_ae=%s source_ip=%s: %s; holding the association up to %.0fs for it",
+                       self.pool_id, self.calling_ae, self.source_ip, first.comment,
+                       network.bound_backend_hold_seconds)
+        last = first
+        try:
+            while loop.time() < deadline:
+                await asyncio.sleep(min(HOLD_RETRY_SECONDS, max(0.0, deadline - loop.time())))
+                try:
+                    link = await self.link_to(backend_id)
+                except OutboundUnavailable as exc:
+                    last = exc
+                    continue
+                logger.info("pool=%s calling_ae=%s: backend %s reachable again after %.1fs; relaying",
+                            self.pool_id, self.calling_ae, backend_id,
+                            network.bound_backend_hold_seconds - (deadline - loop.time()))
+                return link
+        finally:
+            relay.held[self.pool_id] -= 1
+        raise _Failed(last.status, last.comment, backend_id)
+
+    async def link_to(self, backend_id: str) -> BackendLink:
+        """This association's link to ``backend_id``, opened when needed. Raises OutboundUnavailable."""
         link = self.links.get(backend_id)
         if link is None or not link.usable:
             self.links.pop(backend_id, None)
@@ -334,8 +395,17 @@ class InboundAssociation:
                 link = await self.relay.open_link(self, backend_id)
             except OutboundUnavailable as exc:
                 logger.error("pool=%s calling_ae=%s: %s", self.pool_id, self.calling_ae, exc.comment)
-                raise _Failed(exc.status, exc.comment, backend_id) from None
+                raise
+            link.on_request = lambda link: self.relay.spawn(self.operations.relay_unsolicited(link))
             self.links[backend_id] = link
+        return link
+
+    async def _link(self, backend_id: str, context_id: int) -> BackendLink:
+        """As link_to, for a C-STORE, riding out a short backend outage. Raises _Failed."""
+        try:
+            link = await self.link_to(backend_id)
+        except OutboundUnavailable as exc:
+            link = await self._hold_for(backend_id, exc)
         if context_id not in link.accepted.contexts:
             comment = f"backend {backend_id} refused SOP class/syntax"
             logger.error("pool=%s calling_ae=%s: %s (%s in %s)", self.pool_id, self.calling_ae, comment,
@@ -384,7 +454,7 @@ class InboundAssociation:
             raise
         finally:
             if link.usable:
-                link.unclaim(idle_seconds=self.network.outbound_idle_seconds, on_idle=self._link_idle)
+                link.unclaim(idle_seconds=self.network.outbound_idle_seconds, on_idle=self.link_idle)
 
     async def _drain(self, link: BackendLink) -> None:
         try:
@@ -419,7 +489,7 @@ class InboundAssociation:
             if rsp.has_data_set:
                 await link.stream.skip_data_set(rsp_context, self.network.dimse_timeout_seconds)
 
-    def _link_idle(self, link: BackendLink) -> None:
+    def link_idle(self, link: BackendLink) -> None:
         if self.links.get(link.backend.id) is link:
             del self.links[link.backend.id]
         self.relay.spawn(link.release(self.network.release_timeout_seconds))

@@ -52,6 +52,9 @@ class BackendLink:
         self.stream = MessageStream(conn, accepted.contexts)
         self.closing = False
         self._idle_timer: asyncio.TimerHandle | None = None
+        # Called (with this link, already claimed) when the backend sends a request of its
+        # own with no operation in flight: an N-EVENT-REPORT after an N-ACTION-RSP.
+        self.on_request: Callable[[BackendLink], object] | None = None
         conn.idle_handler = self._while_idle
 
     @classmethod
@@ -122,8 +125,15 @@ class BackendLink:
             on_idle(self)
 
     def _while_idle(self, conn: PduConnection) -> None:
-        """PDUs from the backend while nobody waits for one: its own release or abort."""
-        while (got := conn.pop()) is not None:
+        """PDUs from the backend while nobody waits for one: its own release or abort, or a
+        request of its own (handed to ``on_request``, which reads it from the link)."""
+        while conn.ready:
+            if conn.ready[0].type == pdu.P_DATA_TF and self.on_request is not None and self.usable:
+                self.claim()
+                self.on_request(self)
+                return
+            got = conn.pop()
+            assert got is not None
             if got.type == pdu.A_RELEASE_RQ_TYPE:
                 logger.info("backend %s released an idle association itself", self.backend.id)
                 conn.write(pdu.release_rp())

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from routing.dicom import negotiation, netopts
+from routing.relay import locator
 from routing.relay.connection import PduConnection
 from routing.relay.inbound import InboundAssociation
 from routing.relay.outbound import HANDSHAKE_PDU_LIMIT, BackendAddress, BackendLink
@@ -66,6 +67,8 @@ class NetworkSettings:
     release_timeout_seconds: float
     outbound_idle_seconds: float
     header_hold_bytes: int
+    bound_backend_hold_seconds: float
+    max_held_associations: int
 
 
 class Route(Protocol):
@@ -75,12 +78,17 @@ class Route(Protocol):
 
 
 class Placement(Protocol):
-    """What the relay needs of routing (``routing.router.Router``)."""
+    """What the relay needs of routing (``routing.router.Router``). ``submit*`` return
+    concurrent futures answered on the router's thread; ``instance_backends`` blocks."""
 
     def route_cached(self, *, pool_id: str, study_uid: str) -> Route | None: ...
-    def submit(self, *, pool_id: str, study_uid: str) -> Any: ...  # concurrent.futures.Future[Route]
+    def submit(self, *, pool_id: str, study_uid: str) -> Any: ...
+    def submit_lookup(self, *, pool_id: str, study_uid: str) -> Any: ...
     def note_sent(self, backend_id: str) -> None: ...
     def touch(self, pool_id: str, study_uid: str) -> None: ...
+    def note_instance(self, *, pool_id: str, sop_instance_uid: str, backend_id: str, study_uid: str) -> None: ...
+    def instance_backends(self, *, pool_id: str, sop_instance_uids: list[str]) -> dict[str, str]: ...
+    def healthy_backends(self, pool_id: str) -> list[str]: ...
     def address(self, backend_id: str) -> BackendAddress: ...
 
 
@@ -110,6 +118,7 @@ class Relay:
         self.stopping = False
         self.accepting = False
         self._idle = asyncio.Event()
+        self.held: Counter[str] = Counter()  # pool -> associations waiting for an unreachable backend
 
     # -- listening ------------------------------------------------------------------------
     async def start(self, sockets: Mapping[str, socket.socket]) -> None:
@@ -244,6 +253,24 @@ class Relay:
         if route is not None:
             return route
         return await asyncio.wrap_future(self.placement.submit(pool_id=pool_id, study_uid=study_uid))
+
+    async def bound_backend(self, pool_id: str, study_uid: str) -> str | None:
+        """The backend a study is bound to, if any (never binds it)."""
+        found: str | None = await asyncio.wrap_future(self.placement.submit_lookup(pool_id=pool_id,
+                                                                                   study_uid=study_uid))
+        return found
+
+    async def instance_backends(self, pool_id: str, sop_instance_uids: list[str]) -> dict[str, str]:
+        return await asyncio.get_running_loop().run_in_executor(
+            None, lambda: self.placement.instance_backends(pool_id=pool_id, sop_instance_uids=sop_instance_uids))
+
+    async def locate(self, pool_id: str, *, calling_ae: str, study_uid: str,
+                     patient_id: str) -> tuple[list[str], list[str]]:
+        """Which healthy backends hold the study (or the patient): (holders, silent ones)."""
+        backends = [self.placement.address(b) for b in self.placement.healthy_backends(pool_id)]
+        return await asyncio.get_running_loop().run_in_executor(
+            None, lambda: locator.locate(backends, calling_ae=calling_ae, study_uid=study_uid, patient_id=patient_id,
+                                         timeout=self.network.acse_timeout_seconds))
 
     async def open_link(self, assoc: InboundAssociation, backend_id: str) -> BackendLink:
         backend = self.placement.address(backend_id)

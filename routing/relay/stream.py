@@ -79,6 +79,11 @@ class MessageStream:
     def between_messages(self) -> bool:
         return not self._pdvs
 
+    @property
+    def has_input(self) -> bool:
+        """Something to read without waiting (or the connection's end to report)."""
+        return bool(self._pdvs) or bool(self.conn.ready) or self.conn.error is not None
+
     async def read_command(self, timeout: float | None) -> tuple[int, commands.Command]:
         """The next message's command set: (presentation context ID, Command)."""
         first = await self._next_pdv(timeout)
@@ -121,6 +126,19 @@ class MessageStream:
             raise ProtocolError(f"{'command' if pdv.is_command else 'data'} fragment on context "
                                 f"{pdv.context_id} inside a data set on context {context_id}")
         return Piece(pdv.data, pdv.is_last)
+
+    async def read_data_set(self, context_id: int, timeout: float | None, *, limit: int) -> bytes:
+        """A whole (small) data set: a query identifier, an action's or event's information.
+        Raises ProtocolError past ``limit`` bytes."""
+        parts, size = [], 0
+        while True:
+            piece = await self.next_piece(context_id, timeout)
+            parts.append(bytes(piece.data))
+            size += len(piece.data)
+            if size > limit:
+                raise ProtocolError(f"data set of a query or notification longer than {limit} bytes")
+            if piece.last:
+                return b"".join(parts)
 
     async def skip_data_set(self, context_id: int, timeout: float | None) -> int:
         """Read and drop the rest of a data set; returns the bytes dropped."""

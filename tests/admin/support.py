@@ -9,7 +9,7 @@ from typing import Any
 
 import requests
 
-from tests.harness import BackendHandle, wait_for
+from tests.harness import BackendHandle, clean_database, wait_for  # noqa: F401  (re-exported)
 
 PASSWORD = "correct-horse-battery"
 
@@ -19,15 +19,6 @@ class ApiUser:
     username: str
     password: str
     token: str
-
-
-def clean_database() -> None:
-    """What the `db` fixture does, for fixtures shared by a module's tests."""
-    from django.apps import apps
-
-    for app in ("routing", "affinity", "health", "pools"):
-        for model in apps.get_app_config(app).get_models():
-            model.objects.all().delete()
 
 
 def api_user() -> ApiUser:
