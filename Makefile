@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 APT_PACKAGES := $(shell grep -v '^\#' requirements/apt.txt)
 export SYNTHIQ_ALLOW_DEV_KEY ?= 1
 
-.PHONY: setup deps apt migrate run test check test-sqlite test-postgres bench lint clean
+.PHONY: setup deps apt migrate run test check test-sqlite test-postgres bench soak lint clean
 
 setup: deps apt migrate
 
@@ -56,6 +56,10 @@ test-postgres: deps
 
 bench: setup
 	$(PY) -m bench.run $(BENCH_ARGS)
+
+# A steady mixed load for 30 minutes; fails if runproxy's RSS, fds or tasks keep growing.
+soak: setup
+	$(PY) -m bench.soak $(SOAK_ARGS)
 
 lint: check
 

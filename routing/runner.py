@@ -108,6 +108,7 @@ class ProxyRunner:
         self.say = say
         self.grace_seconds = grace_seconds
         self.stopping = threading.Event()
+        self.tasks_now = 0
 
     def run(self, *, workers: int, http: str | None) -> None:
         """Start up (see the module docstring) and serve until SIGTERM/SIGINT."""
@@ -239,6 +240,7 @@ class ProxyRunner:
                   self._every(PUBLISH_SECONDS, executor, self.publish)]
         if purge:
             chores.append(self._every(BINDING_PURGE_SECONDS, executor, self.purge, first=5.0))
+        chores.append(self._count_tasks())
         tasks = [asyncio.ensure_future(chore) for chore in chores]
         try:
             await stop.wait()
@@ -257,6 +259,12 @@ class ProxyRunner:
         logger.info("signal %s: stopping", signal.Signals(sig).name)
         self.stopping.set()
         stop.set()
+
+    async def _count_tasks(self) -> None:
+        """How many asyncio tasks this worker runs (published: a leak shows as growth)."""
+        while True:
+            self.tasks_now = len(asyncio.all_tasks())
+            await asyncio.sleep(PUBLISH_SECONDS)
 
     @staticmethod
     async def _every(seconds: float, executor: ThreadPoolExecutor, chore: Callable[[], None],
@@ -315,6 +323,7 @@ class ProxyRunner:
                 "pending_bindings": self.bindings.pending_writes(),
                 "pending_connections": self.relay.pending_connections,
                 "held_associations": sum(self.relay.held.values()),
+                "tasks": self.tasks_now,
             } | self.heartbeat_status(),
             listeners=[{"pool": p.id, "ae_title": p.ae_title, "port": p.port,
                         "accepting": self.relay.accepting} for p in self.relay.pools],
