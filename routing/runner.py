@@ -42,7 +42,7 @@ from routing.dicom.services import SERVICE_CLASSES, VERIFICATION
 from routing.relay.server import NetworkSettings, PoolListener, Relay
 from routing.router import Router
 from routing.services import routing_activity_purge
-from routing.syntax_probe import PoolAbilities, probe_pool
+from routing.syntax_probe import Abilities, PoolAbilities, pool_abilities, probe_backend
 from routing.telemetry import Telemetry
 from routing.workers import Workers
 
@@ -109,6 +109,7 @@ class ProxyRunner:
         self.grace_seconds = grace_seconds
         self.stopping = threading.Event()
         self.tasks_now = 0
+        self.relay: Relay | None = None
 
     def run(self, *, workers: int, http: str | None) -> None:
         """Start up (see the module docstring) and serve until SIGTERM/SIGINT."""
@@ -134,7 +135,12 @@ class ProxyRunner:
             self.heartbeats.run_once()
         else:
             logger.info("heartbeats come from Celery beat (CELERY_BROKER_URL is set)")
-        self.abilities = self.probe_backends()
+        self.probe_router = Router(bindings=Bindings(window_hours=self.config.study_cache_window_hours),
+                                   heartbeat_timeout=self.config.heartbeat_timeout_seconds)
+        self.probe_router.refresh(pool_ids=self.pool_ids)
+        self.backend_abilities: dict[str, Abilities | None] = {}
+        self.probed_healthy: dict[str, bool] = {}
+        self.abilities = {pool.id: self.probe_pool(pool, self.probe_router) for pool in self.config.pools}
         if workers == 1:
             self.serve_here(sockets, http)
         else:
@@ -144,15 +150,35 @@ class ProxyRunner:
         logger.info("signal %s: stopping", signal.Signals(signum).name)
         self.stopping.set()
 
-    def probe_backends(self) -> dict[str, PoolAbilities]:
-        router = Router(bindings=Bindings(window_hours=self.config.study_cache_window_hours),
-                        heartbeat_timeout=self.config.heartbeat_timeout_seconds)
-        router.refresh(pool_ids=self.pool_ids)
-        return {
-            pool.id: probe_pool(pool_id=pool.id, calling_ae=pool.ae_title,
-                                backends=[router.address(s.id) for s in router.states(pool.id) if s.enabled])
-            for pool in self.config.pools
-        }
+    def probe_pool(self, pool: PoolConfig, router: Router, *, only_new: bool = False) -> PoolAbilities:
+        """Ask the pool's enabled backends what they accept. With ``only_new``, ask again
+        only those that came back healthy since they were last asked, or could not be
+        asked; returns the pool's abilities (unchanged ones included)."""
+        for state in router.states(pool.id):
+            if not state.enabled:
+                continue
+            came_back = state.healthy and not self.probed_healthy.get(state.id, False)
+            if not only_new or came_back or (state.healthy and self.backend_abilities.get(state.id) is None):
+                if only_new:
+                    logger.info("backend %s is healthy again: asking what it accepts", state.id)
+                self.backend_abilities[state.id] = probe_backend(calling_ae=pool.ae_title,
+                                                                 backend=router.address(state.id))
+            self.probed_healthy[state.id] = state.healthy
+        enabled = [s.id for s in router.states(pool.id) if s.enabled]
+        return pool_abilities(pool_id=pool.id, found=[self.backend_abilities.get(b) for b in enabled])
+
+    def reprobe(self) -> None:
+        """Backends that came back get asked again; the relay negotiates with what they say."""
+        for pool in self.config.pools:
+            states = self.router.states(pool.id)
+            if not any(s.enabled and s.healthy and (not self.probed_healthy.get(s.id, False)
+                                                     or self.backend_abilities.get(s.id) is None) for s in states):
+                for s in states:
+                    self.probed_healthy[s.id] = s.healthy
+                continue
+            self.abilities[pool.id] = self.probe_pool(pool, self.router, only_new=True)
+            self.relay.syntax_ranks[pool.id] = self.abilities[pool.id].ranks
+            self.relay.services[pool.id] = self.services_passed(pool)
 
     def services_passed(self, pool: PoolConfig) -> tuple[str, ...]:
         """C-ECHO, plus each switched-on service class that at least one backend offers."""
@@ -286,6 +312,8 @@ class ProxyRunner:
         except Exception as exc:  # a database outage must not stop routing
             logger.warning("snapshot refresh failed, routing on the last one: %s", exc)
         self.bindings.flush()
+        if self.relay is not None:
+            self.reprobe()
 
     def heartbeat_status(self) -> dict:
         """Stale heartbeats (no round for three intervals: beat dead, worker gone) are

@@ -84,9 +84,8 @@ def probe_backend(*, calling_ae: str, backend: BackendAddress, timeout: float = 
     return abilities
 
 
-def probe_pool(*, pool_id: str, calling_ae: str, backends: list[BackendAddress]) -> PoolAbilities:
-    """What the pool's backends accept, together."""
-    found = [probe_backend(calling_ae=calling_ae, backend=b) for b in backends]
+def pool_abilities(*, pool_id: str, found: list[Abilities | None]) -> PoolAbilities:
+    """What the pool's backends accept, together (None: a backend that could not be asked)."""
     ranks = syntax_ranks(a.syntaxes if a else None for a in found)
     services = frozenset(s for a in found if a for s in a.services)
     logger.info("pool=%s transfer syntaxes accepted by its backends: %s; services: %s", pool_id,

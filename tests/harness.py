@@ -112,6 +112,7 @@ class Cluster:
 
     def proxy(self, config: dict[str, Any], *, name: str = "runproxy", http: bool = False,
               extra_env: dict[str, str] | None = None, max_file_bytes: int | None = None,
+              open_files: int | None = None,
               extra_args: list[str] | None = None) -> ProxyHandle:
         path = self.tmp / f"{name}.json"
         path.write_text(json.dumps(config))
@@ -124,6 +125,7 @@ class Cluster:
         env = self.env | (extra_env or {})
         m = self._managed(name, argv, "runproxy ready", env)
         m.max_file_bytes = max_file_bytes
+        m.open_files = open_files
         m.start()
         return ProxyHandle(pool["Port"], pool["AeTitle"], path, m, http_port)
 

@@ -154,7 +154,7 @@ class InboundAssociation:
             self.conn.send_and_close(negotiation.reject(reason), linger=ABORT_LINGER_SECONDS)
             return False
         accepted = negotiation.accept(rq, ae_title=self.listener.ae_title, max_pdu=self.network.max_pdu_bytes,
-                                      services=self.listener.services,
+                                      services=self.relay.services[self.pool_id],
                                       ranks=self.relay.syntax_ranks.get(self.pool_id))
         self.rq, self.contexts = rq, dict(accepted.contexts)
         self.stream = MessageStream(self.conn, self.contexts)

@@ -94,10 +94,27 @@ class Placement(Protocol):
 
 @dataclass
 class _Pending:
-    """Connections accepted but not yet associated, in total and per source address."""
+    """Connections accepted but not yet associated, oldest first, and per source address."""
 
-    total: int = 0
+    order: dict[InboundAssociation, None] = field(default_factory=dict)
     by_address: Counter[str] = field(default_factory=Counter)
+
+    @property
+    def total(self) -> int:
+        return len(self.order)
+
+    def add(self, assoc: InboundAssociation) -> None:
+        self.order[assoc] = None
+        self.by_address[assoc.source_ip] += 1
+
+    def remove(self, assoc: InboundAssociation) -> bool:
+        if assoc not in self.order:
+            return False
+        del self.order[assoc]
+        self.by_address[assoc.source_ip] -= 1
+        if self.by_address[assoc.source_ip] <= 0:
+            del self.by_address[assoc.source_ip]
+        return True
 
 
 class Relay:
@@ -108,6 +125,8 @@ class Relay:
         self.placement = placement
         self.telemetry = telemetry
         self.syntax_ranks = dict(syntax_ranks or {})
+        # What each pool passes besides storage (runproxy updates it when a backend comes back).
+        self.services = {pool.id: pool.services for pool in pools}
         self._listening: dict[str, socket.socket] = {}
         self.associations: set[InboundAssociation] = set()
         self._established: set[InboundAssociation] = set()
@@ -175,14 +194,15 @@ class Relay:
                              on_open=lambda conn: self._opened(pool, conn))
 
     def _opened(self, pool: PoolListener, conn: PduConnection) -> None:
-        """A TCP connection was accepted: count it as pending, or refuse it at once."""
+        """A TCP connection was accepted: count it as pending, or refuse it at once. When
+        the pending total is full, the oldest connection still negotiating makes room: a
+        real modality negotiates in milliseconds, so what has been silent longest is what
+        a flood left behind, and a new caller always gets its chance."""
         address = conn.peer[0]
         pending = self._pending
         kind = why = ""
         if self.stopping:
             kind = why = "stopping"
-        elif pending.total >= self.network.max_pending_associations:
-            kind, why = "pending", f"{pending.total} connections still negotiating (Network.MaxPendingAssociations)"
         elif pending.by_address[address] >= self.network.max_pending_per_address:
             kind, why = f"pending {address}", (f"{pending.by_address[address]} connections from {address} still "
                                                "negotiating (Network.MaxPendingPerAddress)")
@@ -192,16 +212,23 @@ class Relay:
             self.telemetry.connection_refused()
             conn.abort_transport()
             return
-        pending.total += 1
-        pending.by_address[address] += 1
+        if pending.total >= self.network.max_pending_associations:
+            oldest = next(iter(pending.order))
+            pending.remove(oldest)
+            self._log_refusal("evicted", f"pool={pool.id}: {pending.total + 1} connections still negotiating "
+                                         f"(Network.MaxPendingAssociations): the oldest, from {oldest.source_ip}, "
+                                         f"closed to make room (repeats within {REFUSAL_LOG_SECONDS:.0f}s not logged)")
+            self.telemetry.connection_refused()
+            oldest.conn.abort_transport()
         if pool.tls is not None and conn.transport is not None:
             conn.transport.pause_reading()  # the TLS handshake reads first (start_tls resumes)
         assoc = InboundAssociation(self, pool, conn)
+        pending.add(assoc)
         self.associations.add(assoc)
         deadline = asyncio.get_running_loop().time() + self.network.handshake_timeout_seconds
         task = self.spawn(assoc.run(deadline))
         assoc.task = task
-        task.add_done_callback(lambda _: self._ended(assoc, address))
+        task.add_done_callback(lambda _: self._ended(assoc))
 
     def _log_refusal(self, kind: str, line: str) -> None:
         now = time.monotonic()
@@ -211,22 +238,13 @@ class Relay:
 
     def established(self, assoc: InboundAssociation) -> None:
         """``assoc`` finished negotiation: it leaves the pending count for the established one."""
-        self._unpend(assoc.source_ip)
+        self._pending.remove(assoc)
         self._established.add(assoc)
 
-    def _unpend(self, address: str) -> None:
-        pending = self._pending
-        pending.total -= 1
-        pending.by_address[address] -= 1
-        if pending.by_address[address] <= 0:
-            del pending.by_address[address]
-
-    def _ended(self, assoc: InboundAssociation, address: str) -> None:
+    def _ended(self, assoc: InboundAssociation) -> None:
         self.associations.discard(assoc)
-        if assoc in self._established:
-            self._established.discard(assoc)
-        else:
-            self._unpend(address)
+        self._established.discard(assoc)
+        self._pending.remove(assoc)
         self.operation_done()
 
     def has_room(self) -> bool:

@@ -194,6 +194,7 @@ def serve(
     store_dir: Path | None,
     knobs: dict[str, Any],
     announce: Callable[[str], None],
+    max_pdu: int = 262144,
 ) -> None:
     """Run a simulated backend until SIGTERM or SIGINT; ``announce`` gets the ready line."""
     _config.UNRESTRICTED_STORAGE_SERVICE = True  # take any storage SOP class, private ones too
@@ -204,7 +205,7 @@ def serve(
     backend = SimulatedBackend(store_dir=store_dir, knobs=knobs)
     ae = AE(ae_title=ae_title)
     ae.maximum_associations = 64
-    ae.maximum_pdu_size = 262144
+    ae.maximum_pdu_size = max_pdu  # 0: "no limit", as some PACS announce
     ae.dimse_timeout = ae.network_timeout = 600
     ae.add_supported_context(Verification)
     server = ae.start_server(

@@ -83,6 +83,8 @@ class Managed:
     # Largest file the process may write (RLIMIT_FSIZE): past it writes fail with EFBIG,
     # as on a full disk (Python ignores SIGXFSZ).
     max_file_bytes: int | None = None
+    # Soft limit of open files the process starts with (e.g. the common 1,024).
+    open_files: int | None = None
 
     def start(self, *, timeout: float = 30) -> Managed:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -98,10 +100,13 @@ class Managed:
         return self
 
     def _limits(self) -> None:
-        if self.max_file_bytes is not None:
-            import resource
+        import resource
 
+        if self.max_file_bytes is not None:
             resource.setrlimit(resource.RLIMIT_FSIZE, (self.max_file_bytes, self.max_file_bytes))
+        if self.open_files is not None:
+            _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+            resource.setrlimit(resource.RLIMIT_NOFILE, (self.open_files, hard))
 
     def _ready(self) -> bool:
         if self.proc and self.proc.poll() is not None:

@@ -74,3 +74,23 @@ def test_relaying_a_512_mib_instance_keeps_runproxy_under_200_mb_and_byte_exact(
     received = [digest for sops in holdings.values() for digest in sops.values()]
     assert received == [sent_digest], "the backend did not receive the bytes that were sent"
     assert peak < PEAK_RSS_LIMIT_MB, f"runproxy peaked at {peak:.0f} MB relaying a 512 MiB instance"
+
+
+def test_a_backend_announcing_no_pdu_limit_takes_a_1_gib_instance_in_bounded_pieces(cluster, tmp_path):
+    """Max PDU 0 means "no limit": SynthIQ still sends it PDUs of at most 1 MiB, so the
+    1 GiB instance never becomes one PDU in runproxy's memory (the store-then-forward
+    build held it whole: 709 MB RSS for 200 MiB)."""
+    backend = cluster.backend("node-a", max_pdu=0)
+    proxy = cluster.proxy(cluster.config([backend]))
+    folder = tmp_path / "big"
+    folder.mkdir()
+    sent_digest = write_large_instance(folder / "big.dcm", pixel_bytes=(1 << 30) - 2)
+    done = subprocess.run(
+        [PYTHON, "manage.py", "loadtest", "--port", str(proxy.port), "--called-ae", proxy.ae_title, "--folder",
+         str(folder), "--associations", "1", "--split", "1", "--no-progress", "--sender", "storescu"],
+        cwd=ROOT, env=cluster.env, capture_output=True, text=True, timeout=300)
+    peak = vm_hwm_mb(proxy.process.proc.pid)
+    print(f"runproxy peak RSS {peak:.0f} MB relaying 1 GiB to a max-PDU-0 backend")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert [d for sops in backend.holdings().values() for d in sops.values()] == [sent_digest]
+    assert peak < PEAK_RSS_LIMIT_MB, f"runproxy peaked at {peak:.0f} MB"

@@ -208,3 +208,30 @@ def test_nothing_is_spooled_an_instance_larger_than_any_file_runproxy_may_write_
     assert sent.status == 0x0000
     held = [digest for study in backend.holdings().values() for digest in study.values()]
     assert held == [dataset_digest(big[0])]
+
+
+def test_a_backend_down_at_start_is_asked_what_it_accepts_when_it_comes_back(cluster, tmp_path):
+    from pydicom import dcmread
+    from pydicom.uid import JPEG2000, ExplicitVRLittleEndian
+    from pynetdicom import AE, build_context
+
+    from tests.harness import free_port, start_storescp, wait_for
+
+    port = free_port()
+    proxy = cluster.proxy(cluster.config([{"Id": "pacs", "AeTitle": "PACS", "Host": "127.0.0.1", "Port": port,
+                                           "Health": {"Mode": "liveness", "Probe": "tcp"}}]))
+    assert "transfer syntaxes accepted by its backends: unknown" in proxy.process.log()
+    start_storescp(cluster, ae_title="PACS", port=port)
+    wait_for(lambda: "backend pacs is healthy again: asking what it accepts" in proxy.process.log(), timeout=15,
+             what="runproxy to probe the backend that came back")
+    wait_for(lambda: "transfer syntaxes accepted by its backends: {" in proxy.process.log(), timeout=15,
+             what="the probe's answer")
+    _, [path] = write_study(tmp_path / "s", count=1)
+    ae = AE(ae_title="MODALITY")
+    assoc = ae.associate("127.0.0.1", proxy.port, ae_title="SYNTHIQ",
+                         contexts=[build_context("1.2.840.10008.5.1.4.1.1.2", [JPEG2000, ExplicitVRLittleEndian])])
+    try:
+        assert [cx.transfer_syntax[0] for cx in assoc.accepted_contexts] == [ExplicitVRLittleEndian]
+        assert assoc.send_c_store(dcmread(path)).Status == 0x0000
+    finally:
+        assoc.release()

@@ -23,6 +23,8 @@ class Command(BaseCommand):
         parser.add_argument("--capacity", type=int, default=50)
         parser.add_argument("--status", default="0x0000", help="forced C-STORE status, hex")
         parser.add_argument("--error-comment", default="")
+        parser.add_argument("--max-pdu", type=int, default=262144,
+                            help="the max PDU length this backend announces (0: no limit)")
 
     def handle(self, *args, **o):
         knobs = {
@@ -42,4 +44,5 @@ class Command(BaseCommand):
             store_dir=Path(o["store_dir"]) if o["store_dir"] else None,
             knobs=knobs,
             announce=announce,
+            max_pdu=o["max_pdu"],
         )
