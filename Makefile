@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 APT_PACKAGES := $(shell grep -v '^\#' requirements/apt.txt)
 export SYNTHIQ_ALLOW_DEV_KEY ?= 1
 
-.PHONY: setup deps apt migrate run test check test-sqlite test-postgres bench soak lint clean
+.PHONY: setup deps apt migrate run test check test-sqlite test-postgres bench soak chaos lint clean
 
 setup: deps apt migrate
 
@@ -56,6 +56,14 @@ test-postgres: deps
 
 bench: setup
 	$(PY) -m bench.run $(BENCH_ARGS)
+
+# The fault campaign (docs/reliability.md): >= 1,200 ledgered C-STOREs under faults and
+# 20 runproxy restarts, 10,000 hypothesis PDU sequences against a live runproxy, and the
+# protocol decoders under atheris for a minute. Needs root (network namespace, iptables).
+chaos: setup
+	$(PY) -m bench.chaos $(CHAOS_ARGS)
+	SYNTHIQ_FUZZ_EXAMPLES=10000 SYNTHIQ_TEST_DB=sqlite $(PY) -m pytest -q -s tests/routing/test_fuzz_pdus.py
+	mkdir -p var/fuzz-corpus && $(PY) -m bench.fuzz_decoders -max_total_time=60 -rss_limit_mb=2048 var/fuzz-corpus
 
 # A steady mixed load for 30 minutes; fails if runproxy's RSS, fds or tasks keep growing.
 soak: setup

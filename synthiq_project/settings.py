@@ -164,6 +164,7 @@ LOGGING = {
     },
     "loggers": {
         "synthiq": {"handlers": ["console", "file"], "level": LOG_LEVEL, "propagate": False},
-        "pynetdicom": {"handlers": ["console", "file"], "level": "WARNING", "propagate": False},
+        # pynetdicom logs its own tracebacks on hostile input; SynthIQ logs what it sees itself.
+        "pynetdicom": {"handlers": ["console", "file"], "level": "CRITICAL", "propagate": False},
     },
 }

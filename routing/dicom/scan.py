@@ -255,12 +255,12 @@ class HeaderScanner:
 
         try:
             ds = read_dataset(io.BytesIO(bytes(self._prefix)), self.implicit, self.little,
-                              stop_when=stop_when, defer_size=4096, specific_tags=sorted(self.wanted))
+                              stop_when=stop_when, specific_tags=sorted(self.wanted))
             found = {tag: str(ds[tag].value).strip("\x00 ") for tag in self.wanted
                      if tag in ds and ds[tag].value not in (None, "")}
-        except (EOFError, ValueError, OSError, struct.error, NotImplementedError, KeyError) as exc:
+        except Exception as exc:  # pydicom raises many types on bytes that are not DICOM
             if last:
-                raise HeaderError(f"data set header unreadable ({why}): {exc}") from exc
+                raise HeaderError(f"data set header unreadable ({why}): {type(exc).__name__}: {exc}") from exc
             return None  # most likely an element cut short: wait for more
         if not passed and not last:
             return None

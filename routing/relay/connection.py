@@ -235,8 +235,8 @@ class PduConnection(asyncio.BufferedProtocol):
         ``linger`` seconds. Closing at once with unread bytes would make the kernel
         reset the connection, and the peer might never read the A-ABORT."""
         transport = self.transport
-        if transport is None or transport.is_closing():
-            return
+        if transport is None or transport.is_closing() or self._discarding:
+            return  # already closing (or already said its last words)
         transport.write(last_words)
         self._discarding = True
         self.ready.clear()
@@ -246,7 +246,11 @@ class PduConnection(asyncio.BufferedProtocol):
         if not transport.can_write_eof():
             transport.close()
             return
-        transport.write_eof()
+        try:
+            transport.write_eof()
+        except OSError:  # the peer is gone already (reset): nothing to linger for
+            transport.abort()
+            return
         asyncio.get_running_loop().call_later(linger, self.close)
 
     @property

@@ -38,6 +38,7 @@ class SimulatedBackend:
     """What one simulated node holds and how it answers, driven by ``knobs``."""
 
     def __init__(self, *, store_dir: Path | None, knobs: dict[str, Any]):
+        self.ae: AE | None = None  # set by serve(): the "reject" knob reconfigures it
         self.store_dir = store_dir
         self.knobs = knobs
         self.lock = threading.Lock()
@@ -173,6 +174,9 @@ def http_handler(backend: SimulatedBackend) -> type[BaseHTTPRequestHandler]:
             except (ValueError, AttributeError) as exc:
                 return self._json(400, {"error": str(exc)})
             backend.knobs.update(update)
+            if "reject" in update and backend.ae is not None:
+                # Refuse every association (A-ASSOCIATE-RJ, calling AE not recognised) while set.
+                backend.ae.require_calling_aet = ["NOBODY-AT-ALL"] if update["reject"] else []
             return self._json(200, backend.knobs)
 
         def do_DELETE(self):
@@ -204,6 +208,7 @@ def serve(
         store_dir.mkdir(parents=True, exist_ok=True)  # /api/health reports its free space
     backend = SimulatedBackend(store_dir=store_dir, knobs=knobs)
     ae = AE(ae_title=ae_title)
+    backend.ae = ae
     ae.maximum_associations = 64
     ae.maximum_pdu_size = max_pdu  # 0: "no limit", as some PACS announce
     ae.dimse_timeout = ae.network_timeout = 600
