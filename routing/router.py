@@ -141,6 +141,7 @@ class Router:
         if sends is None:
             sends = self._sends[backend_id] = deque(maxlen=SENDS_REMEMBERED)
         sends.append(time.time())
+        self._sent_since_report(backend_id)  # drops what the last report covers: memory stays flat
 
     def touch(self, pool_id: str, study_uid: str) -> None:
         self.bindings.touch((pool_id, study_uid))
