@@ -8,6 +8,13 @@ several syntaxes for a context, SynthIQ then prefers one the backends take
 front of a pool that only stores uncompressed data is steered to uncompressed at
 association time instead of failing every C-STORE afterwards.
 
+Then it learns how each backend chooses: every pair of the syntaxes it accepts is proposed
+in both orders (one presentation context each). A backend that takes the same syntax both
+ways chooses by a preference of its own (DCMTK-based PACS such as Orthanc take
+uncompressed over the requestor's first choice); that syntax wins the pair. SynthIQ then
+chooses for the modality as the pool's backends would, so a backend receives the same
+encoding through SynthIQ as from a direct send (the interop matrix checks this twin by twin).
+
 The probe is a plain SCU, so it uses pynetdicom's threaded AE; runproxy runs it before
 it starts serving.
 """
@@ -15,13 +22,15 @@ it starts serving.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 
 from pydicom import uid
 from pynetdicom import AE, build_context
+from pynetdicom.presentation import PresentationContext
 from pynetdicom.sop_class import CTImageStorage  # type: ignore[attr-defined]
 
-from routing.dicom.negotiation import syntax_ranks
+from routing.dicom.negotiation import Rank, syntax_ranks
 from routing.dicom.netopts import client_tls
 from routing.dicom.services import PASSED
 from routing.relay.outbound import BackendAddress
@@ -51,43 +60,78 @@ CANDIDATES = [
 class Abilities:
     syntaxes: frozenset[str]  # transfer syntaxes accepted for CT Image Storage
     services: frozenset[str]  # passed service SOP classes accepted (routing.dicom.services.PASSED)
+    wins: dict[str, int] = field(default_factory=dict)  # syntax -> pairs it won by the backend's own choice
 
 
 @dataclass(frozen=True)
 class PoolAbilities:
-    ranks: dict[str, int]  # transfer syntax -> how many backends accept it
+    ranks: dict[str, Rank]  # transfer syntax -> (backends accepting it, pairwise choices it won)
     services: frozenset[str]  # service SOP classes at least one backend accepts
 
 
+CONTEXTS_PER_ASSOCIATION = 128  # presentation context ids are the odd numbers 1..255
+
+
+class _Asker:
+    """Associations to one backend, each proposing a list of presentation contexts."""
+
+    def __init__(self, *, calling_ae: str, backend: BackendAddress, timeout: float):
+        self.ae = AE(ae_title=calling_ae)
+        self.ae.acse_timeout = self.ae.dimse_timeout = self.ae.network_timeout = timeout
+        self.ae.connection_timeout = timeout
+        self.backend = backend
+
+    def accepted(self, contexts: list[PresentationContext]) -> list[PresentationContext] | None:
+        """The accepted contexts, in the order proposed; None if the backend cannot be asked."""
+        b = self.backend
+        tls_args = (client_tls(b.tls), b.host) if b.tls else None
+        try:
+            assoc = self.ae.associate(b.host, b.port, ae_title=b.ae_title, tls_args=tls_args, contexts=contexts)
+        except Exception as exc:  # a probe must never stop the proxy from starting
+            logger.warning("probe of %s at %s:%d failed: %s", b.id, b.host, b.port, exc)
+            return None
+        if not assoc.is_established:
+            return None
+        accepted = sorted(assoc.accepted_contexts, key=lambda cx: cx.context_id or 0)
+        assoc.release()
+        return accepted
+
+
 def probe_backend(*, calling_ae: str, backend: BackendAddress, timeout: float = 10) -> Abilities | None:
-    """What a backend accepts; None if it cannot be asked."""
-    ae = AE(ae_title=calling_ae)
-    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = ae.connection_timeout = timeout
-    tls_args = (client_tls(backend.tls), backend.host) if backend.tls else None
+    """What a backend accepts, and how it chooses among syntaxes; None if it cannot be asked."""
+    asker = _Asker(calling_ae=calling_ae, backend=backend, timeout=timeout)
     contexts = [build_context(CTImageStorage, ts) for ts in CANDIDATES]
     contexts += [build_context(abstract, [uid.ImplicitVRLittleEndian, uid.ExplicitVRLittleEndian])
                  for abstract in PASSED]
-    try:
-        assoc = ae.associate(backend.host, backend.port, ae_title=backend.ae_title, tls_args=tls_args,
-                             contexts=contexts)
-    except Exception as exc:  # a probe must never stop the proxy from starting
-        logger.warning("probe of %s at %s:%d failed: %s", backend.id, backend.host, backend.port, exc)
+    accepted = asker.accepted(contexts)
+    if accepted is None:
         return None
-    if not assoc.is_established:
-        return None
-    accepted = assoc.accepted_contexts
-    abilities = Abilities(
-        syntaxes=frozenset(str(cx.transfer_syntax[0]) for cx in accepted if cx.abstract_syntax == CTImageStorage),
-        services=frozenset(str(cx.abstract_syntax) for cx in accepted if cx.abstract_syntax in PASSED),
-    )
-    assoc.release()
-    return abilities
+    syntaxes = frozenset(str(cx.transfer_syntax[0]) for cx in accepted if cx.abstract_syntax == CTImageStorage)
+    return Abilities(syntaxes=syntaxes, services=frozenset(str(cx.abstract_syntax) for cx in accepted
+                                                           if cx.abstract_syntax in PASSED),
+                     wins=_pairwise_wins(asker, syntaxes))
+
+
+def _pairwise_wins(asker: _Asker, syntaxes: frozenset[str]) -> dict[str, int]:
+    """Every pair of ``syntaxes`` proposed in both orders: the syntax the backend takes both
+    ways wins the pair (a backend that takes the requestor's first choice gives no wins)."""
+    pairs = [(a, b) for a in sorted(syntaxes) for b in sorted(syntaxes) if a != b]
+    chosen: dict[tuple[str, str], str] = {}
+    for start in range(0, len(pairs), CONTEXTS_PER_ASSOCIATION):
+        batch = pairs[start:start + CONTEXTS_PER_ASSOCIATION]
+        accepted = asker.accepted([build_context(CTImageStorage, list(pair)) for pair in batch])
+        if accepted is None:
+            return {}
+        # pynetdicom numbers the proposed contexts 1, 3, 5, ... in order.
+        chosen.update({batch[(cx.context_id or 1) // 2]: str(cx.transfer_syntax[0]) for cx in accepted})
+    wins: Counter[str] = Counter(ts for (a, b), ts in chosen.items() if a < b and chosen.get((b, a)) == ts)
+    return dict(wins)
 
 
 def pool_abilities(*, pool_id: str, found: list[Abilities | None]) -> PoolAbilities:
     """What the pool's backends accept, together (None: a backend that could not be asked)."""
-    ranks = syntax_ranks(a.syntaxes if a else None for a in found)
+    ranks = syntax_ranks((a.syntaxes, a.wins) if a else None for a in found)
     services = frozenset(s for a in found if a for s in a.services)
     logger.info("pool=%s transfer syntaxes accepted by its backends: %s; services: %s", pool_id,
-                {ts: n for ts, n in sorted(ranks.items())} or "unknown", sorted(services) or "none")
+                {ts: rank for ts, rank in sorted(ranks.items())} or "unknown", sorted(services) or "none")
     return PoolAbilities(ranks=ranks, services=services)

@@ -148,23 +148,38 @@ def rejection_text(raw: bytes | memoryview) -> str:
         return f"result {pdu.result}, source {pdu.source}, reason {pdu.reason_diagnostic}"
 
 
-def syntax_ranks(accepted_by_backend: Iterable[frozenset[str] | None]) -> dict[str, int]:
-    """How many of the backends that answered accept each syntax."""
-    return dict(Counter(ts for accepted in accepted_by_backend if accepted for ts in accepted))
+Rank = tuple[int, int]  # (backends that accept a syntax, pairwise choices it won with them)
 
 
-def prefer_accepted(proposed: list[str], ranks: Mapping[str, int]) -> list[str]:
-    """A context's proposed syntaxes reordered: those most backends accept first, the
-    requestor's own order kept among equals. Nothing is dropped, so a syntax no backend
-    was seen to accept is still taken when it is all the requestor offers (its C-STOREs
-    then fail with a clear status if the chosen backend refuses it)."""
-    if not ranks:
-        return proposed
-    return sorted(proposed, key=lambda ts: -ranks.get(str(ts), 0))
+def syntax_ranks(backends: Iterable[tuple[frozenset[str], Mapping[str, int]] | None]) -> dict[str, Rank]:
+    """Per transfer syntax, over the backends that answered (each: what it accepts, and how
+    many pairwise choices each syntax won with it): how many accept it, and its wins."""
+    accepted: Counter[str] = Counter()
+    wins: Counter[str] = Counter()
+    for found in backends:
+        if found:
+            accepted.update(found[0])
+            wins.update(found[1])
+    return {ts: (n, wins[ts]) for ts, n in accepted.items()}
+
+
+def prefer_accepted(proposed: list[str], ranks: Mapping[str, Rank]) -> list[str]:
+    """A context's proposed syntaxes reordered as the pool's backends would choose: those
+    most backends accept first; then those the backends prefer when they choose by a
+    preference of their own (DCMTK-based PACS such as Orthanc take uncompressed over what
+    the requestor put first), so the backend receives what a direct send would have given it;
+    the requestor's own order among equals. Nothing is dropped, so a syntax no backend was seen to accept is still
+    taken when it is all the requestor offers (its C-STOREs then fail with a clear status if
+    the chosen backend refuses it)."""
+    def key(ts: str) -> tuple[int, int]:
+        accepted_by, wins = ranks.get(str(ts), (0, 0))
+        return -accepted_by, -wins
+
+    return sorted(proposed, key=key)
 
 
 def accept(rq: AssociateRequest, *, ae_title: str, max_pdu: int, services: Iterable[str] = (VERIFICATION,),
-           ranks: Mapping[str, int] | None = None) -> Accepted:
+           ranks: Mapping[str, Rank] | None = None) -> Accepted:
     """Negotiate ``rq``'s contexts: storage classes (any, private ones included) in the
     syntax most backends accept among those proposed, ``services`` (non-storage abstract
     syntaxes the pool passes) in any syntax proposed. Returns the A-ASSOCIATE-AC."""

@@ -119,7 +119,7 @@ class _Pending:
 
 class Relay:
     def __init__(self, *, pools: list[PoolListener], network: NetworkSettings, placement: Placement, telemetry: Any,
-                 syntax_ranks: Mapping[str, Mapping[str, int]] | None = None):
+                 syntax_ranks: Mapping[str, Mapping[str, negotiation.Rank]] | None = None):
         self.pools = pools
         self.network = network
         self.placement = placement

@@ -9,7 +9,7 @@ import requests
 from pydicom.data import get_testdata_file
 
 from routing.simulators.synthetic import write_study
-from tests.harness import binding_of, dataset_digest, send_files, set_health, wait_refreshed
+from tests.harness import binding_of, dataset_digest, free_port, send_files, set_health, wait_refreshed
 
 pytestmark = pytest.mark.postgres
 
@@ -164,6 +164,41 @@ def test_a_modality_preferring_jpeg_2000_is_steered_to_a_syntax_the_backends_acc
         assert assoc.send_c_store(dcmread(path)).Status == 0x0000
     finally:
         assoc.release()
+
+
+def test_synthiq_chooses_among_proposed_syntaxes_as_its_backends_would(cluster):
+    """Orthanc (DCMTK) takes uncompressed over a requestor's first choice of JPEG lossless;
+    the pynetdicom backend takes the requestor's first choice. The start-up probe learns
+    each, and SynthIQ accepts what a direct association to that backend would have."""
+    from pydicom.uid import ExplicitVRLittleEndian, JPEGLosslessSV1
+    from pynetdicom import AE, build_context
+
+    from routing.relay.outbound import BackendAddress
+    from routing.syntax_probe import probe_backend
+    from tests.harness import start_orthanc
+
+    orthanc = start_orthanc(cluster)
+    node = cluster.backend("node-a")
+    learnt = {name: probe_backend(calling_ae="SYNTHIQ", backend=BackendAddress(name, ae, "127.0.0.1", port))
+              for name, ae, port in [("orthanc", orthanc.ae_title, orthanc.dicom_port),
+                                     ("node-a", node.ae_title, node.port)]}
+    assert learnt["orthanc"].wins[ExplicitVRLittleEndian] > learnt["orthanc"].wins.get(JPEGLosslessSV1, 0)
+    assert learnt["node-a"].wins == {}  # pynetdicom: the requestor's order
+    orthanc_backend = {"Id": "orthanc", "AeTitle": orthanc.ae_title, "Host": "127.0.0.1",
+                       "Port": orthanc.dicom_port, "Health": {"Mode": "liveness", "Probe": "tcp"}}
+    config = cluster.config([orthanc_backend])
+    config["Pools"].append({"Id": "nodes", "AeTitle": "SYNTHIQ", "Host": "127.0.0.1", "Port": free_port(),
+                            "Backends": [node.config()]})
+    proxy = cluster.proxy(config)
+    proposed = [build_context("1.2.840.10008.5.1.4.1.1.7", [JPEGLosslessSV1, ExplicitVRLittleEndian])]
+    chosen = {}
+    for name, port in [("orthanc direct", orthanc.dicom_port), ("orthanc via SynthIQ", proxy.port),
+                       ("node-a direct", node.port), ("node-a via SynthIQ", config["Pools"][1]["Port"])]:
+        assoc = AE(ae_title="MODALITY").associate("127.0.0.1", port, contexts=proposed, ae_title="SYNTHIQ")
+        chosen[name] = [str(cx.transfer_syntax[0]) for cx in assoc.accepted_contexts]
+        assoc.release()
+    assert chosen == {"orthanc direct": [ExplicitVRLittleEndian], "orthanc via SynthIQ": [ExplicitVRLittleEndian],
+                      "node-a direct": [JPEGLosslessSV1], "node-a via SynthIQ": [JPEGLosslessSV1]}
 
 
 def _proxy_in_front_of_storescp(cluster):

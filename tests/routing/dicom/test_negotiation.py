@@ -69,7 +69,7 @@ def test_the_request_is_read_with_what_is_carried_and_what_is_not():
 
 def test_storage_and_private_classes_are_accepted_in_the_syntax_the_backends_take_others_only_if_passed():
     rq = negotiation.decode_associate_rq(_request())
-    ranks = {uid.ExplicitVRLittleEndian: 3, uid.ImplicitVRLittleEndian: 3}  # no backend takes JPEG 2000
+    ranks = {uid.ExplicitVRLittleEndian: (3, 0), uid.ImplicitVRLittleEndian: (3, 0)}  # no backend takes JPEG 2000
     accepted = negotiation.accept(rq, ae_title="SYNTHIQ", max_pdu=262144, ranks=ranks)
     syntaxes = {cid: str(cx.transfer_syntax[0]) for cid, cx in accepted.contexts.items()}
     assert syntaxes == {1: uid.ExplicitVRLittleEndian, 3: uid.ImplicitVRLittleEndian, 5: uid.ImplicitVRLittleEndian}
@@ -87,7 +87,7 @@ def test_storage_and_private_classes_are_accepted_in_the_syntax_the_backends_tak
 def test_the_outbound_request_mirrors_the_accepted_contexts_and_speaks_for_the_modality():
     rq = negotiation.decode_associate_rq(_request())
     accepted = negotiation.accept(rq, ae_title="SYNTHIQ", max_pdu=262144,
-                                  ranks={uid.ExplicitVRLittleEndian: 1})
+                                  ranks={uid.ExplicitVRLittleEndian: (1, 0)})
     raw = negotiation.outbound_request(rq, accepted.contexts, called_ae="NODEA", max_pdu=262144)
     out = A_ASSOCIATE_RQ()
     out.decode(raw)
@@ -119,6 +119,22 @@ def test_a_backends_accept_and_reject_are_read():
 
 
 def test_prefer_accepted_keeps_the_requestors_order_among_equals():
-    ranks = {"a": 2, "b": 2, "c": 1}
+    ranks = {"a": (2, 0), "b": (2, 0), "c": (1, 0)}
     assert negotiation.prefer_accepted(["c", "x", "b", "a"], ranks) == ["b", "a", "c", "x"]
     assert negotiation.prefer_accepted(["c", "a"], {}) == ["c", "a"]
+
+
+def test_prefer_accepted_follows_the_backends_own_preference_before_the_requestors_order():
+    lossless, explicit = "1.2.840.10008.1.2.4.70", "1.2.840.10008.1.2.1"
+    assert negotiation.prefer_accepted([lossless, explicit], {lossless: (1, 0), explicit: (1, 0)}) == [
+        lossless, explicit]
+    assert negotiation.prefer_accepted([lossless, explicit], {lossless: (1, 0), explicit: (1, 1)}) == [
+        explicit, lossless]
+    assert negotiation.prefer_accepted([lossless, explicit], {lossless: (2, 0), explicit: (1, 1)}) == [
+        lossless, explicit]
+
+
+def test_syntax_ranks_count_acceptance_and_wins_over_the_backends_that_answered():
+    a, b = "1.2.840.10008.1.2.1", "1.2.840.10008.1.2"
+    ranks = negotiation.syntax_ranks([(frozenset({a, b}), {a: 1}), None, (frozenset({a}), {})])
+    assert ranks == {a: (2, 1), b: (1, 0)}
