@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 APT_PACKAGES := $(shell grep -v '^\#' requirements/apt.txt)
 export SYNTHIQ_ALLOW_DEV_KEY ?= 1
 
-.PHONY: setup deps apt migrate run test check test-sqlite test-postgres bench soak chaos lint clean
+.PHONY: setup deps apt migrate run test check test-sqlite test-postgres bench soak chaos interop lint clean
 
 setup: deps apt migrate
 
@@ -64,6 +64,11 @@ chaos: setup
 	$(PY) -m bench.chaos $(CHAOS_ARGS)
 	SYNTHIQ_FUZZ_EXAMPLES=10000 SYNTHIQ_TEST_DB=sqlite $(PY) -m pytest -q -s tests/routing/test_fuzz_pdus.py
 	mkdir -p var/fuzz-corpus && $(PY) -m bench.fuzz_decoders -max_total_time=60 -rss_limit_mb=2048 var/fuzz-corpus
+
+# The interop matrix alone (it is part of `make test` too): real senders x real backends,
+# each backend twinned behind SynthIQ and direct; the table lands in bench/results/interop.md.
+interop: setup
+	SYNTHIQ_TEST_DB=sqlite $(PY) -m pytest -q tests/routing/test_interop.py $(PYTEST_ARGS)
 
 # A steady mixed load for 30 minutes; fails if runproxy's RSS, fds or tasks keep growing.
 soak: setup
