@@ -20,6 +20,8 @@ from routing.models import ProxyProcess, RoutingDecision
 logger = logging.getLogger("synthiq.routing")
 
 RECENT_DECISIONS = 200
+# Counter keys of rejected associations: this prefix and the reason (called-ae, calling-ae, ...).
+REJECTED_PREFIX = "rejected."
 # Upper bounds (seconds) of the forward-latency histogram buckets; one more slot counts
 # everything slower (+Inf). Fixed so that several processes' counts add up bucket by bucket.
 LATENCY_BUCKETS: tuple[float, ...] = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -59,6 +61,11 @@ class Telemetry:
         """An association was held while its study's backend was unreachable."""
         with self._lock:
             self.counters["held"] += 1
+
+    def association_rejected(self, reason: str) -> None:
+        """An A-ASSOCIATE-RQ answered with A-ASSOCIATE-RJ, by reason (called-ae, calling-ae, ...)."""
+        with self._lock:
+            self.counters[f"{REJECTED_PREFIX}{reason}"] += 1
 
     def connection_refused(self) -> None:
         with self._lock:

@@ -96,15 +96,21 @@
 
   // -- counters ---------------------------------------------------------------------
   function counters(status) {
+    const rejected = Object.entries(status.counters.rejected || {});
     const values = Object.assign({}, status.counters, {
       cache_size: status.cache_size,
       processes: status.processes.length,
+      rejected: rejected.reduce((sum, [, n]) => sum + n, 0),
     });
     for (const node of document.querySelectorAll("[data-counter]")) {
       node.textContent = fmtInt(values[node.dataset.counter]);
     }
     const failed = document.querySelector('[data-counter="failed"]');
     failed.classList.toggle("bad", status.counters.failed > 0);
+    const refused = document.querySelector('[data-counter="rejected"]');
+    refused.classList.toggle("bad", values.rejected > 0);
+    refused.closest(".tile").title = "Associations rejected at negotiation (A-ASSOCIATE-RJ)" +
+      (rejected.length ? ": " + rejected.map(([reason, n]) => `${reason} ${fmtInt(n)}`).join(", ") : "");
     $("#tiers").replaceChildren(...TIERS.map((tier) =>
       el("span", { class: "tier-count", "data-tier": tier }, pill(tier), el("b", {}, fmtInt(status.counters.routed[tier])))));
     const ops = Object.entries(status.counters.operations || {});

@@ -54,6 +54,10 @@ class SynthIQCollector:
             labels=["process", "status_class"],
         )
         associations = CounterMetricFamily("synthiq_associations", "Inbound associations accepted", labels=["process"])
+        rejected = CounterMetricFamily(
+            "synthiq_associations_rejected", "Inbound associations rejected (A-ASSOCIATE-RJ), by reason",
+            labels=["process", "reason"],
+        )
         open_assocs = GaugeMetricFamily(
             "synthiq_open_associations", "Inbound associations open now", labels=["process"]
         )
@@ -94,6 +98,8 @@ class SynthIQCollector:
             decisions.add_metric([p.id], counters.get("decisions", 0))
             received.add_metric([p.id], counters.get("received", 0))
             associations.add_metric([p.id], counters.get("associations", 0))
+            for reason, value in selectors.rejected_by_reason(counters).items():
+                rejected.add_metric([p.id, reason], value)
             for key, value in sorted(counters.items()):
                 if key.startswith("status."):
                     cls = key.removeprefix("status.")
@@ -122,7 +128,7 @@ class SynthIQCollector:
                     buckets.append((bound, cumulative))
                 total = float((per_backend.get(backend_id) or {}).get("forward_seconds", 0.0))
                 latency.add_metric([p.id, backend_id], buckets, total)
-        yield from (routed, decisions, received, responses, failures, operations, associations, open_assocs,
+        yield from (routed, decisions, received, responses, failures, operations, associations, rejected, open_assocs,
                     held, held_total, cache, db_ok, pending, listening, latency)
         up = GaugeMetricFamily("synthiq_proxy_processes", "runproxy processes that published in the last 10 s")
         up.add_metric([], len(processes))

@@ -95,6 +95,10 @@ class CountersSerializer(serializers.Serializer):
     statuses = serializers.DictField(child=serializers.IntegerField())
     held = serializers.IntegerField(help_text="Associations held while their study's backend was unreachable "
                                               "(Network.BoundBackendHoldSeconds).")
+    rejected = serializers.DictField(
+        child=serializers.IntegerField(),
+        help_text="Inbound associations rejected (A-ASSOCIATE-RJ) by reason: called-ae, calling-ae, "
+                  "association-limit, stopping, protocol-version, application-context.")
     operations = serializers.DictField(
         child=serializers.DictField(child=serializers.IntegerField()),
         help_text="Query, retrieve and storage commitment operations by service (C-FIND, C-MOVE, C-GET, N-ACTION) "

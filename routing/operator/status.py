@@ -21,6 +21,7 @@ from pools import selectors as pool_selectors
 from pools.config import DEFAULTS
 from pools.models import Backend
 from routing.models import ProxyProcess, RoutingDecision
+from routing.telemetry import REJECTED_PREFIX
 from routing.waterfall import TIERS
 
 # A process that has not published for five publish intervals is gone (crashed or
@@ -124,6 +125,12 @@ def operations_by_service(counters: dict[str, Any]) -> dict[str, dict[str, int]]
             service, _, cls = key.removeprefix("service.").rpartition(".")
             out.setdefault(service, {})[cls] = int(value)
     return out
+
+
+def rejected_by_reason(counters: dict[str, Any]) -> dict[str, int]:
+    """Associations rejected (A-ASSOCIATE-RJ) by reason: called-ae, calling-ae, association-limit, ..."""
+    return {k.removeprefix(REJECTED_PREFIX): int(v) for k, v in sorted(counters.items())
+            if k.startswith(REJECTED_PREFIX)}
 
 
 def backend_health_view(
@@ -284,6 +291,7 @@ def status_snapshot(*, now: dt.datetime) -> dict[str, Any]:
             },
             "operations": operations_by_service(c),
             "held": int(c.get("held", 0)),
+            "rejected": rejected_by_reason(c),
         },
         "cache_size": totals.cache_size,
         "database": {

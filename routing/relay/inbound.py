@@ -147,10 +147,12 @@ class InboundAssociation:
             raise ProtocolError(f"PDU 0x{first.type:02X} before A-ASSOCIATE-RQ", pdu.REASON_UNEXPECTED_PDU)
         rq = negotiation.decode_associate_rq(first.raw)
         self.calling_ae = rq.calling_ae
-        why, reason = self._refusal(rq)
-        if reason is not None:
-            logger.warning("association rejected pool=%s calling_ae=%s called_ae=%s source_ip=%s: %s",
-                           self.pool_id, rq.calling_ae, rq.called_ae, self.source_ip, why)
+        refusal = self._refusal(rq)
+        if refusal is not None:
+            kind, why, reason = refusal
+            logger.warning("association rejected pool=%s calling_ae=%s called_ae=%s source_ip=%s reason=%s: %s",
+                           self.pool_id, rq.calling_ae, rq.called_ae, self.source_ip, kind, why)
+            self.relay.telemetry.association_rejected(kind)
             self.conn.send_and_close(negotiation.reject(reason), linger=ABORT_LINGER_SECONDS)
             return False
         accepted = negotiation.accept(rq, ae_title=self.listener.ae_title, max_pdu=self.network.max_pdu_bytes,
@@ -182,22 +184,28 @@ class InboundAssociation:
             raise ConnectionClosed(f"TLS handshake with {self.source_ip} failed")
         self.conn.attach(transport)  # type: ignore[arg-type]
 
-    def _refusal(self, rq: negotiation.AssociateRequest) -> tuple[str, tuple[int, int, int] | None]:
+    def _refusal(self, rq: negotiation.AssociateRequest) -> tuple[str, str, tuple[int, int, int]] | None:
+        """Why this request is rejected: (the reason's metric label, the log text, the A-ASSOCIATE-RJ
+        result/source/reason), or None to accept it."""
         if rq.protocol_version != 1:
-            return f"protocol version {rq.protocol_version}", negotiation.REJECT_PROTOCOL_VERSION
+            return "protocol-version", f"protocol version {rq.protocol_version}", negotiation.REJECT_PROTOCOL_VERSION
         if rq.application_context != negotiation.APPLICATION_CONTEXT:
-            return f"application context {rq.application_context}", negotiation.REJECT_APPLICATION_CONTEXT
+            return ("application-context", f"application context {rq.application_context}",
+                    negotiation.REJECT_APPLICATION_CONTEXT)
         if rq.called_ae != self.listener.ae_title:
-            return f"called AE title {rq.called_ae!r} is not {self.listener.ae_title!r}", negotiation.REJECT_CALLED_AE
+            return ("called-ae", f"called AE title {rq.called_ae!r} is not {self.listener.ae_title!r}",
+                    negotiation.REJECT_CALLED_AE)
         allowed = self.listener.allowed_calling_ae_titles
         if allowed and rq.calling_ae not in allowed:
-            return f"calling AE title {rq.calling_ae!r} not in the allow-list", negotiation.REJECT_CALLING_AE
+            return ("calling-ae", f"calling AE title {rq.calling_ae!r} not in the allow-list",
+                    negotiation.REJECT_CALLING_AE)
         if self.relay.stopping:
-            return "runproxy is stopping", negotiation.REJECT_NO_REASON
+            return "stopping", "runproxy is stopping", negotiation.REJECT_NO_REASON
         if not self.relay.has_room():
-            return (f"{self.network.max_associations} associations already open (Network.MaxAssociations)",
+            return ("association-limit",
+                    f"{self.network.max_associations} associations already open (Network.MaxAssociations)",
                     negotiation.REJECT_LIMIT)
-        return "", None
+        return None
 
     # -- serving ------------------------------------------------------------------------
     async def _serve(self) -> str:

@@ -7,6 +7,8 @@ import datetime as dt
 import json
 import os
 
+import pytest
+
 from routing.simulators.synthetic import write_study
 from tests.admin.cdp import Browser
 from tests.admin.support import api_user, healthy, study_root
@@ -68,6 +70,13 @@ def test_dashboard_shows_decisions_and_counters_live_without_a_reload(cluster, t
         browser.wait_js(_shows('[data-counter="received"]', "3"), what="the received tile")
         assert browser.js(_text('[data-tier="association-cached"] b')) == "2"
         assert browser.js("window.__loadedOnce") is True
+
+        # A modality calling the wrong AE title: rejected, and counted on the page by reason.
+        with pytest.raises(ConnectionError):
+            send_files(proxy.port, files[:1], called_ae="WRONGAE")
+        browser.wait_js(_shows('[data-counter="rejected"]', "1"), what="the rejected tile")
+        tile = "document.querySelector('[data-counter=\"rejected\"]').closest('.tile')"
+        assert "called-ae 1" in browser.js(tile + ".title")
 
         # More traffic for the picture: a weighted pick for the liveness node, a late re-send.
         more = [write_study(tmp_path / f"s{n}", count=2, study_uid=f"{root}.{n}")[1] for n in (2, 3, 4)]

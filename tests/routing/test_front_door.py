@@ -6,9 +6,11 @@ import json
 import subprocess
 
 import pytest
+import requests
+from prometheus_client.parser import text_string_to_metric_families
 
 from routing.simulators.synthetic import write_study
-from tests.harness import PYTHON, ROOT, placement, require_tool, send_files
+from tests.harness import PYTHON, ROOT, placement, require_tool, send_files, wait_for
 
 
 def test_dcmtk_storescu_and_echoscu_work_against_runproxy(cluster, tmp_path):
@@ -30,23 +32,36 @@ def test_dcmtk_storescu_and_echoscu_work_against_runproxy(cluster, tmp_path):
     assert "calling_ae=CT01" in proxy.process.log()
 
 
-def test_a_wrong_called_ae_title_is_rejected_at_association(cluster, tmp_path):
+def _rejected(http_port: int) -> dict[str, float]:
+    """synthiq_associations_rejected_total by reason, as a scraper reads it."""
+    text = requests.get(f"http://127.0.0.1:{http_port}/metrics", timeout=10).text
+    return {s.labels["reason"]: s.value for family in text_string_to_metric_families(text) for s in family.samples
+            if s.name == "synthiq_associations_rejected_total"}
+
+
+def test_a_wrong_called_ae_title_is_rejected_at_association_logged_and_counted(cluster, tmp_path):
     backend = cluster.backend("node-a")
-    proxy = cluster.proxy(cluster.config([backend]))
+    proxy = cluster.proxy(cluster.config([backend]), http=True)
     _, files = write_study(tmp_path, count=1)
     with pytest.raises(ConnectionError):
-        send_files(proxy.port, files, called_ae="NOTSYNTHIQ")
+        send_files(proxy.port, files, called_ae="NOTSYNTHIQ", calling_ae="CT07")
     assert send_files(proxy.port, files)[0].status == 0
+    assert ("association rejected pool=main calling_ae=CT07 called_ae=NOTSYNTHIQ source_ip=127.0.0.1 "
+            "reason=called-ae") in proxy.process.log()
+    wait_for(lambda: _rejected(proxy.http_port) == {"called-ae": 1}, timeout=15, what="the rejection in /metrics")
 
 
-def test_a_calling_ae_outside_the_allow_list_is_rejected(cluster, tmp_path):
+def test_a_calling_ae_outside_the_allow_list_is_rejected_logged_and_counted(cluster, tmp_path):
     backend = cluster.backend("node-a")
-    proxy = cluster.proxy(cluster.config([backend], pool={"AllowedCallingAeTitles": ["CT01", "MR02"]}))
+    proxy = cluster.proxy(cluster.config([backend], pool={"AllowedCallingAeTitles": ["CT01", "MR02"]}), http=True)
     _, files = write_study(tmp_path, count=1)
-    with pytest.raises(ConnectionError):
-        send_files(proxy.port, files, calling_ae="ROGUE")
+    for _ in range(2):
+        with pytest.raises(ConnectionError):
+            send_files(proxy.port, files, calling_ae="ROGUE")
     assert send_files(proxy.port, files, calling_ae="MR02")[0].status == 0
     assert placement([backend])
+    assert "calling_ae=ROGUE called_ae=SYNTHIQ source_ip=127.0.0.1 reason=calling-ae" in proxy.process.log()
+    wait_for(lambda: _rejected(proxy.http_port) == {"calling-ae": 2}, timeout=15, what="the rejections in /metrics")
 
 
 def _loadconfig(path) -> subprocess.CompletedProcess:
@@ -120,6 +135,7 @@ def test_a_peer_announcing_a_4_gb_pdu_is_cut_off_and_the_listener_keeps_serving(
         while chunk := evil.recv(64):
             answer += chunk
         assert answer[:1] == b"\x07" and answer[8] == 2 and len(answer) == 10
-    assert "announced a 4294967280-byte PDU" in proxy.process.log()
+    # Log lines go out through a queue: the abort may reach the peer before its line is written.
+    wait_for(lambda: "announced a 4294967280-byte PDU" in proxy.process.log(), timeout=10, what="the log line")
     _, files = write_study(tmp_path, count=1)
     assert send_files(proxy.port, files)[0].status == 0
