@@ -45,6 +45,7 @@ from routing.services import routing_activity_purge
 from routing.syntax_probe import Abilities, PoolAbilities, pool_abilities, probe_backend
 from routing.telemetry import Telemetry
 from routing.workers import Workers
+from synthiq_project.version import VERSION
 
 logger = logging.getLogger("synthiq.routing")
 
@@ -115,6 +116,7 @@ class ProxyRunner:
         """Start up (see the module docstring) and serve until SIGTERM/SIGINT."""
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
+        logger.info("SynthIQ %s starting", VERSION)
         raise_open_files_limit()
         if http:
             parse_http(http)

@@ -9,18 +9,21 @@ so ``sum(rate(...))`` stays correct across a process restart.
 from __future__ import annotations
 
 import datetime as dt
+import platform
 from collections.abc import Iterator
 
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
     HistogramMetricFamily,
+    InfoMetricFamily,
     Metric,
 )
 
 from pools import selectors as pool_selectors
 from routing.operator import status as selectors
 from routing.waterfall import TIERS
+from synthiq_project.version import VERSION
 
 
 class SynthIQCollector:
@@ -130,6 +133,9 @@ class SynthIQCollector:
                 latency.add_metric([p.id, backend_id], buckets, total)
         yield from (routed, decisions, received, responses, failures, operations, associations, rejected, open_assocs,
                     held, held_total, cache, db_ok, pending, listening, latency)
+        build = InfoMetricFamily("synthiq_build", "SynthIQ's version")
+        build.add_metric([], {"version": VERSION, "python": platform.python_version()})
+        yield build
         up = GaugeMetricFamily("synthiq_proxy_processes", "runproxy processes that published in the last 10 s")
         up.add_metric([], len(processes))
         yield up

@@ -148,6 +148,7 @@ class TierSerializer(serializers.Serializer):
 
 class StatusSerializer(serializers.Serializer):
     generated_utc = serializers.DateTimeField()
+    version = serializers.CharField(help_text="SynthIQ's version (the web process's).")
     tiers = TierSerializer(many=True, help_text="The routing tiers, in display order, with their labels.")
     processes = ProcessSerializer(many=True, help_text="Live runproxy processes (published in the last 10 s).")
     listeners = ListenerSerializer(many=True)

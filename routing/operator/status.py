@@ -23,6 +23,7 @@ from pools.models import Backend
 from routing.models import ProxyProcess, RoutingDecision
 from routing.telemetry import REJECTED_PREFIX
 from routing.waterfall import TIERS
+from synthiq_project.version import VERSION
 
 # A process that has not published for five publish intervals is gone (crashed or
 # partitioned): its counters no longer describe anything live.
@@ -262,6 +263,7 @@ def status_snapshot(*, now: dt.datetime) -> dict[str, Any]:
     ]
     return {
         "generated_utc": now,
+        "version": VERSION,
         "tiers": [{"id": tier, "label": TIER_LABELS[tier]} for tier in TIERS],
         "processes": [
             {

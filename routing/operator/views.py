@@ -10,13 +10,14 @@ from django.views.decorators.csrf import ensure_csrf_cookie
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from routing.operator.metrics import SynthIQCollector
+from synthiq_project.version import VERSION
 
 
 @never_cache
 @ensure_csrf_cookie  # the drain / enable buttons post with the CSRF cookie's token
 @login_required
 def dashboard(request: HttpRequest) -> HttpResponse:
-    return render(request, "dashboard.html")
+    return render(request, "dashboard.html", {"version": VERSION})
 
 
 @never_cache

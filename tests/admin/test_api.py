@@ -11,6 +11,7 @@ import os
 import pytest
 
 from routing.simulators.synthetic import write_study
+from synthiq_project.version import VERSION
 from tests.admin.support import Api, api_user, clean_database, healthy, study_root
 from tests.harness import Cluster, send_files, wait_for
 
@@ -69,6 +70,7 @@ def routed(cluster_once):
 def test_status_aggregates_the_published_counters_listeners_cache_and_health(routed):
     api, proxy, *_ = routed
     status = api.json("/api/status")
+    assert status["version"] == VERSION
 
     counters = status["counters"]
     assert counters["received"] == 7 and counters["succeeded"] == 7 and counters["failed"] == 0

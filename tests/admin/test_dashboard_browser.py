@@ -10,6 +10,7 @@ import os
 import pytest
 
 from routing.simulators.synthetic import write_study
+from synthiq_project.version import VERSION
 from tests.admin.cdp import Browser
 from tests.admin.support import api_user, healthy, study_root
 from tests.harness import ROOT, send_files
@@ -70,6 +71,7 @@ def test_dashboard_shows_decisions_and_counters_live_without_a_reload(cluster, t
         browser.wait_js(_shows('[data-counter="received"]', "3"), what="the received tile")
         assert browser.js(_text('[data-tier="association-cached"] b')) == "2"
         assert browser.js("window.__loadedOnce") is True
+        assert browser.js(_text("#version")) == VERSION
 
         # A modality calling the wrong AE title: rejected, and counted on the page by reason.
         with pytest.raises(ConnectionError):

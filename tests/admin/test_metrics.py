@@ -6,6 +6,7 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from routing.simulators.synthetic import write_study
+from synthiq_project.version import VERSION
 from tests.admin.support import healthy
 from tests.harness import send_files, wait_for
 
@@ -53,6 +54,7 @@ def test_metrics_parse_and_their_counters_move_with_traffic(cluster, tmp_path):
     assert _total(m, "synthiq_open_associations") == 0 and _total(m, "synthiq_proxy_processes") == 1
     assert _total(m, "synthiq_database_ok") == 1 and _total(m, "synthiq_listener_accepting", pool="main") == 1
     assert _total(m, "synthiq_heartbeat_stale") == 0
+    assert _total(m, "synthiq_build_info", version=VERSION) == 1
 
     # More traffic: a second study, and a late re-send of the first on a new association.
     _, second = write_study(tmp_path / "s2", count=2)

@@ -10,7 +10,8 @@ import time
 import requests
 
 from routing.simulators.synthetic import write_study
-from tests.harness import PYTHON, free_port, require_tool, send_files, wait_for
+from synthiq_project.version import VERSION
+from tests.harness import PYTHON, ROOT, free_port, require_tool, send_files, wait_for
 
 
 def test_sigterm_during_a_transfer_finishes_it_releases_outbound_and_exits_zero(cluster, tmp_path):
@@ -55,6 +56,7 @@ def test_the_demo_starts_and_a_study_sent_with_storescu_lands_on_a_simulated_bac
         ready="runproxy ready",
     )
     assert "log in as 'admin'" in demo.log()
+    assert f"SynthIQ {VERSION} starting" in demo.log()
     for n in (1, 2, 3):  # every simulated backend answers its health contract from the start
         assert requests.get(f"http://127.0.0.1:{base + 100 + n}/api/health", timeout=5).json()["status"] == "ok"
     suid, _ = write_study(tmp_path / "study", count=2)
@@ -72,3 +74,9 @@ def _taken(port: int) -> bool:
 
     with socket.socket() as s:
         return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def test_runproxy_version_names_synthiq_not_django():
+    done = subprocess.run([PYTHON, "manage.py", "runproxy", "--version"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0 and done.stdout.strip() == f"SynthIQ {VERSION}"

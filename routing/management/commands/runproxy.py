@@ -7,10 +7,15 @@ from django.core.management.base import BaseCommand, CommandError
 
 from pools.config import ConfigError, config_load
 from routing.runner import ProxyRunner, StartupError
+from synthiq_project.version import VERSION
 
 
 class Command(BaseCommand):
     help = "Run SynthIQ's DICOM listeners (and optionally the admin web app)."
+
+    def get_version(self) -> str:
+        """What ``runproxy --version`` prints (Django's own version otherwise)."""
+        return f"SynthIQ {VERSION}"
 
     def add_arguments(self, parser):
         parser.add_argument("--config", default=settings.SYNTHIQ_CONFIG or None,
