@@ -12,9 +12,11 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 
+from django.core.exceptions import ObjectDoesNotExist
 from django.db import DatabaseError, close_old_connections
 
 from affinity import selectors, services
+from affinity.journal import BindingJournal
 
 logger = logging.getLogger("synthiq.affinity")
 
@@ -58,15 +60,18 @@ class HotCache:
 
 
 class Bindings:
-    def __init__(self, *, window_hours: float, max_cache_entries: int = 500_000):
+    def __init__(self, *, window_hours: float, max_cache_entries: int = 500_000,
+                 journal: BindingJournal | None = None):
         self.cache = HotCache(max_entries=max_cache_entries, window_seconds=window_hours * 3600)
         self.window_hours = window_hours
         self._lock = threading.Lock()
         self._touches: dict[Key, tuple[int, dt.datetime]] = {}
         # (pool, SOP Instance UID) -> (backend, study, when): written behind, like touches.
         self._instances: dict[Key, tuple[str, str, dt.datetime]] = {}
-        # Bindings decided while the database was unavailable, written once it is back.
-        self._unwritten: dict[Key, tuple[str, dt.datetime]] = {}
+        # Bindings decided while the database was unavailable, written once it is back
+        # (and those a previous process on this host left in the journal).
+        self.journal = journal
+        self._unwritten: dict[Key, tuple[str, dt.datetime]] = journal.start() if journal else {}
         self.db_ok = True
         self.db_error = ""
         self._retry_at = 0.0
@@ -87,6 +92,8 @@ class Bindings:
     def _db_back(self) -> None:
         if not self.db_ok:
             logger.warning("affinity database reachable again")
+            if self.journal:
+                self.journal.forget()
         self.db_ok, self.db_error = True, ""
 
     # -- the hot path ---------------------------------------------------------
@@ -99,17 +106,24 @@ class Bindings:
 
     def lookup_many(self, keys: list[Key]) -> dict[Key, str]:
         """Bindings of several studies in one query; bindings decided while the database
-        was away (not yet written) win. On a database error only those are returned."""
+        was away (not yet written) win. When the database cannot answer, the journal does."""
         with self._lock:
             found = {key: self._unwritten[key][0] for key in keys if key in self._unwritten}
         rest = [key for key in keys if key not in found]
-        if not rest or not self._db_usable():
+        if not rest:
             return found
-        try:
-            close_old_connections()
-            found.update(selectors.bindings_backends(keys=rest))
-        except DatabaseError as exc:
-            self._db_failed(exc, "lookup")
+        if self._db_usable():
+            try:
+                close_old_connections()
+                from_db = selectors.bindings_backends(keys=rest)
+            except DatabaseError as exc:
+                self._db_failed(exc, "lookup")
+            else:
+                if self.journal:
+                    self.journal.record(from_db)
+                return found | from_db
+        if self.journal:
+            found |= self.journal.lookup(rest)
         return found
 
     def claim(self, key: Key, backend_id: str, *, replaces: str | None = None) -> str:
@@ -141,6 +155,8 @@ class Bindings:
             with self._lock:
                 for key, backend_id in held.items():
                     self._unwritten[key] = (backend_id, now)
+        if self.journal:
+            self.journal.record(held, pending=not self.db_ok)
         stamp = time.monotonic()
         for key, backend_id in held.items():
             self.cache.put(key, backend_id, stamp)
@@ -158,6 +174,8 @@ class Bindings:
                 self._unwritten[key] = (backend_id, dt.datetime.now(dt.UTC))
         else:
             self._db_back()
+        if self.journal:
+            self.journal.record({key: bound}, pending=not self.db_ok)
         self.cache.put(key, bound, time.monotonic())
         return bound
 
@@ -195,12 +213,18 @@ class Bindings:
             unwritten, self._unwritten = self._unwritten, {}
             touches, self._touches = self._touches, {}
             instances, self._instances = self._instances, {}
+        written: dict[Key, str] = {}
         try:
             close_old_connections()
             for key, (backend_id, first_seen) in unwritten.items():
-                bound = services.binding_claim(
-                    pool_id=key[0], study_uid=key[1], backend_id=backend_id, now=first_seen
-                )
+                try:
+                    bound = written[key] = services.binding_claim(
+                        pool_id=key[0], study_uid=key[1], backend_id=backend_id, now=first_seen
+                    )
+                except ObjectDoesNotExist:  # its pool or backend is no longer in the database
+                    logger.error("pool=%s study=%s deferred binding to %s dropped: that pool or backend is "
+                                 "not in the database", key[0], key[1], backend_id)
+                    continue
                 if bound != backend_id:
                     logger.error(
                         "pool=%s study=%s was bound to %s by another process while the database "
@@ -211,6 +235,8 @@ class Bindings:
                 else:
                     logger.info("pool=%s study=%s deferred binding to %s written", key[0], key[1], bound)
             unwritten = {}  # all written: a failure below must not re-queue them
+            if self.journal:
+                self.journal.record(written)
             if touches:
                 services.bindings_touch(touches=touches)
             touches = {}

@@ -30,6 +30,7 @@ from django.conf import settings
 from django.db import connections
 
 from affinity.bindings import Bindings
+from affinity.journal import BindingJournal, journal_path
 from affinity.services import BINDING_PURGE_SECONDS, bindings_purge_expired
 from health.runner import InlineHeartbeats
 from health.selectors import STALE_INTERVALS, heartbeat_staleness
@@ -251,7 +252,10 @@ class ProxyRunner:
         if self.stopping.is_set():
             stop.set()
         executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="housekeeping")
-        self.bindings = Bindings(window_hours=self.config.study_cache_window_hours)
+        window = self.config.study_cache_window_hours
+        self.bindings = Bindings(window_hours=window,
+                                 journal=BindingJournal(journal_path(settings.VAR_DIR, settings.DATABASES["default"]),
+                                                        window_hours=window))
         self.router = Router(bindings=self.bindings, heartbeat_timeout=self.config.heartbeat_timeout_seconds)
         self.telemetry = Telemetry()
         await loop.run_in_executor(executor, self.refresh)

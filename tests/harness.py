@@ -284,3 +284,48 @@ def start_orthanc(cluster: Cluster, *, name: str = "orthanc", **options: Any) ->
     path.write_text(json.dumps(config))
     m = cluster.process(name, [exe, str(path)], ready="Orthanc has started")
     return OrthancHandle(http_port, dicom_port, config["DicomAet"], m)
+
+
+class OwnPostgres:
+    """A PostgreSQL database of one test's own, migrated, that the test can take away
+    (``down``: connections refused, open ones ended) and give back (``up``)."""
+
+    def __init__(self, cluster: Cluster):
+        import os
+        import subprocess
+
+        import psycopg
+
+        from tests.conftest import PG_ADMIN_URL
+
+        self.admin_url = PG_ADMIN_URL
+        self.name = f"synthiq_own_{os.getpid()}_{time.monotonic_ns()}"
+        with psycopg.connect(PG_ADMIN_URL, autocommit=True) as admin:
+            admin.execute(f'CREATE DATABASE "{self.name}"')
+        self.url = PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{self.name}"
+        self.env = {"DATABASE_URL": self.url}
+        subprocess.run([PYTHON, "manage.py", "migrate", "-v0"], cwd=ROOT, env=cluster.env | self.env, check=True)
+
+    def _admin(self, *statements: str) -> None:
+        import psycopg
+
+        with psycopg.connect(self.admin_url, autocommit=True) as admin:
+            for statement in statements:
+                admin.execute(statement)
+
+    def down(self) -> None:
+        self._admin(f'ALTER DATABASE "{self.name}" ALLOW_CONNECTIONS false',
+                    f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{self.name}'")
+
+    def up(self) -> None:
+        self._admin(f'ALTER DATABASE "{self.name}" ALLOW_CONNECTIONS true')
+
+    def rows(self, sql: str) -> list[tuple]:
+        import psycopg
+
+        with psycopg.connect(self.url) as conn:
+            return conn.execute(sql).fetchall()
+
+    def drop(self) -> None:
+        self._admin(f'ALTER DATABASE "{self.name}" ALLOW_CONNECTIONS true',
+                    f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
