@@ -37,7 +37,7 @@ from health.selectors import STALE_INTERVALS, heartbeat_staleness
 from health.services import HeartbeatPolicy
 from pools.config import Config, PoolConfig, TlsConfig
 from pools.services import config_sync
-from routing import logqueue
+from routing import logqueue, readiness
 from routing.dicom import netopts
 from routing.dicom.services import SERVICE_CLASSES, VERIFICATION
 from routing.relay.server import NetworkSettings, PoolListener, Relay
@@ -124,6 +124,8 @@ class ProxyRunner:
         config_sync(config=self.config)
         self.pool_ids = [p.id for p in self.config.pools]
         sockets = {p.id: bind_listener(p) for p in self.config.pools}
+        readiness.register([readiness.Listener(p.id, p.ae_title, p.host, p.port, p.tls is not None)
+                            for p in self.config.pools])
         self.network = NetworkSettings(**self.config.network.model_dump())
         self.heartbeat_policy = HeartbeatPolicy(self.config.heartbeat_interval_seconds,
                                                 self.config.heartbeat_timeout_seconds,

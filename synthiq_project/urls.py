@@ -8,7 +8,7 @@ from drf_spectacular.views import SpectacularAPIView
 from affinity.api import AffinityListView, CommitmentView
 from pools.api import BackendDrainView, BackendEnableView
 from routing.operator.api import ActivityView, PoolsView, StatusView
-from routing.operator.views import dashboard, metrics
+from routing.operator.views import dashboard, metrics, readyz
 
 
 def healthz(request):
@@ -19,6 +19,7 @@ def healthz(request):
 urlpatterns = [
     path("", dashboard, name="dashboard"),
     path("healthz", healthz, name="healthz"),
+    path("readyz", readyz, name="readyz"),
     path("metrics", metrics, name="metrics"),
     path("admin/", admin.site.urls),
     path("api/schema", SpectacularAPIView.as_view(), name="api-schema"),

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from django.contrib.auth.decorators import login_required
-from django.http import HttpRequest, HttpResponse
+from django.db import DatabaseError, connection
+from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
 from django.views.decorators.cache import never_cache
 from django.views.decorators.csrf import ensure_csrf_cookie
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from pools import selectors as pool_selectors
+from routing import readiness
 from routing.operator.metrics import SynthIQCollector
 from synthiq_project.version import VERSION
 
@@ -18,6 +21,35 @@ from synthiq_project.version import VERSION
 @login_required
 def dashboard(request: HttpRequest) -> HttpResponse:
     return render(request, "dashboard.html", {"version": VERSION})
+
+
+@never_cache
+def readyz(request: HttpRequest) -> JsonResponse:
+    """Unauthenticated, like /healthz, for the balancer or keepalived in front: 200 while
+    every pool's DICOM listener answers an association, 503 otherwise, with the reasons.
+    The database's state is in the body but does not decide (SynthIQ routes without it)."""
+    listeners = readiness.registered()
+    database = {"ok": True, "error": ""}
+    try:
+        connection.ensure_connection()
+    except DatabaseError as exc:
+        database = {"ok": False, "error": f"{type(exc).__name__}: {str(exc).strip().splitlines()[0]}"}
+    if listeners is None:  # this web process runs apart from runproxy: the pools it should find
+        try:
+            listeners = [readiness.Listener(p.id, p.ae_title, p.host, p.port, bool(p.tls))
+                         for p in pool_selectors.pools_enabled()]
+        except DatabaseError:
+            return JsonResponse({"status": "unknown", "reason": "no runproxy in this process and the database "
+                                 "is unreachable: cannot tell which listeners to check", "database": database},
+                                status=503)
+    pools = []
+    for listener in listeners:
+        why = readiness.check(listener)
+        pools.append({"pool": listener.pool_id, "address": f"{listener.host}:{listener.port}",
+                      "accepting": not why, "reason": why})
+    ready = bool(pools) and all(p["accepting"] for p in pools)
+    return JsonResponse({"status": "ready" if ready else "not ready", "pools": pools, "database": database},
+                        status=200 if ready else 503)
 
 
 @never_cache
