@@ -4,7 +4,6 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 APT_PACKAGES := $(shell grep -v '^\#' requirements/apt.txt)
-export SYNTHIQ_ALLOW_DEV_KEY ?= 1
 
 .PHONY: setup deps apt migrate run test check test-sqlite test-postgres bench soak chaos interop lint clean
 
@@ -33,7 +32,13 @@ apt:
 	  fi; \
 	fi
 
-migrate: deps
+# This checkout's settings: a generated SECRET_KEY, so every manage.py command in the README
+# works here as written (the environment still wins over the file; production sets its own).
+.env:
+	@$(PYTHON) -c 'import secrets; print("# written by make setup for this checkout\nSECRET_KEY=" + secrets.token_urlsafe(50))' > $@
+	@echo "wrote $@ (a generated SECRET_KEY for this checkout)"
+
+migrate: deps .env
 	$(PY) manage.py migrate -v0
 	$(PY) manage.py collectstatic --noinput -v0
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+import os
 import resource
 import signal
 import socket
@@ -27,7 +28,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 from django.conf import settings
-from django.db import connections
+from django.db import OperationalError, connections
 
 from affinity.bindings import Bindings
 from affinity.journal import BindingJournal, journal_path
@@ -46,6 +47,7 @@ from routing.services import routing_activity_purge
 from routing.syntax_probe import Abilities, PoolAbilities, pool_abilities, probe_backend
 from routing.telemetry import Telemetry
 from routing.workers import Workers
+from synthiq_project.dburl import mask_password
 from synthiq_project.version import VERSION
 
 logger = logging.getLogger("synthiq.routing")
@@ -104,6 +106,30 @@ def _server_tls(tls: TlsConfig) -> ssl.SSLContext:
                               require_client_certificate=tls.require_client_certificate)
 
 
+def wait_for_database(*, max_seconds: float) -> None:
+    """A database that is not up yet at start (a host booting, a failover) is tried again,
+    backing off, for up to ``max_seconds``; each try is logged. Past that: a StartupError
+    naming the database (password masked)."""
+    db = connections["default"]
+    where = mask_password(os.environ.get("DATABASE_URL", "")) or f"{db.settings_dict.get('NAME')}"
+    deadline, pause, attempt = time.monotonic() + max_seconds, 0.5, 1
+    while True:
+        try:
+            db.ensure_connection()
+            return
+        except OperationalError as exc:
+            why = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise StartupError(f"database {where} unreachable after {max_seconds:.0f}s "
+                                   f"({attempt} tries): {why}") from None
+            pause = min(pause * 2, 10.0, left)
+            logger.warning("database %s unreachable (try %d: %s); trying again in %.0fs", where, attempt, why, pause)
+            db.close()
+            time.sleep(pause)
+            attempt += 1
+
+
 class ProxyRunner:
     def __init__(self, *, config: Config, grace_seconds: float, say: Callable[[str], None]):
         self.config = config
@@ -119,8 +145,8 @@ class ProxyRunner:
         signal.signal(signal.SIGINT, self._on_signal)
         logger.info("SynthIQ %s starting", VERSION)
         raise_open_files_limit()
-        if http:
-            parse_http(http)
+        self.web = self.bind_web(http) if http else None
+        wait_for_database(max_seconds=settings.SYNTHIQ_DB_WAIT_SECONDS)
         config_sync(config=self.config)
         self.pool_ids = [p.id for p in self.config.pools]
         sockets = {p.id: bind_listener(p) for p in self.config.pools}
@@ -196,7 +222,7 @@ class ProxyRunner:
     def serve_here(self, sockets: dict[str, socket.socket], http: str | None) -> None:
         if self.heartbeats is not None:
             self.heartbeats.start()
-        web = self.start_web(http) if http else None
+        web = self.start_web()
         try:
             asyncio.run(self.serve(sockets, ready=lambda: self._say_ready(), purge=True))
         finally:
@@ -225,7 +251,7 @@ class ProxyRunner:
             sock.close()  # the workers hold them now
         if self.heartbeats is not None:
             self.heartbeats.start()
-        web = self.start_web(http) if http else None
+        web = self.start_web()
         try:
             if pool.wait_ready(timeout=60):
                 self._say_ready()
@@ -375,13 +401,20 @@ class ProxyRunner:
             logger.warning("purge failed: %s", exc)
 
     # -- web app --------------------------------------------------------------------------
-    def start_web(self, http: str):
+    def bind_web(self, http: str):
+        """The admin web app's socket, bound at start: a taken port is one clear error."""
         from waitress.server import create_server
 
         from synthiq_project.wsgi import application
 
         host, port = parse_http(http)
-        server = create_server(application, host=host, port=port, threads=4)
-        threading.Thread(target=server.run, name="http", daemon=True).start()
-        logger.info("admin web app on http://%s:%d/", host, port)
-        return server
+        try:
+            return create_server(application, host=host, port=port, threads=4)
+        except OSError as exc:
+            raise StartupError(f"--http: cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+
+    def start_web(self):
+        if self.web is not None:
+            threading.Thread(target=self.web.run, name="http", daemon=True).start()
+            logger.info("admin web app on http://%s:%d/", self.web.effective_host, self.web.effective_port)
+        return self.web

@@ -3,15 +3,23 @@
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import environ
 from django.core.exceptions import ImproperlyConfigured
 
+from synthiq_project.dburl import mask_password
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(os.environ.get("SYNTHIQ_VAR_DIR", BASE_DIR / "var"))
 
 env = environ.Env()
+# A checkout's own settings (`make setup` writes a generated SECRET_KEY there); the process
+# environment wins over the file. SYNTHIQ_ENV_FILE points elsewhere (or at nothing).
+ENV_FILE = Path(os.environ.get("SYNTHIQ_ENV_FILE", BASE_DIR / ".env"))
+if ENV_FILE.is_file():
+    environ.Env.read_env(ENV_FILE)
 
 
 def _read(name: str, cast, default):
@@ -28,13 +36,16 @@ if not SECRET_KEY:
     if not DEBUG and os.environ.get("SYNTHIQ_ALLOW_DEV_KEY") != "1":
         # An installation without a key would sign sessions with a public value.
         raise ImproperlyConfigured(
-            "SECRET_KEY: not set (set SYNTHIQ_ALLOW_DEV_KEY=1 for a local demo only)"
+            f"SECRET_KEY: not set and no {ENV_FILE} (run `make setup` in a checkout; in production set "
+            "SECRET_KEY in the environment; SYNTHIQ_ALLOW_DEV_KEY=1 for a local demo only)"
         )
     SECRET_KEY = "synthiq-dev-only-not-secret"
 
 ALLOWED_HOSTS = _read("ALLOWED_HOSTS", env.list, ["127.0.0.1", "localhost", "[::1]"])
 SYNTHIQ_CONFIG = _read("SYNTHIQ_CONFIG", env.str, "")
 CELERY_BROKER_URL = _read("CELERY_BROKER_URL", env.str, "")
+# How long runproxy waits for an unreachable database at start (tries logged, backing off).
+SYNTHIQ_DB_WAIT_SECONDS = _read("SYNTHIQ_DB_WAIT_SECONDS", env.float, 60.0)
 # Inline heartbeats in runproxy unless a broker runs them from Celery beat.
 SYNTHIQ_INLINE_HEARTBEATS = not CELERY_BROKER_URL
 
@@ -84,12 +95,18 @@ TEMPLATES = [
 ]
 
 _default_db = f"sqlite:///{VAR_DIR / 'synthiq.sqlite3'}"
+_DB_URL_FORMS = "sqlite:////path/file.sqlite3, postgres://user:password@host:5432/name or mssql://user:password@host/name"
 try:
-    DATABASES = {"default": env.db_url("DATABASE_URL", default=_default_db)}
+    with warnings.catch_warnings():  # an unknown scheme is reported below, in one line
+        warnings.simplefilter("ignore")
+        DATABASES = {"default": env.db_url("DATABASE_URL", default=_default_db)}
 except (ValueError, environ.ImproperlyConfigured, KeyError) as exc:
-    raise ImproperlyConfigured(f"DATABASE_URL: {exc}") from exc
+    raise ImproperlyConfigured(f"DATABASE_URL: {exc} (expected {_DB_URL_FORMS})") from exc
 
 _db = DATABASES["default"]
+if not _db.get("ENGINE"):
+    raise ImproperlyConfigured(f"DATABASE_URL: {mask_password(os.environ.get('DATABASE_URL', ''))!r} is not a "
+                               f"database URL (expected {_DB_URL_FORMS})")
 # Persistent connections: a cache miss in runproxy must not pay for a new connection.
 _db["CONN_MAX_AGE"] = _read("CONN_MAX_AGE", env.int, 600)
 _db["CONN_HEALTH_CHECKS"] = True
@@ -144,7 +161,10 @@ WHITENOISE_USE_FINDERS = True
 
 LOG_DIR = VAR_DIR / "log"
 LOG_DIR.mkdir(parents=True, exist_ok=True)
-LOG_LEVEL = _read("LOG_LEVEL", env.str, "INFO")
+LOG_LEVEL = _read("LOG_LEVEL", env.str, "INFO").upper()
+_LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+if LOG_LEVEL not in _LOG_LEVELS:
+    raise ImproperlyConfigured(f"LOG_LEVEL: expected one of {', '.join(_LOG_LEVELS)}, got {LOG_LEVEL!r}")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,

@@ -1,0 +1,87 @@
+"""Start-up mistakes an operator makes: each ends with one line naming the culprit and a
+non-zero exit, never a traceback; and the README's manage.py commands work in a checkout."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+
+import pytest
+
+from tests.harness import PYTHON, ROOT, free_port
+
+
+def _manage(*argv: str, env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run([PYTHON, "manage.py", *argv], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def _one_line(result: subprocess.CompletedProcess) -> str:
+    assert result.returncode != 0, result.stdout
+    assert "Traceback" not in result.stderr, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    return lines[-1]
+
+
+@pytest.fixture
+def base_env() -> dict[str, str]:
+    return dict(os.environ)
+
+
+def test_a_database_url_that_is_not_one_is_named(base_env):
+    line = _one_line(_manage("check", env=base_env | {"DATABASE_URL": "not a url"}))
+    assert line.startswith("synthiq: DATABASE_URL: 'not a url' is not a database URL (expected sqlite:")
+
+
+def test_a_log_level_that_does_not_exist_is_named(base_env):
+    line = _one_line(_manage("check", env=base_env | {"LOG_LEVEL": "LOUD"}))
+    assert line == "synthiq: LOG_LEVEL: expected one of DEBUG, INFO, WARNING, ERROR, CRITICAL, got 'LOUD'"
+
+
+def test_outside_a_checkout_a_missing_secret_key_fails_fast_in_one_line(base_env, tmp_path):
+    env = {k: v for k, v in base_env.items() if k not in ("SECRET_KEY", "SYNTHIQ_ALLOW_DEV_KEY")}
+    line = _one_line(_manage("check", env=env | {"SYNTHIQ_ENV_FILE": str(tmp_path / "none")}))
+    assert line.startswith("synthiq: SECRET_KEY: not set")
+
+
+def test_in_a_checkout_the_readmes_manage_py_commands_run_as_written(base_env, tmp_path):
+    """`make setup` wrote .env with a generated key: no SYNTHIQ_ALLOW_DEV_KEY needed."""
+    assert (ROOT / ".env").is_file(), "run `make setup` first: it writes this checkout's .env"
+    env = {k: v for k, v in base_env.items() if k not in ("SECRET_KEY", "SYNTHIQ_ALLOW_DEV_KEY")}
+    config = {"Pools": [{"Id": "main", "AeTitle": "SYNTHIQ", "Port": 11112,
+                         "Backends": [{"Id": "node-a", "AeTitle": "NODEA", "Host": "10.0.0.11", "Port": 104}]}]}
+    path = tmp_path / "synthiq.json"
+    path.write_text(json.dumps(config))
+    checked = _manage("loadconfig", "--check", str(path), env=env)
+    assert checked.returncode == 0, checked.stderr
+    made = _manage("createsuperuser", "--noinput", "--username", "readme-admin", "--email", "a@example.org",
+                   env=env | {"DJANGO_SUPERUSER_PASSWORD": "not-a-real-one"})
+    assert made.returncode == 0, made.stderr
+
+
+def test_runproxy_on_a_taken_http_port_names_it(cluster, tmp_path):
+    backend = cluster.backend("node-a")
+    path = tmp_path / "synthiq.json"
+    path.write_text(json.dumps(cluster.config([backend])))
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        line = _one_line(_manage("runproxy", "--config", str(path), "--http", f"127.0.0.1:{port}", env=cluster.env))
+    assert line == f"CommandError: --http: cannot listen on 127.0.0.1:{port}: Address already in use"
+
+
+def test_runproxy_waits_for_an_unreachable_database_then_names_it_without_its_password(cluster, tmp_path):
+    backend = cluster.backend("node-a")
+    path = tmp_path / "synthiq.json"
+    path.write_text(json.dumps(cluster.config([backend])))
+    url = f"postgres://synthiq:hunter2@127.0.0.1:{free_port()}/synthiq"
+    result = _manage("runproxy", "--config", str(path), env=cluster.env | {"DATABASE_URL": url,
+                                                                          "SYNTHIQ_DB_WAIT_SECONDS": "3"})
+    line = _one_line(result)
+    assert line.startswith(f"CommandError: database postgres://synthiq:***@127.0.0.1:{url.rsplit(':', 1)[1]} "
+                           "unreachable after 3s"), line
+    assert "hunter2" not in result.stderr + result.stdout
+    assert result.stderr.count("unreachable (try ") >= 2  # each try logged, backing off
