@@ -255,8 +255,8 @@ def probe_echo(target: Target, timeout: float) -> Reading:
     except (OSError, ValueError) as exc:
         raise ProbeError(f"C-ECHO association failed: {exc}") from None
     if not assoc.is_established:
-        # pynetdicom reports a refused or dropped connection as an abort, not an exception.
-        what = "rejected" if assoc.is_rejected else "not established (connection refused or aborted)"
+        # pynetdicom reports a refused, silent or dropped connection alike: tell them apart.
+        what = "rejected" if assoc.is_rejected else _why_not_established(target, timeout)
         raise ProbeError(f"C-ECHO association to {target.ae_title}@{target.host}:{target.port} {what}")
     try:
         rsp = assoc.send_c_echo()
@@ -267,6 +267,20 @@ def probe_echo(target: Target, timeout: float) -> Reading:
     if status != 0x0000:
         raise ProbeError(f"C-ECHO returned status {'none' if status is None else f'0x{status:04X}'}")
     return Reading()
+
+
+def _why_not_established(target: Target, timeout: float) -> str:
+    """Why an association was not established when pynetdicom does not say: a refused
+    connection, one that was never answered, or one the peer accepted and then dropped."""
+    try:
+        with socket.create_connection((target.host, target.port), timeout=timeout):
+            return "aborted: the peer accepted the connection, then dropped or aborted the association"
+    except TimeoutError:
+        return f"timed out: no answer within {timeout:.1f}s"
+    except ConnectionRefusedError:
+        return "refused: nothing listens on that port"
+    except OSError as exc:
+        return f"not established: {exc}"
 
 
 def probe_tcp(target: Target, timeout: float) -> Reading:

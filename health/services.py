@@ -27,6 +27,8 @@ logger = logging.getLogger("synthiq.health")
 MAX_PROBE_THREADS = 16
 # Never wait longer than this for one probe, whatever the interval.
 MAX_PROBE_SECONDS = 5.0
+# A backend that keeps failing its heartbeat is logged again this often (not every interval).
+FAILURE_REMINDER_SECONDS = 300
 
 
 @dataclass(frozen=True)
@@ -104,6 +106,24 @@ def _upsert(model, *, key: dict, fields: dict) -> None:
         model.objects.filter(**key).update(**fields)
 
 
+def _log_failure(*, outcome: Outcome, pool_id: str, mode: str, previous: BackendHealth | None, error: str,
+                 now: dt.datetime) -> None:
+    """A failed heartbeat is logged when it starts failing or its cause changes, then as a
+    reminder every FAILURE_REMINDER_SECONDS while it keeps failing, not every interval."""
+    failing_before = previous is not None and bool(previous.last_error) and (
+        previous.last_ok_utc is None or previous.last_check_utc > previous.last_ok_utc)
+    if failing_before and previous is not None and previous.last_error == error:
+        since = previous.last_ok_utc or previous.last_check_utc
+        before = (previous.last_check_utc - since).total_seconds() // FAILURE_REMINDER_SECONDS
+        if (now - since).total_seconds() // FAILURE_REMINDER_SECONDS == before:
+            return
+        logger.warning("heartbeat still failing backend=%s pool=%s mode=%s (for %.0f min): %s", outcome.backend_id,
+                       pool_id, mode, (now - since).total_seconds() / 60, error)
+        return
+    logger.warning("heartbeat failed backend=%s pool=%s mode=%s in %.0f ms: %s", outcome.backend_id,
+                   pool_id, mode, outcome.seconds * 1000, error)
+
+
 def backend_health_record(
     *, outcome: Outcome, pool_id: str, mode: str, previous: BackendHealth | None,
     now: dt.datetime, timeout_seconds: float,
@@ -131,9 +151,9 @@ def backend_health_record(
         last_ok = previous.last_ok_utc if previous else None
         within = last_ok is not None and (now - last_ok).total_seconds() <= timeout_seconds
         healthy = was_healthy and within and not outcome.error.refused
-        fields = {"healthy": healthy, "last_check_utc": now, "last_error": str(outcome.error)[:500]}
-        logger.warning("heartbeat failed backend=%s pool=%s mode=%s in %.0f ms: %s", outcome.backend_id,
-                       pool_id, mode, outcome.seconds * 1000, outcome.error)
+        error = str(outcome.error)[:500]
+        fields = {"healthy": healthy, "last_check_utc": now, "last_error": error}
+        _log_failure(outcome=outcome, pool_id=pool_id, mode=mode, previous=previous, error=error, now=now)
     _upsert(BackendHealth, key={"backend_id": outcome.backend_id}, fields=fields)
     if healthy != was_healthy:
         if healthy:

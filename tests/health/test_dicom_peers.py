@@ -41,8 +41,9 @@ def test_liveness_by_c_echo_against_storescp_goes_down_after_the_timeout_and_com
     row = health_row("scp")
     down_after = (row.last_check_utc - row.last_ok_utc).total_seconds()
     assert TIMEOUT < down_after <= TIMEOUT + INTERVAL
-    assert f"C-ECHO association to STORESCP@127.0.0.1:{port} not established" in row.last_error
-    assert any(line.startswith("heartbeat failed backend=scp") for line in log.lines())
+    assert f"C-ECHO association to STORESCP@127.0.0.1:{port} refused: nothing listens on that port" in row.last_error
+    failed = [line for line in log.lines() if line.startswith("heartbeat failed backend=scp")]
+    assert len(failed) == 1, failed  # logged when it started failing, not every round
 
     start_storescp(cluster, name="storescp-again", port=port)
     assert _round() == {"scp": True}
@@ -105,3 +106,29 @@ def test_orthanc_adapter_reports_a_load_that_follows_orthancs_queued_work(cluste
              what="Orthanc to work off its queue")
     print(f"Orthanc back to load 0 in {time.monotonic() - started:.1f}s")
     assert health_row("orthanc").detail["count_instances"] > 40  # the anonymized copies
+
+
+def test_a_heartbeat_that_keeps_failing_is_logged_again_only_every_few_minutes():
+    import datetime as dt
+
+    from health.models import BackendHealth
+    from health.probes import ProbeError
+    from health.services import FAILURE_REMINDER_SECONDS, Outcome, _log_failure
+
+    ok = dt.datetime(2026, 11, 24, 12, 0, tzinfo=dt.UTC)
+    error = "C-ECHO association to X@h:104 timed out: no answer within 2.0s"
+    outcome = Outcome("x", None, ProbeError(error), 2.0)
+
+    def logged(last_check_after: float, now_after: float, last_error: str = error) -> list[str]:
+        previous = BackendHealth(backend_id="x", last_error=last_error, last_ok_utc=ok,
+                                 last_check_utc=ok + dt.timedelta(seconds=last_check_after))
+        with LogCapture() as log:
+            _log_failure(outcome=outcome, pool_id="main", mode="liveness", previous=previous, error=error,
+                         now=ok + dt.timedelta(seconds=now_after))
+        return log.lines()
+
+    assert logged(0, 5, last_error="") != []  # it starts failing: logged
+    assert logged(5, 10) == []  # the same cause again: quiet
+    assert logged(10, 15, last_error="refused: nothing listens") != []  # another cause: logged
+    reminder = logged(FAILURE_REMINDER_SECONDS - 1, FAILURE_REMINDER_SECONDS + 1)
+    assert len(reminder) == 1 and reminder[0].startswith("heartbeat still failing backend=x pool=main")
