@@ -47,6 +47,7 @@ from routing.services import routing_activity_purge
 from routing.syntax_probe import Abilities, PoolAbilities, pool_abilities, probe_backend
 from routing.telemetry import Telemetry
 from routing.workers import Workers
+from synthiq_project import logformat
 from synthiq_project.dburl import mask_password
 from synthiq_project.version import VERSION
 
@@ -240,6 +241,7 @@ class ProxyRunner:
         connections.close_all()  # no database connection may cross a fork
 
         def worker(index: int, ready: Callable[[], None]) -> int:
+            logformat.WORKER = str(index)  # every log line of this worker says which it is
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             signal.signal(signal.SIGINT, signal.SIG_DFL)
             asyncio.run(self.serve(sockets, ready=ready, purge=False, worker=index))
@@ -293,6 +295,7 @@ class ProxyRunner:
             for p in self.config.pools
         ]
         self.relay = Relay(pools=pools, network=self.network, placement=self.router, telemetry=self.telemetry,
+                           log_patient_id=settings.SYNTHIQ_LOG_PATIENT_ID,
                            syntax_ranks={pool_id: a.ranks for pool_id, a in self.abilities.items()})
         await self.relay.start(sockets)
         ready()

@@ -160,31 +160,41 @@ SPECTACULAR_SETTINGS = {
 WHITENOISE_USE_FINDERS = True
 
 LOG_DIR = VAR_DIR / "log"
-LOG_DIR.mkdir(parents=True, exist_ok=True)
 LOG_LEVEL = _read("LOG_LEVEL", env.str, "INFO").upper()
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 if LOG_LEVEL not in _LOG_LEVELS:
     raise ImproperlyConfigured(f"LOG_LEVEL: expected one of {', '.join(_LOG_LEVELS)}, got {LOG_LEVEL!r}")
+LOG_FORMAT = _read("LOG_FORMAT", env.str, "plain")
+if LOG_FORMAT not in ("plain", "json"):
+    raise ImproperlyConfigured(f"LOG_FORMAT: expected plain or json, got {LOG_FORMAT!r}")
+# Where the rotating log file goes ("" for none: the console only, e.g. under journald).
+LOG_FILE = _read("LOG_FILE", env.str, str(LOG_DIR / "synthiq.log"))
+# Route lines carry the Patient ID unless this is off (a site that keeps patient data out of logs).
+SYNTHIQ_LOG_PATIENT_ID = _read("SYNTHIQ_LOG_PATIENT_ID", env.bool, True)
+_handlers = {"console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT, "filters": ["tags"]}}
+if LOG_FILE:
+    Path(LOG_FILE).parent.mkdir(parents=True, exist_ok=True)
+    _handlers["file"] = {
+        "class": "logging.handlers.RotatingFileHandler",
+        "filename": LOG_FILE,
+        "maxBytes": 20 * 1024 * 1024,
+        "backupCount": 5,
+        "formatter": LOG_FORMAT,
+        "filters": ["tags"],
+        "delay": True,
+    }
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
+    "filters": {"tags": {"()": "synthiq_project.logformat.ProcessTags"}},
     "formatters": {
-        "plain": {"format": "%(asctime)s %(levelname)s [%(process)d] %(name)s %(message)s"},
+        "plain": {"format": "%(asctime)s %(levelname)s [%(process)d%(worker)s] %(name)s %(message)s"},
+        "json": {"()": "synthiq_project.logformat.JsonLines"},
     },
-    "handlers": {
-        "console": {"class": "logging.StreamHandler", "formatter": "plain"},
-        "file": {
-            "class": "logging.handlers.RotatingFileHandler",
-            "filename": str(LOG_DIR / "synthiq.log"),
-            "maxBytes": 20 * 1024 * 1024,
-            "backupCount": 5,
-            "formatter": "plain",
-            "delay": True,
-        },
-    },
+    "handlers": _handlers,
     "loggers": {
-        "synthiq": {"handlers": ["console", "file"], "level": LOG_LEVEL, "propagate": False},
+        "synthiq": {"handlers": list(_handlers), "level": LOG_LEVEL, "propagate": False},
         # pynetdicom logs its own tracebacks on hostile input; SynthIQ logs what it sees itself.
-        "pynetdicom": {"handlers": ["console", "file"], "level": "CRITICAL", "propagate": False},
+        "pynetdicom": {"handlers": list(_handlers), "level": "CRITICAL", "propagate": False},
     },
 }

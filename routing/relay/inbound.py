@@ -353,11 +353,11 @@ class InboundAssociation:
             self.relay.telemetry.decided(pool_id=self.pool_id, study_uid=suid, backend_id=backend_id,
                                      reason=route.reason, calling_ae=self.calling_ae, source_ip=self.source_ip,
                                      modality=header.modality)
+            patient = f" patient_id={header.patient_id}" if self.relay.log_patient_id else ""
             logger.info(
-                "route pool=%s calling_ae=%s source_ip=%s study=%s sop=%s modality=%s patient_id=%s "
-                "backend=%s reason=%s",
-                self.pool_id, self.calling_ae, self.source_ip, suid, sop_uid, header.modality,
-                header.patient_id, backend_id, route.reason,
+                "route pool=%s calling_ae=%s source_ip=%s study=%s sop=%s modality=%s%s backend=%s reason=%s",
+                self.pool_id, self.calling_ae, self.source_ip, suid, sop_uid, header.modality, patient,
+                backend_id, route.reason,
             )
         self.relay.placement.touch(self.pool_id, suid)
         return backend_id

@@ -119,8 +119,10 @@ class _Pending:
 
 class Relay:
     def __init__(self, *, pools: list[PoolListener], network: NetworkSettings, placement: Placement, telemetry: Any,
-                 syntax_ranks: Mapping[str, Mapping[str, negotiation.Rank]] | None = None):
+                 syntax_ranks: Mapping[str, Mapping[str, negotiation.Rank]] | None = None,
+                 log_patient_id: bool = True):
         self.pools = pools
+        self.log_patient_id = log_patient_id  # route lines carry the Patient ID unless a site turns it off
         self.network = network
         self.placement = placement
         self.telemetry = telemetry
