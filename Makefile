@@ -42,7 +42,8 @@ migrate: deps .env
 	$(PY) manage.py migrate -v0
 	$(PY) manage.py collectstatic --noinput -v0
 
-run: setup
+# The demo needs no Debian package: it does not install the test tools.
+run: deps migrate
 	$(PY) manage.py demo
 
 test: setup check test-sqlite test-postgres

@@ -85,3 +85,9 @@ def test_runproxy_waits_for_an_unreachable_database_then_names_it_without_its_pa
                            "unreachable after 3s"), line
     assert "hunter2" not in result.stderr + result.stdout
     assert result.stderr.count("unreachable (try ") >= 2  # each try logged, backing off
+
+
+def test_make_run_installs_no_debian_package():
+    plan = subprocess.run(["make", "-n", "run"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert plan.returncode == 0, plan.stderr
+    assert "manage.py demo" in plan.stdout and "apt-get" not in plan.stdout

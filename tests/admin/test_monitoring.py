@@ -1,0 +1,56 @@
+"""The shipped Grafana dashboard and Prometheus alert rules: the rules pass promtool, and
+every metric either of them names exists in the /metrics of a running runproxy."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+
+import requests
+from prometheus_client.parser import text_string_to_metric_families
+
+from routing.simulators.synthetic import write_study
+from tests.admin.support import healthy
+from tests.harness import ROOT, require_tool, send_files, wait_for
+
+MONITORING = ROOT / "docs" / "monitoring"
+SUFFIXES = ("_total", "_bucket", "_count", "_sum", "_info")
+
+
+def _named_metrics() -> set[str]:
+    rules = (MONITORING / "alerts.yml").read_text()
+    dashboard = json.loads((MONITORING / "grafana-dashboard.json").read_text())
+    exprs = [t["expr"] for panel in dashboard["panels"] for t in panel["targets"]]
+    return set(re.findall(r"\bsynthiq_[a-z0-9_]+", rules + "\n".join(exprs)))
+
+
+def test_the_alert_rules_pass_promtool():
+    promtool = require_tool("promtool", "prometheus")
+    result = subprocess.run([promtool, "check", "rules", str(MONITORING / "alerts.yml")],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "SUCCESS: 7 rules found" in result.stdout
+
+
+def test_every_metric_the_dashboard_and_rules_name_is_exported(cluster, tmp_path):
+    a = cluster.backend("node-a")
+    proxy = cluster.proxy(cluster.config([a], HeartbeatTimeoutSeconds=600), http=True)
+    healthy([a], loads={"node-a": 0.2})
+    _, files = write_study(tmp_path / "s", count=2)
+    assert [s.status for s in send_files(proxy.port, files)] == [0, 0]
+
+    def exported() -> set[str] | None:
+        text = requests.get(f"http://127.0.0.1:{proxy.http_port}/metrics", timeout=10).text
+        names = set()
+        for family in text_string_to_metric_families(text):
+            names.add(family.name)
+            names.update(s.name for s in family.samples)
+        return names if "synthiq_instances_received_total" in names else None
+
+    names = wait_for(exported, timeout=15, what="the published counters")
+    named = _named_metrics()
+    assert len(named) >= 15
+    missing = sorted(n for n in named
+                     if n not in names and not any(n.endswith(s) and n.removesuffix(s) in names for s in SUFFIXES))
+    assert not missing, f"named by the dashboard or the rules but not exported: {missing}"
