@@ -11,7 +11,8 @@ class Binding(models.Model):
     backend = models.ForeignKey("pools.Backend", on_delete=models.PROTECT)
     first_seen_utc = models.DateTimeField()
     last_seen_utc = models.DateTimeField(db_index=True)
-    instance_count = models.PositiveIntegerField(default=0)
+    instance_count = models.PositiveIntegerField(
+        default=0, verbose_name="instances received", help_text="C-STOREs relayed for this study, re-sends included")
     committed_utc = models.DateTimeField(null=True, blank=True)
 
     class Meta:

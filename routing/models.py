@@ -33,3 +33,7 @@ class ProxyProcess(models.Model):
     stopped = models.BooleanField(default=False)
     counters = models.JSONField(default=dict)
     listeners = models.JSONField(default=list)
+
+    class Meta:
+        verbose_name = "runproxy process"
+        verbose_name_plural = "runproxy processes"

@@ -10,6 +10,9 @@ from pools.api import BackendDrainView, BackendEnableView
 from routing.operator.api import ActivityView, PoolsView, StatusView
 from routing.operator.views import dashboard, metrics, readyz
 
+admin.site.site_header = admin.site.site_title = "SynthIQ administration"
+admin.site.index_title = "SynthIQ: pools, bindings, health and routing activity"
+
 
 def healthz(request):
     """Liveness of the web process itself (unauthenticated, for load balancers)."""

@@ -74,3 +74,14 @@ def test_the_drain_action_drains_through_the_service(admin_client):
     assert rsp.status_code == 302
     assert Backend.objects.get(id="node-b").draining is True
     assert Backend.objects.get(id="node-a").draining is False
+
+
+def test_the_admin_speaks_synthiq_and_plain_english(admin_client):
+    index = _rows(admin_client, "/admin/")
+    assert "SynthIQ administration" in index and "Runproxy processes" in index and "Proxy processs" not in index
+    bindings = _rows(admin_client, "/admin/affinity/binding/")
+    assert "Instances received" in bindings
+    from django.test import Client
+
+    login = Client(HTTP_HOST="127.0.0.1").get("/admin/login/").content.decode()
+    assert "SynthIQ administration" in login and "Django administration" not in login
