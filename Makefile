@@ -68,7 +68,7 @@ bench: setup
 # protocol decoders under atheris for a minute. Needs root (network namespace, iptables).
 chaos: setup
 	$(PY) -m bench.chaos $(CHAOS_ARGS)
-	SYNTHIQ_FUZZ_EXAMPLES=10000 SYNTHIQ_TEST_DB=sqlite $(PY) -m pytest -q -s tests/routing/test_fuzz_pdus.py
+	SYNTHIQ_FUZZ_EXAMPLES=10000 SYNTHIQ_TEST_DB=sqlite $(PY) -m pytest -q -s --timeout=5400 tests/routing/test_fuzz_pdus.py
 	mkdir -p var/fuzz-corpus && $(PY) -m bench.fuzz_decoders -max_total_time=60 -rss_limit_mb=2048 var/fuzz-corpus
 
 # The interop matrix alone (it is part of `make test` too): real senders x real backends,
