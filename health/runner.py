@@ -28,11 +28,11 @@ class InlineHeartbeats:
         self._thread.start()
 
     def _loop(self) -> None:
-        interval = self.policy.interval_seconds
-        next_round = time.monotonic() + interval
+        next_round = time.monotonic() + self.policy.interval_seconds
         while not self._stop.wait(max(0.0, next_round - time.monotonic())):
-            # Fixed-rate schedule: a slow round does not push every later one back.
-            next_round = max(next_round + interval, time.monotonic())
+            # Fixed-rate schedule: a slow round does not push every later one back. The
+            # policy is read each round: a reload (SIGHUP) may have changed it.
+            next_round = max(next_round + self.policy.interval_seconds, time.monotonic())
             try:
                 self.run_once()
             except Exception:  # the next round may well succeed (database back, etc.)

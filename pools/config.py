@@ -284,3 +284,34 @@ def config_load(*, path: str | Path) -> Config:
     except json.JSONDecodeError as exc:
         raise ConfigError([f"{path}: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}"]) from exc
     return config_parse(data=data)
+
+
+def differences(old: Any, new: Any, path: str = "") -> list[str]:
+    """What changed between two configs (or their JSON), one line per key path, in the
+    file's own spelling: ``Pools[main].AllowedCallingAeTitles: [] -> ['CT01']``. Lists of
+    objects with an ``Id`` are matched by id (``Pools[main]: added``)."""
+    if isinstance(old, Config) or isinstance(new, Config):
+        old, new = (c.model_dump(mode="json", by_alias=True) if isinstance(c, Config) else c for c in (old, new))
+    if isinstance(old, dict) and isinstance(new, dict):
+        return [line for key in dict.fromkeys([*old, *new])
+                for line in differences(old.get(key), new.get(key), f"{path}.{key}" if path else key)]
+    if _by_id(old) is not None and _by_id(new) is not None:
+        before, after = _by_id(old), _by_id(new)
+        assert before is not None and after is not None
+        lines = []
+        for key in dict.fromkeys([*before, *after]):
+            where = f"{path}[{key}]"
+            if key not in before:
+                lines.append(f"{where}: added")
+            elif key not in after:
+                lines.append(f"{where}: removed")
+            else:
+                lines += differences(before[key], after[key], where)
+        return lines
+    return [] if old == new else [f"{path}: {old!r} -> {new!r}"]
+
+
+def _by_id(value: Any) -> dict[str, Any] | None:
+    if isinstance(value, list) and all(isinstance(v, dict) and "Id" in v for v in value):
+        return {v["Id"]: v for v in value}
+    return None

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from typing import Any
+
 from django.conf import settings
 from django.db.models import QuerySet
 
@@ -39,3 +41,16 @@ def backend_by_commitment_token(*, token: str) -> Backend | None:
     if not token:
         return None
     return Backend.objects.filter(commitment_token=token).exclude(commitment_token="").first()
+
+
+def pools_as_stored() -> dict[str, Any]:
+    """The pools and backends as the database holds them, keyed as the config file spells
+    them (what `loadconfig --check` compares a file against)."""
+    return {"Pools": [
+        {"Id": p.id, "AeTitle": p.ae_title, "Host": p.host, "Port": p.port, "Enabled": p.enabled,
+         "AllowedCallingAeTitles": list(p.allowed_calling_ae_titles), "Tls": p.tls,
+         "Backends": [{"Id": b.id, "AeTitle": b.ae_title, "Host": b.host, "Port": b.port, "Weight": b.weight,
+                       "Enabled": b.enabled, "Health": b.health, "Tls": b.tls,
+                       "CommitmentToken": "(set)" if b.commitment_token else ""}
+                      for b in p.backends.all()]}
+        for p in pools_with_backends()]}

@@ -36,7 +36,7 @@ from affinity.services import BINDING_PURGE_SECONDS, bindings_purge_expired
 from health.runner import InlineHeartbeats
 from health.selectors import STALE_INTERVALS, heartbeat_staleness
 from health.services import HeartbeatPolicy
-from pools.config import Config, PoolConfig, TlsConfig
+from pools.config import Config, ConfigError, PoolConfig, TlsConfig, config_load, differences
 from pools.services import config_sync
 from routing import logqueue, readiness
 from routing.dicom import netopts
@@ -132,8 +132,11 @@ def wait_for_database(*, max_seconds: float) -> None:
 
 
 class ProxyRunner:
-    def __init__(self, *, config: Config, grace_seconds: float, say: Callable[[str], None]):
+    def __init__(self, *, config: Config, grace_seconds: float, say: Callable[[str], None],
+                 config_path: str | None = None):
         self.config = config
+        self.config_path = config_path  # re-read on SIGHUP
+        self.reload_requested = threading.Event()
         self.say = say
         self.grace_seconds = grace_seconds
         self.stopping = threading.Event()
@@ -144,6 +147,7 @@ class ProxyRunner:
         """Start up (see the module docstring) and serve until SIGTERM/SIGINT."""
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
+        signal.signal(signal.SIGHUP, lambda signum, frame: self.reload_requested.set())
         logger.info("SynthIQ %s starting", VERSION)
         raise_open_files_limit()
         self.web = self.bind_web(http) if http else None
@@ -244,6 +248,7 @@ class ProxyRunner:
             logformat.WORKER = str(index)  # every log line of this worker says which it is
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             signal.signal(signal.SIGINT, signal.SIG_DFL)
+            signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until its loop takes it (see serve)
             asyncio.run(self.serve(sockets, ready=ready, purge=False, worker=index))
             return 0
 
@@ -260,6 +265,13 @@ class ProxyRunner:
             next_purge = time.monotonic() + 5
             while not self.stopping.wait(0.2):
                 pool.reap()
+                if self.reload_requested.is_set():
+                    self.reload_requested.clear()
+                    new = self.reload_shared()
+                    if new is not None:
+                        self.config = new
+                        for pid in list(pool.pids):  # each worker re-reads the file and applies it
+                            os.kill(pid, signal.SIGHUP)
                 if time.monotonic() >= next_purge:
                     self.purge()
                     next_purge = time.monotonic() + BINDING_PURGE_SECONDS
@@ -279,6 +291,16 @@ class ProxyRunner:
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop_loop, sig, stop)
+        # SIGHUP: re-read the config file and apply it without dropping an association. In
+        # one process this loop does it all; a worker applies what its parent already synced.
+        reloads: set[asyncio.Task[None]] = set()
+
+        def on_hup() -> None:
+            task = asyncio.ensure_future(self.reload(executor, shared=worker is None, worker=worker is not None))
+            reloads.add(task)
+            task.add_done_callback(reloads.discard)
+        loop.add_signal_handler(signal.SIGHUP, on_hup)
+        self.reload_requested.clear()
         if self.stopping.is_set():
             stop.set()
         executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="housekeeping")
@@ -289,11 +311,7 @@ class ProxyRunner:
         self.router = Router(bindings=self.bindings, heartbeat_timeout=self.config.heartbeat_timeout_seconds)
         self.telemetry = Telemetry()
         await loop.run_in_executor(executor, self.refresh)
-        pools = [
-            PoolListener(p.id, p.ae_title, p.host, p.port, p.allowed_calling_ae_titles,
-                         _server_tls(p.tls) if p.tls else None, services=self.services_passed(p))
-            for p in self.config.pools
-        ]
+        pools = [self.pool_listener(p) for p in self.config.pools]
         self.relay = Relay(pools=pools, network=self.network, placement=self.router, telemetry=self.telemetry,
                            log_patient_id=settings.SYNTHIQ_LOG_PATIENT_ID,
                            syntax_ranks={pool_id: a.ranks for pool_id, a in self.abilities.items()})
@@ -317,6 +335,84 @@ class ProxyRunner:
             executor.shutdown(wait=True)
             connections.close_all()
             listener.stop()
+
+    def pool_listener(self, pool: PoolConfig) -> PoolListener:
+        return PoolListener(pool.id, pool.ae_title, pool.host, pool.port, pool.allowed_calling_ae_titles,
+                            _server_tls(pool.tls) if pool.tls else None, services=self.services_passed(pool))
+
+    # -- reload (SIGHUP) ------------------------------------------------------------------
+    def reload_shared(self) -> Config | None:
+        """Re-read and validate the file as a whole; if valid, sync the database, update the
+        heartbeats and readiness. Returns the new config, or None (nothing changed: an
+        invalid file is logged and ignored). Done once per host: by the only process, or by
+        the parent of the workers."""
+        if self.config_path is None:
+            logger.warning("SIGHUP: no config file to re-read")
+            return None
+        try:
+            new = config_load(path=self.config_path)
+        except ConfigError as exc:
+            logger.error("reload: %s is invalid, nothing changed: %s", self.config_path, "; ".join(exc.errors))
+            return None
+        changes = differences(self.config, new)
+        if not changes:
+            logger.info("reload: %s unchanged", self.config_path)
+            return None
+        config_sync(config=new)
+        pool_ids = [p.id for p in new.pools]
+        self.heartbeat_policy = HeartbeatPolicy(new.heartbeat_interval_seconds, new.heartbeat_timeout_seconds,
+                                                new.study_cache_window_hours)
+        if self.heartbeats is not None:
+            self.heartbeats.pool_ids, self.heartbeats.policy = pool_ids, self.heartbeat_policy
+        readiness.register([readiness.Listener(p.id, p.ae_title, p.host, p.port, p.tls is not None)
+                            for p in new.pools])
+        logger.warning("reload: %s: %s", self.config_path, "; ".join(changes))
+        return new
+
+    async def reload(self, executor: ThreadPoolExecutor, *, shared: bool, worker: bool) -> None:
+        """Apply the file to this event loop: pools added (listening at once), removed (the
+        listener closes, its associations go on), changed (new connections get the new AE
+        title, allow-list, TLS, services); network settings for new associations; backends
+        through the router's next refresh. Associations already open are not touched."""
+        loop = asyncio.get_running_loop()
+        if shared:
+            new = await loop.run_in_executor(executor, self.reload_shared)
+        else:  # a worker: its parent validated and synced; read what it read
+            try:
+                new = await loop.run_in_executor(executor, lambda: config_load(path=self.config_path or ""))
+            except ConfigError:
+                return
+        if new is None or self.relay is None:
+            return
+        old, self.config = self.config, new
+        self.network = NetworkSettings(**new.network.model_dump())
+        self.relay.network = self.network
+        self.pool_ids = [p.id for p in new.pools]
+        self.router.heartbeat_timeout = new.heartbeat_timeout_seconds
+        await loop.run_in_executor(executor, self.refresh)
+        before = {p.id: p for p in old.pools}
+        for pool in new.pools:
+            was = before.pop(pool.id, None)
+            if was is not None and (was.host, was.port) == (pool.host, pool.port):
+                if was != pool:
+                    self.relay.update_pool(self.pool_listener(pool))
+                continue
+            if was is not None:
+                self.relay.remove_pool(pool.id)
+            if worker:
+                logger.error("reload: pool %s on %s:%d needs a restart to listen (runproxy --workers binds "
+                             "listeners in the parent at start)", pool.id, pool.host, pool.port)
+                continue
+            try:
+                sock = bind_listener(pool)
+            except StartupError as exc:
+                logger.error("reload: %s; the rest of the file is applied", exc)
+                continue
+            self.abilities[pool.id] = await loop.run_in_executor(executor, self.probe_pool, pool, self.router)
+            self.relay.add_pool(self.pool_listener(pool), sock, self.abilities[pool.id].ranks)
+        for gone in before:
+            self.relay.remove_pool(gone)
+        logger.info("reload: applied to this process's listeners (pools: %s)", ", ".join(self.pool_ids))
 
     def _stop_loop(self, sig: int, stop: asyncio.Event) -> None:
         logger.info("signal %s: stopping", signal.Signals(sig).name)

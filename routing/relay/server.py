@@ -147,15 +147,44 @@ class Relay:
         ``loop.create_server`` because asyncio's server accepts every waiting connection
         in one go: with several workers on one socket, the first to wake would take a
         whole burst. A few per wake-up spreads a burst over the workers."""
-        loop = asyncio.get_running_loop()
         for pool in self.pools:
-            sock = sockets[pool.id]
-            sock.setblocking(False)
-            self._listening[pool.id] = sock
-            loop.add_reader(sock.fileno(), self._accept, pool, sock)
-            logger.info("listening pool=%s ae=%s on %s:%d%s", pool.id, pool.ae_title, pool.host, pool.port,
-                        " (TLS)" if pool.tls else "")
+            self._listen(pool, sockets[pool.id])
         self.accepting = True
+
+    def _listen(self, pool: PoolListener, sock: socket.socket) -> None:
+        sock.setblocking(False)
+        self._listening[pool.id] = sock
+        asyncio.get_running_loop().add_reader(sock.fileno(), self._accept, pool, sock)
+        logger.info("listening pool=%s ae=%s on %s:%d%s", pool.id, pool.ae_title, pool.host, pool.port,
+                    " (TLS)" if pool.tls else "")
+
+    # -- a reload (SIGHUP) changes the pools; associations already open keep what they had --
+    def add_pool(self, pool: PoolListener, sock: socket.socket, ranks: Mapping[str, negotiation.Rank]) -> None:
+        self.pools = [*self.pools, pool]
+        self.services[pool.id] = pool.services
+        self.syntax_ranks[pool.id] = ranks
+        self._listen(pool, sock)
+
+    def update_pool(self, pool: PoolListener) -> None:
+        """Same address, new settings (AE title, allow-list, TLS, services): connections
+        accepted from now on get them."""
+        sock = self._listening[pool.id]
+        loop = asyncio.get_running_loop()
+        loop.remove_reader(sock.fileno())
+        loop.add_reader(sock.fileno(), self._accept, pool, sock)
+        self.pools = [pool if p.id == pool.id else p for p in self.pools]
+        self.services[pool.id] = pool.services
+
+    def remove_pool(self, pool_id: str) -> None:
+        """The listener closes now; the pool's open associations go on until they end."""
+        sock = self._listening.pop(pool_id, None)
+        if sock is not None:
+            asyncio.get_running_loop().remove_reader(sock.fileno())
+            sock.close()
+        self.pools = [p for p in self.pools if p.id != pool_id]
+        still = sum(1 for a in self.associations if a.pool_id == pool_id)
+        logger.warning("pool=%s removed: its listener is closed; %d open association(s) of it go on until they end",
+                       pool_id, still)
 
     def _accept(self, pool: PoolListener, sock: socket.socket) -> None:
         loop = asyncio.get_running_loop()
@@ -179,8 +208,9 @@ class Relay:
             self.spawn(self._adopt(pool, conn))
 
     def _resume_accepting(self, pool: PoolListener, sock: socket.socket) -> None:
-        if not self.stopping:
-            asyncio.get_running_loop().add_reader(sock.fileno(), self._accept, pool, sock)
+        if not self.stopping and self._listening.get(pool.id) is sock:
+            current = next((p for p in self.pools if p.id == pool.id), pool)  # a reload may have changed it
+            asyncio.get_running_loop().add_reader(sock.fileno(), self._accept, current, sock)
 
     async def _adopt(self, pool: PoolListener, conn: socket.socket) -> None:
         try:

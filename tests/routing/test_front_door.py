@@ -139,3 +139,23 @@ def test_a_peer_announcing_a_4_gb_pdu_is_cut_off_and_the_listener_keeps_serving(
     wait_for(lambda: "announced a 4294967280-byte PDU" in proxy.process.log(), timeout=10, what="the log line")
     _, files = write_study(tmp_path, count=1)
     assert send_files(proxy.port, files)[0].status == 0
+
+
+def test_loadconfig_check_says_what_would_change_and_changes_nothing(cluster, tmp_path):
+    from pools.models import Backend
+
+    good, path = _loaded_two_backend_config(cluster, tmp_path)
+    changed = json.loads(json.dumps(good))
+    changed["Pools"][0]["Backends"][0]["Weight"] = 4
+    changed["Pools"][0]["Backends"].pop()  # node-b leaves the file
+    path.write_text(json.dumps(changed))
+    result = subprocess.run([PYTHON, "manage.py", "loadconfig", "--check", str(path)], cwd=ROOT,
+                            env=cluster.env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "would change Pools[main].Backends[node-a].Weight: 1 -> 4" in result.stdout
+    assert "would change Pools[main].Backends[node-b].Enabled: True -> False" in result.stdout
+    assert Backend.objects.get(id="node-a").weight == 1 and Backend.objects.get(id="node-b").enabled
+    path.write_text(json.dumps(good))
+    again = subprocess.run([PYTHON, "manage.py", "loadconfig", "--check", str(path)], cwd=ROOT,
+                           env=cluster.env, capture_output=True, text=True, timeout=60)
+    assert "no change against the database" in again.stdout

@@ -38,7 +38,8 @@ class Command(BaseCommand):
         except ConfigError as exc:
             raise CommandError("invalid config, nothing changed:\n  " + "\n  ".join(exc.errors)) from None
         try:
-            ProxyRunner(config=parsed, grace_seconds=grace_seconds, say=self._say).run(workers=workers, http=http)
+            ProxyRunner(config=parsed, config_path=config, grace_seconds=grace_seconds,
+                        say=self._say).run(workers=workers, http=http)
         except StartupError as exc:
             raise CommandError(str(exc)) from None
 

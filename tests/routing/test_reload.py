@@ -1,0 +1,92 @@
+"""Live reload like HAProxy's: SIGHUP re-reads the config file and applies it whole without
+dropping an association; an invalid file changes nothing and says why."""
+
+from __future__ import annotations
+
+import json
+import signal
+import threading
+
+import pytest
+
+from routing.simulators.synthetic import write_study
+from tests.harness import free_port, send_files, wait_for
+
+
+def _reload(proxy, config: dict, *, expect: str) -> None:
+    before = proxy.process.log().count("reload: ")
+    proxy.config_path.write_text(json.dumps(config))
+    proxy.process.signal(signal.SIGHUP)
+    wait_for(lambda: proxy.process.log().count("reload: ") > before and expect in proxy.process.log(),
+             timeout=20, what=f"the reload to log {expect!r}")
+
+
+def test_sighup_applies_the_file_without_dropping_the_transfer_in_flight(cluster, tmp_path):
+    a, b = cluster.backend("node-a"), cluster.backend("node-b")
+    config = cluster.config([a])
+    proxy = cluster.proxy(config)
+    _, files = write_study(tmp_path / "s", count=4)
+
+    # A transfer in flight across the reload: node-a takes 3 s to answer each instance.
+    a.control(latency_ms=3000)
+    in_flight: list = []
+    sender = threading.Thread(target=lambda: in_flight.extend(send_files(proxy.port, files[:2], calling_ae="CT01")))
+    sender.start()
+    wait_for(lambda: "route pool=main" in proxy.process.log(), timeout=10, what="the transfer to start")
+
+    second_port = free_port()
+    second = {"Id": "second", "AeTitle": "SECOND", "Host": "127.0.0.1", "Port": second_port,
+              "Backends": [b.config()]}
+    config["Pools"][0]["AllowedCallingAeTitles"] = ["CT01"]
+    config["Pools"].append(second)
+    _reload(proxy, config, expect=f"listening pool=second ae=SECOND on 127.0.0.1:{second_port}")
+    log = proxy.process.log()
+    assert "Pools[main].AllowedCallingAeTitles: [] -> ['CT01']; Pools[second]: added" in log
+    sender.join(timeout=60)
+    assert [s.status for s in in_flight] == [0, 0]  # the reload dropped nothing
+    a.control(latency_ms=0)
+
+    # The allow-list applies to new associations, and the new pool serves.
+    with pytest.raises(ConnectionError):
+        send_files(proxy.port, files[2:3], calling_ae="ROGUE")
+    assert send_files(proxy.port, files[2:3], calling_ae="CT01")[0].status == 0
+    _, other = write_study(tmp_path / "t", count=1)
+    assert send_files(second_port, other, called_ae="SECOND")[0].status == 0
+    assert other and b.holdings()
+
+    # An invalid file changes nothing and says why.
+    broken = json.loads(json.dumps(config))
+    broken["Pools"][0]["Port"] = "11112"
+    _reload(proxy, broken, expect="is invalid, nothing changed")
+    assert "Pools[0].Port: expected an integer" in proxy.process.log()
+    with pytest.raises(ConnectionError):
+        send_files(proxy.port, files[3:], calling_ae="ROGUE")
+    assert send_files(second_port, other, called_ae="SECOND")[0].status == 0
+
+    # A pool removed from the file: its listener closes.
+    config["Pools"] = config["Pools"][:1]
+    _reload(proxy, config, expect="pool=second removed")
+    with pytest.raises(ConnectionError):
+        send_files(second_port, other, called_ae="SECOND")
+    assert send_files(proxy.port, files[3:], calling_ae="CT01")[0].status == 0
+    assert proxy.process.proc.poll() is None
+
+
+def test_with_workers_the_parent_validates_and_syncs_once_and_every_worker_applies(cluster, tmp_path):
+    a = cluster.backend("node-a")
+    config = cluster.config([a])
+    proxy = cluster.proxy(config, extra_args=["--workers", "2"])
+    _, files = write_study(tmp_path / "s", count=1)
+    config["Pools"][0]["AllowedCallingAeTitles"] = ["CT01"]
+    config["Pools"][0]["Backends"][0]["Weight"] = 3
+    _reload(proxy, config, expect="Pools[main].Backends[node-a].Weight: 1 -> 3")
+    from pools.models import Backend
+
+    assert Backend.objects.get(id="node-a").weight == 3  # synced to the database once, by the parent
+    wait_for(lambda: {line.split("[", 1)[1].split("]", 1)[0].split("/")[-1]
+                      for line in proxy.process.log().splitlines() if "reload: applied" in line} == {"w0", "w1"},
+             timeout=10, what="both workers to apply the file")
+    for _ in range(6):  # whichever worker accepts, the allow-list holds
+        with pytest.raises(ConnectionError):
+            send_files(proxy.port, files, calling_ae="ROGUE")
+    assert send_files(proxy.port, files, calling_ae="CT01")[0].status == 0
