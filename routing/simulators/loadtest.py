@@ -263,16 +263,20 @@ def split_studies(urls: list[str], study_uids: set[str]) -> dict[str, Any]:
     """How many of ``study_uids`` more than one backend holds, and how many instances each holds."""
     where: dict[str, set[str]] = defaultdict(set)
     held = 0
+    per_backend: dict[str, int] = {}
     for url in urls:
         holdings = requests.get(f"{url.rstrip('/')}/api/holdings", timeout=30).json()
+        per_backend[url] = 0
         for suid, sops in holdings.items():
             if suid in study_uids:
                 where[suid].add(url)
                 held += len(sops)
+                per_backend[url] += 1
     return {
         "studies_split": sum(1 for b in where.values() if len(b) > 1),
         "instances_held": held,
         "studies_seen": len(where),
+        "studies_per_backend": per_backend,
     }
 
 
@@ -385,4 +389,5 @@ def summary_text(s: dict[str, Any]) -> str:
             f"split       {s['studies_split']} of {s['studies_seen']} studies on more than one backend "
             f"({s['instances_held']} instances held)"
         )
+        lines += [f"studies on  {url}: {count}" for url, count in s.get("studies_per_backend", {}).items()]
     return "\n".join(lines)
