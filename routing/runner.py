@@ -515,5 +515,5 @@ class ProxyRunner:
     def start_web(self):
         if self.web is not None:
             threading.Thread(target=self.web.run, name="http", daemon=True).start()
-            logger.info("admin web app on http://%s:%d/", self.web.effective_host, self.web.effective_port)
+            logger.info("admin web app on http://%s:%s/", self.web.effective_host, self.web.effective_port)
         return self.web

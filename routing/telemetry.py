@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import math
 import os
 import socket
 import threading
+import time
 from bisect import bisect_left
 from collections import Counter, deque
 from typing import Any
 
+from django.conf import settings
 from django.db import DatabaseError, close_old_connections, transaction
 
 from routing.dicom.status import status_class
@@ -25,10 +28,15 @@ REJECTED_PREFIX = "rejected."
 # Upper bounds (seconds) of the forward-latency histogram buckets; one more slot counts
 # everything slower (+Inf). Fixed so that several processes' counts add up bucket by bucket.
 LATENCY_BUCKETS: tuple[float, ...] = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+# The rate history: cumulative counters sampled on wall-clock slots of
+# settings.SYNTHIQ_RATE_SAMPLE_SECONDS (the same slots in every process, so the web process
+# can add them up), the last RATE_SAMPLES of them: 15 minutes at the default 10 s.
+RATE_SAMPLES = 90
+OK_STATUS_CLASSES = ("success", "warning")
 
 
 class Telemetry:
-    def __init__(self, *, process_id: str | None = None):
+    def __init__(self, *, process_id: str | None = None, sample_seconds: float | None = None):
         self.process_id = process_id or f"{socket.gethostname()}:{os.getpid()}"
         self.started = dt.datetime.now(dt.UTC)
         self._lock = threading.Lock()
@@ -39,6 +47,9 @@ class Telemetry:
         self.recent: deque[dict[str, Any]] = deque(maxlen=RECENT_DECISIONS)
         self._unwritten: list[RoutingDecision] = []
         self.open_associations = 0
+        self.sample_seconds = sample_seconds or settings.SYNTHIQ_RATE_SAMPLE_SECONDS
+        self.samples: deque[dict[str, Any]] = deque(maxlen=RATE_SAMPLES)
+        self.sample()  # everything is zero at the start: what arrives before the first publish counts
 
     def _backend(self, backend_id: str) -> Counter[str]:
         return self.per_backend.setdefault(backend_id, Counter())
@@ -91,14 +102,17 @@ class Telemetry:
                                 modality=modality, process=self.process_id)
             )
 
-    def forwarded(self, backend_id: str, status: int, seconds: float) -> None:
+    def forwarded(self, backend_id: str, status: int, seconds: float, *, nbytes: int = 0) -> None:
+        """The backend answered a C-STORE whose data set (``nbytes``) was relayed to it."""
         with self._lock:
             cls = status_class(status)
             self.counters[f"status.{cls}"] += 1
             self.counters["received"] += 1
+            self.counters["bytes"] += nbytes
             b = self._backend(backend_id)
             b[f"status.{cls}"] += 1
             b["forwarded"] += 1
+            b["bytes"] += nbytes
             b["forward_seconds"] += seconds
             buckets = self.latency.get(backend_id)
             if buckets is None:
@@ -115,6 +129,25 @@ class Telemetry:
             if backend_id:
                 self._backend(backend_id)[f"status.{cls}"] += 1
 
+    def sample(self, *, now: float | None = None) -> None:
+        """Record the cumulative counters once per wall-clock slot (the first call in a new
+        slot does); the web process turns consecutive samples into rates."""
+        now = time.time() if now is None else now
+        slot = math.floor(now / self.sample_seconds) * self.sample_seconds
+        with self._lock:
+            if self.samples and self.samples[-1]["t"] >= slot:
+                return
+            self.samples.append({
+                "t": slot,
+                "at": now,
+                "received": self.counters["received"],
+                "failed": sum(v for k, v in self.counters.items()
+                              if k.startswith("status.") and k.removeprefix("status.") not in OK_STATUS_CLASSES),
+                "bytes": self.counters["bytes"],
+                "backends": {k: {"forwarded": v["forwarded"], "bytes": v["bytes"]}
+                             for k, v in self.per_backend.items()},
+            })
+
     def snapshot(self) -> dict[str, Any]:
         with self._lock:
             return {
@@ -124,12 +157,14 @@ class Telemetry:
                 "latency_buckets": list(LATENCY_BUCKETS),
                 "latency": {k: list(v) for k, v in self.latency.items()},
                 "recent": list(self.recent)[:50],
+                "rates": {"interval_seconds": self.sample_seconds, "samples": list(self.samples)},
             }
 
     def publish(self, *, extra: dict[str, Any], listeners: list[dict[str, Any]], stopped: bool = False) -> None:
         """Write the decisions made since the last call and this process's counters."""
         with self._lock:
             decisions, self._unwritten = self._unwritten, []
+        self.sample()
         snapshot = self.snapshot() | extra
         try:
             close_old_connections()

@@ -43,6 +43,14 @@
     return Math.round(s / 3600) + " h ago";
   }
 
+  function duration(iso) {
+    const s = Math.max(0, Math.round((Date.now() - new Date(iso).getTime()) / 1000));
+    if (s < 90) return s + " s";
+    if (s < 5400) return Math.round(s / 60) + " min";
+    if (s < 172800) return Math.floor(s / 3600) + " h " + Math.round((s % 3600) / 60) + " min";
+    return Math.round(s / 86400) + " days";
+  }
+
   function pill(tier) {
     return el("span", { class: "pill tier-" + tier }, TIER_LABEL[tier] || tier);
   }
@@ -146,10 +154,23 @@
   }
 
   // -- pools ------------------------------------------------------------------------
+  // Unhealthy (a failed heartbeat) or stale (no recent good one): the router sends it no new studies.
+  function isDown(b) {
+    return b.health.state === "unhealthy" || b.health.state === "stale";
+  }
+
   function healthCell(b) {
     const h = b.health;
-    const title = h.last_error ? "last error: " + h.last_error : "last ok " + age(h.last_ok_utc);
-    return el("td", {}, el("span", { class: "dot " + h.state, title }), h.state,
+    if (isDown(b)) {
+      const since = h.down_since_utc
+        ? "down for " + duration(h.down_since_utc)
+        : "never answered · checked " + age(h.last_check_utc);
+      const why = h.last_error || (h.state === "stale" ? "no heartbeat result since " + fmtTime(h.last_ok_utc) + " UTC" : "no reason given");
+      return el("td", { class: "health" }, el("span", { class: "dot " + h.state }), h.state,
+        el("div", { class: "since", "data-field": "down-since" }, since),
+        el("div", { class: "reason", "data-field": "down-reason" }, why));
+    }
+    return el("td", { class: "health" }, el("span", { class: "dot " + h.state }), h.state,
       el("div", { class: "sub" }, "ok " + age(h.last_ok_utc)));
   }
 
@@ -168,6 +189,8 @@
     const tags = [];
     if (!b.enabled) tags.push(el("span", { class: "tag off" }, "disabled"));
     else if (b.draining) tags.push(el("span", { class: "tag drain" }, "draining"));
+    else if (isDown(b)) tags.push(el("span", { class: "tag down", title: "takes no new studies; its bound studies fail until it is back" }, "out of service"));
+    else if (b.health.state === "unknown") tags.push(el("span", { class: "tag off" }, "no heartbeat yet"));
     else tags.push(el("span", { class: "tag on" }, "in service"));
     return el("td", { class: "state" }, tags);
   }
@@ -197,7 +220,7 @@
     const cards = list.map((pool) => {
       const rows = pool.backends.map((b) => {
         const c = b.counters;
-        const row = el("tr", { "data-backend": b.id, class: b.draining ? "draining" : "" },
+        const row = el("tr", { "data-backend": b.id, class: isDown(b) ? "down" : b.draining ? "draining" : "" },
           el("td", {}, el("b", {}, b.id), el("div", { class: "sub" }, b.ae_title + "@" + b.host + ":" + b.port)),
           el("td", {}, el("span", { class: "mode" }, b.health_mode)),
           healthCell(b),
@@ -215,9 +238,9 @@
       return el("section", { class: "card pool", "data-pool": pool.id },
         el("h2", {}, "Pool ", el("b", {}, pool.id),
           el("span", { class: "hint" }, pool.ae_title + " on " + pool.host + ":" + pool.port + (pool.enabled ? "" : " — disabled"))),
-        el("table", { class: "grid" },
+        el("div", { class: "scroll" }, el("table", { class: "grid" },
           el("thead", {}, el("tr", {}, COLUMNS.map(([h, num]) => el("th", { class: num ? "num" : "" }, h)))),
-          el("tbody", {}, rows.length ? rows : el("tr", {}, el("td", { colSpan: 10, class: "empty" }, "No backends.")))));
+          el("tbody", {}, rows.length ? rows : el("tr", {}, el("td", { colSpan: 10, class: "empty" }, "No backends."))))));
     });
     $("#pools").replaceChildren(...(cards.length ? cards : [el("section", { class: "card" }, el("p", { class: "empty" }, "No pools configured."))]));
   }
@@ -233,6 +256,124 @@
       el("td", { class: "mono" }, d.calling_ae || "–"),
       el("td", {}, d.modality || "–")));
     $("#decisions").replaceChildren(...(rows.length ? rows : [el("tr", {}, el("td", { colSpan: 7, class: "empty" }, "No decisions yet."))]));
+  }
+
+  // -- rate charts ------------------------------------------------------------------
+  const SVG_NS = "http://www.w3.org/2000/svg";
+  const CHART_W = 300;
+  const CHART_H = 90;
+  const PALETTE = ["#2f6fb5", "#2e8b57", "#7b4fc2", "#c2571a", "#5f6b78", "#b83280"];
+  const RATE_SLOTS = 90;  // the samples each runproxy keeps (routing/telemetry.py RATE_SAMPLES)
+
+  function svg(tag, attrs) {
+    const node = document.createElementNS(SVG_NS, tag);
+    for (const [key, value] of Object.entries(attrs)) node.setAttribute(key, value);
+    return node;
+  }
+
+  function fmtRate(v) {
+    return v >= 100 ? v.toFixed(0) : v >= 10 ? v.toFixed(1) : v.toFixed(2);
+  }
+
+  // One chart: a polyline per series over the window [start, start + spanMs]; x is time, y is the rate.
+  function chart(name, unit, points, series, { start, spanMs }) {
+    const peak = Math.max(0, ...series.flatMap((s) => points.map(s.value)));
+    const top = peak > 0 ? peak * 1.1 : 1;
+    const box = svg("svg", { viewBox: `0 0 ${CHART_W} ${CHART_H}`, preserveAspectRatio: "none", class: "plot", role: "img",
+      "aria-label": name + " over the last " + Math.round(spanMs / 60000) + " minutes" });
+    box.append(svg("line", { x1: 0, y1: CHART_H - 0.5, x2: CHART_W, y2: CHART_H - 0.5, class: "axis" }));
+    for (const s of series) {
+      const xy = points.map((p) => {
+        const x = ((new Date(p.t).getTime() - start) / spanMs) * CHART_W;
+        const y = CHART_H - (s.value(p) / top) * CHART_H;
+        return Math.max(0, x).toFixed(1) + "," + y.toFixed(1);
+      });
+      box.append(svg("polyline", { points: xy.join(" "), stroke: s.color, "data-series": s.name, class: "line" }));
+    }
+    const latest = points.length ? series[0].value(points[points.length - 1]) : 0;
+    return el("figure", { class: "chart", "data-chart": name },
+      el("figcaption", {}, name, el("b", {}, fmtRate(latest) + " " + unit),
+        el("span", { class: "hint" }, "peak " + fmtRate(peak))),
+      box,
+      series.length > 1
+        ? el("div", { class: "legend" }, series.map((s) => el("span", {}, el("i", { style: "background:" + s.color }), s.name)))
+        : null);
+  }
+
+  function rateCharts(status) {
+    const rates = status.rates;
+    const spanMs = rates.interval_seconds * RATE_SLOTS * 1000;
+    $("#rates-hint").textContent = "last " + Math.round(spanMs / 60000) + " minutes, per " +
+      rates.interval_seconds + " s";
+    if (rates.points.length < 2) return;  // keep "waiting for two samples"
+    const frame = { start: new Date(status.generated_utc).getTime() - spanMs, spanMs };
+    const backendIds = [...new Set(rates.points.flatMap((p) => Object.keys(p.backends)))].sort();
+    const perBackend = (field) => backendIds.map((id, n) => ({
+      name: id, color: PALETTE[n % PALETTE.length], value: (p) => (p.backends[id] || {})[field] || 0,
+    }));
+    const total = (field) => ({ name: "total", color: "#1d2733", value: (p) => p[field] });
+    const charts = [
+      chart("Instances", "/s", rates.points, [total("instances_per_s"), ...perBackend("instances_per_s")], frame),
+      chart("Relayed", "MB/s", rates.points, [total("mb_per_s"), ...perBackend("mb_per_s")], frame),
+      chart("Failures", "/s", rates.points, [total("failures_per_s")], frame),
+    ];
+    $("#rates").replaceChildren(...charts);
+  }
+
+  // -- calling AE titles -----------------------------------------------------------
+  function callingAes(list) {
+    const rows = list.map((a) => el("tr", { "data-calling-ae": a.calling_ae },
+      el("td", { class: "mono" }, el("b", {}, a.calling_ae || "(none)")),
+      el("td", { class: "num" }, fmtInt(a.studies)),
+      el("td", { title: a.last_seen_utc }, age(a.last_seen_utc)),
+      el("td", {}, a.backends.join(", "))));
+    $("#calling-aes").replaceChildren(...(rows.length ? rows : [el("tr", {}, el("td", { colSpan: 4, class: "empty" }, "No studies routed yet."))]));
+  }
+
+  // -- study lookup -----------------------------------------------------------------
+  async function lookupStudy(event) {
+    event.preventDefault();
+    const uid = $("#study-uid").value.trim();
+    const out = $("#study-result");
+    if (!uid) return;
+    if (!/^[0-9.]{1,64}$/.test(uid)) {
+      out.replaceChildren(el("p", { class: "lookup-miss" }, "Not a Study Instance UID: digits and dots only."));
+      return;
+    }
+    out.replaceChildren(el("p", { class: "muted" }, "Looking up…"));
+    let page;
+    try {
+      page = await getJSON("/api/affinity?page_size=10&search=" + encodeURIComponent(uid));
+    } catch (err) {
+      out.replaceChildren(el("p", { class: "lookup-miss" }, "Lookup failed: " + (err.message || err)));
+      return;
+    }
+    if (page.count === 0) {
+      out.replaceChildren(el("p", { class: "lookup-miss", "data-lookup": "not-found" },
+        "Not found: no study bound with this UID (or beginning with it)."));
+      return;
+    }
+    // An exact match first; a prefix may match other studies too.
+    const results = [...page.results].sort((a, b) => (b.study_uid === uid) - (a.study_uid === uid));
+    const rows = results.map((r) => el("tr", { "data-study": r.study_uid, class: r.study_uid === uid ? "exact" : "" },
+      el("td", { class: "mono uid", title: r.study_uid }, r.study_uid),
+      el("td", {}, r.pool),
+      el("td", { "data-field": "backend" }, el("b", {}, r.backend)),
+      el("td", { class: "num", "data-field": "instances" }, fmtInt(r.instance_count)),
+      el("td", { title: r.first_seen_utc }, fmtTime(r.first_seen_utc) + " · " + age(r.first_seen_utc)),
+      el("td", { title: r.last_seen_utc }, fmtTime(r.last_seen_utc) + " · " + age(r.last_seen_utc)),
+      el("td", { "data-field": "commitment" }, r.committed
+        ? el("span", { class: "tag on" }, "committed " + age(r.committed_utc))
+        : el("span", { class: "tag off" }, "not committed"))));
+    out.replaceChildren(...[
+      el("table", { class: "grid" },
+        el("thead", {}, el("tr", {}, ["Study Instance UID", "Pool", "Backend", "Instances", "First seen (UTC)",
+          "Last seen (UTC)", "Commitment"].map((h) => el("th", { class: h === "Instances" ? "num" : "" }, h)))),
+        el("tbody", {}, rows)),
+      page.count > results.length
+        ? el("p", { class: "sub" }, page.count + " studies begin with this; the 10 seen most recently are shown.")
+        : null,
+    ].filter(Boolean));
   }
 
   // -- loop -------------------------------------------------------------------------
@@ -252,6 +393,8 @@
       counters(status);
       strip(status);
       pools(poolList);
+      rateCharts(status);
+      callingAes(status.calling_aes);
       decisions(activity.results);
       $("#updated").textContent = "updated " + fmtTime(status.generated_utc) + " UTC";
       $("#updated").classList.remove("stale");
@@ -263,5 +406,8 @@
     }
   }
 
-  document.addEventListener("DOMContentLoaded", refresh);
+  document.addEventListener("DOMContentLoaded", () => {
+    $("#study-lookup").addEventListener("submit", lookupStudy);
+    refresh();
+  });
 })();

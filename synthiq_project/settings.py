@@ -44,6 +44,10 @@ if not SECRET_KEY:
 ALLOWED_HOSTS = _read("ALLOWED_HOSTS", env.list, ["127.0.0.1", "localhost", "[::1]"])
 SYNTHIQ_CONFIG = _read("SYNTHIQ_CONFIG", env.str, "")
 CELERY_BROKER_URL = _read("CELERY_BROKER_URL", env.str, "")
+# The rate history's sampling slot (the dashboard's charts; tests shorten it).
+SYNTHIQ_RATE_SAMPLE_SECONDS = _read("SYNTHIQ_RATE_SAMPLE_SECONDS", env.float, 10.0)
+if not 0.5 <= SYNTHIQ_RATE_SAMPLE_SECONDS <= 3600:
+    raise ImproperlyConfigured("SYNTHIQ_RATE_SAMPLE_SECONDS: expected a number of seconds, 0.5-3600")
 # How long runproxy waits for an unreachable database at start (tries logged, backing off).
 SYNTHIQ_DB_WAIT_SECONDS = _read("SYNTHIQ_DB_WAIT_SECONDS", env.float, 60.0)
 # Inline heartbeats in runproxy unless a broker runs them from Celery beat.

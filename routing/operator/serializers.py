@@ -16,6 +16,11 @@ class BackendHealthSerializer(serializers.Serializer):
         "unknown: no heartbeat result yet.",
     )
     healthy = serializers.BooleanField(help_text="What the router uses: a good heartbeat within the timeout.")
+    down_since_utc = serializers.DateTimeField(
+        allow_null=True,
+        help_text="When unhealthy or stale: its last good heartbeat, since when the router does not trust it; "
+        "null when healthy, unknown, or it never answered a heartbeat.",
+    )
     load = serializers.FloatField(
         allow_null=True, help_text="Normalized load (depth / capacity); null when not reported (unknown, never 0)."
     )
@@ -141,6 +146,37 @@ class BackendStatusSerializer(BackendHealthSerializer):
     draining = serializers.BooleanField()
 
 
+class BackendRateSerializer(serializers.Serializer):
+    instances_per_s = serializers.FloatField(help_text="C-STOREs the backend answered, per second.")
+    mb_per_s = serializers.FloatField(help_text="Data set bytes relayed to it, in MB (10^6 bytes) per second.")
+
+
+class RatePointSerializer(serializers.Serializer):
+    t = serializers.DateTimeField(help_text="The sampling slot the rates end in.")
+    instances_per_s = serializers.FloatField(help_text="C-STOREs received per second.")
+    mb_per_s = serializers.FloatField(help_text="Data set bytes relayed to backends, in MB (10^6 bytes) per second.")
+    failures_per_s = serializers.FloatField(help_text="C-STOREs answered with a failure status, per second.")
+    backends = serializers.DictField(child=BackendRateSerializer(), help_text="By backend id.")
+
+
+class RatesSerializer(serializers.Serializer):
+    interval_seconds = serializers.FloatField(
+        help_text="The sampling slot (SYNTHIQ_RATE_SAMPLE_SECONDS of runproxy, 10 by default)."
+    )
+    points = RatePointSerializer(
+        many=True,
+        help_text="Oldest first, the last 90 slots (15 minutes by default), summed over the live runproxy "
+        "processes. A slot no process sampled is absent.",
+    )
+
+
+class CallingAeSerializer(serializers.Serializer):
+    calling_ae = serializers.CharField(allow_blank=True)
+    studies = serializers.IntegerField(help_text="Distinct studies it sent that were routed (first instances).")
+    last_seen_utc = serializers.DateTimeField(help_text="Its latest routing decision.")
+    backends = serializers.ListField(child=serializers.CharField(), help_text="Where its studies were routed.")
+
+
 class TierSerializer(serializers.Serializer):
     id = serializers.CharField()
     label = serializers.CharField()
@@ -158,6 +194,12 @@ class StatusSerializer(serializers.Serializer):
     database = DatabaseSerializer()
     heartbeat = HeartbeatSerializer()
     backends = BackendStatusSerializer(many=True)
+    rates = RatesSerializer(help_text="Instances, MB and failures per second over the last 15 minutes.")
+    calling_aes = CallingAeSerializer(
+        many=True,
+        help_text="Per calling AE title, over the routing decisions kept (7 days), most recently seen first "
+        "(at most 100).",
+    )
 
 
 class DecisionSerializer(serializers.ModelSerializer):

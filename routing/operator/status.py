@@ -13,7 +13,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from django.db.models import QuerySet
+from django.conf import settings
+from django.db.models import Count, Max, QuerySet
 
 from health import selectors as health_selectors
 from health.models import BackendHealth
@@ -21,7 +22,7 @@ from pools import selectors as pool_selectors
 from pools.config import DEFAULTS
 from pools.models import Backend
 from routing.models import ProxyProcess, RoutingDecision
-from routing.telemetry import REJECTED_PREFIX
+from routing.telemetry import OK_STATUS_CLASSES, RATE_SAMPLES, REJECTED_PREFIX
 from routing.waterfall import TIERS
 from synthiq_project.version import VERSION
 
@@ -29,7 +30,8 @@ from synthiq_project.version import VERSION
 # partitioned): its counters no longer describe anything live.
 LIVE_PROCESS_SECONDS = 10.0
 
-OK_STATUS_CLASSES = ("success", "warning")
+# The calling AE table lists at most this many, most recently seen first.
+CALLING_AES_SHOWN = 100
 # How the dashboard names each routing tier (the ids are routing.waterfall's).
 TIER_LABELS = {
     "affinity-hit": "affinity hit", "least-busy": "least busy", "weighted": "weighted",
@@ -151,6 +153,9 @@ def backend_health_view(
     return {
         "state": state,
         "healthy": healthy,
+        # The router stopped trusting it after its last good heartbeat; null when healthy,
+        # never checked, or never answered (then last_check_utc says since when it is tried).
+        "down_since_utc": row.last_ok_utc if row is not None and state in ("unhealthy", "stale") else None,
         "load": row.load if (row is not None and backend.load_is_reported) else None,
         "queue_depth": row.queue_depth if row is not None else None,
         "capacity": row.capacity if row is not None else None,
@@ -232,6 +237,63 @@ def heartbeat_state(*, now: dt.datetime, totals: ProxyTotals, pool_ids: list[str
     }
 
 
+def rate_series(*, processes: list[ProxyProcess], now: dt.datetime) -> dict[str, Any]:
+    """Rates per sampling slot over the last RATE_SAMPLES slots, added up over the live
+    processes. Each process samples its cumulative counters on the same wall-clock slots
+    (routing/telemetry.py); a rate is the difference between two consecutive samples of one
+    process over the time between them, credited to the later slot."""
+    interval = max((_number(((p.counters or {}).get("rates") or {}).get("interval_seconds")) or 0.0
+                    for p in processes), default=0.0) or settings.SYNTHIQ_RATE_SAMPLE_SECONDS
+    since = now.timestamp() - interval * RATE_SAMPLES
+    points: dict[float, dict[str, Any]] = {}
+    for p in processes:
+        samples = ((p.counters or {}).get("rates") or {}).get("samples") or []
+        for before, after in zip(samples, samples[1:], strict=False):
+            seconds = after["at"] - before["at"]
+            if seconds <= 0 or after["t"] < since:
+                continue
+            point = points.setdefault(after["t"], {"instances": 0, "bytes": 0, "failures": 0, "backends": {}})
+            point["instances"] += max(0, after["received"] - before["received"]) / seconds
+            point["bytes"] += max(0, after["bytes"] - before["bytes"]) / seconds
+            point["failures"] += max(0, after["failed"] - before["failed"]) / seconds
+            for backend_id, now_b in after["backends"].items():
+                then_b = before["backends"].get(backend_id, {"forwarded": 0, "bytes": 0})
+                mine = point["backends"].setdefault(backend_id, {"instances": 0, "bytes": 0})
+                mine["instances"] += max(0, now_b["forwarded"] - then_b["forwarded"]) / seconds
+                mine["bytes"] += max(0, now_b["bytes"] - then_b["bytes"]) / seconds
+    return {
+        "interval_seconds": interval,
+        "points": [
+            {
+                "t": dt.datetime.fromtimestamp(t, dt.UTC),
+                "instances_per_s": round(point["instances"], 3),
+                "mb_per_s": round(point["bytes"] / 1e6, 3),
+                "failures_per_s": round(point["failures"], 3),
+                "backends": {
+                    backend_id: {"instances_per_s": round(b["instances"], 3), "mb_per_s": round(b["bytes"] / 1e6, 3)}
+                    for backend_id, b in sorted(point["backends"].items())
+                },
+            }
+            for t, point in sorted(points.items())
+        ],
+    }
+
+
+def calling_aes_summary() -> list[dict[str, Any]]:
+    """Who sends: per calling AE title, the studies routed, when last seen and to which
+    backends, over the routing decisions kept (routing.services.DECISIONS_KEPT)."""
+    rows = list(
+        RoutingDecision.objects.values("calling_ae")
+        .annotate(studies=Count("study_uid", distinct=True), last_seen_utc=Max("at_utc"))
+        .order_by("-last_seen_utc", "calling_ae")[:CALLING_AES_SHOWN]
+    )
+    backends: dict[str, set[str]] = {}
+    pairs = RoutingDecision.objects.filter(calling_ae__in=[r["calling_ae"] for r in rows])
+    for calling_ae, backend_id in pairs.values_list("calling_ae", "backend_id").order_by().distinct():
+        backends.setdefault(calling_ae, set()).add(backend_id)
+    return [r | {"backends": sorted(backends.get(r["calling_ae"], ()))} for r in rows]
+
+
 def status_snapshot(*, now: dt.datetime) -> dict[str, Any]:
     """Everything /api/status reports, aggregated over the live runproxy processes."""
     processes = proxy_processes_live(now=now)
@@ -303,6 +365,8 @@ def status_snapshot(*, now: dt.datetime) -> dict[str, Any]:
         },
         "heartbeat": heartbeat_state(now=now, totals=totals, pool_ids=enabled_pool_ids),
         "backends": backends,
+        "rates": rate_series(processes=processes, now=now),
+        "calling_aes": calling_aes_summary(),
     }
 
 

@@ -71,6 +71,7 @@ class InboundAssociation:
         self.links: dict[str, BackendLink] = {}
         self.studies: dict[str, str] = {}  # study uid -> backend, for this association
         self.rx = self.fwd = self.failed = self.cache_hits = 0
+        self.bytes_relayed = 0  # data set bytes sent to backends (telemetry's MB/s)
         self.busy = False
         self.established = False
         self.rq: negotiation.AssociateRequest | None = None
@@ -272,6 +273,7 @@ class InboundAssociation:
     # -- C-STORE ------------------------------------------------------------------------
     async def _store(self, context_id: int, command: commands.Command) -> None:
         started = time.perf_counter()
+        bytes_before = self.bytes_relayed
         self.rx += 1
         sop_uid = command.sop_instance_uid
         try:
@@ -299,7 +301,8 @@ class InboundAssociation:
             self.failed += 1
             logger.warning("pool=%s sop=%s backend=%s answered 0x%04X %s", self.pool_id, sop_uid, backend_id, code,
                            answer.text(commands.ERROR_COMMENT))
-        self.relay.telemetry.forwarded(backend_id, code, time.perf_counter() - started)
+        self.relay.telemetry.forwarded(backend_id, code, time.perf_counter() - started,
+                                       nbytes=self.bytes_relayed - bytes_before)
         await self.answer(context_id, answer.raw if answer.responded_to == command.message_id
                      else answer.replaced(commands.MESSAGE_ID_RESPONDED_TO, command.message_id or 0))
 
@@ -429,6 +432,7 @@ class InboundAssociation:
         link.claim()
         try:
             try:
+                self.bytes_relayed += sum(len(h) for h in held)
                 link.send_message(context_id, command.raw, held, last)
                 held.clear()
                 await self._drain(link)
@@ -436,6 +440,7 @@ class InboundAssociation:
                     piece = await self.stream.next_piece(context_id, self.network.network_timeout_seconds,
                                                          pass_whole_up_to=link.max_pdu)
                     last = piece.last
+                    self.bytes_relayed += piece.size
                     if not link.usable:
                         raise _LinkLost(f"backend {backend_id} went away mid-instance")
                     if piece.raw is not None:

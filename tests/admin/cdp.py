@@ -76,6 +76,11 @@ class Browser:
     def wait_js(self, expression: str, *, timeout: float = 20, what: str | None = None) -> Any:
         return wait_for(lambda: self.js(expression), timeout=timeout, interval=0.2, what=what or expression)
 
+    def resize(self, width: int, height: int = 1000) -> None:
+        """Lay the page out for a viewport of this size (as a window of that size would)."""
+        self.call("Emulation.setDeviceMetricsOverride", width=width, height=height, deviceScaleFactor=1, mobile=False)
+        wait_for(lambda: self.js("window.innerWidth") == width, timeout=5, interval=0.1, what=f"a {width} px viewport")
+
     def screenshot(self, path: Path, *, width: int = 1400) -> None:
         height = int(self.js("Math.ceil(document.documentElement.scrollHeight)"))
         self.call("Emulation.setDeviceMetricsOverride", width=width, height=height, deviceScaleFactor=1, mobile=False)

@@ -104,6 +104,27 @@ def test_status_aggregates_the_published_counters_listeners_cache_and_health(rou
     assert by_id["node-c"]["load"] is None  # liveness: unknown, never 0
 
 
+def test_status_has_rates_and_the_calling_ae_table(routed):
+    api, *_ = routed
+    status = api.json("/api/status")
+    assert status["rates"]["interval_seconds"] == 10  # SYNTHIQ_RATE_SAMPLE_SECONDS unset
+    wait_for(lambda: api.json("/api/status")["rates"]["points"], timeout=25, interval=0.5,
+             what="a second rate sample (every 10 s)")
+    rates = api.json("/api/status")["rates"]
+    for point in rates["points"]:
+        assert set(point) == {"t", "instances_per_s", "mb_per_s", "failures_per_s", "backends"}
+        assert all(set(b) == {"instances_per_s", "mb_per_s"} for b in point["backends"].values())
+        assert point["failures_per_s"] == 0
+    # The seven instances arrived after the process's first (all-zero) sample.
+    assert sum(p["instances_per_s"] for p in rates["points"]) > 0
+    # send_files calls as MODALITY: three studies, to the backends the decisions name.
+    decided = {d["backend"] for d in api.json("/api/activity")["results"]}
+    [modality] = status["calling_aes"]
+    assert modality["calling_ae"] == "MODALITY" and modality["studies"] == 3
+    assert set(modality["backends"]) == decided
+    assert all(b["down_since_utc"] is None for b in status["backends"])
+
+
 def test_pools_lists_backends_with_mode_health_load_weight_draining_and_counters(routed):
     api, *_ = routed
     pools = api.json("/api/pools")

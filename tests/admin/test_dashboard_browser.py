@@ -36,7 +36,8 @@ def test_dashboard_shows_decisions_and_counters_live_without_a_reload(cluster, t
         [a, b, c.config(Health={"Mode": "liveness", "Probe": "echo"}, Weight=1)],
         HeartbeatTimeoutSeconds=600,
     )
-    proxy = cluster.proxy(config, http=True)
+    # Rates sampled every 2 s rather than 10, so the picture has charts to show.
+    proxy = cluster.proxy(config, http=True, extra_env={"SYNTHIQ_RATE_SAMPLE_SECONDS": "2"})
     healthy([a, b, c], loads={"node-a": 0.0, "node-b": 0.4, "node-c": None})
     user = api_user()
     base = f"http://127.0.0.1:{proxy.http_port}"
