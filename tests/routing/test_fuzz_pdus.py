@@ -28,7 +28,7 @@ from routing.dicom import commands
 from routing.simulators.synthetic import write_study
 from tests.harness import send_files
 
-EXAMPLES = int(os.environ.get("SYNTHIQ_FUZZ_EXAMPLES", "300"))
+EXAMPLES = int(os.environ.get("SYNTHIQ_FUZZ_EXAMPLES", "200"))
 CT = "1.2.840.10008.5.1.4.1.1.2"
 
 
