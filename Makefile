@@ -54,11 +54,17 @@ check: deps
 	$(VENV)/bin/lint-imports --no-cache
 	$(VENV)/bin/mypy
 
+# Two pytest workers (pytest-xdist), a test file per worker at a time: each worker has its own
+# database, temp dir and free ports; the suite mostly waits on real processes, so two at once
+# fit two cores. PYTEST_WORKERS=0 runs it in one process.
+PYTEST_WORKERS ?= 2
+XDIST = $(if $(filter 0,$(PYTEST_WORKERS)),,-n $(PYTEST_WORKERS) --dist loadfile)
+
 test-sqlite: deps
-	SYNTHIQ_TEST_DB=sqlite $(PY) -m pytest $(PYTEST_ARGS)
+	SYNTHIQ_TEST_DB=sqlite $(PY) -m pytest $(XDIST) $(PYTEST_ARGS)
 
 test-postgres: deps
-	SYNTHIQ_TEST_DB=postgresql $(PY) -m pytest -m postgres $(PYTEST_ARGS)
+	SYNTHIQ_TEST_DB=postgresql $(PY) -m pytest -m postgres $(XDIST) $(PYTEST_ARGS)
 
 bench: setup
 	$(PY) -m bench.run $(BENCH_ARGS)
