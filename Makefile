@@ -77,7 +77,7 @@ chaos: setup
 	SYNTHIQ_FUZZ_EXAMPLES=10000 SYNTHIQ_TEST_DB=sqlite $(PY) -m pytest -q -s --timeout=5400 tests/routing/test_fuzz_pdus.py
 	mkdir -p var/fuzz-corpus && $(PY) -m bench.fuzz_decoders -max_total_time=60 -rss_limit_mb=2048 var/fuzz-corpus
 
-# The whole interop matrix (make test runs it with pynetdicom sending 4 of its 11 syntax files):
+# The whole interop matrix (make test runs it with pynetdicom sending 3 of its 11 syntax files):
 # real senders x real backends, each backend twinned behind SynthIQ and direct; the table lands
 # in bench/results/interop.md.
 interop: setup

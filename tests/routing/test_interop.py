@@ -63,9 +63,10 @@ SYNTAXES = {
     "RLE": "MR_small_RLE.dcm",
 }
 # `make interop` (SYNTHIQ_INTEROP=full) sends pynetdicom's file of every syntax; `make test` a
-# few of them (dcmsend sends all eleven files to every backend there as well).
+# few of them (dcmsend sends all eleven files to every backend there as well; the Deflated cells
+# wait out Orthanc's silence direct, a minute, so they run in `make interop` only).
 FULL = os.environ.get("SYNTHIQ_INTEROP") == "full"
-PER_SYNTAX = SYNTAXES if FULL else {k: SYNTAXES[k] for k in ("Explicit VR LE", "Explicit VR BE", "Deflated",
+PER_SYNTAX = SYNTAXES if FULL else {k: SYNTAXES[k] for k in ("Explicit VR LE", "Explicit VR BE",
                                                             "JPEG 2000 lossless")}
 BACKENDS = ("storescp", "orthanc", "pynetdicom")
 AWKWARD = ("storescp max PDU 4096", "pynetdicom max PDU 0")
