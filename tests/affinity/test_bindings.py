@@ -6,7 +6,7 @@ from __future__ import annotations
 import datetime as dt
 
 import pytest
-from django.db import DatabaseError, connection
+from django.db import DatabaseError, connection, transaction
 from django.db.backends.signals import connection_created
 
 from affinity.bindings import Bindings
@@ -73,16 +73,28 @@ def test_a_full_disk_keeps_routing_from_memory_and_writes_the_bindings_once_spac
     assert Binding.objects.get(study_uid="new-study").backend_id == "node-b"
 
 
-def _disk_full_checks(bindings: Bindings) -> None:
-    with connection.cursor() as cursor:
-        for n in range(500):  # fill the last free pages so the next insert cannot fit
+def _fill_until_a_binding_no_longer_fits() -> None:
+    """Take the last free space: the freelist other tests left and the room on the b-tree leaves
+    the next binding would land on. Fillers shrink in size, sort just below "new-study", and carry
+    the same pool, backend and timestamp shape, so each lands where the claim will and none is
+    larger than it: once the smallest no longer fits, neither does the claim."""
+    now = dt.datetime.now(dt.UTC)
+    n = 0
+    for pad in (2000, 400, 80, 16, 0):
+        for _ in range(100_000):
+            n += 1
             try:
-                cursor.execute("INSERT INTO affinity_binding (study_uid, pool_id, backend_id, first_seen_utc, "
-                               "last_seen_utc, instance_count) VALUES (%s, 'main', 'node-b', '2026-01-01', "
-                               "'2026-01-01', 0)", [f"filler-{n}" * 3])
+                with transaction.atomic():
+                    Binding.objects.create(pool_id="main", study_uid=f"n{n:07d}" + "x" * pad, backend_id="node-b",
+                                           first_seen_utc=now, last_seen_utc=now)
             except DatabaseError:
                 break
+        else:
+            pytest.fail(f"{n} filler rows and the database is still not full")
 
+
+def _disk_full_checks(bindings: Bindings) -> None:
+    _fill_until_a_binding_no_longer_fits()
     assert bindings.cached(("main", "cached")) == "node-a"  # a cached binding needs no write
     assert bindings.claim(("main", "new-study"), "node-b") == "node-b"  # decided, kept in memory
     assert not bindings.db_ok and "full" in bindings.db_error
