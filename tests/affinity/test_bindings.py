@@ -8,10 +8,11 @@ import datetime as dt
 import pytest
 from django.db import DatabaseError, connection, transaction
 from django.db.backends.signals import connection_created
+from django.test.utils import CaptureQueriesContext
 
 from affinity.bindings import Bindings
 from affinity.models import Binding
-from affinity.services import binding_claim, bindings_purge_expired
+from affinity.services import binding_claim, bindings_claim_many, bindings_purge_expired
 from pools.models import Backend, Pool
 
 
@@ -28,6 +29,25 @@ def test_insert_if_absent_returns_the_first_claim(pool):
     assert binding_claim(pool_id="main", study_uid="1.2.3", backend_id="node-a", now=now) == "node-a"
     assert binding_claim(pool_id="main", study_uid="1.2.3", backend_id="node-b", now=now) == "node-a"
     assert Binding.objects.count() == 1
+
+
+@pytest.mark.postgres
+def test_a_batch_of_new_studies_is_claimed_in_one_statement_and_a_study_held_elsewhere_keeps_its_backend(pool):
+    now = dt.datetime.now(dt.UTC)
+    binding_claim(pool_id="main", study_uid="held", backend_id="node-a", now=now)  # another process's claim
+    new = {("main", f"new-{n}"): "node-b" for n in range(600)}  # more than one statement's rows
+    with CaptureQueriesContext(connection) as queries:
+        held = bindings_claim_many(claims=new, now=now)
+    assert held == new  # 500 + 100 rows in two inserts, nothing read back
+    assert [q["sql"].split()[0] for q in queries] == ["INSERT", "INSERT"]
+    with CaptureQueriesContext(connection) as queries:
+        held = bindings_claim_many(claims={("main", "held"): "node-b", ("main", "fresh"): "node-b"}, now=now)
+    assert held == {("main", "held"): "node-a", ("main", "fresh"): "node-b"}
+    assert [q["sql"].split()[0] for q in queries] == ["INSERT", "SELECT"]  # the read: the study it did not get
+    assert Binding.objects.get(study_uid="held").backend_id == "node-a"
+    assert Binding.objects.filter(backend_id="node-b").count() == 601
+    row = Binding.objects.get(study_uid="fresh")
+    assert row.first_seen_utc == row.last_seen_utc == now and row.instance_count == 0
 
 
 def test_touches_are_written_behind_in_one_batch(pool):
