@@ -86,6 +86,15 @@ def bind_listener(pool: PoolConfig) -> socket.socket:
     return sock
 
 
+def _close_listeners_gone(sockets: dict[str, socket.socket], *, old: Config, new: Config) -> None:
+    """Close the listening sockets of pools a reload removed or moved, so their ports
+    are freed once the workers close theirs too."""
+    was = {p.id: (p.host, p.port) for p in old.pools}
+    kept = {p.id: (p.host, p.port) for p in new.pools}
+    for pool_id in [pool_id for pool_id in sockets if kept.get(pool_id) != was.get(pool_id)]:
+        sockets.pop(pool_id).close()
+
+
 def raise_open_files_limit() -> None:
     """1,000+ sockets pass the common soft limit of 1,024 open files, after which asyncio
     stops accepting for a second at a time: raise the soft limit to the hard one."""
@@ -253,9 +262,9 @@ class ProxyRunner:
             return 0
 
         pool = Workers(count=count, target=worker, stopping=self.stopping, grace_seconds=self.grace_seconds + 10)
+        # The parent keeps the listening sockets (it never accepts on them): a worker that
+        # dies is started again with them.
         pool.start()
-        for sock in sockets.values():
-            sock.close()  # the workers hold them now
         if self.heartbeats is not None:
             self.heartbeats.start()
         web = self.start_web()
@@ -269,6 +278,7 @@ class ProxyRunner:
                     self.reload_requested.clear()
                     new = self.reload_shared()
                     if new is not None:
+                        _close_listeners_gone(sockets, old=self.config, new=new)
                         self.config = new
                         for pid in list(pool.pids):  # each worker re-reads the file and applies it
                             os.kill(pid, signal.SIGHUP)
@@ -311,7 +321,8 @@ class ProxyRunner:
         self.router = Router(bindings=self.bindings, heartbeat_timeout=self.config.heartbeat_timeout_seconds)
         self.telemetry = Telemetry()
         await loop.run_in_executor(executor, self.refresh)
-        pools = [self.pool_listener(p) for p in self.config.pools]
+        # A pool added by a reload has no socket in a worker started since (see reload).
+        pools = [self.pool_listener(p) for p in self.config.pools if p.id in sockets]
         self.relay = Relay(pools=pools, network=self.network, placement=self.router, telemetry=self.telemetry,
                            log_patient_id=settings.SYNTHIQ_LOG_PATIENT_ID,
                            syntax_ranks={pool_id: a.ranks for pool_id, a in self.abilities.items()})

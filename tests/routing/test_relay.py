@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import threading
@@ -320,6 +321,30 @@ def test_two_workers_serve_two_pools_keep_studies_whole_and_their_counters_add_u
         return received if len(rows) == 2 and received == 27 else None
 
     assert wait_for(counted, timeout=10, what="both workers to publish counters that add up to 27") == 27
+
+
+def test_a_worker_that_dies_is_started_again_and_serves_the_pool(cluster, tmp_path):
+    backend = cluster.backend("node-a")
+    proxy = cluster.proxy(cluster.config([backend]), extra_args=["--workers", "2"])
+    dead, survivor = _worker_pids(proxy)
+    os.kill(dead, signal.SIGKILL)
+
+    def two_steady_workers() -> list[int] | None:
+        pids = _worker_pids(proxy)
+        if len(pids) != 2 or survivor not in pids:
+            return None
+        time.sleep(2)  # still the same two: the new worker is not failing and being restarted
+        return pids if _worker_pids(proxy) == pids else None
+
+    (respawned,) = set(wait_for(two_steady_workers, timeout=20, what="a steady replacement worker")) - {survivor}
+    os.kill(survivor, signal.SIGSTOP)  # only the new worker can accept now
+    try:
+        suid, files = write_study(tmp_path / "after", count=2)
+        assert [s.status for s in send_files(proxy.port, files)] == [0, 0]
+    finally:
+        os.kill(survivor, signal.SIGCONT)
+    assert set(backend.holdings()[suid]) == {dcmread(f).SOPInstanceUID for f in files}
+    assert f"[{respawned}/w" in proxy.process.log_path.read_text().split(f"study={suid}", 1)[0].rsplit("\n", 1)[1]
 
 
 def test_with_the_database_down_two_workers_given_the_same_new_study_pick_the_same_backend(cluster, tmp_path):

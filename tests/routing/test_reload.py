@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
 import threading
 
 import pytest
@@ -73,10 +74,15 @@ def test_sighup_applies_the_file_without_dropping_the_transfer_in_flight(cluster
 
 
 def test_with_workers_the_parent_validates_and_syncs_once_and_every_worker_applies(cluster, tmp_path):
-    a = cluster.backend("node-a")
+    a, b = cluster.backend("node-a"), cluster.backend("node-b")
     config = cluster.config([a])
+    second_port = free_port()
+    config["Pools"].append({"Id": "second", "AeTitle": "SECOND", "Host": "127.0.0.1", "Port": second_port,
+                            "Backends": [b.config()]})
     proxy = cluster.proxy(config, extra_args=["--workers", "2"])
     _, files = write_study(tmp_path / "s", count=1)
+    assert send_files(second_port, files, called_ae="SECOND")[0].status == 0
+    config["Pools"] = config["Pools"][:1]  # the second pool removed
     config["Pools"][0]["AllowedCallingAeTitles"] = ["CT01"]
     config["Pools"][0]["Backends"][0]["Weight"] = 3
     _reload(proxy, config, expect="Pools[main].Backends[node-a].Weight: 1 -> 3")
@@ -90,3 +96,12 @@ def test_with_workers_the_parent_validates_and_syncs_once_and_every_worker_appli
         with pytest.raises(ConnectionError):
             send_files(proxy.port, files, calling_ae="ROGUE")
     assert send_files(proxy.port, files, calling_ae="CT01")[0].status == 0
+
+    def refused() -> bool:  # no process of runproxy's holds the removed pool's port any more
+        try:
+            socket.create_connection(("127.0.0.1", second_port), timeout=2).close()
+        except ConnectionRefusedError:
+            return True
+        return False
+
+    wait_for(refused, timeout=10, what=f"port {second_port} of the removed pool to refuse connections")
