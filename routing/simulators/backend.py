@@ -20,7 +20,7 @@ from collections import deque
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from pydicom.dataset import Dataset
 from pynetdicom import AE, _config, evt
@@ -30,6 +30,9 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from routing.dicom.netopts import tune_pynetdicom
 from routing.dicom.scan import HeaderError, scan_header
 from routing.dicom.status import SUCCESS, is_success
+from routing.simulators import SimulatorError
+
+T = TypeVar("T")
 
 logger = logging.getLogger("synthiq.backend")
 
@@ -123,6 +126,13 @@ class SimulatedBackend:
             }
 
 
+def _listen(ae_title: str, what: str, host: str, port: int, start: Callable[[], T]) -> T:
+    try:
+        return start()
+    except OSError as exc:
+        raise SimulatorError(f"{ae_title}: cannot listen on {host}:{port} ({what}): {exc.strerror or exc}") from None
+
+
 def handle_echo(event: evt.Event) -> int:
     return SUCCESS  # C-ECHO: Success
 
@@ -213,18 +223,18 @@ def serve(
     ae.maximum_pdu_size = max_pdu  # 0: "no limit", as some PACS announce
     ae.dimse_timeout = ae.network_timeout = 600
     ae.add_supported_context(Verification)
-    server = ae.start_server(
-        (host, port),
-        block=False,
-        evt_handlers=[
-            (evt.EVT_CONN_OPEN, tune_pynetdicom),
-            (evt.EVT_C_ECHO, handle_echo),
-            (evt.EVT_C_STORE, backend.handle_store),
-            (evt.EVT_RELEASED, backend.count_association, ["released"]),
-            (evt.EVT_ABORTED, backend.count_association, ["aborted"]),
-        ],
-    )
-    http = ThreadingHTTPServer((host, http_port), http_handler(backend))
+    handlers = [
+        (evt.EVT_CONN_OPEN, tune_pynetdicom),
+        (evt.EVT_C_ECHO, handle_echo),
+        (evt.EVT_C_STORE, backend.handle_store),
+        (evt.EVT_RELEASED, backend.count_association, ["released"]),
+        (evt.EVT_ABORTED, backend.count_association, ["aborted"]),
+    ]
+    # The health endpoint first: once the DICOM port answers, both do.
+    http = _listen(ae_title, "HTTP", host, http_port,
+                   lambda: ThreadingHTTPServer((host, http_port), http_handler(backend)))
+    server = _listen(ae_title, "DICOM", host, port,
+                     lambda: ae.start_server((host, port), block=False, evt_handlers=handlers))
     http.daemon_threads = True
     threading.Thread(target=http.serve_forever, name="backend-http", daemon=True).start()
     stop = threading.Event()

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from django.core.management.base import BaseCommand
+from django.core.management.base import BaseCommand, CommandError
 
-from routing.simulators import backend
+from routing.simulators import SimulatorError, backend
 
 
 class Command(BaseCommand):
@@ -36,13 +36,16 @@ class Command(BaseCommand):
             self.stdout.write(line)
             self.stdout.flush()
 
-        backend.serve(
-            ae_title=o["ae_title"],
-            host=o["host"],
-            port=o["port"],
-            http_port=o["http_port"],
-            store_dir=Path(o["store_dir"]) if o["store_dir"] else None,
-            knobs=knobs,
-            announce=announce,
-            max_pdu=o["max_pdu"],
-        )
+        try:
+            backend.serve(
+                ae_title=o["ae_title"],
+                host=o["host"],
+                port=o["port"],
+                http_port=o["http_port"],
+                store_dir=Path(o["store_dir"]) if o["store_dir"] else None,
+                knobs=knobs,
+                announce=announce,
+                max_pdu=o["max_pdu"],
+            )
+        except SimulatorError as exc:
+            raise CommandError(str(exc)) from None
