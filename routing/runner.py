@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import json
 import logging
 import os
 import resource
@@ -151,6 +152,8 @@ class ProxyRunner:
         self.stopping = threading.Event()
         self.tasks_now = 0
         self.relay: Relay | None = None
+        # A worker: listening sockets its parent handed over for pools a reload added.
+        self.handed: dict[str, socket.socket] = {}
 
     def run(self, *, workers: int, http: str | None) -> None:
         """Start up (see the module docstring) and serve until SIGTERM/SIGINT."""
@@ -253,12 +256,12 @@ class ProxyRunner:
     def serve_in_workers(self, sockets: dict[str, socket.socket], http: str | None, count: int) -> None:
         connections.close_all()  # no database connection may cross a fork
 
-        def worker(index: int, ready: Callable[[], None]) -> int:
+        def worker(index: int, ready: Callable[[], None], channel: socket.socket) -> int:
             logformat.WORKER = str(index)  # every log line of this worker says which it is
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             signal.signal(signal.SIGINT, signal.SIG_DFL)
-            signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until its loop takes it (see serve)
-            asyncio.run(self.serve(sockets, ready=ready, purge=False, worker=index))
+            signal.signal(signal.SIGHUP, signal.SIG_IGN)  # the parent reloads it (see serve)
+            asyncio.run(self.serve(sockets, ready=ready, purge=False, worker=index, channel=channel))
             return 0
 
         pool = Workers(count=count, target=worker, stopping=self.stopping, grace_seconds=self.grace_seconds + 10)
@@ -279,9 +282,9 @@ class ProxyRunner:
                     new = self.reload_shared()
                     if new is not None:
                         _close_listeners_gone(sockets, old=self.config, new=new)
+                        added = self.listen_added(sockets, new)
                         self.config = new
-                        for pid in list(pool.pids):  # each worker re-reads the file and applies it
-                            os.kill(pid, signal.SIGHUP)
+                        pool.reload(added)  # each worker re-reads the file and applies it
                 if time.monotonic() >= next_purge:
                     self.purge()
                     next_purge = time.monotonic() + BINDING_PURGE_SECONDS
@@ -293,9 +296,25 @@ class ProxyRunner:
                 web.close()
             logger.info("runproxy stopped (%d workers)", count)
 
+    def listen_added(self, sockets: dict[str, socket.socket], new: Config) -> dict[str, socket.socket]:
+        """Bind the pools a reload added (or moved) and ask their backends what they accept,
+        for the workers running now (handed the sockets) and any started later."""
+        fresh = [p for p in new.pools if p.id not in sockets]
+        if fresh:
+            self.probe_router.refresh(pool_ids=[p.id for p in new.pools])
+        added: dict[str, socket.socket] = {}
+        for pool in fresh:
+            try:
+                sockets[pool.id] = added[pool.id] = bind_listener(pool)
+            except StartupError as exc:
+                logger.error("reload: %s; the rest of the file is applied", exc)
+                continue
+            self.abilities[pool.id] = self.probe_pool(pool, self.probe_router)
+        return added
+
     # -- the event loop of a worker ---------------------------------------------------------
     async def serve(self, sockets: dict[str, socket.socket], *, ready: Callable[[], None], purge: bool,
-                    worker: int | None = None) -> None:
+                    worker: int | None = None, channel: socket.socket | None = None) -> None:
         listener = logqueue.start()  # log lines leave the loop through a queue
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()
@@ -309,7 +328,10 @@ class ProxyRunner:
             task = asyncio.ensure_future(self.reload(executor, shared=worker is None, worker=worker is not None))
             reloads.add(task)
             task.add_done_callback(reloads.discard)
-        loop.add_signal_handler(signal.SIGHUP, on_hup)
+        if channel is None:
+            loop.add_signal_handler(signal.SIGHUP, on_hup)
+        else:  # a worker ignores SIGHUP: its parent says when, with the sockets of the pools added
+            loop.add_reader(channel.fileno(), self._from_parent, channel, on_hup)
         self.reload_requested.clear()
         if self.stopping.is_set():
             stop.set()
@@ -410,20 +432,38 @@ class ProxyRunner:
                 continue
             if was is not None:
                 self.relay.remove_pool(pool.id)
-            if worker:
-                logger.error("reload: pool %s on %s:%d needs a restart to listen (runproxy --workers binds "
-                             "listeners in the parent at start)", pool.id, pool.host, pool.port)
-                continue
-            try:
-                sock = bind_listener(pool)
-            except StartupError as exc:
-                logger.error("reload: %s; the rest of the file is applied", exc)
-                continue
+            if worker:  # the parent bound it (a port in use is logged there) and handed it over
+                sock = self.handed.pop(pool.id, None)
+                if sock is None:
+                    continue
+            else:
+                try:
+                    sock = bind_listener(pool)
+                except StartupError as exc:
+                    logger.error("reload: %s; the rest of the file is applied", exc)
+                    continue
             self.abilities[pool.id] = await loop.run_in_executor(executor, self.probe_pool, pool, self.router)
             self.relay.add_pool(self.pool_listener(pool), sock, self.abilities[pool.id].ranks)
         for gone in before:
             self.relay.remove_pool(gone)
+        for unused in self.handed.values():
+            unused.close()
+        self.handed.clear()
         logger.info("reload: applied to this process's listeners (pools: %s)", ", ".join(self.pool_ids))
+
+    def _from_parent(self, channel: socket.socket, reload: Callable[[], None]) -> None:
+        """A worker's channel from its parent: a reload, with the sockets of the pools it added."""
+        try:
+            message, fds, _, _ = socket.recv_fds(channel, 65536, 256)
+        except OSError as exc:
+            logger.warning("the channel from the parent failed: %s", exc)
+            message, fds = b"", []
+        if not message:  # the parent is gone (the worker stops too: see workers._exit_with_parent)
+            asyncio.get_running_loop().remove_reader(channel.fileno())
+            return
+        for pool_id, fd in zip(json.loads(message), fds, strict=True):
+            self.handed[pool_id] = socket.socket(fileno=fd)
+        reload()
 
     def _stop_loop(self, sig: int, stop: asyncio.Event) -> None:
         logger.info("signal %s: stopping", signal.Signals(sig).name)

@@ -3,15 +3,18 @@
 The parent binds each pool's socket once (so a taken port fails loudly, and no stale
 process can silently share it as SO_REUSEPORT would allow); the workers inherit the
 sockets and accept on them, each on its own event loop. The parent keeps the
-heartbeats and the periodic purge, restarts a worker that dies, and on SIGTERM passes
+heartbeats and the periodic purge, restarts a worker that dies (with the sockets it
+keeps), hands every worker the sockets of pools a reload adds, and on SIGTERM passes
 the signal on and waits for every worker to drain.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -22,13 +25,15 @@ RESPAWN_BACKOFF_SECONDS = 1.0
 
 
 class Workers:
-    def __init__(self, *, count: int, target: Callable[[int, Callable[[], None]], int],
+    def __init__(self, *, count: int, target: Callable[[int, Callable[[], None], socket.socket], int],
                  stopping: threading.Event, grace_seconds: float):
         self.count = count
         self.target = target
         self.stopping = stopping
         self.grace_seconds = grace_seconds
         self.pids: dict[int, int] = {}  # pid -> worker index
+        # pid -> the parent's end of a channel to that worker (see ``reload``)
+        self.channels: dict[int, socket.socket] = {}
         self._ready_r, self._ready_w = os.pipe()
         self._respawn_at: dict[int, float] = {}
 
@@ -37,20 +42,38 @@ class Workers:
             self._fork(index)
 
     def _fork(self, index: int) -> None:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         pid = os.fork()
         if pid == 0:  # the worker
             code = 1
             try:
                 os.close(self._ready_r)
+                ours.close()
+                for channel in self.channels.values():
+                    channel.close()
                 parent = os.getppid()
                 threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
-                code = self.target(index, lambda: os.write(self._ready_w, b"r"))
+                code = self.target(index, lambda: os.write(self._ready_w, b"r"), theirs)
             except BaseException:
                 logger.exception("worker %d failed", index)
             finally:
                 os._exit(code)
+        theirs.close()
         self.pids[pid] = index
+        self.channels[pid] = ours
         logger.info("worker %d started (pid %d)", index, pid)
+
+    def reload(self, listeners: dict[str, socket.socket]) -> None:
+        """Tell every worker to re-read the config file, handing it the listening sockets
+        of the pools the reload added (SCM_RIGHTS over its channel: a worker forked before
+        the reload has no other way to get them)."""
+        message = json.dumps(list(listeners)).encode()
+        fds = [sock.fileno() for sock in listeners.values()]
+        for pid, channel in list(self.channels.items()):
+            try:
+                socket.send_fds(channel, [message], fds)
+            except OSError as exc:  # the worker is gone; reap() starts another with the sockets
+                logger.warning("reload: worker pid %d did not take the reload: %s", pid, exc)
 
     def wait_ready(self, *, timeout: float) -> bool:
         """True once every worker is listening."""
@@ -77,6 +100,7 @@ class Workers:
             index = self.pids.pop(pid, None)
             if index is None:
                 continue
+            self.channels.pop(pid).close()
             logger.error("worker %d (pid %d) exited with %s", index, pid, _describe(status))
             if not self.stopping.is_set():
                 self._respawn_at[index] = time.monotonic() + RESPAWN_BACKOFF_SECONDS
@@ -106,6 +130,9 @@ class Workers:
             _signal(pid, signal.SIGKILL)
             os.waitpid(pid, 0)
         self.pids.clear()
+        for channel in self.channels.values():
+            channel.close()
+        self.channels.clear()
 
 
 def _signal(pid: int, sig: int) -> None:

@@ -4,6 +4,7 @@ dropping an association; an invalid file changes nothing and says why."""
 from __future__ import annotations
 
 import json
+import os
 import signal
 import socket
 import threading
@@ -12,6 +13,7 @@ import pytest
 
 from routing.simulators.synthetic import write_study
 from tests.harness import free_port, send_files, wait_for
+from tests.routing.test_relay import _worker_pids
 
 
 def _reload(proxy, config: dict, *, expect: str) -> None:
@@ -105,3 +107,23 @@ def test_with_workers_the_parent_validates_and_syncs_once_and_every_worker_appli
         return False
 
     wait_for(refused, timeout=10, what=f"port {second_port} of the removed pool to refuse connections")
+
+    # A pool added: the parent binds it and hands the socket to both running workers.
+    third_port = free_port()
+    config["Pools"].append({"Id": "third", "AeTitle": "THIRD", "Host": "127.0.0.1", "Port": third_port,
+                            "Backends": [b.config()]})
+    _reload(proxy, config, expect="Pools[third]: added")
+    wait_for(lambda: proxy.process.log().count(f"listening pool=third ae=THIRD on 127.0.0.1:{third_port}") == 2,
+             timeout=20, what="both workers to listen on the added pool")
+    workers = _worker_pids(proxy)
+    for serving in workers:  # each worker alone in turn: both accept on the added pool
+        others = [pid for pid in workers if pid != serving]
+        for pid in others:
+            os.kill(pid, signal.SIGSTOP)
+        try:
+            suid, added = write_study(tmp_path / f"third-{serving}", count=1)
+            assert send_files(third_port, added, called_ae="THIRD", calling_ae="CT01")[0].status == 0
+        finally:
+            for pid in others:
+                os.kill(pid, signal.SIGCONT)
+        assert suid in b.holdings()
