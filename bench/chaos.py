@@ -9,7 +9,8 @@ a schedule:
 - TCP resets mid-data and a stalled link (iptables `connbytes ... REJECT --reject-with
   tcp-reset` and `tc tbf` inside a network namespace the campaign creates for node-c —
   never on the host's loopback);
-- the affinity database (a PostgreSQL of the campaign's own) stopped and started under load.
+- the affinity database (a PostgreSQL of the campaign's own) stopped under load, for
+  ``--db-outage-seconds`` and then until a study has been stored through the outage.
 
 Every store is a ledger row: what was sent, the status the sender got, and — read from
 the backends' store folders at the end — where it is. The campaign prints false successes
@@ -47,6 +48,10 @@ from routing.simulators.synthetic import write_study
 
 PYTHON = sys.executable
 FORCED_STATUSES = ("0xA700", "0xA900", "0xC000", "0xB000")
+OK_STATUSES = frozenset({0x0000, 0xB000, 0xB006, 0xB007})
+# A database outage lasts --db-outage-seconds and then until a study has been stored through
+# it (senders can sit out a runproxy restart for their whole DIMSE timeout), at most this longer.
+OUTAGE_EXTRA_SECONDS = 40.0
 FAULT_KINDS = 11  # the ten of one fault cycle, and runproxy restarts
 
 
@@ -153,6 +158,7 @@ class Campaign:
         self.lock = threading.Lock()
         self.stop = threading.Event()
         self.db_down = False
+        self.stored_while_down = 0  # half-studies begun during an outage with an instance stored
         self.restarts = 0
         self.faults: list[str] = []
 
@@ -237,6 +243,8 @@ class Campaign:
                 with self.lock:
                     self.ledger += [Row(suid, sops[i], statuses[k], time.time(), db_down)
                                     for k, i in enumerate(half)]
+                    if db_down and OK_STATUSES.intersection(statuses):
+                        self.stored_while_down += 1
 
     # -- faults -----------------------------------------------------------------------------
     def control(self, backend: str, **knobs: Any) -> None:
@@ -286,9 +294,13 @@ class Campaign:
         process.signal(signal.SIGCONT)
 
     def database_outage(self) -> None:
+        stored = self.stored_while_down
         self.pg.stop()
         self.db_down = True
         time.sleep(self.args.db_outage_seconds)
+        deadline = time.monotonic() + OUTAGE_EXTRA_SECONDS
+        while self.stored_while_down == stored and time.monotonic() < deadline and not self.stop.is_set():
+            time.sleep(0.5)
         self.pg.start()
         self.db_down = False
 
@@ -369,15 +381,14 @@ class Campaign:
         return self.verdict(where, bindings, time.monotonic() - started)
 
     def verdict(self, where: dict[str, dict[str, set[str]]], bindings: dict[str, str], seconds: float) -> int:
-        ok_status = {0x0000, 0xB000, 0xB006, 0xB007}
         rows = self.ledger
-        successes = [r for r in rows if r.status in ok_status]
+        successes = [r for r in rows if r.status in OK_STATUSES]
         false_successes = [r for r in successes if not where.get(r.study, {}).get(r.sop)]
         split = {s: sorted(set().union(*sops.values())) for s, sops in where.items()
                  if len(set().union(*sops.values())) > 1}
         moved = {s: (bindings.get(s), sorted(set().union(*sops.values()))) for s, sops in where.items()
                  if bindings.get(s) and bindings[s] not in set().union(*sops.values())}
-        outage_studies = {r.study for r in rows if r.db_down and r.status in ok_status}
+        outage_studies = {r.study for r in rows if r.db_down and r.status in OK_STATUSES}
         unwritten = sorted(s for s in outage_studies if s not in bindings)
         statuses: dict[str, int] = {}
         for r in rows:
