@@ -78,6 +78,13 @@ class ProxyHandle:
     def restart(self) -> None:
         self.process.start()
 
+    def worker_pids(self) -> list[int]:
+        """The pids of runproxy's workers (``--workers N``), once there are any."""
+        import psutil
+
+        return wait_for(lambda: [c.pid for c in psutil.Process(self.process.proc.pid).children()] or None,
+                        timeout=10, what="the workers")
+
 
 @dataclass
 class Cluster:

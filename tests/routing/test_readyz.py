@@ -9,7 +9,6 @@ import signal
 import requests
 
 from tests.harness import OwnPostgres, wait_for
-from tests.routing.test_relay import _worker_pids
 
 
 def _readyz(http_port: int) -> tuple[int, dict]:
@@ -31,7 +30,7 @@ def test_readyz_flips_with_the_listeners_and_stays_up_without_the_database(clust
         assert body["database"] == {"ok": True, "error": ""}
 
         # Both workers stopped: the kernel still completes TCP handshakes, nobody answers.
-        workers = _worker_pids(proxy)
+        workers = proxy.worker_pids()
         for pid in workers:
             os.kill(pid, signal.SIGSTOP)
         try:

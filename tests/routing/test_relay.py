@@ -280,13 +280,6 @@ def test_a_second_runproxy_on_a_taken_port_fails_with_one_clear_line(cluster, tm
     assert "Traceback" not in result.stderr
 
 
-def _worker_pids(proxy) -> list[int]:
-    import psutil
-
-    return wait_for(lambda: [c.pid for c in psutil.Process(proxy.process.proc.pid).children()] or None,
-                    timeout=10, what="the workers")
-
-
 def test_two_workers_serve_two_pools_keep_studies_whole_and_their_counters_add_up(cluster, tmp_path):
     backends = [cluster.backend(f"node-{c}") for c in "abc"]
     config = cluster.config(backends[:2])
@@ -294,7 +287,7 @@ def test_two_workers_serve_two_pools_keep_studies_whole_and_their_counters_add_u
               "Backends": [backends[2].config()]}
     config["Pools"].append(second)
     proxy = cluster.proxy(config, extra_args=["--workers", "2"])
-    assert len(_worker_pids(proxy)) == 2
+    assert len(proxy.worker_pids()) == 2
     studies = [write_study(tmp_path / f"s{n}", count=4) for n in range(6)]
     threads = []
     sent: list = []
@@ -326,15 +319,15 @@ def test_two_workers_serve_two_pools_keep_studies_whole_and_their_counters_add_u
 def test_a_worker_that_dies_is_started_again_and_serves_the_pool(cluster, tmp_path):
     backend = cluster.backend("node-a")
     proxy = cluster.proxy(cluster.config([backend]), extra_args=["--workers", "2"])
-    dead, survivor = _worker_pids(proxy)
+    dead, survivor = proxy.worker_pids()
     os.kill(dead, signal.SIGKILL)
 
     def two_steady_workers() -> list[int] | None:
-        pids = _worker_pids(proxy)
+        pids = proxy.worker_pids()
         if len(pids) != 2 or survivor not in pids:
             return None
         time.sleep(2)  # still the same two: the new worker is not failing and being restarted
-        return pids if _worker_pids(proxy) == pids else None
+        return pids if proxy.worker_pids() == pids else None
 
     (respawned,) = set(wait_for(two_steady_workers, timeout=20, what="a steady replacement worker")) - {survivor}
     os.kill(survivor, signal.SIGSTOP)  # only the new worker can accept now
@@ -362,7 +355,7 @@ def test_with_the_database_down_two_workers_given_the_same_new_study_pick_the_sa
         liveness = [b.config(Health={"Mode": "liveness", "Probe": "tcp"}) for b in backends]
         proxy = cluster.proxy(cluster.config(liveness, HeartbeatTimeoutSeconds=600), extra_env=database.env,
                               extra_args=["--workers", "2"])
-        first, second = _worker_pids(proxy)
+        first, second = proxy.worker_pids()
         time.sleep(1.5)  # both workers have refreshed their view of the (healthy) backends
         database.down()
         studies = []

@@ -13,7 +13,6 @@ import pytest
 
 from routing.simulators.synthetic import write_study
 from tests.harness import free_port, send_files, wait_for
-from tests.routing.test_relay import _worker_pids
 
 
 def _reload(proxy, config: dict, *, expect: str) -> None:
@@ -115,7 +114,7 @@ def test_with_workers_the_parent_validates_and_syncs_once_and_every_worker_appli
     _reload(proxy, config, expect="Pools[third]: added")
     wait_for(lambda: proxy.process.log().count(f"listening pool=third ae=THIRD on 127.0.0.1:{third_port}") == 2,
              timeout=20, what="both workers to listen on the added pool")
-    workers = _worker_pids(proxy)
+    workers = proxy.worker_pids()
     for serving in workers:  # each worker alone in turn: both accept on the added pool
         others = [pid for pid in workers if pid != serving]
         for pid in others:
