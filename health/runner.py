@@ -14,14 +14,23 @@ logger = logging.getLogger("synthiq.health")
 
 class InlineHeartbeats:
     def __init__(self, *, pool_ids: list[str], policy: HeartbeatPolicy):
-        self.pool_ids = pool_ids
-        self.policy = policy
+        self._plan = (list(pool_ids), policy)
         self.runner = heartbeat_runner_name(kind="inline")
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
+    @property
+    def policy(self) -> HeartbeatPolicy:
+        return self._plan[1]
+
+    def update(self, *, pool_ids: list[str], policy: HeartbeatPolicy) -> None:
+        """A reload's pools and policy, swapped in as one value: a round never runs the new
+        pools under the old policy or the other way round."""
+        self._plan = (list(pool_ids), policy)
+
     def run_once(self) -> None:
-        heartbeat_run_all(policy=self.policy, runner=self.runner, pool_ids=self.pool_ids)
+        pool_ids, policy = self._plan
+        heartbeat_run_all(policy=policy, runner=self.runner, pool_ids=pool_ids)
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._loop, name="heartbeats", daemon=True)

@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 
 from django.db import IntegrityError, close_old_connections, transaction
+from django.db.models import Q
 
 from health.models import BackendHealth, HeartbeatRound
 from health.probes import ProbeError, Reading, Target, probe_run
@@ -94,16 +95,22 @@ def heartbeat_probe_all(*, targets: list[Target], timeout: float) -> list[Outcom
         pool.shutdown(wait=False, cancel_futures=True)
 
 
-def _upsert(model, *, key: dict, fields: dict) -> None:
-    """Update, or insert if absent; two runners writing the same new row at once both
-    end up updating it (never check-then-save)."""
-    if model.objects.filter(**key).update(**fields):
-        return
+def _upsert(model, *, key: dict, fields: dict, stamp: str) -> bool:
+    """Update, or insert if absent, unless the row already holds a result stamped later
+    (``stamp`` names the time field): an older result never overwrites a newer one, even
+    when two runners (a slow round and the next, two hosts, inline and Celery) finish out
+    of order. Never check-then-save. Returns whether this result was written."""
+    newer_or_none = Q(**{f"{stamp}__lt": fields[stamp]}) | Q(**{f"{stamp}__isnull": True})
+    if model.objects.filter(**key).filter(newer_or_none).update(**fields):
+        return True
+    if model.objects.filter(**key).exists():
+        return False
     try:
         with transaction.atomic():
             model.objects.create(**key, **fields)
+        return True
     except IntegrityError:
-        model.objects.filter(**key).update(**fields)
+        return bool(model.objects.filter(**key).filter(newer_or_none).update(**fields))
 
 
 def _log_failure(*, outcome: Outcome, pool_id: str, mode: str, previous: BackendHealth | None, error: str,
@@ -154,7 +161,10 @@ def backend_health_record(
         error = str(outcome.error)[:500]
         fields = {"healthy": healthy, "last_check_utc": now, "last_error": error}
         _log_failure(outcome=outcome, pool_id=pool_id, mode=mode, previous=previous, error=error, now=now)
-    _upsert(BackendHealth, key={"backend_id": outcome.backend_id}, fields=fields)
+    if not _upsert(BackendHealth, key={"backend_id": outcome.backend_id}, fields=fields, stamp="last_check_utc"):
+        logger.info("heartbeat of backend=%s pool=%s from %s dropped: a later result is already recorded",
+                    outcome.backend_id, pool_id, now.isoformat())
+        return healthy
     if healthy != was_healthy:
         if healthy:
             logger.info("backend=%s pool=%s is healthy", outcome.backend_id, pool_id)
@@ -182,7 +192,8 @@ def heartbeat_round(*, pool_id: str, policy: HeartbeatPolicy, runner: str) -> di
                 previous=previous.get(outcome.backend_id), now=now,
                 timeout_seconds=policy.timeout_seconds,
             )
-        _upsert(HeartbeatRound, key={"pool_id": pool_id}, fields={"completed_utc": now, "runner": runner})
+        _upsert(HeartbeatRound, key={"pool_id": pool_id}, fields={"completed_utc": now, "runner": runner},
+                stamp="completed_utc")
     logger.debug("heartbeat round pool=%s backends=%d healthy=%d in %.0f ms by %s", pool_id, len(outcomes),
                  sum(result.values()), (time.monotonic() - started) * 1000, runner)
     return result

@@ -2,6 +2,12 @@
 backends and their health (refreshed from the database about once a second), and the
 affinity bindings (hot cache in front of the database, ``affinity.bindings``).
 
+A snapshot is ordered by when its read began: one read earlier never replaces one read
+later. Health is judged again at each decision, not only at each refresh: a backend whose
+last good heartbeat is older than the heartbeat timeout leaves Tier 2 at that moment,
+whenever the next refresh comes, and only a snapshot with a newer good heartbeat brings
+it back.
+
 Two paths. ``route_cached`` answers a study whose binding is in the hot cache, with no
 I/O, on the caller's thread (the relay's event loop). Everything else goes through
 ``submit``: requests queue for one routing thread that takes them in batches — one
@@ -65,16 +71,49 @@ class Router:
         # each backend last reported; what was sent after its report is not in it yet.
         self._sends: dict[str, deque[float]] = {}
         self._reported_at: dict[str, float] = {}
+        # Placements counted before their first instance is sent: that send is not counted
+        # again (each instance counts once).
+        self._placed_unsent: dict[str, deque[float]] = {}
+        # When the read behind the snapshot applied began (monotonic), and how many applied.
+        self._snapshot_read_at = float("-inf")
+        self._reading_failed = False
+        self.snapshots_applied = 0
+        self.clock = time.time
         # (key, future, claim): claim=False only looks the binding up (queries never bind).
         self._requests: queue.SimpleQueue[tuple[Key, Future[Any], bool] | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
 
     # -- snapshot -----------------------------------------------------------
-    def refresh(self, *, pool_ids: list[str]) -> None:
+    def refresh(self, *, pool_ids: list[str]) -> bool:
         """Reload backends and health (and with them when each backend last reported,
-        which the herding guard counts from)."""
+        which the herding guard counts from). Returns whether the snapshot was applied:
+        a read that began before the one already applied is dropped (two refreshes on
+        different threads, a reload's and the periodic one, may finish out of order)."""
         close_old_connections()
-        now = dt.datetime.now(dt.UTC)
+        read_at = time.monotonic()
+        try:
+            states, addresses, reported = self._read(pool_ids, dt.datetime.fromtimestamp(self.clock(), dt.UTC))
+        except Exception:
+            # The database is away: nobody can record a heartbeat either, so health is
+            # judged as of the last snapshot until one can be read again.
+            self._reading_failed = True
+            raise
+        with self._lock:
+            if read_at < self._snapshot_read_at:
+                logger.debug("a snapshot read before the one applied is dropped")
+                return False
+            self._snapshot_read_at = read_at
+            self._reading_failed = False
+            self.snapshots_applied += 1
+            self._reported_at = reported
+            self._states = states
+            self._addresses = addresses
+            for pool_id in pool_ids:
+                self._wrr.setdefault(pool_id, WrrState())
+        return True
+
+    def _read(self, pool_ids: list[str], now: dt.datetime) -> tuple[
+            dict[str, tuple[BackendState, ...]], dict[str, BackendAddress], dict[str, float]]:
         states: dict[str, tuple[BackendState, ...]] = {}
         addresses: dict[str, BackendAddress] = {}
         reported: dict[str, float] = {}
@@ -101,22 +140,27 @@ class Router:
                 )
                 addresses[b.id] = BackendAddress(b.id, b.ae_title, b.host, b.port, b.client_tls)
             states[pool_id] = tuple(pool_states)
-        with self._lock:
-            self._reported_at = reported
-            self._states = states
-            self._addresses = addresses
-            for pool_id in pool_ids:
-                self._wrr.setdefault(pool_id, WrrState())
+        return states, addresses, reported
 
     def address(self, backend_id: str) -> BackendAddress:
         return self._addresses[backend_id]
 
     def states(self, pool_id: str) -> tuple[BackendState, ...]:
+        """The pool's backends as the waterfall sees them now: health judged at this
+        moment, and the instances sent to each since its last report."""
         with self._lock:
             return tuple(
-                dataclasses.replace(b, sent_since_report=self._sent_since_report(b.id))
+                dataclasses.replace(b, healthy=self._healthy_now(b), sent_since_report=self._sent_since_report(b.id))
                 for b in self._states.get(pool_id, ())
             )
+
+    def _healthy_now(self, b: BackendState) -> bool:
+        """Healthy in the snapshot and its last good heartbeat still within the timeout
+        (caller holds the lock): a backend that went silent leaves Tier 2 on time, not at
+        the refresh after. While the snapshot cannot be refreshed, as of the snapshot."""
+        if self._reading_failed:
+            return b.healthy
+        return b.healthy and self.clock() - self._reported_at.get(b.id, 0.0) <= self.heartbeat_timeout
 
     def _sent_since_report(self, backend_id: str) -> int:
         """Instances sent to the backend after its last report (caller holds the lock).
@@ -127,20 +171,33 @@ class Router:
             return 0
         # Older than the report, or than the heartbeat timeout (no report at all: the
         # backend is unhealthy and out of Tier 2 anyway), is no longer counted.
-        since = max(self._reported_at.get(backend_id, 0.0), time.time() - self.heartbeat_timeout)
+        since = self._counted_since(backend_id)
         while sends and sends[0] <= since:
             sends.popleft()
         return len(sends)
 
+    def _counted_since(self, backend_id: str) -> float:
+        return max(self._reported_at.get(backend_id, 0.0), self.clock() - self.heartbeat_timeout)
+
     def note_sent(self, backend_id: str) -> None:
+        """An instance is being sent to the backend. The first instance of a study this
+        router just placed there was counted when it was placed: not counted twice."""
         with self._lock:
+            placed = self._placed_unsent.get(backend_id)
+            if placed:
+                since = self._counted_since(backend_id)
+                while placed and placed[0] <= since:
+                    placed.popleft()  # placed long ago and never sent: nothing to match
+                if placed:
+                    placed.popleft()
+                    return
             self._note_sent(backend_id)
 
     def _note_sent(self, backend_id: str) -> None:
         sends = self._sends.get(backend_id)
         if sends is None:
             sends = self._sends[backend_id] = deque(maxlen=SENDS_REMEMBERED)
-        sends.append(time.time())
+        sends.append(self.clock())
         self._sent_since_report(backend_id)  # drops what the last report covers: memory stays flat
 
     def touch(self, pool_id: str, study_uid: str) -> None:
@@ -156,7 +213,7 @@ class Router:
     def healthy_backends(self, pool_id: str) -> list[str]:
         """The pool's enabled, healthy backends by id (draining ones too: they hold studies)."""
         with self._lock:
-            return [b.id for b in self._states.get(pool_id, ()) if b.enabled and b.healthy]
+            return [b.id for b in self._states.get(pool_id, ()) if b.enabled and self._healthy_now(b)]
 
     # -- decisions ----------------------------------------------------------
     def route_cached(self, *, pool_id: str, study_uid: str) -> Route | None:
@@ -259,6 +316,10 @@ class Router:
                     # Herding guard: a placed study counts at once, before its first instance
                     # is sent, so the rest of a burst decided in this batch sees it.
                     self._note_sent(decision.backend_id)
+                    placed = self._placed_unsent.get(decision.backend_id)
+                    if placed is None:
+                        placed = self._placed_unsent[decision.backend_id] = deque(maxlen=SENDS_REMEMBERED)
+                    placed.append(self.clock())
             if decision.backend_id is None:
                 routes[key] = Route(None, decision.reason, False)
             elif decision.reason == AFFINITY_HIT:
@@ -287,6 +348,7 @@ class Router:
     def _rendezvous(self, key: Key) -> str:
         pool_id, study_uid = key
         with self._lock:
-            chosen = rendezvous(backends=self._states.get(pool_id, ()), study_uid=study_uid)
+            now = tuple(dataclasses.replace(b, healthy=self._healthy_now(b)) for b in self._states.get(pool_id, ()))
+            chosen = rendezvous(backends=now, study_uid=study_uid)
         assert chosen is not None  # a claim is only made for a backend the waterfall found
         return chosen

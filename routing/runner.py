@@ -396,7 +396,7 @@ class ProxyRunner:
         self.heartbeat_policy = HeartbeatPolicy(new.heartbeat_interval_seconds, new.heartbeat_timeout_seconds,
                                                 new.study_cache_window_hours)
         if self.heartbeats is not None:
-            self.heartbeats.pool_ids, self.heartbeats.policy = pool_ids, self.heartbeat_policy
+            self.heartbeats.update(pool_ids=pool_ids, policy=self.heartbeat_policy)
         readiness.register([readiness.Listener(p.id, p.ae_title, p.host, p.port, p.tls is not None)
                             for p in new.pools])
         logger.warning("reload: %s: %s", self.config_path, "; ".join(changes))
