@@ -34,8 +34,9 @@ apt:
 
 # This checkout's settings: a generated SECRET_KEY, so every manage.py command in the README
 # works here as written (the environment still wins over the file; production sets its own).
+# umask first: the shell creates the file for the redirection, owner-only from the start.
 .env:
-	@$(PYTHON) -c 'import secrets; print("# written by make setup for this checkout\nSECRET_KEY=" + secrets.token_urlsafe(50))' > $@
+	@umask 077 && $(PYTHON) -c 'import secrets; print("# written by make setup for this checkout\nSECRET_KEY=" + secrets.token_urlsafe(50))' > $@
 	@echo "wrote $@ (a generated SECRET_KEY for this checkout)"
 
 migrate: deps .env

@@ -5,6 +5,9 @@ import os
 import sys
 
 if __name__ == "__main__":
+    from synthiq_project.filemodes import files_owner_only
+
+    files_owner_only()  # before the settings create var/ and anything is written
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "synthiq_project.settings")
     from django.conf import settings
     from django.core.exceptions import ImproperlyConfigured

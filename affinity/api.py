@@ -8,7 +8,6 @@ DRF token or a session.
 from __future__ import annotations
 
 import datetime as dt
-import hmac
 import logging
 
 from django.contrib.auth.models import AnonymousUser
@@ -27,6 +26,7 @@ from affinity import selectors, services
 from affinity.serializers import BindingSerializer, CommitmentSerializer
 from pools import selectors as pool_selectors
 from pools.models import Backend
+from synthiq_project.authentication import ThrottledTokenAuthentication, token_guessing_guard
 
 logger = logging.getLogger("synthiq.affinity")
 
@@ -100,13 +100,14 @@ class BackendTokenAuthentication(authentication.BaseAuthentication):
             return None
         if len(parts) != 2:
             raise exceptions.AuthenticationFailed("Bearer header: expected `Bearer <token>`")
-        try:
-            token = parts[1].decode()
-        except UnicodeError:
-            raise exceptions.AuthenticationFailed("Bearer token: not valid text") from None
-        backend = pool_selectors.backend_by_commitment_token(token=token)
-        if backend is None or not hmac.compare_digest(backend.commitment_token, token):
-            raise exceptions.AuthenticationFailed("unknown backend token")
+        with token_guessing_guard(request):  # guessed tokens lock the address out, as for API tokens
+            try:
+                token = parts[1].decode()
+            except UnicodeError:
+                raise exceptions.AuthenticationFailed("Bearer token: not valid text") from None
+            backend = pool_selectors.backend_by_commitment_token(token=token)
+            if backend is None:  # matched by its keyed hash, compared in constant time, enabled backends only
+                raise exceptions.AuthenticationFailed("unknown backend token")
         return BackendPrincipal(backend), token
 
     def authenticate_header(self, request) -> str:
@@ -135,7 +136,7 @@ class CommitmentPermission(permissions.BasePermission):
 class CommitmentView(APIView):
     authentication_classes = (
         BackendTokenAuthentication,
-        authentication.TokenAuthentication,
+        ThrottledTokenAuthentication,
         authentication.SessionAuthentication,
     )
     permission_classes = (CommitmentPermission,)

@@ -18,7 +18,8 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from email.message import Message
+from typing import IO, Any
 
 from jsonschema import Draft202012Validator, ValidationError
 from jsonschema.exceptions import best_match
@@ -71,17 +72,37 @@ class Reading:
 # -- HTTP -------------------------------------------------------------------------
 
 
+class _RedirectRefused(urllib.request.HTTPRedirectHandler):
+    """urllib follows redirects with the request's headers, Authorization included: a
+    backend (or whoever answers for it) could send the Basic credentials to any host, or
+    from https:// down to http://. A redirect is answered as the error it is."""
+
+    def redirect_request(self, req: urllib.request.Request, fp: IO[bytes], code: int, msg: str,
+                         headers: Message, newurl: str) -> None:
+        return None  # urllib then raises HTTPError with the 3xx status
+
+
+# build_opener leaves out the default handler a subclass replaces; proxies and HTTPS as urlopen's.
+_OPENER = urllib.request.build_opener(_RedirectRefused)
+
+
 def http_get(*, url: str, timeout: float, health: HealthConfig | None = None) -> tuple[int, bytes]:
-    """GET with a total deadline and a body cap. Returns (status, body) for 2xx only."""
+    """GET with a total deadline and a body cap, redirects not followed. Returns
+    (status, body) for 2xx only."""
     request = urllib.request.Request(url, headers={"Accept": "application/json"})
     if health and health.username:
+        if url.startswith("http://") and not health.allow_plain_http_credentials:
+            # The config file is checked for this; a Health section stored by an older
+            # version is not, and its credentials must not go out in clear either.
+            raise ProbeError(f"credentials for {url} not sent over plain http://; use https:// or set "
+                             "Health.AllowPlainHttpCredentials to true")
         token = base64.b64encode(f"{health.username}:{health.password or ''}".encode()).decode()
         request.add_header("Authorization", f"Basic {token}")
     deadline = time.monotonic() + timeout
     try:
         # urllib's timeout bounds each socket operation, not the whole exchange; the
         # deadline below bounds a peer that drips its body one byte at a time.
-        with urllib.request.urlopen(request, timeout=timeout) as response:
+        with _OPENER.open(request, timeout=timeout) as response:
             declared = response.headers.get("Content-Length")
             if declared and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
                 raise ProbeError(f"body of {declared} bytes exceeds the {MAX_BODY_BYTES}-byte limit")
@@ -99,6 +120,10 @@ def http_get(*, url: str, timeout: float, health: HealthConfig | None = None) ->
                 chunks.append(chunk)
             return response.status, b"".join(chunks)
     except urllib.error.HTTPError as exc:
+        if 300 <= exc.code < 400:
+            location = exc.headers.get("Location")
+            where = f"redirect to {location[:200]!r} not followed" if location else "redirect not followed"
+            raise ProbeError(f"HTTP {exc.code} from {url}: {where}") from None
         raise ProbeError(f"HTTP {exc.code} from {url}", refused=exc.code == 503) from None
     except urllib.error.URLError as exc:
         raise ProbeError(f"cannot reach {url}: {exc.reason}") from None

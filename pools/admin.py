@@ -7,6 +7,7 @@ from django.contrib import admin, messages
 
 from pools import services
 from pools.models import Backend, Pool
+from pools.selectors import health_masked
 
 
 class BackendInline(admin.TabularInline):
@@ -42,7 +43,7 @@ class PoolAdmin(admin.ModelAdmin):
 
 @admin.register(Backend)
 class BackendAdmin(admin.ModelAdmin):
-    list_display = ("id", "pool", "ae_title", "address", "weight", "health_mode", "health", "load",
+    list_display = ("id", "pool", "ae_title", "address", "weight", "health_mode", "health_status", "load",
                     "enabled", "draining")
     list_filter = ("pool", "health_mode", "enabled", "draining")
     search_fields = ("id", "ae_title", "host")
@@ -56,8 +57,10 @@ class BackendAdmin(admin.ModelAdmin):
     def address(self, obj: Backend) -> str:
         return f"{obj.host}:{obj.port}"
 
+    # Not named "health": list_display would pick the model field of that name, the health
+    # check's configuration (its password included), over this method.
     @admin.display(description="health", ordering="health_state__healthy")
-    def health(self, obj: Backend) -> str:
+    def health_status(self, obj: Backend) -> str:
         state = getattr(obj, "health_state", None)
         if state is None:
             return "unknown"
@@ -72,7 +75,7 @@ class BackendAdmin(admin.ModelAdmin):
 
     @admin.display(description="health check")
     def health_config(self, obj: Backend) -> dict:
-        return obj.health
+        return health_masked(health=obj.health)  # the password itself is never shown
 
     @admin.display(description="commitment token", boolean=True)
     def commitment_token_set(self, obj: Backend) -> bool:

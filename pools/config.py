@@ -15,7 +15,7 @@ import json
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, IPvAnyNetwork, ValidationError, model_validator
 from pydantic.alias_generators import to_pascal
 from pydantic.functional_validators import AfterValidator
 from pydantic_core import ErrorDetails, PydanticCustomError
@@ -83,6 +83,9 @@ class HealthConfig(Model):
     adapter: Literal["orthanc"] | None = None
     username: str | None = None
     password: str | None = None
+    # Basic credentials over plain http:// are readable by anyone on the path: refused
+    # unless the operator says the network is trusted.
+    allow_plain_http_credentials: bool = False
     # Adapter mode: the denominator when the vendor's metrics lack one (Orthanc's
     # "ConcurrentJobs" option, 2 by default).
     capacity: Annotated[int, Field(ge=1)] | None = None
@@ -125,6 +128,8 @@ class PoolConfig(Model):
     host: str = "0.0.0.0"
     port: Port
     allowed_calling_ae_titles: tuple[AeTitle, ...] = ()
+    # Source networks (CIDR) allowed to connect, checked before a byte is read; empty: any.
+    allowed_sources: tuple[IPvAnyNetwork, ...] = ()
     backends: Annotated[tuple[BackendConfig, ...], Field(min_length=1)]
     tls: TlsConfig | None = None
     services: ServicesConfig = ServicesConfig()
@@ -138,6 +143,15 @@ class NetworkConfig(Model):
     network_timeout_seconds: Annotated[float, Field(ge=1)] = 600
     connect_timeout_seconds: Annotated[float, Field(ge=0.5)] = 10
     max_associations: Annotated[int, Field(ge=1, le=10000)] = 64
+    # Established associations from one source address, across every worker; unset: a
+    # quarter of MaxAssociations, so one host (a stuck modality, a scanner) cannot take
+    # every slot. Raise it for a router or a NAT in front of many modalities.
+    max_associations_per_address: Annotated[int, Field(ge=1, le=10000)] | None = None
+    # An established association with nothing in flight is closed after this long. 60 s:
+    # past the pauses a modality makes within a study (reconstructing the next series) and
+    # the 30-60 s idle limits PACS apply themselves (Orthanc 30 s, pynetdicom 60 s), far
+    # below NetworkTimeoutSeconds, which bounds a wait while an operation is in flight.
+    idle_timeout_seconds: Annotated[float, Field(ge=1)] = 60
     max_pdu_bytes: Annotated[int, Field(ge=4096, le=16 * 1024 * 1024)] = 262144
     # The front door: connections that have not finished association negotiation.
     handshake_timeout_seconds: Annotated[float, Field(ge=0.5)] = 10
@@ -168,6 +182,10 @@ class Config(Model):
         return next((b for p in self.pools for b in p.backends if b.id == backend_id), None)
 
 
+# Keys whose values are secrets, in the file's spelling: a diff or an error says that
+# one changed or is wrong, never what it holds.
+SECRET_KEYS = frozenset({"CommitmentToken", "Password"})
+
 DEFAULTS = {name: field.default for name, field in Config.model_fields.items() if name not in ("network", "pools")}
 
 
@@ -180,13 +198,13 @@ _EXPECTED = {
 }
 
 
-def _described(value: Any) -> str:
+def _described(value: Any, *, secret: bool = False) -> str:
     if isinstance(value, bool):
         return f"the boolean {json.dumps(value)}"
     if isinstance(value, str):
-        return f"the string {value!r}"
+        return "a string" if secret else f"the string {value!r}"
     if isinstance(value, int | float):
-        return f"the number {value!r}"
+        return "a number" if secret else f"the number {value!r}"
     if value is None:
         return "null"
     if isinstance(value, list):
@@ -194,16 +212,16 @@ def _described(value: Any) -> str:
     return "an object" if isinstance(value, dict) else type(value).__name__
 
 
-def _message(error: ErrorDetails) -> str:
+def _message(error: ErrorDetails, *, secret: bool) -> str:
     kind = error["type"]
     if kind in _EXPECTED:
-        return f"expected {_EXPECTED[kind]}, got {_described(error['input'])}"
+        return f"expected {_EXPECTED[kind]}, got {_described(error['input'], secret=secret)}"
     if kind == "extra_forbidden":
         return "unknown key"
     if kind == "missing":
         return "required"
     if kind == "literal_error":
-        return f"must be one of {error['ctx']['expected']}, got {_described(error['input'])}"
+        return f"must be one of {error['ctx']['expected']}, got {_described(error['input'], secret=secret)}"
     if kind in ("greater_than_equal", "less_than_equal"):
         bound = error["ctx"]["ge" if kind == "greater_than_equal" else "le"]
         return f"must be {'>=' if kind == 'greater_than_equal' else '<='} {bound}"
@@ -229,7 +247,8 @@ def _lines(exc: ValidationError) -> list[str]:
     for error in exc.errors(include_url=False):
         if error["type"] == "too_short" and error["input"]:
             continue  # pydantic counts only the valid items: the invalid ones are reported already
-        path, message = _path(error["loc"]), _message(error)
+        path = _path(error["loc"])
+        message = _message(error, secret=path.rsplit(".", 1)[-1] in SECRET_KEYS)
         if error["type"] == "needs":  # "Key: message" from a model validator names its own key
             key, message = message.split(": ", 1)
             path = f"{path}.{key}" if path else key
@@ -238,13 +257,15 @@ def _lines(exc: ValidationError) -> list[str]:
 
 
 def _cross_checks(config: Config) -> list[str]:
-    """What no single field can know: unique ids and ports, timeout vs interval."""
+    """What no single field can know: unique ids, ports and commitment tokens, timeout vs
+    interval, credentials vs the scheme of the health Url."""
     errors = []
     if config.heartbeat_timeout_seconds < config.heartbeat_interval_seconds:
         errors.append("HeartbeatTimeoutSeconds: must be >= HeartbeatIntervalSeconds")
     pools: set[str] = set()
     ports: set[int] = set()
     backends: set[str] = set()
+    tokens: dict[str, str] = {}
     for i, pool in enumerate(config.pools):
         if pool.id in pools:
             errors.append(f"Pools[{i}].Id: duplicate pool id {pool.id!r}")
@@ -257,7 +278,26 @@ def _cross_checks(config: Config) -> list[str]:
                 errors.append(f"Pools[{i}].Backends[{j}].Id: duplicate backend id {backend.id!r} "
                               "(ids are unique across pools)")
             backends.add(backend.id)
+            where = f"Pools[{i}].Backends[{j}]"
+            if backend.commitment_token:
+                # The token is the backend's identity on the commitment endpoint: shared, it
+                # would let one backend commit the other's studies. The value is never echoed.
+                if backend.commitment_token in tokens:
+                    errors.append(f"{where}.CommitmentToken: the same token as backend "
+                                  f"{tokens[backend.commitment_token]!r} (each backend needs its own)")
+                tokens.setdefault(backend.commitment_token, backend.id)
+            errors += _health_credentials_errors(backend.health, where=f"{where}.Health")
     return errors
+
+
+def _health_credentials_errors(health: HealthConfig, *, where: str) -> list[str]:
+    """Basic credentials travel in clear over http://: refused unless the operator opted in."""
+    has_credentials = health.username is not None or health.password is not None
+    if (has_credentials and health.url and health.url.startswith("http://")
+            and not health.allow_plain_http_credentials):
+        return [f"{where}.Url: credentials over plain http://; use https:// or set "
+                "Health.AllowPlainHttpCredentials to true"]
+    return []
 
 
 def config_parse(*, data: Any) -> Config:
@@ -289,7 +329,8 @@ def config_load(*, path: str | Path) -> Config:
 def differences(old: Any, new: Any, path: str = "") -> list[str]:
     """What changed between two configs (or their JSON), one line per key path, in the
     file's own spelling: ``Pools[main].AllowedCallingAeTitles: [] -> ['CT01']``. Lists of
-    objects with an ``Id`` are matched by id (``Pools[main]: added``)."""
+    objects with an ``Id`` are matched by id (``Pools[main]: added``). A secret (a key in
+    SECRET_KEYS) is only said to have changed: these lines go to logs and terminals."""
     if isinstance(old, Config) or isinstance(new, Config):
         old, new = (c.model_dump(mode="json", by_alias=True) if isinstance(c, Config) else c for c in (old, new))
     if isinstance(old, dict) and isinstance(new, dict):
@@ -308,7 +349,20 @@ def differences(old: Any, new: Any, path: str = "") -> list[str]:
             else:
                 lines += differences(before[key], after[key], where)
         return lines
-    return [] if old == new else [f"{path}: {old!r} -> {new!r}"]
+    if old == new:
+        return []
+    if path.rsplit(".", 1)[-1] in SECRET_KEYS:
+        return [f"{path}: changed"]
+    return [f"{path}: {_masked(old)!r} -> {_masked(new)!r}"]
+
+
+def _masked(value: Any) -> Any:
+    """A value with the secrets inside it replaced (a whole section that appeared, say)."""
+    if isinstance(value, dict):
+        return {k: ("(set)" if v else v) if k in SECRET_KEYS else _masked(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_masked(v) for v in value]
+    return value
 
 
 def _by_id(value: Any) -> dict[str, Any] | None:

@@ -50,7 +50,8 @@ class Backend(models.Model):
     )
     health = models.JSONField(default=dict, blank=True)
     tls = models.JSONField(null=True, blank=True)
-    # The token this backend presents when it reports storage commitment over HTTP.
+    # A keyed hash of the token this backend presents when it reports storage commitment
+    # over HTTP (pools.tokens), never the token itself; "" for none.
     commitment_token = models.CharField(max_length=128, blank=True, default="")
 
     class Meta:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import hmac
 from typing import Any
 
 from django.conf import settings
@@ -7,6 +8,7 @@ from django.db.models import QuerySet
 
 from pools.config import DEFAULTS, config_load
 from pools.models import Backend, Pool
+from pools.tokens import commitment_token_hash
 
 
 def config_file_settings() -> dict[str, float]:
@@ -37,20 +39,33 @@ def backend_get(*, backend_id: str) -> Backend | None:
 
 
 def backend_by_commitment_token(*, token: str) -> Backend | None:
-    """The backend presenting this storage-commitment token; an empty token matches none."""
+    """The enabled backend this storage-commitment token authenticates, or None. An empty
+    token matches none; a disabled backend (or one removed from the file, which disables
+    it) commits nothing."""
     if not token:
         return None
-    return Backend.objects.filter(commitment_token=token).exclude(commitment_token="").first()
+    digest = commitment_token_hash(token=token)
+    backend = Backend.objects.filter(commitment_token=digest, enabled=True).first()
+    # The database's equality is not constant-time: the final word is compare_digest's.
+    if backend is None or not hmac.compare_digest(backend.commitment_token, digest):
+        return None
+    return backend
 
 
 def pools_as_stored() -> dict[str, Any]:
     """The pools and backends as the database holds them, keyed as the config file spells
-    them (what `loadconfig --check` compares a file against)."""
+    them (what `loadconfig --check` compares a file against). Secrets read "(set)": what
+    is compared is printed, so a rotated token or password shows as no change."""
     return {"Pools": [
         {"Id": p.id, "AeTitle": p.ae_title, "Host": p.host, "Port": p.port, "Enabled": p.enabled,
          "AllowedCallingAeTitles": list(p.allowed_calling_ae_titles), "Tls": p.tls,
          "Backends": [{"Id": b.id, "AeTitle": b.ae_title, "Host": b.host, "Port": b.port, "Weight": b.weight,
-                       "Enabled": b.enabled, "Health": b.health, "Tls": b.tls,
+                       "Enabled": b.enabled, "Health": health_masked(health=b.health), "Tls": b.tls,
                        "CommitmentToken": "(set)" if b.commitment_token else ""}
                       for b in p.backends.all()]}
         for p in pools_with_backends()]}
+
+
+def health_masked(*, health: dict[str, Any]) -> dict[str, Any]:
+    """A stored ``Health`` section fit to show: its password reads "(set)"."""
+    return {key: "(set)" if key == "Password" and value else value for key, value in (health or {}).items()}

@@ -9,6 +9,7 @@ from django.db import transaction
 
 from pools.config import Config, Model
 from pools.models import Backend, Pool
+from pools.tokens import commitment_token_hash
 
 logger = logging.getLogger("synthiq.pools")
 
@@ -49,7 +50,7 @@ def config_sync(*, config: Config) -> dict[str, list[str]]:
                     "enabled": b.enabled,
                     "health_mode": b.health.mode,
                     "health": _as_json(b.health),
-                    "commitment_token": b.commitment_token or "",
+                    "commitment_token": commitment_token_hash(token=b.commitment_token) if b.commitment_token else "",
                     "tls": _as_json(b.tls),
                 },
             )

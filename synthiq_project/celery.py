@@ -12,6 +12,12 @@ import os
 
 from celery import Celery
 
+from synthiq_project.filemodes import files_owner_only
+
+# `celery -A synthiq_project` imports this module before reading the settings or opening
+# its log and beat-schedule files. (The package imports it too, so every process that
+# loads SynthIQ's settings gets the same umask.)
+files_owner_only()
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "synthiq_project.settings")
 
 app = Celery("synthiq_project")
