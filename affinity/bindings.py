@@ -11,12 +11,14 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+from typing import Any
 
 from django.core.exceptions import ObjectDoesNotExist
-from django.db import DatabaseError, close_old_connections
+from django.db import DatabaseError, DataError, IntegrityError, close_old_connections
 
 from affinity import selectors, services
 from affinity.journal import BindingJournal
+from routing.dicom.uids import shown
 
 logger = logging.getLogger("synthiq.affinity")
 
@@ -57,6 +59,24 @@ class HotCache:
 
     def __len__(self) -> int:
         return len(self._data)
+
+
+# Errors of a row's data (a value too long, a constraint), not of the database: the row is
+# dropped and logged, the rest written, and the database is not marked unavailable.
+ROW_ERRORS = (DataError, IntegrityError)
+
+
+def _row_by_row(what: str, rows: dict[Key, Any], write: Callable[[dict[Key, Any]], Any]) -> dict[Key, Any]:
+    """Write ``rows`` one at a time after their batch failed on a row's data: returns what
+    each write returned, for the rows written; each refused row is logged and dropped."""
+    done = {}
+    for key, value in rows.items():
+        try:
+            done[key] = write({key: value})
+        except ROW_ERRORS as exc:
+            logger.error("pool=%s study/instance=%s: %s refused by the database and dropped: %s", key[0],
+                         shown(key[1]), what, str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+    return done
 
 
 class Bindings:
@@ -145,7 +165,14 @@ class Bindings:
         if self._db_usable():
             try:
                 close_old_connections()
-                held = services.bindings_claim_many(claims=claims, now=now)
+                try:
+                    held = services.bindings_claim_many(claims=claims, now=now)
+                except ROW_ERRORS:
+                    one_by_one = _row_by_row("binding", claims, lambda one: services.bindings_claim_many(
+                        claims=one, now=now))
+                    # A study whose binding cannot be written goes where it was placed, unbound.
+                    held = {key: one_by_one[key][key] if key in one_by_one else backend_id
+                            for key, backend_id in claims.items()}
             except DatabaseError as exc:
                 self._db_failed(exc, "claim")
             else:
@@ -221,9 +248,10 @@ class Bindings:
                     bound = written[key] = services.binding_claim(
                         pool_id=key[0], study_uid=key[1], backend_id=backend_id, now=first_seen
                     )
-                except ObjectDoesNotExist:  # its pool or backend is no longer in the database
-                    logger.error("pool=%s study=%s deferred binding to %s dropped: that pool or backend is "
-                                 "not in the database", key[0], key[1], backend_id)
+                except (ObjectDoesNotExist, *ROW_ERRORS) as exc:  # its pool or backend is gone, or the row is bad
+                    logger.error("pool=%s study=%s deferred binding to %s dropped: %s", key[0], shown(key[1]),
+                                 backend_id, "that pool or backend is not in the database"
+                                 if isinstance(exc, ObjectDoesNotExist) else f"refused by the database: {exc}")
                     continue
                 if bound != backend_id:
                     logger.error(
@@ -238,10 +266,16 @@ class Bindings:
             if self.journal:
                 self.journal.record(written)
             if touches:
-                services.bindings_touch(touches=touches)
+                try:
+                    services.bindings_touch(touches=touches)
+                except ROW_ERRORS:
+                    _row_by_row("instance count", touches, lambda one: services.bindings_touch(touches=one))
             touches = {}
             if instances:
-                services.instances_record(locations=instances)
+                try:
+                    services.instances_record(locations=instances)
+                except ROW_ERRORS:
+                    _row_by_row("instance location", instances, lambda one: services.instances_record(locations=one))
         except DatabaseError as exc:
             self._db_failed(exc, "write-behind")
             with self._lock:

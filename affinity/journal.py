@@ -15,6 +15,11 @@ With the database up, the database is the truth: a binding deleted there is not 
 from here. Lines are ``pool, study, backend, P|W, unix time`` separated by tabs; ``P`` is a
 binding not yet in the database, ``W`` one that is. The file is compacted at start (the
 latest line per study, within the study window). A line cut short by a crash is skipped.
+
+No value can forge a line: a binding is written only when its pool and backend are ids
+(letters, digits, ``-`` and ``_``) and its study a valid UID, so no field holds a tab or a
+line break; and every line read back is validated the same way, its time no later than now
+(a small clock step aside), or skipped and counted in the log.
 """
 
 from __future__ import annotations
@@ -23,11 +28,15 @@ import datetime as dt
 import fcntl
 import hashlib
 import logging
+import math
 import os
+import re
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+from routing.dicom.uids import shown, uid_problem
 
 logger = logging.getLogger("synthiq.affinity")
 
@@ -35,6 +44,18 @@ Key = tuple[str, str]  # (pool id, study uid)
 PENDING, WRITTEN = "P", "W"
 # Lines kept by a compaction at most (the newest): bounds the file and a start's reading.
 MAX_ENTRIES = 500_000
+# A pool or backend id, as the config file allows them.
+_ID = re.compile(r"[-a-zA-Z0-9_]{1,64}")
+# A line stamped later than this past now is not believed (a forged or corrupted time).
+CLOCK_SLACK_SECONDS = 300.0
+
+
+def binding_problem(pool_id: str, study_uid: str, backend_id: str) -> str | None:
+    """Why a binding cannot be a journal line, or None."""
+    if not _ID.fullmatch(pool_id) or not _ID.fullmatch(backend_id):
+        return "pool or backend is not an id"
+    problem = uid_problem(study_uid)
+    return f"study UID {problem}" if problem else None
 
 
 def journal_path(var_dir: Path, database: dict) -> Path:
@@ -61,8 +82,16 @@ class BindingJournal:
             return
         stamp = time.time() if at is None else at
         flag = PENDING if pending else WRITTEN
+        valid = {}
+        for (pool, study), backend in bindings.items():
+            problem = binding_problem(pool, study, backend)
+            if problem:
+                logger.error("binding journal: pool=%s study=%s backend=%s not written: %s", shown(pool), shown(study),
+                             shown(backend), problem)
+            else:
+                valid[(pool, study)] = backend
         lines = "".join(f"{pool}\t{study}\t{backend}\t{flag}\t{stamp:.3f}\n"
-                        for (pool, study), backend in bindings.items())
+                        for (pool, study), backend in valid.items())
         try:
             with self._locked(fcntl.LOCK_SH), open(self.path, "a", encoding="ascii") as out:
                 out.write(lines)  # one write on an O_APPEND file: workers' lines do not interleave
@@ -137,19 +166,25 @@ class BindingJournal:
 
     def _latest(self, lines: list[str]) -> dict[Key, tuple[str, str, float]]:
         """The last line per study within the window: (backend, flag, time)."""
-        oldest = time.time() - self.window_seconds
+        now = time.time()
+        oldest, newest = now - self.window_seconds, now + CLOCK_SLACK_SECONDS
         latest: dict[Key, tuple[str, str, float]] = {}
+        skipped = 0
         for line in lines:
             fields = line.split("\t")
-            if len(fields) != 5 or fields[3] not in (PENDING, WRITTEN):
-                continue
             try:
-                stamp = float(fields[4])
+                stamp = float(fields[4]) if len(fields) == 5 else math.nan
             except ValueError:
+                stamp = math.nan
+            if (not math.isfinite(stamp) or stamp > newest or fields[3] not in (PENDING, WRITTEN)
+                    or binding_problem(fields[0], fields[1], fields[2])):
+                skipped += 1
                 continue
             key = (fields[0], fields[1])
             if stamp < oldest:
                 latest.pop(key, None)
                 continue
             latest[key] = (fields[2], fields[3], stamp)
+        if skipped:
+            logger.error("binding journal %s: %d line(s) that are not bindings skipped", self.path, skipped)
         return latest

@@ -13,7 +13,17 @@ import logging.handlers
 import queue
 from dataclasses import dataclass
 
+from synthiq_project import logformat
+
 LOGGERS = ("synthiq", "pynetdicom")
+
+
+class _EscapingQueueHandler(logging.handlers.QueueHandler):
+    """Escapes the message before the traceback is merged into it (see logformat)."""
+
+    def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
+        logformat.escape_message(record)
+        return super().prepare(record)
 
 
 @dataclass
@@ -33,7 +43,7 @@ def start() -> QueuedLogging:
     unique: list[logging.Handler] = []
     for handlers in before.values():
         unique += [h for h in handlers if h not in unique]
-    front = logging.handlers.QueueHandler(records)
+    front = _EscapingQueueHandler(records)
     for name in LOGGERS:
         logging.getLogger(name).handlers = [front]
     listener = logging.handlers.QueueListener(records, *unique, respect_handler_level=True)

@@ -210,6 +210,12 @@ class Router:
     def instance_backends(self, *, pool_id: str, sop_instance_uids: list[str]) -> dict[str, str]:
         return self.bindings.instance_backends(pool_id=pool_id, sop_instance_uids=sop_instance_uids)
 
+    def unhealthy_backends(self, pool_id: str) -> list[str]:
+        """The pool's enabled backends that are not healthy now: they may hold studies but
+        cannot be asked (a fanned-out C-FIND says it did not hear from them)."""
+        with self._lock:
+            return [b.id for b in self._states.get(pool_id, ()) if b.enabled and not self._healthy_now(b)]
+
     def healthy_backends(self, pool_id: str) -> list[str]:
         """The pool's enabled, healthy backends by id (draining ones too: they hold studies)."""
         with self._lock:

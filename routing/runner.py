@@ -42,6 +42,7 @@ from pools.services import config_sync
 from routing import logqueue, readiness
 from routing.dicom import netopts
 from routing.dicom.services import SERVICE_CLASSES, VERIFICATION
+from routing.relay.quota import AddressCounts
 from routing.relay.server import NetworkSettings, PoolListener, Relay
 from routing.router import Router
 from routing.services import routing_activity_purge
@@ -152,6 +153,7 @@ class ProxyRunner:
         self.stopping = threading.Event()
         self.tasks_now = 0
         self.relay: Relay | None = None
+        self.per_address = AddressCounts()  # one process; runproxy --workers makes a shared one
         # A worker: listening sockets its parent handed over for pools a reload added.
         self.handed: dict[str, socket.socket] = {}
 
@@ -258,13 +260,16 @@ class ProxyRunner:
 
         def worker(index: int, ready: Callable[[], None], channel: socket.socket) -> int:
             logformat.WORKER = str(index)  # every log line of this worker says which it is
+            self.per_address.row = index
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             signal.signal(signal.SIGINT, signal.SIG_DFL)
             signal.signal(signal.SIGHUP, signal.SIG_IGN)  # the parent reloads it (see serve)
             asyncio.run(self.serve(sockets, ready=ready, purge=False, worker=index, channel=channel))
             return 0
 
-        pool = Workers(count=count, target=worker, stopping=self.stopping, grace_seconds=self.grace_seconds + 10)
+        self.per_address = AddressCounts(workers=count)  # shared by the workers forked below
+        pool = Workers(count=count, target=worker, stopping=self.stopping, grace_seconds=self.grace_seconds + 10,
+                       on_exit=self.per_address.clear)
         # The parent keeps the listening sockets (it never accepts on them): a worker that
         # dies is started again with them.
         pool.start()
@@ -346,7 +351,7 @@ class ProxyRunner:
         # A pool added by a reload has no socket in a worker started since (see reload).
         pools = [self.pool_listener(p) for p in self.config.pools if p.id in sockets]
         self.relay = Relay(pools=pools, network=self.network, placement=self.router, telemetry=self.telemetry,
-                           log_patient_id=settings.SYNTHIQ_LOG_PATIENT_ID,
+                           log_patient_id=settings.SYNTHIQ_LOG_PATIENT_ID, per_address=self.per_address,
                            syntax_ranks={pool_id: a.ranks for pool_id, a in self.abilities.items()})
         await self.relay.start(sockets)
         ready()
@@ -371,7 +376,8 @@ class ProxyRunner:
 
     def pool_listener(self, pool: PoolConfig) -> PoolListener:
         return PoolListener(pool.id, pool.ae_title, pool.host, pool.port, pool.allowed_calling_ae_titles,
-                            _server_tls(pool.tls) if pool.tls else None, services=self.services_passed(pool))
+                            _server_tls(pool.tls) if pool.tls else None, services=self.services_passed(pool),
+                            allowed_sources=pool.allowed_sources)
 
     # -- reload (SIGHUP) ------------------------------------------------------------------
     def reload_shared(self) -> Config | None:

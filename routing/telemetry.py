@@ -25,6 +25,8 @@ logger = logging.getLogger("synthiq.routing")
 RECENT_DECISIONS = 200
 # Counter keys of rejected associations: this prefix and the reason (called-ae, calling-ae, ...).
 REJECTED_PREFIX = "rejected."
+# Counter keys of requests refused for an invalid identifier: this prefix, the service, the reason.
+INVALID_PREFIX = "invalid."
 # Upper bounds (seconds) of the forward-latency histogram buckets; one more slot counts
 # everything slower (+Inf). Fixed so that several processes' counts add up bucket by bucket.
 LATENCY_BUCKETS: tuple[float, ...] = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -77,6 +79,18 @@ class Telemetry:
         """An A-ASSOCIATE-RQ answered with A-ASSOCIATE-RJ, by reason (called-ae, calling-ae, ...)."""
         with self._lock:
             self.counters[f"{REJECTED_PREFIX}{reason}"] += 1
+
+    def invalid_input(self, *, service: str, reason: str) -> None:
+        """A request refused for an identifier that is not a valid UID (nothing of it kept)."""
+        with self._lock:
+            self.counters[f"{INVALID_PREFIX}{service}.{reason}"] += 1
+
+    def backend_violation(self, backend_id: str) -> None:
+        """A backend's response that did not answer the request (another Message ID, SOP
+        Class or SOP Instance): the requester was told it failed, the backend aborted."""
+        with self._lock:
+            self.counters["backend_violations"] += 1
+            self._backend(backend_id)["violations"] += 1
 
     def connection_refused(self) -> None:
         with self._lock:

@@ -26,11 +26,12 @@ RESPAWN_BACKOFF_SECONDS = 1.0
 
 class Workers:
     def __init__(self, *, count: int, target: Callable[[int, Callable[[], None], socket.socket], int],
-                 stopping: threading.Event, grace_seconds: float):
+                 stopping: threading.Event, grace_seconds: float, on_exit: Callable[[int], None] | None = None):
         self.count = count
         self.target = target
         self.stopping = stopping
         self.grace_seconds = grace_seconds
+        self.on_exit = on_exit  # told the index of a worker that exited (its counts are void)
         self.pids: dict[int, int] = {}  # pid -> worker index
         # pid -> the parent's end of a channel to that worker (see ``reload``)
         self.channels: dict[int, socket.socket] = {}
@@ -102,6 +103,8 @@ class Workers:
                 continue
             self.channels.pop(pid).close()
             logger.error("worker %d (pid %d) exited with %s", index, pid, _describe(status))
+            if self.on_exit is not None:
+                self.on_exit(index)
             if not self.stopping.is_set():
                 self._respawn_at[index] = time.monotonic() + RESPAWN_BACKOFF_SECONDS
         for index, at in list(self._respawn_at.items()):

@@ -127,6 +127,20 @@ class Command:
         return _encode_raw(values)
 
 
+def response_mismatch(request: Command, response: Command) -> str | None:
+    """Why ``response`` does not answer ``request`` (another Message ID; or an Affected SOP
+    Class / SOP Instance UID that is present and differs from the request's), or None.
+    Worded to follow "backend X"."""
+    if response.responded_to != request.message_id:
+        return f"answered message {response.responded_to}, not {request.message_id}"
+    for tag, name, asked in ((AFFECTED_SOP_CLASS_UID, "SOP Class", request.sop_class_uid),
+                             (AFFECTED_SOP_INSTANCE_UID, "SOP Instance", request.sop_instance_uid)):
+        said = response.text(tag)
+        if said and asked and said != asked:
+            return f"answered for another {name}"
+    return None
+
+
 def decode(raw: bytes | memoryview) -> Command:
     data = bytes(raw)
     values: dict[int, bytes] = {}

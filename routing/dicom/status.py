@@ -29,6 +29,8 @@ RETRIEVE_UNABLE_TO_PERFORM = 0xA702  # C-MOVE/C-GET: Refused: Out of Resources -
 PROCESSING_FAILURE = 0x0110  # N-ACTION: Processing failure
 RESOURCE_LIMITATION = 0x0213  # N-ACTION: Resource limitation
 NO_SUCH_OBJECT_INSTANCE = 0x0112  # a Failure Reason in a storage commitment result
+IDENTIFIER_DOES_NOT_MATCH = 0xA900  # C-FIND/C-MOVE/C-GET: Identifier does not match SOP Class (an invalid UID key)
+INVALID_ARGUMENT_VALUE = 0x0115  # N-ACTION: Invalid argument value (an invalid referenced UID)
 UNRECOGNIZED_OPERATION = 0x0211  # Refused: the operation is not supported here
 
 

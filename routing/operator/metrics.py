@@ -61,6 +61,15 @@ class SynthIQCollector:
             "synthiq_associations_rejected", "Inbound associations rejected (A-ASSOCIATE-RJ), by reason",
             labels=["process", "reason"],
         )
+        invalid = CounterMetricFamily(
+            "synthiq_invalid_requests", "Requests refused for an identifier that is not a valid UID, by service and "
+            "what was invalid (nothing of them is kept)", labels=["process", "service", "reason"],
+        )
+        violations = CounterMetricFamily(
+            "synthiq_backend_violations", "Backend responses that did not answer the request in flight (another "
+            "Message ID, SOP Class or SOP Instance): failed to the requester, the backend association aborted",
+            labels=["process"],
+        )
         open_assocs = GaugeMetricFamily(
             "synthiq_open_associations", "Inbound associations open now", labels=["process"]
         )
@@ -103,6 +112,9 @@ class SynthIQCollector:
             associations.add_metric([p.id], counters.get("associations", 0))
             for reason, value in selectors.rejected_by_reason(counters).items():
                 rejected.add_metric([p.id, reason], value)
+            for (service, reason), value in selectors.invalid_by_reason(counters).items():
+                invalid.add_metric([p.id, service, reason], value)
+            violations.add_metric([p.id], counters.get("backend_violations", 0))
             for key, value in sorted(counters.items()):
                 if key.startswith("status."):
                     cls = key.removeprefix("status.")
@@ -131,7 +143,8 @@ class SynthIQCollector:
                     buckets.append((bound, cumulative))
                 total = float((per_backend.get(backend_id) or {}).get("forward_seconds", 0.0))
                 latency.add_metric([p.id, backend_id], buckets, total)
-        yield from (routed, decisions, received, responses, failures, operations, associations, rejected, open_assocs,
+        yield from (routed, decisions, received, responses, failures, operations, associations, rejected, invalid,
+                    violations, open_assocs,
                     held, held_total, cache, db_ok, pending, listening, latency)
         build = InfoMetricFamily("synthiq_build", "SynthIQ's version")
         build.add_metric([], {"version": VERSION, "python": platform.python_version()})

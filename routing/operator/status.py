@@ -22,7 +22,7 @@ from pools import selectors as pool_selectors
 from pools.config import DEFAULTS
 from pools.models import Backend
 from routing.models import ProxyProcess, RoutingDecision
-from routing.telemetry import OK_STATUS_CLASSES, RATE_SAMPLES, REJECTED_PREFIX
+from routing.telemetry import INVALID_PREFIX, OK_STATUS_CLASSES, RATE_SAMPLES, REJECTED_PREFIX
 from routing.waterfall import TIERS
 from synthiq_project.version import VERSION
 
@@ -127,6 +127,16 @@ def operations_by_service(counters: dict[str, Any]) -> dict[str, dict[str, int]]
         if key.startswith("service."):
             service, _, cls = key.removeprefix("service.").rpartition(".")
             out.setdefault(service, {})[cls] = int(value)
+    return out
+
+
+def invalid_by_reason(counters: dict[str, Any]) -> dict[tuple[str, str], int]:
+    """Requests refused for an invalid identifier, by (service, what was invalid)."""
+    out: dict[tuple[str, str], int] = {}
+    for key, value in sorted(counters.items()):
+        if key.startswith(INVALID_PREFIX):
+            service, _, reason = key.removeprefix(INVALID_PREFIX).partition(".")
+            out[(service, reason)] = int(value)
     return out
 
 

@@ -28,13 +28,13 @@ from typing import TYPE_CHECKING
 
 from pynetdicom.presentation import PresentationContext
 
-from routing.dicom import commands, negotiation, pdu, status
+from routing.dicom import commands, negotiation, pdu, status, uids
 from routing.dicom.pdu import ProtocolError
 from routing.dicom.scan import Header, HeaderError, HeaderScanner
 from routing.relay.connection import ConnectionClosed, PduConnection, TimedOut
 from routing.relay.operations import QUERY_RETRIEVE, Operations
 from routing.relay.outbound import BackendLink, OutboundUnavailable
-from routing.relay.stream import MessageStream, PeerAborted, PeerReleaseRequest
+from routing.relay.stream import MessageStream, PeerAborted, PeerReleaseReply, PeerReleaseRequest
 from routing.waterfall import ASSOCIATION_CACHED
 
 if TYPE_CHECKING:
@@ -48,15 +48,23 @@ HOLD_RETRY_SECONDS = 0.5  # how often a held association tries its backend again
 
 
 class _Failed(Exception):
-    """An operation SynthIQ answers itself: the status, its comment, and the backend if any."""
+    """An operation SynthIQ answers itself: the status, its comment, and the backend if any;
+    the elements at fault; whether the rest of the request's data set is still to be read."""
 
-    def __init__(self, code: int, comment: str, backend_id: str | None = None):
+    def __init__(self, code: int, comment: str, backend_id: str | None = None, *,
+                 offending: list[int] | None = None, drop: bool = False):
         super().__init__(comment)
         self.status, self.comment, self.backend_id = code, comment, backend_id
+        self.offending, self.drop = offending, drop
 
 
 class _LinkLost(Exception):
     """The backend's association went away (abort, reset, timeout) mid-operation."""
+
+
+class _Violation(_LinkLost):
+    """The backend's response does not answer the request in flight (another Message ID,
+    SOP Class or SOP Instance): never taken for the request's outcome."""
 
 
 class InboundAssociation:
@@ -106,6 +114,10 @@ class InboundAssociation:
             logger.error("pool=%s calling_ae=%s source_ip=%s broke the protocol: %s; aborting the association",
                          self.pool_id, self.calling_ae or "?", self.source_ip, exc)
             self._abort_inbound(exc.reason)
+        except PeerReleaseReply:  # PS3.8 AA-8: a reply to a release nobody asked for
+            logger.error("pool=%s calling_ae=%s source_ip=%s broke the protocol: A-RELEASE-RP without an "
+                         "A-RELEASE-RQ; aborting the association", self.pool_id, self.calling_ae or "?", self.source_ip)
+            self._abort_inbound(pdu.REASON_UNEXPECTED_PDU)
         except asyncio.CancelledError:
             # runproxy is stopping (see Relay.stop): an idle association's backends are
             # released cleanly; one still mid-operation past the grace period is aborted.
@@ -180,10 +192,24 @@ class InboundAssociation:
             transport = await loop.start_tls(self.conn.transport, self.conn, self.listener.tls, server_side=True,
                                              ssl_handshake_timeout=remaining)
         except (OSError, TimeoutError, ConnectionError) as exc:
+            self._tls_failed(exc)
             raise ConnectionClosed(f"TLS handshake with {self.source_ip} failed: {exc or type(exc).__name__}") from None
         if transport is None:
+            self._tls_failed(None)
             raise ConnectionClosed(f"TLS handshake with {self.source_ip} failed")
         self.conn.attach(transport)  # type: ignore[arg-type]
+
+    def _tls_failed(self, exc: BaseException | None) -> None:
+        """A failed handshake is logged (rate-limited: a scanner can make thousands) and counted
+        by reason: plaintext DICOM on the TLS port, or any other failure."""
+        text = f"{exc or 'connection closed'}"
+        plaintext = any(sign in text for sign in ("WRONG_VERSION_NUMBER", "UNKNOWN_PROTOCOL", "HTTP_REQUEST",
+                                                  "unknown protocol", "wrong version number"))
+        kind = "tls-plaintext" if plaintext else "tls-handshake"
+        self.relay.telemetry.association_rejected(kind)
+        self.relay.log_refusal(kind, f"pool={self.pool_id} source_ip={self.source_ip}: TLS handshake failed"
+                                     f"{' (plaintext on the TLS port?)' if plaintext else ''}: {text} "
+                                     "(repeats within seconds not logged)")
 
     def _refusal(self, rq: negotiation.AssociateRequest) -> tuple[str, str, tuple[int, int, int]] | None:
         """Why this request is rejected: (the reason's metric label, the log text, the A-ASSOCIATE-RJ
@@ -206,17 +232,33 @@ class InboundAssociation:
             return ("association-limit",
                     f"{self.network.max_associations} associations already open (Network.MaxAssociations)",
                     negotiation.REJECT_LIMIT)
+        if not self.relay.address_has_room(self.source_ip):
+            return ("address-limit", f"{self.relay.max_per_address} associations from {self.source_ip} already "
+                    "open (Network.MaxAssociationsPerAddress)", negotiation.REJECT_LIMIT)
         return None
 
     # -- serving ------------------------------------------------------------------------
     async def _serve(self) -> str:
         assert self.stream is not None
         while True:
+            # Nothing in flight: the idle limit; a storage commitment report still to come:
+            # the network timeout (the association is waiting, not idle).
+            waiting = self.operations.reports_awaited > 0
+            limit = self.network.network_timeout_seconds if waiting else self.network.idle_timeout_seconds
             try:
-                context_id, command = await self.stream.read_command(self.network.network_timeout_seconds)
+                context_id, command = await self.stream.read_command(limit)
             except PeerReleaseRequest:
                 await self._release()
                 return "released"
+            except TimedOut:
+                if waiting or self.stream.has_input:
+                    raise
+                logger.info("pool=%s calling_ae=%s source_ip=%s: nothing for %.0fs (Network.IdleTimeoutSeconds); "
+                            "closing the association", self.pool_id, self.calling_ae, self.source_ip, limit)
+                self.relay.telemetry.association_rejected("idle")
+                await self._release_links()
+                self._abort_inbound(pdu.REASON_NOT_SPECIFIED)
+                return "closed idle"
             self.busy = True
             try:
                 await self._dispatch(context_id, command)
@@ -278,6 +320,7 @@ class InboundAssociation:
         sop_uid = command.sop_instance_uid
         try:
             held, last, header = await self._hold_until_study_uid(context_id)
+            self._check_uids(header, sop_uid, held, last)
             try:
                 backend_id = await self._route(header, sop_uid)
                 link = await self._link(backend_id, context_id)
@@ -289,7 +332,10 @@ class InboundAssociation:
         except _Failed as failure:
             self.failed += 1
             self.relay.telemetry.forward_failed(failure.backend_id, failure.status)
-            offending = [0x0020000D] if failure.status in (status.CANNOT_UNDERSTAND, status.UID_BEYOND_HOLD) else None
+            if failure.drop:  # answer only once the whole request has been read
+                await self._drop_data_set(context_id)
+            offending = failure.offending or (
+                [0x0020000D] if failure.status in (status.CANNOT_UNDERSTAND, status.UID_BEYOND_HOLD) else None)
             await self.answer(context_id, commands.response(command, failure.status, comment=failure.comment,
                                                        offending=offending))
             return
@@ -303,8 +349,23 @@ class InboundAssociation:
                            answer.text(commands.ERROR_COMMENT))
         self.relay.telemetry.forwarded(backend_id, code, time.perf_counter() - started,
                                        nbytes=self.bytes_relayed - bytes_before)
-        await self.answer(context_id, answer.raw if answer.responded_to == command.message_id
-                     else answer.replaced(commands.MESSAGE_ID_RESPONDED_TO, command.message_id or 0))
+        await self.answer(context_id, answer.raw)
+
+    def _check_uids(self, header: Header, sop_uid: str, held: list[memoryview], last: bool) -> None:
+        """The UIDs this C-STORE is routed and recorded by must be UIDs: anything else is
+        refused with 0xC000 before a byte reaches a backend, the database or the journal.
+        Raises _Failed (with the rest of the data set still to be dropped if not ``last``)."""
+        for name, reason, tag, value in (("Study Instance UID", "study-uid", 0x0020000D, header.study_uid),
+                                         ("SOP Instance UID", "sop-instance-uid", commands.AFFECTED_SOP_INSTANCE_UID,
+                                          sop_uid)):
+            problem = uids.uid_problem(value)
+            if problem is None:
+                continue
+            held.clear()
+            self.relay.telemetry.invalid_input(service="C-STORE", reason=reason)
+            logger.error("pool=%s calling_ae=%s source_ip=%s: C-STORE refused with 0xC000: %s %s is %s",
+                         self.pool_id, uids.shown(self.calling_ae), self.source_ip, name, uids.shown(value), problem)
+            raise _Failed(status.CANNOT_UNDERSTAND, uids.comment(name, problem), offending=[tag], drop=not last)
 
     async def _hold_until_study_uid(self, context_id: int) -> tuple[list[memoryview], bool, Header]:
         """Read data set fragments until the Study Instance UID is known; they are held
@@ -453,10 +514,13 @@ class InboundAssociation:
             except _LinkLost as exc:
                 link.abort()
                 self.links.pop(backend_id, None)
-                logger.error("pool=%s calling_ae=%s sop=%s backend=%s: %s", self.pool_id, self.calling_ae,
+                logger.error("pool=%s calling_ae=%s sop=%s backend=%s: %s", self.pool_id, uids.shown(self.calling_ae),
                              command.sop_instance_uid, backend_id, exc)
                 if not last:
                     await self._drop_data_set(context_id)
+                if isinstance(exc, _Violation):
+                    self.relay.telemetry.backend_violation(backend_id)
+                    raise _Failed(status.BACKEND_NO_RESPONSE, str(exc), backend_id) from None
                 raise _Failed(status.BACKEND_NO_RESPONSE, f"backend {backend_id} aborted/timed out",
                               backend_id) from None
         except (PeerAborted, ConnectionClosed, ProtocolError, TimedOut):
@@ -489,9 +553,9 @@ class InboundAssociation:
             except (PeerAborted, ConnectionClosed, TimedOut, ProtocolError, PeerReleaseRequest) as exc:
                 raise _LinkLost(f"no C-STORE response ({type(exc).__name__}: {exc})") from None
             if rsp.field == commands.C_STORE_RSP:
-                if rsp.responded_to != command.message_id:
-                    logger.warning("backend %s answered message %s with Message ID Being Responded To %s: mapped",
-                                   link.backend.id, command.message_id, rsp.responded_to)
+                mismatch = commands.response_mismatch(command, rsp)
+                if mismatch:
+                    raise _Violation(f"backend {link.backend.id} {mismatch}")
                 code = rsp.status
                 if code is None:
                     raise _LinkLost("C-STORE response without a Status")

@@ -34,7 +34,7 @@ from pydicom.filebase import DicomBytesIO
 from pydicom.filereader import read_dataset
 from pydicom.filewriter import write_dataset
 
-from routing.dicom import commands, pdu, scan, services, status
+from routing.dicom import commands, pdu, scan, services, status, uids
 from routing.dicom.pdu import ProtocolError
 from routing.relay.connection import PduConnection, first_ready
 from routing.relay.outbound import BackendLink, OutboundUnavailable
@@ -62,6 +62,15 @@ class OperationFailed(Exception):
 
 class LinkLost(Exception):
     """The backend's association went away in the middle of an operation."""
+
+
+class Violation(LinkLost):
+    """The backend's response does not answer the request in flight: never relayed."""
+
+
+# The UID keys of an identifier that routing reads, checked before anything is asked.
+UID_KEYS = ((scan.STUDY_UID, "Study Instance UID", "study-uid"), (0x0020000E, "Series Instance UID", "series-uid"),
+            (0x00080018, "SOP Instance UID", "sop-instance-uid"))
 
 
 def _unavailable_status(field: int) -> int:
@@ -118,6 +127,9 @@ class Operations:
         # SynthIQ's own requests to the modality (a local N-EVENT-REPORT): answers dropped.
         self.own: set[int] = set()
         self._next_own_id = 0xFF00
+        # Storage commitments accepted by a backend whose report has not reached the
+        # modality yet: while there are any, the association is waiting, not idle.
+        self.reports_awaited = 0
 
     # -- entry points -----------------------------------------------------------------
     async def query_retrieve(self, context_id: int, command: commands.Command) -> None:
@@ -125,16 +137,34 @@ class Operations:
         assert assoc.stream is not None
         data = await assoc.stream.read_data_set(context_id, self.network.network_timeout_seconds,
                                                 limit=self.network.header_hold_bytes)
-        keys = identifier_keys(data, assoc.transfer_syntax(context_id))
+        service = command.name
+        try:
+            keys = identifier_keys(data, assoc.transfer_syntax(context_id))
+        except scan.HeaderError as exc:
+            keys = {}
+            invalid: tuple[str, str] | None = ("identifier", f"unreadable: {exc}")
+        else:
+            invalid = next(((reason, uids.comment(name, problem)) for tag, name, reason in UID_KEYS
+                            if (problem := uids.uid_key_problem(keys.get(tag, "")))), None)
+        if invalid is not None:
+            reason, comment = invalid
+            assoc.relay.telemetry.invalid_input(service=service, reason=reason)
+            logger.error("%s pool=%s calling_ae=%s source_ip=%s: refused with 0xA900: %s", service, assoc.pool_id,
+                         uids.shown(assoc.calling_ae), assoc.source_ip, comment)
+            await assoc.answer(context_id, commands.response(command, status.IDENTIFIER_DOES_NOT_MATCH,
+                                                              comment=comment[:commands.ERROR_COMMENT_MAX]))
+            assoc.relay.telemetry.operation(service=service, status=status.IDENTIFIER_DOES_NOT_MATCH)
+            return
         level = keys.get(scan.QUERY_RETRIEVE_LEVEL, "").upper()
         study = single_uid(keys.get(scan.STUDY_UID, ""))
-        service = command.name
+        unasked: list[str] = []
         try:
             bound = await assoc.relay.bound_backend(assoc.pool_id, study) if study else None
             if bound is not None:
                 targets, reason = [bound], "affinity-hit"
             elif command.field == commands.C_FIND_RQ:
                 targets, reason = assoc.relay.placement.healthy_backends(assoc.pool_id), "fan-out"
+                unasked = assoc.relay.placement.unhealthy_backends(assoc.pool_id)
             else:
                 targets, reason = [await self._locate(context_id, keys, level)], "located"
             if not targets:
@@ -144,10 +174,10 @@ class Operations:
             logger.info("%s pool=%s calling_ae=%s source_ip=%s level=%s study=%s backends=%s reason=%s",
                         service, assoc.pool_id, assoc.calling_ae, assoc.source_ip, level or "-", study or "-",
                         ",".join(targets), reason)
-            if len(targets) == 1:
-                code = await self._one(targets[0], context_id, command, data)
+            if reason == "fan-out" and (len(targets) > 1 or unasked):
+                code = await self._find_all(targets, context_id, command, data, level, unasked)
             else:
-                code = await self._find_all(targets, context_id, command, data, level)
+                code = await self._one(targets[0], context_id, command, data)
         except OperationFailed as failure:
             log = logger.info if failure.status == status.CANCEL else logger.error
             log("%s pool=%s calling_ae=%s: answered 0x%04X %s", service, assoc.pool_id, assoc.calling_ae,
@@ -173,6 +203,18 @@ class Operations:
                                                               comment=f"unreadable action information: {exc}"))
             assoc.relay.telemetry.operation(service=command.name, status=status.PROCESSING_FAILURE)
             return
+        problem = next(((name, p) for name, value in [("Transaction UID", transaction)]
+                        + [(f"Referenced SOP {kind} UID", uid) for sop_class, sop in references
+                           for kind, uid in (("Class", sop_class), ("Instance", sop))]
+                        if (p := uids.uid_problem(value))), None)
+        if problem is not None:
+            comment = uids.comment(*problem)
+            assoc.relay.telemetry.invalid_input(service=command.name, reason="referenced-uid")
+            logger.error("N-ACTION pool=%s calling_ae=%s source_ip=%s: refused with 0x0115: %s", assoc.pool_id,
+                         uids.shown(assoc.calling_ae), assoc.source_ip, comment)
+            await assoc.answer(context_id, commands.response(command, status.INVALID_ARGUMENT_VALUE, comment=comment))
+            assoc.relay.telemetry.operation(service=command.name, status=status.INVALID_ARGUMENT_VALUE)
+            return
         where = await assoc.relay.instance_backends(assoc.pool_id, [sop for _, sop in references])
         counts = Counter(where.values())
         logger.info("N-ACTION storage commitment pool=%s calling_ae=%s transaction=%s instances=%d known=%d "
@@ -186,6 +228,8 @@ class Operations:
         except OperationFailed as failure:
             code = failure.status
             await assoc.answer(context_id, commands.response(command, failure.status, comment=failure.comment))
+        if status.is_success(code):
+            self.reports_awaited += 1
         assoc.relay.telemetry.operation(service=command.name, status=code)
 
     async def answer_from_modality(self, context_id: int, command: commands.Command) -> bool:
@@ -235,6 +279,9 @@ class Operations:
         except LinkLost as exc:
             link.abort()
             self.assoc.links.pop(backend_id, None)
+            if isinstance(exc, Violation):
+                self.assoc.relay.telemetry.backend_violation(backend_id)
+                raise OperationFailed(_lost_status(command.field), str(exc)) from exc
             raise OperationFailed(_lost_status(command.field), f"backend {backend_id} aborted/timed out") from exc
         finally:
             if link.usable:
@@ -250,7 +297,10 @@ class Operations:
                 await first_ready([link.conn, assoc.conn], timeout, f"from backend {link.backend.id}")
                 if link.stream.has_input:
                     reply_context, reply = await link.stream.read_command(timeout)
-                    if not reply.is_request and reply.responded_to == command.message_id:
+                    if not reply.is_request:
+                        mismatch = commands.response_mismatch(command, reply)
+                        if mismatch:
+                            raise Violation(f"backend {link.backend.id} {mismatch}")
                         await self._to_modality(link, reply_context, reply)
                         if reply.status not in status.PENDING:
                             return reply.status if reply.status is not None else status.PROCESSING_FAILURE
@@ -267,6 +317,8 @@ class Operations:
         assoc = self.assoc
         if message.is_request and message.message_id is not None:
             self.reverse[message.message_id] = link
+        if message.field == commands.N_EVENT_REPORT_RQ:
+            self.reports_awaited = max(0, self.reports_awaited - 1)
         async with assoc.write_lock:
             await pass_message(link.stream, assoc.conn, context_id, message.raw, message.has_data_set,
                                max_pdu=assoc.peer_max_pdu, timeout=self.network.dimse_timeout_seconds)
@@ -292,11 +344,13 @@ class Operations:
 
     # -- every backend --------------------------------------------------------------------
     async def _find_all(self, backend_ids: list[str], context_id: int, command: commands.Command, data: bytes,
-                        level: str) -> int:
-        """A C-FIND on every backend at once, matches merged (each sent once)."""
+                        level: str, unasked: list[str]) -> int:
+        """A C-FIND on every backend at once, matches merged (each sent once). Ends in
+        0xA700 naming every backend that may hold matches and was not heard from (``unasked``
+        are unhealthy), after the matches that did come: a partial answer is not a Success."""
         assoc = self.assoc
         links: list[BackendLink] = []
-        failures: list[str] = []
+        failures: list[str] = [f"backend {b} unhealthy, not asked" for b in unasked]
         for backend_id in backend_ids:
             try:
                 link = await self._link(backend_id, context_id, command)
@@ -331,6 +385,16 @@ class Operations:
                                       if reply.has_data_set else b"")
                     except (ConnectionError, TimeoutError, ProtocolError) as exc:
                         failures.append(f"backend {link.backend.id} went away ({type(exc).__name__})")
+                        link.abort()
+                        active.remove(link)
+                        continue
+                    mismatch = None if reply.is_request else commands.response_mismatch(command, reply)
+                    if reply.is_request or mismatch:
+                        failures.append(f"backend {link.backend.id} {mismatch or 'sent a request'}")
+                        logger.error("C-FIND pool=%s: backend %s %s: aborted", assoc.pool_id, link.backend.id,
+                                     mismatch or f"sent {reply.name} during a C-FIND")
+                        if mismatch:
+                            assoc.relay.telemetry.backend_violation(link.backend.id)
                         link.abort()
                         active.remove(link)
                         continue

@@ -23,6 +23,7 @@ import time
 from collections import Counter
 from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass, field
+from ipaddress import IPv4Network, IPv6Address, IPv6Network, ip_address
 from typing import Any, Protocol
 
 from routing.dicom import negotiation, netopts
@@ -30,6 +31,7 @@ from routing.relay import locator
 from routing.relay.connection import PduConnection
 from routing.relay.inbound import InboundAssociation
 from routing.relay.outbound import HANDSHAKE_PDU_LIMIT, BackendAddress, BackendLink
+from routing.relay.quota import AddressCounts
 
 logger = logging.getLogger("synthiq.routing")
 
@@ -48,6 +50,19 @@ class PoolListener:
     allowed_calling_ae_titles: tuple[str, ...] = ()
     tls: ssl.SSLContext | None = None
     services: tuple[str, ...] = (negotiation.VERIFICATION,)
+    allowed_sources: tuple[IPv4Network | IPv6Network, ...] = ()
+
+    def admits(self, address: str) -> bool:
+        """Whether a connection from ``address`` may talk to this pool (AllowedSources)."""
+        if not self.allowed_sources:
+            return True
+        try:
+            ip = ip_address(address.partition("%")[0])
+        except ValueError:
+            return False
+        if isinstance(ip, IPv6Address) and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped  # a dual-stack listener sees IPv4 peers as ::ffff:a.b.c.d
+        return any(ip in network for network in self.allowed_sources)
 
 
 @dataclass(frozen=True)
@@ -60,6 +75,8 @@ class NetworkSettings:
     network_timeout_seconds: float
     connect_timeout_seconds: float
     max_associations: int
+    max_associations_per_address: int | None
+    idle_timeout_seconds: float
     max_pdu_bytes: int
     handshake_timeout_seconds: float
     max_pending_associations: int
@@ -89,6 +106,7 @@ class Placement(Protocol):
     def note_instance(self, *, pool_id: str, sop_instance_uid: str, backend_id: str, study_uid: str) -> None: ...
     def instance_backends(self, *, pool_id: str, sop_instance_uids: list[str]) -> dict[str, str]: ...
     def healthy_backends(self, pool_id: str) -> list[str]: ...
+    def unhealthy_backends(self, pool_id: str) -> list[str]: ...
     def address(self, backend_id: str) -> BackendAddress: ...
 
 
@@ -120,7 +138,7 @@ class _Pending:
 class Relay:
     def __init__(self, *, pools: list[PoolListener], network: NetworkSettings, placement: Placement, telemetry: Any,
                  syntax_ranks: Mapping[str, Mapping[str, negotiation.Rank]] | None = None,
-                 log_patient_id: bool = True):
+                 log_patient_id: bool = True, per_address: AddressCounts | None = None):
         self.pools = pools
         self.log_patient_id = log_patient_id  # route lines carry the Patient ID unless a site turns it off
         self.network = network
@@ -140,6 +158,8 @@ class Relay:
         self.accepting = False
         self._idle = asyncio.Event()
         self.held: Counter[str] = Counter()  # pool -> associations waiting for an unreachable backend
+        # Established associations per source address, across the workers (see quota).
+        self.per_address = per_address or AddressCounts()
 
     # -- listening ------------------------------------------------------------------------
     async def start(self, sockets: Mapping[str, socket.socket]) -> None:
@@ -197,7 +217,7 @@ class Relay:
                 if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
                     # Out of file descriptors or memory: stop accepting for a moment (the
                     # backlog holds new connections) rather than spin on the error.
-                    self._log_refusal("resources", f"pool={pool.id}: cannot accept ({exc.strerror}); "
+                    self.log_refusal("resources", f"pool={pool.id}: cannot accept ({exc.strerror}); "
                                       f"pausing accepts for {ACCEPT_PAUSE_SECONDS:.0f}s")
                     loop.remove_reader(sock.fileno())
                     loop.call_later(ACCEPT_PAUSE_SECONDS, self._resume_accepting, pool, sock)
@@ -235,11 +255,14 @@ class Relay:
         kind = why = ""
         if self.stopping:
             kind = why = "stopping"
+        elif not pool.admits(address):
+            kind, why = "source-address", f"{address} is not in Pools[{pool.id}].AllowedSources"
+            self.telemetry.association_rejected(kind)
         elif pending.by_address[address] >= self.network.max_pending_per_address:
             kind, why = f"pending {address}", (f"{pending.by_address[address]} connections from {address} still "
                                                "negotiating (Network.MaxPendingPerAddress)")
         if why:
-            self._log_refusal(kind, f"pool={pool.id} source_ip={address}: connection refused: {why} "
+            self.log_refusal(kind, f"pool={pool.id} source_ip={address}: connection refused: {why} "
                                     f"(repeats within {REFUSAL_LOG_SECONDS:.0f}s not logged)")
             self.telemetry.connection_refused()
             conn.abort_transport()
@@ -247,7 +270,7 @@ class Relay:
         if pending.total >= self.network.max_pending_associations:
             oldest = next(iter(pending.order))
             pending.remove(oldest)
-            self._log_refusal("evicted", f"pool={pool.id}: {pending.total + 1} connections still negotiating "
+            self.log_refusal("evicted", f"pool={pool.id}: {pending.total + 1} connections still negotiating "
                                          f"(Network.MaxPendingAssociations): the oldest, from {oldest.source_ip}, "
                                          f"closed to make room (repeats within {REFUSAL_LOG_SECONDS:.0f}s not logged)")
             self.telemetry.connection_refused()
@@ -262,7 +285,7 @@ class Relay:
         assoc.task = task
         task.add_done_callback(lambda _: self._ended(assoc))
 
-    def _log_refusal(self, kind: str, line: str) -> None:
+    def log_refusal(self, kind: str, line: str) -> None:
         now = time.monotonic()
         if now - self._refusals_logged.get(kind, 0.0) >= REFUSAL_LOG_SECONDS:
             self._refusals_logged[kind] = now
@@ -272,15 +295,26 @@ class Relay:
         """``assoc`` finished negotiation: it leaves the pending count for the established one."""
         self._pending.remove(assoc)
         self._established.add(assoc)
+        self.per_address.add(assoc.source_ip, +1)
 
     def _ended(self, assoc: InboundAssociation) -> None:
         self.associations.discard(assoc)
-        self._established.discard(assoc)
+        if assoc in self._established:
+            self._established.discard(assoc)
+            self.per_address.add(assoc.source_ip, -1)
         self._pending.remove(assoc)
         self.operation_done()
 
     def has_room(self) -> bool:
         return len(self._established) < self.network.max_associations
+
+    @property
+    def max_per_address(self) -> int:
+        """Network.MaxAssociationsPerAddress, or a quarter of MaxAssociations when unset."""
+        return self.network.max_associations_per_address or max(1, self.network.max_associations // 4)
+
+    def address_has_room(self, address: str) -> bool:
+        return self.per_address.total(address) < self.max_per_address
 
     @property
     def open_associations(self) -> int:

@@ -71,8 +71,10 @@ def test_two_proxies_on_one_database_agree_on_every_new_study_they_see_at_once(c
     choose differently; the race-free binding makes both follow one backend."""
     backends = [cluster.backend(f"node-{c}") for c in "abc"]
     liveness = [b.config(Health={"Mode": "liveness", "Probe": "tcp"}) for b in backends]
-    config_a = cluster.config(liveness, HeartbeatTimeoutSeconds=600)
-    config_b = cluster.config(liveness, HeartbeatTimeoutSeconds=600)
+    # 20 senders at once on one address per proxy: as a router in front of many modalities.
+    one_address = {"MaxAssociationsPerAddress": 64}
+    config_a = cluster.config(liveness, HeartbeatTimeoutSeconds=600, Network=one_address)
+    config_b = cluster.config(liveness, HeartbeatTimeoutSeconds=600, Network=one_address)
     proxy_a = cluster.proxy(config_a, name="proxy-a")
     proxy_b = cluster.proxy(config_b, name="proxy-b")
     set_health(backends, load=None)

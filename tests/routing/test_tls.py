@@ -47,7 +47,7 @@ def test_tls_in_and_out_and_a_silent_client_does_not_stall_the_listener(cluster,
           "Tls": {"CA": pki["ca.pem"], "Certificate": pki["proxy.pem"], "Key": pki["proxy.key"]}}],
         pool={"Tls": {"Certificate": pki["proxy.pem"], "Key": pki["proxy.key"]}},
     )
-    proxy = cluster.proxy(config)
+    proxy = cluster.proxy(config, http=True)
 
     # A client that connects and never says a word ...
     silent = socket.create_connection(("127.0.0.1", proxy.port))
@@ -68,6 +68,15 @@ def test_tls_in_and_out_and_a_silent_client_does_not_stall_the_listener(cluster,
     stored = wait_for(lambda: list(out_dir.iterdir()), timeout=10, what="storescp to write the file")
     assert dcmread(stored[0]).StudyInstanceUID == suid
 
-    # Plain DICOM to a TLS listener gets nowhere.
+    # Plain DICOM to a TLS listener gets nowhere, and says so in the log and the counters.
     with pytest.raises(ConnectionError):
         send_files(proxy.port, [path])
+    wait_for(lambda: "TLS handshake failed (plaintext on the TLS port?)" in proxy.process.log(), timeout=10,
+             what="the failed handshake in the log")
+
+    def rejected_plaintext() -> bool:
+        import requests
+
+        metrics = requests.get(f"http://127.0.0.1:{proxy.http_port}/metrics", timeout=10).text
+        return 'reason="tls-plaintext"' in metrics
+    wait_for(rejected_plaintext, timeout=15, what="synthiq_associations_rejected{reason=tls-plaintext}")
