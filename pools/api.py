@@ -6,6 +6,7 @@ import logging
 
 from drf_spectacular.utils import extend_schema
 from rest_framework.exceptions import NotFound
+from rest_framework.permissions import IsAdminUser
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -17,6 +18,9 @@ logger = logging.getLogger("synthiq.pools")
 
 
 class _BackendDrainingView(APIView):
+    # Draining changes where studies go: staff only. The dashboard's button posts with a
+    # staff session (the admin login form admits nobody else); a non-staff token gets 403.
+    permission_classes = [IsAdminUser]
     draining: bool
 
     def post(self, request: Request, backend_id: str) -> Response:

@@ -11,12 +11,18 @@ runproxy registers its listeners here at start, so the check needs no database; 
 process serving apart from runproxy falls back to the enabled pools in the database. A TLS
 listener is checked through an unverified TLS handshake first; one that requires a client
 certificate answers the handshake with an alert, which counts as answering.
+
+The result is kept for a second and shared by concurrent requests (``check_all``), so a
+flood of /readyz requests cannot become a flood of associations.
 """
 
 from __future__ import annotations
 
+import logging
 import socket
 import ssl
+import threading
+import time
 from dataclasses import dataclass
 
 from pynetdicom.presentation import build_context
@@ -25,6 +31,10 @@ from routing.dicom import negotiation, pdu
 
 CHECK_AE_TITLE = "SYNTHIQ-READYZ"
 CHECK_TIMEOUT_SECONDS = 2.0
+# However often /readyz is asked, the listeners see at most one check association this often.
+PROBE_MIN_INTERVAL_SECONDS = 1.0
+
+logger = logging.getLogger("synthiq.readiness")
 
 
 @dataclass(frozen=True)
@@ -76,7 +86,8 @@ def _read_pdu(sock: socket.socket) -> tuple[int, bytes]:
 
 
 def check(listener: Listener, *, timeout: float = CHECK_TIMEOUT_SECONDS) -> str:
-    """"" when the listener answers an association; otherwise why not."""
+    """"" when the listener answers an association; otherwise why not, in generic words (the
+    reason is served unauthenticated): the detail, an exception's text, goes to the log."""
     host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(listener.host, listener.host)
     where = f"{host}:{listener.port}"
     try:
@@ -102,9 +113,45 @@ def check(listener: Listener, *, timeout: float = CHECK_TIMEOUT_SECONDS) -> str:
             if kind == pdu.A_ASSOCIATE_RJ:
                 if tuple(raw[7:10]) == negotiation.REJECT_CALLING_AE:
                     return ""  # an allow-list turned the check's AE title away: the listener answered
-                return f"{where}: association rejected ({negotiation.rejection_text(raw)})"
-            return f"{where}: answered with PDU 0x{kind:02X}"
+                logger.warning("readyz pool=%s listener=%s association rejected: %r", listener.pool_id, where,
+                               negotiation.rejection_text(raw))
+                return f"pool {listener.pool_id}: listener rejected the association"
+            logger.warning("readyz pool=%s listener=%s answered with PDU 0x%02X", listener.pool_id, where, kind)
+            return f"pool {listener.pool_id}: listener gave an unexpected answer"
     except TimeoutError:
-        return f"{where}: no answer to an association request within {timeout:.0f}s"
+        logger.warning("readyz pool=%s listener=%s no answer within %.0fs", listener.pool_id, where, timeout)
+        return f"pool {listener.pool_id}: no answer to an association request within {timeout:.0f}s"
     except OSError as exc:
-        return f"{where}: {exc}"
+        logger.warning("readyz pool=%s listener=%s did not answer: %r", listener.pool_id, where, exc)
+        return f"pool {listener.pool_id}: listener did not answer"
+
+
+@dataclass(frozen=True)
+class _Probe:
+    listeners: tuple[Listener, ...]
+    started: float  # time.monotonic()
+    finished: float
+    reasons: tuple[str, ...]
+
+
+_probe_lock = threading.Lock()  # one probe in flight; held while probing
+_last_probe: _Probe | None = None
+
+
+def check_all(listeners: list[Listener], *, min_interval: float = PROBE_MIN_INTERVAL_SECONDS) -> list[str]:
+    """check() for each listener, probing at most once per min_interval whatever the request
+    rate: /readyz is unauthenticated, and each probe is a real association on every pool.
+    Requests that arrive while a probe is in flight wait for it and share its result."""
+    global _last_probe
+    wanted = tuple(listeners)
+    arrived = time.monotonic()
+    with _probe_lock:
+        last = _last_probe
+        if last is not None and last.listeners == wanted and (
+            last.finished >= arrived or time.monotonic() - last.started < min_interval
+        ):
+            return list(last.reasons)
+        started = time.monotonic()
+        reasons = tuple(check(listener) for listener in wanted)
+        _last_probe = _Probe(wanted, started, time.monotonic(), reasons)
+        return list(reasons)

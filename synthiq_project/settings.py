@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import warnings
 from pathlib import Path
@@ -63,6 +64,8 @@ INSTALLED_APPS = [
     "rest_framework",
     "rest_framework.authtoken",
     "drf_spectacular",
+    # Counts failed logins on the admin/dashboard form and locks a username+address out.
+    "axes",
     "pools",
     "health",
     "affinity",
@@ -78,6 +81,13 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Last, as django-axes requires: it turns a locked-out login into its 429 page.
+    "axes.middleware.AxesMiddleware",
+]
+# Axes first: it refuses a locked-out username+address before any password is checked.
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
 ]
 
 ROOT_URLCONF = "synthiq_project.urls"
@@ -132,7 +142,12 @@ elif _db["ENGINE"] == "django.db.backends.postgresql":
 _db.setdefault("TEST", {})
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
-AUTH_PASSWORD_VALIDATORS: list[dict] = []
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator", "OPTIONS": {"min_length": 12}},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
 USE_I18N = False
@@ -144,9 +159,49 @@ STATIC_ROOT.mkdir(parents=True, exist_ok=True)
 STATICFILES_DIRS = [BASE_DIR / "static"]
 LOGIN_URL = "/admin/login/"
 
+# HTTPS (all off by default: the local demo is plain http on 127.0.0.1). Behind a TLS
+# proxy set them as docs/admin.md says; `manage.py check --deploy` is then clean.
+SECURE_SSL_REDIRECT = _read("SECURE_SSL_REDIRECT", env.bool, False)
+SECURE_HSTS_SECONDS = _read("SECURE_HSTS_SECONDS", env.int, 0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = _read("SECURE_HSTS_INCLUDE_SUBDOMAINS", env.bool, False)
+SECURE_HSTS_PRELOAD = _read("SECURE_HSTS_PRELOAD", env.bool, False)
+SESSION_COOKIE_SECURE = _read("SESSION_COOKIE_SECURE", env.bool, False)
+CSRF_COOKIE_SECURE = _read("CSRF_COOKIE_SECURE", env.bool, False)
+CSRF_TRUSTED_ORIGINS = _read("CSRF_TRUSTED_ORIGINS", env.list, [])
+# waitress and gunicorn speak plain http here, so https ends at a proxy: it must say so in a
+# header it sets itself (e.g. "HTTP_X_FORWARDED_PROTO,https"), or SSL_REDIRECT loops.
+_proxy_ssl_header = _read("SECURE_PROXY_SSL_HEADER", env.tuple, ())
+if _proxy_ssl_header:
+    if len(_proxy_ssl_header) != 2 or not _proxy_ssl_header[0].startswith("HTTP_"):
+        raise ImproperlyConfigured("SECURE_PROXY_SSL_HEADER: expected HTTP_<HEADER>,<value>, "
+                                   "e.g. HTTP_X_FORWARDED_PROTO,https")
+    SECURE_PROXY_SSL_HEADER = _proxy_ssl_header
+
+# Login lockout (django-axes): 5 failures for one username from one address lock that pair
+# out for 15 minutes, the right password included; a success clears the count. Attempts
+# are kept in the database, so every web process (gunicorn workers, runproxy --http) sees
+# them; `manage.py axes_reset` lifts a lockout early. The address is REMOTE_ADDR: behind a
+# reverse proxy it is the proxy's.
+AXES_FAILURE_LIMIT = 5
+AXES_COOLOFF_TIME = dt.timedelta(minutes=15)
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+# Failures during a lockout do not extend it: a guesser cannot keep an operator out for good.
+AXES_RESET_COOL_OFF_ON_FAILURE_DURING_LOCKOUT = False
+# The username and path come from the client: escaped before they reach a log line.
+AXES_CLIENT_STR_CALLABLE = "synthiq_project.authentication.axes_client_str"
+
+# API token lockout (synthiq_project.authentication): this many bad `Authorization: Token`
+# keys from one address within the window refuse every token from it (429) for the window.
+SYNTHIQ_TOKEN_AUTH_FAILURE_LIMIT = 10
+SYNTHIQ_TOKEN_AUTH_WINDOW_SECONDS = 300
+# No CACHES setting: Django's default local-memory cache, which is per process. The token
+# lockout counts per web process then (gunicorn with N workers lets N x the limit through);
+# acceptable for runproxy --http's single web process, and a shared cache fixes it if needed.
+
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        "rest_framework.authentication.TokenAuthentication",
+        "synthiq_project.authentication.ThrottledTokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
@@ -200,5 +255,7 @@ LOGGING = {
         "synthiq": {"handlers": list(_handlers), "level": LOG_LEVEL, "propagate": False},
         # pynetdicom logs its own tracebacks on hostile input; SynthIQ logs what it sees itself.
         "pynetdicom": {"handlers": list(_handlers), "level": "CRITICAL", "propagate": False},
+        # django-axes: login failures and lockouts at WARNING; its per-request INFO chatter is not kept.
+        "axes": {"handlers": list(_handlers), "level": "WARNING", "propagate": False},
     },
 }

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 from django.contrib.auth.decorators import login_required
 from django.db import DatabaseError, connection
 from django.http import HttpRequest, HttpResponse, JsonResponse
@@ -15,6 +17,10 @@ from routing import readiness
 from routing.operator.metrics import SynthIQCollector
 from synthiq_project.version import VERSION
 
+logger = logging.getLogger("synthiq.readiness")
+# The last database error /readyz logged: an outage is logged once, not on every request.
+_database_error_logged = ""
+
 
 @never_cache
 @ensure_csrf_cookie  # the drain / enable buttons post with the CSRF cookie's token
@@ -27,13 +33,22 @@ def dashboard(request: HttpRequest) -> HttpResponse:
 def readyz(request: HttpRequest) -> JsonResponse:
     """Unauthenticated, like /healthz, for the balancer or keepalived in front: 200 while
     every pool's DICOM listener answers an association, 503 otherwise, with the reasons.
-    The database's state is in the body but does not decide (SynthIQ routes without it)."""
+    The database's state is in the body but does not decide (SynthIQ routes without it).
+    The body carries generic reasons only, never an exception's text: that goes to the log."""
+    global _database_error_logged
     listeners = readiness.registered()
     database = {"ok": True, "error": ""}
     try:
-        connection.ensure_connection()
+        # A query, not ensure_connection(): that trusts a persistent connection the server
+        # may have ended; a cursor runs the health check (CONN_HEALTH_CHECKS) and reconnects.
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
+        _database_error_logged = ""
     except DatabaseError as exc:
-        database = {"ok": False, "error": f"{type(exc).__name__}: {str(exc).strip().splitlines()[0]}"}
+        if repr(exc) != _database_error_logged:
+            _database_error_logged = repr(exc)
+            logger.warning("readyz database unreachable: %s", _database_error_logged)
+        database = {"ok": False, "error": "database unreachable"}
     if listeners is None:  # this web process runs apart from runproxy: the pools it should find
         try:
             listeners = [readiness.Listener(p.id, p.ae_title, p.host, p.port, bool(p.tls))
@@ -43,8 +58,7 @@ def readyz(request: HttpRequest) -> JsonResponse:
                                  "is unreachable: cannot tell which listeners to check", "database": database},
                                 status=503)
     pools = []
-    for listener in listeners:
-        why = readiness.check(listener)
+    for listener, why in zip(listeners, readiness.check_all(listeners), strict=True):
         pools.append({"pool": listener.pool_id, "address": f"{listener.host}:{listener.port}",
                       "accepting": not why, "reason": why})
     ready = bool(pools) and all(p["accepting"] for p in pools)

@@ -32,6 +32,14 @@ def api_user() -> ApiUser:
     return ApiUser(username, PASSWORD, Token.objects.create(user=user).key)
 
 
+def form_login(client, username: str, password: str, **extra: str) -> int:
+    """Log a django.test.Client in through the admin login form, as a browser does, and
+    return the status (302 in, 200 refused, 429 locked out). Client.login() passes no
+    request, which django-axes' backend refuses; it watches this form."""
+    rsp = client.post("/admin/login/", {"username": username, "password": password, "next": "/"}, **extra)
+    return rsp.status_code
+
+
 def healthy(backends: list[BackendHandle] | list[str], *, loads: dict[str, float | None] | None = None) -> None:
     """Health rows as the heartbeat service writes them (that service is tested apart),
     and a fresh heartbeat round so nothing looks stale."""

@@ -18,11 +18,11 @@ def admin_client(db, tmp_path):
     from affinity.services import binding_claim, binding_commit
     from pools.config import config_load
     from pools.services import config_sync
-    from tests.admin.support import healthy
+    from tests.admin.support import form_login, healthy
 
     path = tmp_path / "config.json"
     backends = [{"Id": f"node-{c}", "AeTitle": f"NODE{c.upper()}", "Host": "127.0.0.1", "Port": 104,
-                 "CommitmentToken": "secret-token-never-shown-0123",
+                 "CommitmentToken": f"secret-token-never-shown-{c}-0123",
                  "Health": {"Mode": "native", "Url": "http://127.0.0.1:9/api/health"}} for c in "ab"]
     path.write_text(json.dumps({"Pools": [{"Id": "main", "AeTitle": "SYNTHIQ", "Host": "127.0.0.1", "Port": 11112,
                                            "Backends": backends}]}))
@@ -35,7 +35,7 @@ def admin_client(db, tmp_path):
     username = f"admin-{now.timestamp():.0f}-{id(path)}"
     User.objects.create_superuser(username=username, password="pw-for-tests", email="")
     client = Client(HTTP_HOST="127.0.0.1")
-    assert client.login(username=username, password="pw-for-tests")
+    assert form_login(client, username, "pw-for-tests") == 302
     return client
 
 

@@ -5,9 +5,16 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from itertools import pairwise
 
+import pytest
 import requests
 
+from routing import readiness
+from routing.simulators.processes import free_port
 from tests.harness import OwnPostgres, wait_for
 
 
@@ -34,8 +41,10 @@ def test_readyz_flips_with_the_listeners_and_stays_up_without_the_database(clust
         for pid in workers:
             os.kill(pid, signal.SIGSTOP)
         try:
-            code, body = _readyz(proxy.http_port)
-            assert code == 503 and body["status"] == "not ready"
+            # The last result is served for up to a second (one probe a second at most).
+            code, body = wait_for(lambda: (got := _readyz(proxy.http_port))[0] == 503 and got, timeout=10,
+                                  interval=0.2, what="/readyz 503 with the workers stopped")
+            assert body["status"] == "not ready"
             assert "no answer to an association request" in body["pools"][0]["reason"]
         finally:
             for pid in workers:
@@ -51,3 +60,65 @@ def test_readyz_flips_with_the_listeners_and_stays_up_without_the_database(clust
         if proxy is not None:
             proxy.process.stop()
         database.drop()
+
+
+@pytest.fixture
+def web(db, monkeypatch):
+    """The web app under waitress with several threads, as runproxy --http serves it, on a
+    free port; its listener list is the test's (readiness.register, as runproxy does)."""
+    from waitress.server import create_server
+
+    from synthiq_project.wsgi import application
+
+    monkeypatch.setattr(readiness, "_registered", None)  # put back whatever was registered
+    server = create_server(application, host="127.0.0.1", port=0, threads=8)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    yield server.effective_port
+    server.close()
+    thread.join(timeout=5)
+
+
+@pytest.fixture
+def verification_scp():
+    """A real DICOM listener (pynetdicom, Verification) that notes when each connection opens."""
+    from pynetdicom import AE, evt
+    from pynetdicom.sop_class import Verification
+
+    opened: list[float] = []
+    ae = AE(ae_title="SYNTHIQ")
+    ae.add_supported_context(Verification)
+    server = ae.start_server(("127.0.0.1", 0), block=False,
+                             evt_handlers=[(evt.EVT_CONN_OPEN, lambda event: opened.append(time.monotonic()))])
+    yield server.server_address[1], opened
+    server.shutdown()
+
+
+def test_readyz_under_a_flood_opens_at_most_one_association_a_second(web, verification_scp):
+    port, opened = verification_scp
+    readiness.register([readiness.Listener("main", "SYNTHIQ", "127.0.0.1", port)])
+    url = f"http://127.0.0.1:{web}/readyz"
+
+    def one(at: float) -> int:
+        time.sleep(max(0.0, at - time.monotonic()))
+        return requests.get(url, timeout=10).status_code
+
+    start = time.monotonic()
+    with ThreadPoolExecutor(max_workers=16) as pool:  # 50 requests/s for 2 s
+        codes = list(pool.map(one, [start + n / 50 for n in range(100)]))
+    took = time.monotonic() - start
+
+    assert codes == [200] * 100
+    # A probe, then one more each second at most; the result is not kept for longer either.
+    assert 2 <= len(opened) <= int(took) + 1, (len(opened), took)
+    assert all(b - a > 0.8 for a, b in pairwise(opened)), opened
+
+
+def test_readyz_says_why_in_generic_words_without_exception_text(web):
+    closed = free_port()  # nothing listens there: the connection is refused
+    readiness.register([readiness.Listener("main", "SYNTHIQ", "127.0.0.1", closed)])
+    rsp = requests.get(f"http://127.0.0.1:{web}/readyz", timeout=10)
+    assert rsp.status_code == 503
+    assert rsp.json()["pools"] == [{"pool": "main", "address": f"127.0.0.1:{closed}", "accepting": False,
+                                    "reason": "pool main: listener did not answer"}]
+    assert "Errno" not in rsp.text and "refused" not in rsp.text.lower()
