@@ -19,6 +19,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     CTImageStorage,
     StorageCommitmentPushModel,
     StudyRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelMove,
     Verification,
 )
 
@@ -138,17 +139,18 @@ class LiarScp:
         self.stored = 0
         ae = AE(ae_title="LIAR")
         for context in (CTImageStorage, Verification, StudyRootQueryRetrieveInformationModelFind,
-                        StorageCommitmentPushModel):
+                        StudyRootQueryRetrieveInformationModelMove, StorageCommitmentPushModel):
             ae.add_supported_context(context)
+        ae.add_requested_context(CTImageStorage)  # C-MOVE sub-operations, to itself
         self.server = ae.start_server(("127.0.0.1", self.port), block=False, evt_handlers=[
-            (evt.EVT_C_STORE, self._store), (evt.EVT_C_FIND, self._find)])
+            (evt.EVT_C_STORE, self._store), (evt.EVT_C_FIND, self._find), (evt.EVT_C_MOVE, self._move)])
 
     def _status(self, request, code: int) -> Dataset:
         answer = Dataset()
         answer.Status = code
         if self.lie == "message-id":
             answer.MessageIDBeingRespondedTo = (request.MessageID + 1) % 65536
-        else:
+        elif self.lie == "sop-instance":
             answer.AffectedSOPInstanceUID = "1.2.3.4.999"
         return answer
 
@@ -161,6 +163,11 @@ class LiarScp:
         match.QueryRetrieveLevel = "STUDY"
         match.StudyInstanceUID = "1.2.3.4"
         yield self._status(event.request, 0xFF00), match
+        yield self._status(event.request, 0x0000), None
+
+    def _move(self, event):
+        yield "127.0.0.1", self.port  # the destination: itself
+        yield 1
         yield self._status(event.request, 0x0000), None
 
     def stop(self) -> None:
@@ -212,6 +219,28 @@ def test_a_find_response_for_another_message_ends_the_query_in_failure(liar):
     statuses = _find(proxy.port, query)
     assert statuses == [0xA700]  # the pending match for another message is not relayed either
     assert "backend liar answered message 8, not 7" in proxy.process.log()
+
+
+def test_a_move_response_for_another_message_is_never_a_success(liar, tmp_path):
+    scp, proxy = liar
+    scp.lie = "none"
+    suid, files = write_study(tmp_path / "s", count=1)
+    assert [s.status for s in send_files(proxy.port, files)] == [0]  # bound to the liar
+    scp.lie = "message-id"
+    ae = AE(ae_title="MOVESCU")
+    ae.add_requested_context(StudyRootQueryRetrieveInformationModelMove)
+    assoc = ae.associate("127.0.0.1", proxy.port, ae_title="SYNTHIQ")
+    assert assoc.is_established
+    query = Dataset()
+    query.QueryRetrieveLevel = "STUDY"
+    query.StudyInstanceUID = suid
+    try:
+        statuses = [int(rsp.Status) for rsp, _ in assoc.send_c_move(
+            query, "LIAR", StudyRootQueryRetrieveInformationModelMove, msg_id=3) if "Status" in rsp]
+    finally:
+        assoc.release()
+    assert statuses == [0xA702]
+    assert "backend liar answered message 4, not 3" in proxy.process.log()
 
 
 @pytest.mark.parametrize("key", ["1.2.3\n4", "1." * 40 + "1", "1.2.3\\1.2.x"])
