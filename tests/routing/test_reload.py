@@ -126,3 +126,31 @@ def test_with_workers_the_parent_validates_and_syncs_once_and_every_worker_appli
             for pid in others:
                 os.kill(pid, signal.SIGCONT)
         assert suid in b.holdings()
+
+
+def test_a_reload_changing_a_token_and_a_password_logs_neither_and_files_stay_private(cluster):
+    """Secrets in the file: the reload line says the keys changed, never their values; the
+    API shows neither; every file runproxy wrote is its owner's alone."""
+    import stat
+
+    import requests
+    from django.conf import settings
+
+    a = cluster.backend("node-a")
+    old = {"Mode": "native", "Url": f"{a.url}/api/health", "Username": "synthiq",
+           "Password": "old-password-4ZQ9", "AllowPlainHttpCredentials": True}
+    config = cluster.config([a.config(Health=old, CommitmentToken="old-token-7Hk2-long-enough")])
+    proxy = cluster.proxy(config, http=True)
+    config["Pools"][0]["Backends"][0]["Health"] = old | {"Password": "new-password-8Wd1"}
+    config["Pools"][0]["Backends"][0]["CommitmentToken"] = "new-token-3Jx5-long-enough"
+    _reload(proxy, config, expect="CommitmentToken: changed")
+    log = proxy.process.log()
+    assert "Health.Password: changed" in log
+    for secret in ("old-password-4ZQ9", "new-password-8Wd1", "old-token-7Hk2-long-enough", "new-token-3Jx5-long-enough"):
+        assert secret not in log
+    api = requests.get(f"http://127.0.0.1:{proxy.http_port}/readyz", timeout=10).text
+    assert "token" not in api.lower() and "password" not in api.lower()
+    var = settings.VAR_DIR
+    written = [p for p in [*var.rglob("*"), proxy.process.log_path] if p.is_file()]
+    assert written
+    assert not [p for p in written if p.stat().st_mode & (stat.S_IRWXG | stat.S_IRWXO)], "readable by others"
