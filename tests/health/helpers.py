@@ -7,7 +7,7 @@ import json
 import logging
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -21,6 +21,7 @@ class Answer:
     delay: float = 0.0  # before the headers
     drip: float = 0.0  # between body bytes
     content_length: bool = True
+    headers: dict[str, str] = field(default_factory=dict)  # e.g. a redirect's Location
 
 
 class HealthEndpoint:
@@ -32,6 +33,7 @@ class HealthEndpoint:
 
     def __init__(self) -> None:
         self.answer = Answer(b'{"status": "ok", "queue_depth": 0, "capacity": 50}')
+        self.authorizations: list[str | None] = []  # the Authorization header of every GET
         self.port = free_port()
         endpoint = self
 
@@ -41,9 +43,12 @@ class HealthEndpoint:
 
             def do_GET(self):
                 a = endpoint.answer
+                endpoint.authorizations.append(self.headers.get("Authorization"))
                 time.sleep(a.delay)
                 try:
                     self.send_response(a.status)
+                    for name, value in a.headers.items():
+                        self.send_header(name, value)
                     self.send_header("Content-Type", "application/json")
                     if a.content_length:
                         self.send_header("Content-Length", str(len(a.body)))

@@ -5,64 +5,28 @@ sent unless the backend's Health section allows it."""
 from __future__ import annotations
 
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
 from tests.harness import free_port
-from tests.health.helpers import config_apply, health_row
+from tests.health.helpers import HealthEndpoint, config_apply, health_row
 
 PASSWORD = "probe-password-not-for-redirects"
 GOOD_BODY = json.dumps({"status": "ok", "queue_depth": 1, "capacity": 10}).encode()
 
 
-class RecordingServer:
-    """A real HTTP server on loopback that records the Authorization header of every GET
-    and answers either a good certified body or a redirect to ``redirect_to``."""
-
-    def __init__(self, *, redirect_to: str | None = None) -> None:
-        self.authorizations: list[str | None] = []
-        self.port = free_port()
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def do_GET(self):
-                server.authorizations.append(self.headers.get("Authorization"))
-                if redirect_to:
-                    self.send_response(302)
-                    self.send_header("Location", redirect_to)
-                    self.send_header("Content-Length", "0")
-                    self.end_headers()
-                    return
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(GOOD_BODY)))
-                self.end_headers()
-                self.wfile.write(GOOD_BODY)
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
-        self.server.daemon_threads = True
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/health"
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
 @pytest.fixture
 def servers():
-    made: list[RecordingServer] = []
+    made: list[HealthEndpoint] = []
 
-    def make(**kw) -> RecordingServer:
-        made.append(RecordingServer(**kw))
+    def make(*, redirect_to: str | None = None) -> HealthEndpoint:
+        """A real endpoint that records the Authorization header of every GET and answers a
+        good certified body, or a redirect to ``redirect_to``."""
+        made.append(HealthEndpoint())
+        if redirect_to:
+            made[-1].serve(raw=b"", status=302, headers={"Location": redirect_to})
+        else:
+            made[-1].serve(raw=GOOD_BODY)
         return made[-1]
 
     yield make
