@@ -15,7 +15,7 @@ from collections import Counter, deque
 from typing import Any
 
 from django.conf import settings
-from django.db import DatabaseError, close_old_connections, transaction
+from django.db import DatabaseError, DataError, IntegrityError, close_old_connections, transaction
 
 from routing.dicom.status import status_class
 from routing.models import ProxyProcess, RoutingDecision
@@ -35,6 +35,25 @@ LATENCY_BUCKETS: tuple[float, ...] = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0
 # can add them up), the last RATE_SAMPLES of them: 15 minutes at the default 10 s.
 RATE_SAMPLES = 90
 OK_STATUS_CLASSES = ("success", "warning")
+
+
+def _decisions_write(decisions: list[RoutingDecision]) -> None:
+    """Write routing decisions in one statement; if a row's data is refused (DataError,
+    IntegrityError), one by one, dropping and logging the refused rows: one bad row must
+    not stop every later publish. A connection failure (other DatabaseError) propagates."""
+    try:
+        with transaction.atomic():
+            RoutingDecision.objects.bulk_create(decisions)
+        return
+    except (DataError, IntegrityError):
+        pass
+    for decision in decisions:
+        try:
+            with transaction.atomic():
+                decision.save(force_insert=True)
+        except (DataError, IntegrityError) as exc:
+            logger.error("routing decision pool=%s study=%r backend=%s dropped: %s", decision.pool_id,
+                         decision.study_uid[:80], decision.backend_id, str(exc).splitlines()[0] if str(exc) else exc)
 
 
 class Telemetry:
@@ -182,9 +201,9 @@ class Telemetry:
         snapshot = self.snapshot() | extra
         try:
             close_old_connections()
+            _decisions_write(decisions)
+            decisions = []  # written: a failure below must not queue them again
             with transaction.atomic():
-                if decisions:
-                    RoutingDecision.objects.bulk_create(decisions)
                 ProxyProcess.objects.update_or_create(
                     id=self.process_id,
                     defaults={"started_utc": self.started, "updated_utc": dt.datetime.now(dt.UTC),

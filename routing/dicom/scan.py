@@ -227,10 +227,12 @@ class HeaderScanner:
         if self.require is not None and not self.found.get(self.require):
             name = "Study Instance UID (0020,000D)" if self.require == STUDY_UID else f"({self.require:08X})"
             raise HeaderError(f"{name} missing or empty")
+        # Modality (CS) and Patient ID (LO) are only shown and logged: cut to what their VR
+        # allows, so a hostile value costs no more (the bytes sent on are untouched).
         self.done = Header(
             study_uid=self.found.get(STUDY_UID, ""),
-            modality=self.found.get(MODALITY, ""),
-            patient_id=self.found.get(PATIENT_ID, ""),
+            modality=self.found.get(MODALITY, "")[:16],
+            patient_id=self.found.get(PATIENT_ID, "")[:64],
             values=tuple(sorted(self.found.items())),
         )
         return self.done

@@ -374,3 +374,23 @@ def test_a_fanned_out_find_that_could_not_ask_a_backend_is_not_a_success(cluster
         assert "backend node-b unhealthy, not asked" in proxy.process.log()
     finally:
         scp.stop()
+
+
+def test_a_routing_decision_the_database_refuses_does_not_stop_publishing(db):
+    """The review's PostgreSQL case: one decision row failing the batch made every publish fail
+    (every 2 s, for good). Now the row is dropped and logged, the others and the counters written."""
+    from routing.models import ProxyProcess, RoutingDecision
+    from routing.telemetry import Telemetry
+    from tests.health.helpers import config_apply
+
+    config_apply({"Pools": [{"Id": "main", "AeTitle": "SYNTHIQ", "Port": 11112, "Backends": [
+        {"Id": "node-a", "AeTitle": "NODEA", "Host": "127.0.0.1", "Port": 41001}]}]})
+    telemetry = Telemetry(process_id="test:1")
+    for study, backend in (("1.2.1", "node-a"), ("1.2.2", "no-such-backend"), ("1.2.3", "node-a")):
+        telemetry.decided(pool_id="main", study_uid=study, backend_id=backend, reason="least-busy",
+                          calling_ae="CT01", source_ip="127.0.0.1", modality="CT")
+    telemetry.publish(extra={}, listeners=[])
+    assert set(RoutingDecision.objects.values_list("study_uid", flat=True)) == {"1.2.1", "1.2.3"}
+    assert ProxyProcess.objects.filter(id="test:1").exists()
+    telemetry.publish(extra={}, listeners=[])  # and nothing is retried
+    assert RoutingDecision.objects.count() == 2
