@@ -18,4 +18,15 @@ if __name__ == "__main__":
     except ImproperlyConfigured as exc:
         # A bad or missing variable: one line that names it, not a traceback.
         sys.exit(f"synthiq: {exc}")
-    execute_from_command_line(sys.argv)
+    from django.db import InterfaceError, OperationalError
+
+    try:
+        execute_from_command_line(sys.argv)
+    except (OperationalError, InterfaceError) as exc:
+        # The database is down, refuses these credentials or does not exist: one line naming
+        # it (password masked) and what it said, for every command (migrate, loadconfig, demo).
+        from synthiq_project.dburl import mask_password
+
+        where = mask_password(os.environ.get("DATABASE_URL", "")) or settings.DATABASES["default"].get("NAME")
+        said = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+        sys.exit(f"synthiq: database {where} unavailable: {said}")

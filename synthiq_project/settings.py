@@ -108,6 +108,15 @@ TEMPLATES = [
     },
 ]
 
+def _make_dir(path: Path, what: str) -> None:
+    """A folder SynthIQ writes to: created, or one line naming it and the setting to change."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ImproperlyConfigured(f"{what} {str(path)!r} cannot be created ({exc.strerror}): set SYNTHIQ_VAR_DIR "
+                                   "(or LOG_FILE, DATABASE_URL) to a folder this user can write") from None
+
+
 _default_db = f"sqlite:///{VAR_DIR / 'synthiq.sqlite3'}"
 _DB_URL_FORMS = "sqlite:////path/file.sqlite3, postgres://user:password@host:5432/name or mssql://user:password@host/name"
 try:
@@ -121,6 +130,8 @@ _db = DATABASES["default"]
 if not _db.get("ENGINE"):
     raise ImproperlyConfigured(f"DATABASE_URL: {mask_password(os.environ.get('DATABASE_URL', ''))!r} is not a "
                                f"database URL (expected {_DB_URL_FORMS})")
+if "." not in _db["ENGINE"]:  # django-environ passes an unknown scheme on as the engine's name
+    raise ImproperlyConfigured(f"DATABASE_URL: unknown scheme {_db['ENGINE']!r} (expected {_DB_URL_FORMS})")
 # Persistent connections: a cache miss in runproxy must not pay for a new connection.
 _db["CONN_MAX_AGE"] = _read("CONN_MAX_AGE", env.int, 600)
 _db["CONN_HEALTH_CHECKS"] = True
@@ -134,7 +145,7 @@ if _db["ENGINE"] == "django.db.backends.sqlite3":
             "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
         }
     )
-    Path(_db["NAME"]).parent.mkdir(parents=True, exist_ok=True)
+    _make_dir(Path(_db["NAME"]).parent, "the SQLite database's folder")
 elif _db["ENGINE"] == "django.db.backends.postgresql":
     _db.setdefault("OPTIONS", {})["application_name"] = os.environ.get(
         "SYNTHIQ_PROCESS_NAME", "synthiq"
@@ -155,7 +166,7 @@ USE_TZ = True
 
 STATIC_URL = "/static/"
 STATIC_ROOT = VAR_DIR / "static"
-STATIC_ROOT.mkdir(parents=True, exist_ok=True)
+_make_dir(STATIC_ROOT, "SYNTHIQ_VAR_DIR's static folder")
 STATICFILES_DIRS = [BASE_DIR / "static"]
 LOGIN_URL = "/admin/login/"
 
@@ -232,7 +243,7 @@ LOG_FILE = _read("LOG_FILE", env.str, str(LOG_DIR / "synthiq.log"))
 SYNTHIQ_LOG_PATIENT_ID = _read("SYNTHIQ_LOG_PATIENT_ID", env.bool, True)
 _handlers = {"console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT, "filters": ["tags"]}}
 if LOG_FILE:
-    Path(LOG_FILE).parent.mkdir(parents=True, exist_ok=True)
+    _make_dir(Path(LOG_FILE).parent, "LOG_FILE's folder")
     _handlers["file"] = {
         "class": "logging.handlers.RotatingFileHandler",
         "filename": LOG_FILE,

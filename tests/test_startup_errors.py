@@ -91,3 +91,28 @@ def test_make_run_installs_no_debian_package():
     plan = subprocess.run(["make", "-n", "run"], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert plan.returncode == 0, plan.stderr
     assert "manage.py demo" in plan.stdout and "apt-get" not in plan.stdout
+
+
+@pytest.mark.parametrize("url, said", [
+    ("postgresql://synthiq@127.0.0.1:{dead}/synthiq", "Connection refused"),
+    ("postgresql://no_such_role_x@127.0.0.1:5432/postgres", 'role "no_such_role_x" does not exist'),
+    ("postgresql://postgres@127.0.0.1:5432/no_such_database_x", 'database "no_such_database_x" does not exist'),
+])
+def test_a_database_that_cannot_be_used_is_one_line_for_every_command(base_env, url, said):
+    url = url.format(dead=free_port())
+    for argv in (("migrate",), ("createsuperuser", "--noinput", "--username", "x", "--email", "x@example.org")):
+        line = _one_line(_manage(*argv, env=base_env | {"DATABASE_URL": url}))
+        assert line.startswith(f"synthiq: database {url} unavailable:") and said in line, line
+
+
+def test_an_unknown_database_scheme_is_named(base_env):
+    line = _one_line(_manage("migrate", env=base_env | {"DATABASE_URL": "postgress://x@127.0.0.1/db"}))
+    assert line.startswith("synthiq: DATABASE_URL: unknown scheme 'postgress' (expected sqlite:")
+
+
+def test_a_var_dir_that_cannot_be_created_is_named(base_env, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    env = {k: v for k, v in base_env.items() if k != "DATABASE_URL"} | {"SYNTHIQ_VAR_DIR": str(blocker / "var")}
+    line = _one_line(_manage("migrate", env=env))
+    assert "cannot be created" in line and "set SYNTHIQ_VAR_DIR" in line, line

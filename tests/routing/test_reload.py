@@ -146,7 +146,8 @@ def test_a_reload_changing_a_token_and_a_password_logs_neither_and_files_stay_pr
     _reload(proxy, config, expect="CommitmentToken: changed")
     log = proxy.process.log()
     assert "Health.Password: changed" in log
-    for secret in ("old-password-4ZQ9", "new-password-8Wd1", "old-token-7Hk2-long-enough", "new-token-3Jx5-long-enough"):
+    secrets = ("old-password-4ZQ9", "new-password-8Wd1", "old-token-7Hk2-long-enough", "new-token-3Jx5-long-enough")
+    for secret in secrets:
         assert secret not in log
     api = requests.get(f"http://127.0.0.1:{proxy.http_port}/readyz", timeout=10).text
     assert "token" not in api.lower() and "password" not in api.lower()
