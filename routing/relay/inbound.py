@@ -319,7 +319,7 @@ class InboundAssociation:
         self.rx += 1
         sop_uid = command.sop_instance_uid
         try:
-            held, last, header = await self._hold_until_study_uid(context_id)
+            held, last, header = await self._hold_until_study_uid(context_id, sop_uid)
             self._check_uids(header, sop_uid, held, last)
             try:
                 backend_id = await self._route(header, sop_uid)
@@ -363,11 +363,12 @@ class InboundAssociation:
                 continue
             held.clear()
             self.relay.telemetry.invalid_input(service="C-STORE", reason=reason)
-            logger.error("pool=%s calling_ae=%s source_ip=%s: C-STORE refused with 0xC000: %s %s is %s",
-                         self.pool_id, uids.shown(self.calling_ae), self.source_ip, name, uids.shown(value), problem)
+            logger.error("pool=%s calling_ae=%s source_ip=%s sop=%s: C-STORE refused with 0xC000: %s %s is %s",
+                         self.pool_id, uids.shown(self.calling_ae), self.source_ip, uids.shown(sop_uid), name,
+                         uids.shown(value), problem)
             raise _Failed(status.CANNOT_UNDERSTAND, uids.comment(name, problem), offending=[tag], drop=not last)
 
-    async def _hold_until_study_uid(self, context_id: int) -> tuple[list[memoryview], bool, Header]:
+    async def _hold_until_study_uid(self, context_id: int, sop_uid: str) -> tuple[list[memoryview], bool, Header]:
         """Read data set fragments until the Study Instance UID is known; they are held
         (bounded by ``hold_bytes``) to be sent once the study is routed."""
         assert self.stream is not None
@@ -392,8 +393,8 @@ class InboundAssociation:
             held.clear()
             if not piece.last:
                 await self._drop_data_set(context_id)
-            logger.error("pool=%s calling_ae=%s source_ip=%s: C-STORE refused with 0x%04X: %s",
-                         self.pool_id, self.calling_ae, self.source_ip, code, comment)
+            logger.error("pool=%s calling_ae=%s source_ip=%s sop=%s: C-STORE refused with 0x%04X: %s",
+                         self.pool_id, self.calling_ae, self.source_ip, uids.shown(sop_uid), code, comment)
             raise _Failed(code, comment)
 
     def transfer_syntax(self, context_id: int) -> str:
