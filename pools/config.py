@@ -128,6 +128,9 @@ class PoolConfig(Model):
     host: str = "0.0.0.0"
     port: Port
     allowed_calling_ae_titles: tuple[AeTitle, ...] = ()
+    # Called AE titles accepted besides AeTitle (a drop-in keeps the titles modalities were set
+    # up with: the PACS's own, a cluster title); "*" accepts any. Case-sensitive (PS3.8).
+    accepted_called_ae_titles: tuple[AeTitle, ...] = ()
     # Source networks (CIDR) allowed to connect, checked before a byte is read; empty: any.
     allowed_sources: tuple[IPvAnyNetwork, ...] = ()
     backends: Annotated[tuple[BackendConfig, ...], Field(min_length=1)]

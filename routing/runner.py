@@ -377,7 +377,8 @@ class ProxyRunner:
     def pool_listener(self, pool: PoolConfig) -> PoolListener:
         return PoolListener(pool.id, pool.ae_title, pool.host, pool.port, pool.allowed_calling_ae_titles,
                             _server_tls(pool.tls) if pool.tls else None, services=self.services_passed(pool),
-                            allowed_sources=pool.allowed_sources)
+                            allowed_sources=pool.allowed_sources,
+                            accepted_called_ae_titles=pool.accepted_called_ae_titles)
 
     # -- reload (SIGHUP) ------------------------------------------------------------------
     def reload_shared(self) -> Config | None:

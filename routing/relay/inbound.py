@@ -168,7 +168,8 @@ class InboundAssociation:
             self.relay.telemetry.association_rejected(kind)
             self.conn.send_and_close(negotiation.reject(reason), linger=ABORT_LINGER_SECONDS)
             return False
-        accepted = negotiation.accept(rq, ae_title=self.listener.ae_title, max_pdu=self.network.max_pdu_bytes,
+        # The AC echoes the called AE title the modality used (PS3.8 9.3.3), ours or an accepted one.
+        accepted = negotiation.accept(rq, ae_title=rq.called_ae, max_pdu=self.network.max_pdu_bytes,
                                       services=self.relay.services[self.pool_id],
                                       ranks=self.relay.syntax_ranks.get(self.pool_id))
         self.rq, self.contexts = rq, dict(accepted.contexts)
@@ -219,8 +220,10 @@ class InboundAssociation:
         if rq.application_context != negotiation.APPLICATION_CONTEXT:
             return ("application-context", f"application context {rq.application_context}",
                     negotiation.REJECT_APPLICATION_CONTEXT)
-        if rq.called_ae != self.listener.ae_title:
-            return ("called-ae", f"called AE title {rq.called_ae!r} is not {self.listener.ae_title!r}",
+        if not self.listener.answers_to(rq.called_ae):
+            also = (f" nor in Pools[{self.pool_id}].AcceptedCalledAeTitles"
+                    if self.listener.accepted_called_ae_titles else "")
+            return ("called-ae", f"called AE title {rq.called_ae!r} is not {self.listener.ae_title!r}{also}",
                     negotiation.REJECT_CALLED_AE)
         allowed = self.listener.allowed_calling_ae_titles
         if allowed and rq.calling_ae not in allowed:

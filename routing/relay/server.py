@@ -51,6 +51,13 @@ class PoolListener:
     tls: ssl.SSLContext | None = None
     services: tuple[str, ...] = (negotiation.VERIFICATION,)
     allowed_sources: tuple[IPv4Network | IPv6Network, ...] = ()
+    accepted_called_ae_titles: tuple[str, ...] = ()
+
+    def answers_to(self, called_ae: str) -> bool:
+        """Whether an association calling ``called_ae`` is this pool's (AeTitle, or
+        AcceptedCalledAeTitles; "*" there accepts any)."""
+        return (called_ae == self.ae_title or called_ae in self.accepted_called_ae_titles
+                or "*" in self.accepted_called_ae_titles)
 
     def admits(self, address: str) -> bool:
         """Whether a connection from ``address`` may talk to this pool (AllowedSources)."""

@@ -159,3 +159,25 @@ def test_loadconfig_check_says_what_would_change_and_changes_nothing(cluster, tm
     again = subprocess.run([PYTHON, "manage.py", "loadconfig", "--check", str(path)], cwd=ROOT,
                            env=cluster.env, capture_output=True, text=True, timeout=60)
     assert "no change against the database" in again.stdout
+
+
+@pytest.mark.parametrize("accepted, calls, ok", [
+    ([], "ANY-SCP", False),  # storescu without -aec: refused by default, and logged
+    (["*"], "ANY-SCP", True),
+    (["PACS01", "ANY-SCP"], "ANY-SCP", True),
+    (["PACS01"], "PACS01", True),
+    (["PACS01"], "PACS02", False),
+])
+def test_modalities_calling_an_old_ae_title_are_accepted_as_the_pool_says(cluster, tmp_path, accepted, calls, ok):
+    """A drop-in for a PACS VIP: modalities keep the called AE title they were set up with."""
+    storescu = require_tool("storescu", "dcmtk")
+    backend = cluster.backend("node-a")
+    proxy = cluster.proxy(cluster.config([backend], pool={"AcceptedCalledAeTitles": accepted}))
+    suid, _ = write_study(tmp_path / "study", count=2)
+    argv = [storescu, "-aet", "CT01", *([] if calls == "ANY-SCP" else ["-aec", calls]), "+sd", "127.0.0.1",
+            str(proxy.port), str(tmp_path / "study")]
+    store = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    assert (store.returncode == 0) == ok, store.stderr
+    assert (suid in backend.holdings()) == ok
+    if not ok:
+        assert f"called_ae={calls} source_ip=127.0.0.1 reason=called-ae" in proxy.process.log()
