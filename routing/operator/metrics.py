@@ -25,6 +25,12 @@ from routing.operator import status as selectors
 from routing.waterfall import TIERS
 from synthiq_project.version import VERSION
 
+# The failure classes of the statuses SynthIQ itself returns (routing.dicom.status): 0xA7xx
+# (refused: out of resources, backend unreachable or cut), 0xC0xx (cannot understand), 0x01xx
+# (SOP class not supported); and the services besides storage.
+KNOWN_FAILURE_CLASSES = ("0xA7xx", "0xC0xx", "0x01xx")
+KNOWN_SERVICES = ("C-FIND", "C-MOVE", "C-GET", "N-ACTION")
+
 
 class SynthIQCollector:
     """A prometheus_client collector (anything with ``collect()``)."""
@@ -115,14 +121,18 @@ class SynthIQCollector:
             for (service, reason), value in selectors.invalid_by_reason(counters).items():
                 invalid.add_metric([p.id, service, reason], value)
             violations.add_metric([p.id], counters.get("backend_violations", 0))
-            for key, value in sorted(counters.items()):
-                if key.startswith("status."):
-                    cls = key.removeprefix("status.")
-                    responses.add_metric([p.id, cls], value)
-                    if cls not in selectors.OK_STATUS_CLASSES:
-                        failures.add_metric([p.id, cls], value)
-            for service, classes in selectors.operations_by_service(counters).items():
-                for cls, value in classes.items():
+            # The label sets a dashboard or an alert reads are exported at zero from the start,
+            # so rate() sees the first failure (Prometheus: "avoid missing metrics").
+            classes = {f"status.{cls}": 0 for cls in (*selectors.OK_STATUS_CLASSES, *KNOWN_FAILURE_CLASSES)}
+            classes |= {key: value for key, value in counters.items() if key.startswith("status.")}
+            for key, value in sorted(classes.items()):
+                cls = key.removeprefix("status.")
+                responses.add_metric([p.id, cls], value)
+                if cls not in selectors.OK_STATUS_CLASSES:
+                    failures.add_metric([p.id, cls], value)
+            by_service = selectors.operations_by_service(counters)
+            for service in sorted(set(KNOWN_SERVICES) | set(by_service)):
+                for cls, value in ({"success": 0} | by_service.get(service, {})).items():
                     operations.add_metric([p.id, service, cls], value)
             open_assocs.add_metric([p.id], snap.get("open_associations") or 0)
             held.add_metric([p.id], snap.get("held_associations") or 0)

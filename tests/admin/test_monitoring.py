@@ -54,3 +54,23 @@ def test_every_metric_the_dashboard_and_rules_name_is_exported(cluster, tmp_path
     missing = sorted(n for n in named
                      if n not in names and not any(n.endswith(s) and n.removesuffix(s) in names for s in SUFFIXES))
     assert not missing, f"named by the dashboard or the rules but not exported: {missing}"
+
+
+def test_a_fresh_runproxy_exports_the_failure_and_operation_series_at_zero(cluster):
+    """rate() sees the first failure only if the series existed before it: the status classes
+    SynthIQ returns itself and every service are there at zero before any traffic."""
+    a = cluster.backend("node-a")
+    proxy = cluster.proxy(cluster.config([a]), http=True)
+
+    def samples() -> dict[tuple[str, tuple], float] | None:
+        text = requests.get(f"http://127.0.0.1:{proxy.http_port}/metrics", timeout=10).text
+        found = {(s.name, tuple(sorted((k, v) for k, v in s.labels.items() if k != "process"))): s.value
+                 for family in text_string_to_metric_families(text) for s in family.samples}
+        return found if any(name == "synthiq_forward_failures_total" for name, _ in found) else None
+
+    found = wait_for(samples, timeout=15, what="a published runproxy")
+    for cls in ("0xA7xx", "0xC0xx", "0x01xx"):
+        assert found[("synthiq_forward_failures_total", (("status_class", cls),))] == 0
+    for service in ("C-FIND", "C-MOVE", "C-GET", "N-ACTION"):
+        assert found[("synthiq_operations_total", (("service", service), ("status_class", "success")))] == 0
+    assert found[("synthiq_backend_violations_total", ())] == 0
