@@ -243,6 +243,17 @@ def abort(*, source: int = ABORT_SOURCE_PROVIDER, reason: int = REASON_NOT_SPECI
     return pdu.encode()
 
 
+_ABORT_REASONS = {0: "reason not specified", 1: "unrecognized PDU", 2: "unexpected PDU",
+                  4: "unrecognized PDU parameter", 5: "unexpected PDU parameter", 6: "invalid PDU parameter value"}
+
+
+def abort_meaning(source: int, reason: int) -> str:
+    """An A-ABORT's source and reason in words (PS3.8 Table 9-26)."""
+    if source == ABORT_SOURCE_PROVIDER:
+        return f"its DICOM upper layer aborted: {_ABORT_REASONS.get(reason, f'reason {reason}')}"
+    return "its application aborted" if source == 0 else f"source {source}, reason {reason}"
+
+
 def abort_fields(pdu: Pdu) -> tuple[int, int]:
     """(source, reason) of an A-ABORT."""
     decoded = A_ABORT_RQ()

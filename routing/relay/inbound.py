@@ -450,7 +450,7 @@ class InboundAssociation:
             while loop.time() < deadline:
                 await asyncio.sleep(min(HOLD_RETRY_SECONDS, max(0.0, deadline - loop.time())))
                 try:
-                    link = await self.link_to(backend_id)
+                    link = await self.link_to(backend_id, log=False)
                 except OutboundUnavailable as exc:
                     last = exc
                     continue
@@ -460,17 +460,23 @@ class InboundAssociation:
                 return link
         finally:
             relay.held[self.pool_id] -= 1
+        logger.error("pool=%s calling_ae=%s source_ip=%s backend=%s: still unreachable after %.0fs held: %s; the "
+                     "C-STORE fails with 0x%04X", self.pool_id, self.calling_ae, self.source_ip, backend_id,
+                     network.bound_backend_hold_seconds, last.comment, last.status)
         raise _Failed(last.status, last.comment, backend_id)
 
-    async def link_to(self, backend_id: str) -> BackendLink:
-        """This association's link to ``backend_id``, opened when needed. Raises OutboundUnavailable."""
+    async def link_to(self, backend_id: str, *, log: bool = True) -> BackendLink:
+        """This association's link to ``backend_id``, opened when needed. Raises OutboundUnavailable
+        (logged unless ``log`` is false: a hold's retries log once, not at every try)."""
         link = self.links.get(backend_id)
         if link is None or not link.usable:
             self.links.pop(backend_id, None)
             try:
                 link = await self.relay.open_link(self, backend_id)
             except OutboundUnavailable as exc:
-                logger.error("pool=%s calling_ae=%s: %s", self.pool_id, self.calling_ae, exc.comment)
+                if log:
+                    logger.error("pool=%s calling_ae=%s source_ip=%s backend=%s: %s", self.pool_id, self.calling_ae,
+                                 self.source_ip, backend_id, exc.comment)
                 raise
             link.on_request = lambda link: self.relay.spawn(self.operations.relay_unsolicited(link))
             self.links[backend_id] = link

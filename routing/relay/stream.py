@@ -29,7 +29,9 @@ class PeerReleaseReply(Exception):
 
 class PeerAborted(ConnectionError):
     def __init__(self, who: str, source: int, reason: int):
-        super().__init__(f"{who} sent A-ABORT (source {source}, reason {reason})")
+        # ``who`` is the connection's name: "pool main inbound" (the modality) or "backend node-a".
+        peer = "the modality" if who.endswith(" inbound") else who
+        super().__init__(f"{peer} sent A-ABORT ({pdu.abort_meaning(source, reason)})")
         self.source, self.reason = source, reason
 
 

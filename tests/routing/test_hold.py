@@ -86,3 +86,8 @@ def test_outside_the_window_the_instance_fails_with_a701(cluster, tmp_path):
     took = time.monotonic() - started
     assert sent.status == 0xA701 and "node-a" in sent.comment
     assert 1.8 < took < 10
+    # One line when it starts failing, one when the hold starts, one when it gives up: not one
+    # per retry (the hold retries every half second).
+    log = proxy.process.log()
+    assert log.count(" ERROR ") == 2, log
+    assert "still unreachable after 2s held" in log
