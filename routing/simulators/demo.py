@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import socket
 import subprocess
 import sys
 import time
@@ -28,6 +29,7 @@ def demo_run(*, dicom_port: int, http: str, backend_base_port: int, announce: Ca
     Backend n (1..3) listens on ``backend_base_port + n`` for DICOM and ``+ 100 + n`` for
     HTTP; node-c is a liveness backend, so the demo shows both kinds of load.
     """
+    _ports_free(dicom_port=dicom_port, http=http, backend_base_port=backend_base_port)
     config: dict[str, Any] = {
         "StudyCacheWindowHours": 96,
         "HeartbeatIntervalSeconds": 5,
@@ -70,6 +72,26 @@ def demo_run(*, dicom_port: int, http: str, backend_base_port: int, announce: Ca
             child.terminate()
         for child in children:
             child.wait(timeout=10)
+
+
+def _ports_free(*, dicom_port: int, http: str, backend_base_port: int) -> None:
+    """Every port the demo needs is free, checked before the login changes or a process starts:
+    a second demo must leave the first one (and the password it printed) alone."""
+    host, _, http_port = http.rpartition(":")
+    wanted = [("0.0.0.0", dicom_port, "the DICOM port (--dicom-port)"),
+              (host or "127.0.0.1", int(http_port) if http_port.isdigit() else 0, "the dashboard (--http)")]
+    wanted += [("127.0.0.1", backend_base_port + offset + n, "a simulated backend's (--backend-base-port)")
+               for n in range(1, len(NODES) + 1) for offset in (0, 100)]
+    for bind_host, port, what in wanted:
+        with socket.socket(socket.AF_INET6 if ":" in bind_host else socket.AF_INET) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((bind_host, port))
+            except OSError as exc:
+                raise SimulatorError(
+                    f"port {port}, {what}, is taken ({exc.strerror}): is a demo already running? Stop it, or pick "
+                    "other ports: .venv/bin/python manage.py demo --dicom-port 11113 --http 127.0.0.1:8081 "
+                    "--backend-base-port 11300") from None
 
 
 def _wait_listening(ports: list[int], children: list[subprocess.Popen]) -> None:

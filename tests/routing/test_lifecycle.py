@@ -71,6 +71,21 @@ def test_the_demo_starts_and_a_study_sent_with_storescu_lands_on_a_simulated_bac
     assert len(holders) == 1
     assert requests.get(f"http://127.0.0.1:{http_port}/healthz", timeout=5).json() == {"status": "ok"}
 
+    # A second demo on the same ports says what is taken in one line and changes nothing: the
+    # first one's printed login still works.
+    import re
+
+    from django.contrib.auth import get_user_model
+
+    password = re.search(r"log in as 'admin' / '([^']+)'", demo.log()).group(1)
+    second = subprocess.run([PYTHON, "manage.py", "demo", "--dicom-port", str(dicom_port), "--http",
+                             f"127.0.0.1:{http_port}", "--backend-base-port", str(base)],
+                            cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert second.returncode != 0 and "Traceback" not in second.stderr, second.stderr
+    assert f"port {dicom_port}, the DICOM port (--dicom-port), is taken" in second.stderr
+    assert "SynthIQ demo" not in second.stdout
+    assert get_user_model().objects.get(username="admin").check_password(password)
+
 
 def _taken(port: int) -> bool:
     import socket
