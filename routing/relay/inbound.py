@@ -26,6 +26,7 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
+from pydicom.uid import UID
 from pynetdicom.presentation import PresentationContext
 
 from routing.dicom import commands, negotiation, pdu, status, uids
@@ -65,6 +66,12 @@ class _LinkLost(Exception):
 class _Violation(_LinkLost):
     """The backend's response does not answer the request in flight (another Message ID,
     SOP Class or SOP Instance): never taken for the request's outcome."""
+
+
+def _sop_class_name(uid: str) -> str:
+    """A SOP class's keyword and UID for a log line (the UID alone when pydicom does not know it)."""
+    name = UID(uid).keyword
+    return f"{name} ({uid})" if name else uid
 
 
 class InboundAssociation:
@@ -173,6 +180,13 @@ class InboundAssociation:
                                       services=self.relay.services[self.pool_id],
                                       ranks=self.relay.syntax_ranks.get(self.pool_id))
         self.rq, self.contexts = rq, dict(accepted.contexts)
+        refused = sorted({str(cx.abstract_syntax) for cx in rq.contexts} -
+                         {str(cx.abstract_syntax) for cx in accepted.contexts.values()})
+        if refused:  # the modality may then give up with no more than "the peer closed the connection"
+            logger.warning("pool=%s calling_ae=%s source_ip=%s: presentation contexts refused: %s (not passed by "
+                           "this pool: switched off in Pools[%s].Services, or offered by no backend)", self.pool_id,
+                           rq.calling_ae, self.source_ip, ", ".join(_sop_class_name(uid) for uid in refused),
+                           self.pool_id)
         self.stream = MessageStream(self.conn, self.contexts)
         # The relay counts this association among the established ones from here.
         self.relay.established(self)

@@ -181,3 +181,17 @@ def test_modalities_calling_an_old_ae_title_are_accepted_as_the_pool_says(cluste
     assert (suid in backend.holdings()) == ok
     if not ok:
         assert f"called_ae={calls} source_ip=127.0.0.1 reason=called-ae" in proxy.process.log()
+
+
+def test_refused_presentation_contexts_are_named_in_the_log(cluster):
+    """A query to a pool whose backends offer no C-FIND: the modality only sees its context
+    refused; the log says which SOP class and why."""
+    findscu = require_tool("findscu", "dcmtk")
+    backend = cluster.backend("node-a")  # the simulated backend stores and answers C-ECHO only
+    proxy = cluster.proxy(cluster.config([backend]))
+    found = subprocess.run([findscu, "-S", "-aec", "SYNTHIQ", "-k", "QueryRetrieveLevel=STUDY",
+                            "-k", "StudyInstanceUID", "127.0.0.1", str(proxy.port)],
+                           capture_output=True, text=True, timeout=30)
+    assert found.returncode != 0
+    wait_for(lambda: "presentation contexts refused" in proxy.process.log(), timeout=10, what="the refusal")
+    assert "StudyRootQueryRetrieveInformationModelFind (1.2.840.10008.5.1.4.1.2.2.1)" in proxy.process.log()
