@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, IPvAnyNetwork, ValidationError, model_validator
 from pydantic.alias_generators import to_pascal
@@ -52,6 +53,9 @@ def _existing_file(value: str) -> str:
 def _http_url(value: str) -> str:
     if not value.startswith(("http://", "https://")) or len(value) < 10:
         raise PydanticCustomError("url", "must be an http:// or https:// URL")
+    if "@" in urlsplit(value).netloc:
+        # A URL is shown in logs, errors and the admin: a password inside it would be too.
+        raise PydanticCustomError("url", "credentials inside the URL: put them in Username and Password")
     return value
 
 

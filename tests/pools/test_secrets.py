@@ -257,3 +257,15 @@ def test_files_written_by_manage_py_are_readable_by_their_owner_only(tmp_path):
     for path in (tmp_path / "fresh.sqlite3", var, var / "static", tmp_path / "logs"):
         mode = stat.S_IMODE(path.stat().st_mode)
         assert mode & 0o077 == 0, f"{path}: {oct(mode)}"
+
+
+def test_credentials_inside_a_health_url_are_a_config_error_that_does_not_echo_them():
+    from pools.config import ConfigError, config_parse
+
+    with pytest.raises(ConfigError) as caught:
+        config_parse(data={"Pools": [{"Id": "main", "AeTitle": "SYNTHIQ", "Port": 11112, "Backends": [
+            {"Id": "node-a", "AeTitle": "NODEA", "Host": "127.0.0.1", "Port": 104,
+             "Health": {"Mode": "native", "Url": "https://synthiq:hunter2-secret@pacs.example/health"}}]}]})
+    text = "\n".join(caught.value.errors)
+    assert "Pools[0].Backends[0].Health.Url: credentials inside the URL" in text
+    assert "hunter2-secret" not in text
