@@ -1,4 +1,4 @@
-"""SPEC §12 benchmarks: W1-W5 through three paths side by side in one run.
+"""The performance benchmarks (docs/performance.md): W1-W5 through three paths side by side in one run.
 
 Paths: direct to one simulated backend, HAProxy (TCP mode, round-robin over the three
 backends) and SynthIQ (runproxy) over the same three backends, all in discard mode.

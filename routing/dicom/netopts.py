@@ -4,7 +4,7 @@ TCP_NODELAY on every socket: Nagle's algorithm on a relay's socket, against a pe
 delays its ACKs, caps an association near 24 small instances a second. TCP_QUICKACK
 (Linux) is not sticky: the kernel falls back to delayed ACKs after a while, so the relay
 re-arms it after every read; that is what lets a modality that leaves Nagle on (most do)
-send as fast as the network allows (see ``shared/notes/relay.md``).
+send as fast as the network allows (docs/performance.md, "Where the time goes").
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Simulator tools: not product code.
 
-What stands in for the world around SynthIQ in the demo, the tests and the benchmarks
-(SPEC §11): a simulated PACS node (``backend``, behind ``manage.py runbackend``), a load
+What stands in for the world around SynthIQ in the demo, the tests and the benchmarks:
+a simulated PACS node (``backend``, behind ``manage.py runbackend``), a load
 generator that sends studies the way modalities do (``loadtest``), the demo that wires
 three simulated nodes to ``runproxy`` (``demo``), synthetic DICOM studies (``synthetic``)
 and the child-process helpers the tests and ``bench/`` share (``processes``).

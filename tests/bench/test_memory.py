@@ -1,4 +1,4 @@
-"""runproxy's memory stays bounded whatever the instance size (SPEC §6, §12 W3).
+"""runproxy's memory stays bounded whatever the instance size (workload W3 of docs/performance.md).
 
 A memory bound, not a timing: a 512 MiB instance is relayed through runproxy and the
 process's peak RSS (VmHWM) must stay under 200 MB, with the backend receiving exactly

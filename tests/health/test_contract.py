@@ -1,4 +1,4 @@
-"""Health bodies against the native and certified contracts (SPEC §8): the load a good
+"""Health bodies against the native and certified contracts (docs/health-contract.md): the load a good
 body gives, and every way a body can break the contract ending in a failed heartbeat
 with a clear log line, never a crash and never a guessed load."""
 

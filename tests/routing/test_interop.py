@@ -14,7 +14,7 @@ it received (storescp +B, the pynetdicom backend) and the sender sends the file'
 (pynetdicom), those bytes must also be the file's. So a refusal by the backend itself (DCMTK's
 storescp refuses odd-length fragments of a deflated stream, and SOP classes it does not know)
 is a pass when SynthIQ returns it just as a direct send does; a backend abort reaches the
-sender as 0xA702, as SPEC §6 says. The table is written to bench/results/interop.md
+sender as 0xA702, as the relay promises. The table is written to bench/results/interop.md
 (docs/reliability.md carries it); `make interop` runs this file.
 """
 
