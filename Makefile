@@ -82,7 +82,9 @@ chaos: setup
 # real senders x real backends, each backend twinned behind SynthIQ and direct; the table lands
 # in bench/results/interop.md.
 interop: setup
-	SYNTHIQ_INTEROP=full SYNTHIQ_TEST_DB=sqlite $(PY) -m pytest -q tests/routing/test_interop.py $(PYTEST_ARGS)
+	SYNTHIQ_INTEROP=full SYNTHIQ_TEST_DB=sqlite $(PY) -m pytest -q tests/routing/test_interop.py \
+	  tests/routing/test_commitment_drop_in.py \
+	  tests/routing/test_front_door.py::test_modalities_calling_an_old_ae_title_are_accepted_as_the_pool_says $(PYTEST_ARGS)
 
 # A steady mixed load for 30 minutes; fails if runproxy's RSS, fds or tasks keep growing.
 soak: setup

@@ -126,6 +126,15 @@ class ServicesConfig(Model):
     storage_commitment: bool = True
 
 
+class CommitmentRequesterConfig(Model):
+    """Where a storage commitment requester (a modality, a PACS node) takes its
+    N-EVENT-REPORT on a new association: SynthIQ's own report goes there."""
+
+    ae_title: AeTitle
+    host: Annotated[str, Field(min_length=1)]
+    port: Port
+
+
 class PoolConfig(Model):
     id: Slug
     ae_title: AeTitle
@@ -140,6 +149,7 @@ class PoolConfig(Model):
     backends: Annotated[tuple[BackendConfig, ...], Field(min_length=1)]
     tls: TlsConfig | None = None
     services: ServicesConfig = ServicesConfig()
+    commitment_requesters: tuple[CommitmentRequesterConfig, ...] = ()
 
 
 class NetworkConfig(Model):
@@ -280,6 +290,10 @@ def _cross_checks(config: Config) -> list[str]:
             errors.append(f"Pools[{i}].Port: port {pool.port} used by another pool")
         pools.add(pool.id)
         ports.add(pool.port)
+        requesters = [r.ae_title for r in pool.commitment_requesters]
+        for k, ae_title in enumerate(requesters):
+            if ae_title in requesters[:k]:
+                errors.append(f"Pools[{i}].CommitmentRequesters[{k}].AeTitle: {ae_title!r} listed twice")
         for j, backend in enumerate(pool.backends):
             if backend.id in backends:
                 errors.append(f"Pools[{i}].Backends[{j}].Id: duplicate backend id {backend.id!r} "

@@ -37,3 +37,27 @@ class ProxyProcess(models.Model):
     class Meta:
         verbose_name = "runproxy process"
         verbose_name_plural = "runproxy processes"
+
+
+class CommitmentTransaction(models.Model):
+    """A storage commitment SynthIQ passed on and may still see a report for (reports can
+    reach any runproxy process or host): who asked, by which AE title, and whether SynthIQ
+    gathers the backends' reports into one (``merged``) or passes one backend's on."""
+
+    transaction_uid = models.CharField(primary_key=True, max_length=64)
+    pool_id = models.CharField(max_length=64)
+    requester_ae = models.CharField(max_length=16)
+    called_ae = models.CharField(max_length=16)
+    merged = models.BooleanField(default=False)
+    created_utc = models.DateTimeField(db_index=True)
+
+
+class CommitmentReport(models.Model):
+    """One backend's N-EVENT-REPORT for a merged transaction: its committed and failed
+    instances, as JSON lists of [SOP Class UID, SOP Instance UID(, Failure Reason)]."""
+
+    transaction_uid = models.CharField(max_length=64, db_index=True)
+    backend = models.CharField(max_length=64)
+    committed = models.TextField(default="[]")
+    failed = models.TextField(default="[]")
+    received_utc = models.DateTimeField()

@@ -40,6 +40,7 @@ from health.services import HeartbeatPolicy
 from pools.config import Config, ConfigError, PoolConfig, TlsConfig, config_load, differences
 from pools.services import config_sync
 from routing import logqueue, readiness
+from routing.commitments import DatabaseCommitmentStore, commitments_purge
 from routing.dicom import netopts
 from routing.dicom.services import SERVICE_CLASSES, VERIFICATION
 from routing.relay.quota import AddressCounts
@@ -352,7 +353,8 @@ class ProxyRunner:
         pools = [self.pool_listener(p) for p in self.config.pools if p.id in sockets]
         self.relay = Relay(pools=pools, network=self.network, placement=self.router, telemetry=self.telemetry,
                            log_patient_id=settings.SYNTHIQ_LOG_PATIENT_ID, per_address=self.per_address,
-                           syntax_ranks={pool_id: a.ranks for pool_id, a in self.abilities.items()})
+                           syntax_ranks={pool_id: a.ranks for pool_id, a in self.abilities.items()},
+                           commitments=DatabaseCommitmentStore())
         await self.relay.start(sockets)
         ready()
         chores = [self._every(REFRESH_SECONDS, executor, self.refresh),
@@ -378,7 +380,10 @@ class ProxyRunner:
         return PoolListener(pool.id, pool.ae_title, pool.host, pool.port, pool.allowed_calling_ae_titles,
                             _server_tls(pool.tls) if pool.tls else None, services=self.services_passed(pool),
                             allowed_sources=pool.allowed_sources,
-                            accepted_called_ae_titles=pool.accepted_called_ae_titles)
+                            accepted_called_ae_titles=pool.accepted_called_ae_titles,
+                            backend_ae_titles=tuple((b.ae_title, b.id) for b in pool.backends if b.enabled),
+                            commitment_requesters=tuple((r.ae_title, r.host, r.port)
+                                                        for r in pool.commitment_requesters))
 
     # -- reload (SIGHUP) ------------------------------------------------------------------
     def reload_shared(self) -> Config | None:
@@ -554,6 +559,7 @@ class ProxyRunner:
         try:
             bindings_purge_expired(window_hours=self.config.study_cache_window_hours, now=now)
             routing_activity_purge(now=now)
+            commitments_purge(now=now)
         except Exception as exc:
             logger.warning("purge failed: %s", exc)
 

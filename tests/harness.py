@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import signal
 import sys
 import time
 from dataclasses import dataclass, field
@@ -140,6 +141,10 @@ class Cluster:
         return self._managed(name, argv, ready).start()
 
     def stop_all(self) -> None:
+        # Everything is told to stop first, then waited for: Orthancs take seconds each.
+        for m in reversed(self.started):
+            if m.proc is not None and m.proc.poll() is None:
+                m.signal(signal.SIGTERM)
         for m in reversed(self.started):
             m.stop()
 

@@ -205,6 +205,8 @@ def response(request: Command, status: int, *, comment: str = "", offending: lis
         elements[AFFECTED_SOP_INSTANCE_UID] = instance
     if ACTION_TYPE_ID in request.values:  # N-ACTION-RSP repeats the action (PS3.7 10.1.4)
         elements[ACTION_TYPE_ID] = request.values[ACTION_TYPE_ID]
+    if EVENT_TYPE_ID in request.values:  # and N-EVENT-REPORT-RSP the event (PS3.7 10.1.1)
+        elements[EVENT_TYPE_ID] = request.values[EVENT_TYPE_ID]
     if comment:
         elements[ERROR_COMMENT] = comment[:ERROR_COMMENT_MAX]
     if offending:

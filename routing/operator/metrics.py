@@ -29,7 +29,7 @@ from synthiq_project.version import VERSION
 # (refused: out of resources, backend unreachable or cut), 0xC0xx (cannot understand), 0x01xx
 # (SOP class not supported); and the services besides storage.
 KNOWN_FAILURE_CLASSES = ("0xA7xx", "0xC0xx", "0x01xx")
-KNOWN_SERVICES = ("C-FIND", "C-MOVE", "C-GET", "N-ACTION")
+KNOWN_SERVICES = ("C-FIND", "C-MOVE", "C-GET", "N-ACTION", "N-EVENT-REPORT")
 
 
 class SynthIQCollector:

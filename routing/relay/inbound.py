@@ -81,7 +81,9 @@ class InboundAssociation:
         self.pool_id = listener.id
         self.conn = conn
         self.network = relay.network
-        self.calling_ae = ""
+        self.calling_ae = self.called_ae = ""
+        # A backend's own AE title called (an archive reporting to it): that backend.
+        self.called_backend: str | None = None
         self.source_ip = conn.peer[0]
         self.links: dict[str, BackendLink] = {}
         self.studies: dict[str, str] = {}  # study uid -> backend, for this association
@@ -180,6 +182,8 @@ class InboundAssociation:
                                       services=self.relay.services[self.pool_id],
                                       ranks=self.relay.syntax_ranks.get(self.pool_id))
         self.rq, self.contexts = rq, dict(accepted.contexts)
+        self.called_ae = rq.called_ae
+        self.called_backend = self.listener.backend_called(rq.called_ae)
         refused = sorted({str(cx.abstract_syntax) for cx in rq.contexts} -
                          {str(cx.abstract_syntax) for cx in accepted.contexts.values()})
         if refused:  # the modality may then give up with no more than "the peer closed the connection"
@@ -297,7 +301,10 @@ class InboundAssociation:
             await self.operations.query_retrieve(context_id, command)
             return
         if field == commands.N_ACTION_RQ and command.has_data_set:
-            await self.operations.commitment(context_id, command)
+            await self.operations.commitments.action(context_id, command)
+            return
+        if field == commands.N_EVENT_REPORT_RQ and command.has_data_set:
+            await self.operations.commitments.event_report(context_id, command)
             return
         if not command.is_request:
             if not await self.operations.answer_from_modality(context_id, command):

@@ -1,22 +1,36 @@
-"""Where is this study? A study-level C-FIND (patient-level without a study) on each backend.
+"""Where is this study, or this instance? C-FINDs to the backends.
 
-Used for a C-MOVE or C-GET of a study that has no binding (never seen through SynthIQ, or
-purged after the cache window): the retrieve goes to the backend that holds it. A plain
-SCU, so it uses pynetdicom's threaded AE, on an executor thread (never on the loop).
+- A C-MOVE or C-GET of a study with no binding (never seen through SynthIQ, or purged
+  after the cache window) goes to the backend a study-level C-FIND (patient-level without
+  a study) finds it on.
+- Storage commitment (and a report arriving from outside) for instances SynthIQ never
+  relayed: the instance locations SynthIQ keeps come first (the caller asks them); for
+  the rest, an IMAGE-level C-FIND on a list of SOP Instance UIDs to each healthy backend,
+  in batches. That query is relational for a Study Root SCP (no study given); an SCP that
+  refuses it is taken as not holding them, said once per backend.
+
+Plain SCUs on pynetdicom's threaded AE (routing.relay.scu), run on executor threads.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
+import time
 
 from pydicom.dataset import Dataset
-from pynetdicom import AE
 
-from routing.dicom import services
-from routing.dicom.netopts import client_tls, tune_pynetdicom
+from routing.dicom import services, uids
+from routing.relay import scu
 from routing.relay.outbound import BackendAddress
 
 logger = logging.getLogger("synthiq.routing")
+
+# SOP Instance UIDs per IMAGE-level C-FIND: a UI value with a list of 200 (at most 65
+# bytes each) stays far below the 64 KiB an explicit-VR length field can hold.
+INSTANCES_PER_QUERY = 200
+_refusals_said: set[str] = set()  # backends whose refusal of the instance query was logged
+_said_lock = threading.Lock()
 
 
 def _query(study_uid: str, patient_id: str) -> tuple[str, Dataset]:
@@ -32,28 +46,12 @@ def _query(study_uid: str, patient_id: str) -> tuple[str, Dataset]:
 
 def holds(backend: BackendAddress, *, calling_ae: str, study_uid: str, patient_id: str, timeout: float) -> bool:
     """Whether the backend finds the study (or the patient). Raises OSError if it cannot be asked."""
-    from pynetdicom import evt
-
     model, identifier = _query(study_uid, patient_id)
-    ae = AE(ae_title=calling_ae)
-    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = ae.connection_timeout = timeout
-    ae.add_requested_context(model)
-    tls_args = (client_tls(backend.tls), backend.host) if backend.tls else None
-    assoc = ae.associate(backend.host, backend.port, ae_title=backend.ae_title, tls_args=tls_args,
-                         evt_handlers=[(evt.EVT_CONN_OPEN, tune_pynetdicom)])
-    if not assoc.is_established:
-        raise OSError(f"association to {backend.id} not established")
-    try:
-        found = False
-        for response, _ in assoc.send_c_find(identifier, model):
-            if "Status" not in response:
-                raise OSError(f"{backend.id} did not answer the C-FIND")
-            if int(response.Status) in (0xFF00, 0xFF01):
-                found = True
-        return found
-    finally:
-        if assoc.is_established:
-            assoc.release()
+    with scu.association(backend, calling_ae=calling_ae, contexts=[model], timeout=timeout) as assoc:
+        try:
+            return sum(1 for _ in scu.find(assoc, model, identifier)) > 0  # read to the end
+        except LookupError:
+            return False  # a failure status: it found nothing it could give
 
 
 def locate(backends: list[BackendAddress], *, calling_ae: str, study_uid: str, patient_id: str,
@@ -68,3 +66,56 @@ def locate(backends: list[BackendAddress], *, calling_ae: str, study_uid: str, p
             logger.warning("locating study=%s on %s failed: %s", study_uid or f"patient {patient_id}", backend.id, exc)
             silent.append(backend.id)
     return found, silent
+
+
+def instances_held(backend: BackendAddress, sop_instance_uids: list[str], *, calling_ae: str,
+                   timeout: float, deadline: float) -> set[str]:
+    """Which of ``sop_instance_uids`` the backend holds (IMAGE-level C-FIND, in batches,
+    until ``deadline`` on the monotonic clock). Only UIDs that were asked for count: a
+    backend's answer naming anything else is ignored. Raises OSError if it cannot be asked;
+    a backend that refuses the query holds none of them."""
+    asked = set(sop_instance_uids)
+    held: set[str] = set()
+    with scu.association(backend, calling_ae=calling_ae, contexts=[services.STUDY_ROOT_FIND],
+                         timeout=timeout) as assoc:
+        for start in range(0, len(sop_instance_uids), INSTANCES_PER_QUERY):
+            if time.monotonic() > deadline:
+                raise OSError(f"{backend.id}: out of time after {start} of {len(sop_instance_uids)} instance(s)")
+            identifier = Dataset()
+            identifier.QueryRetrieveLevel = "IMAGE"
+            identifier.SOPInstanceUID = sop_instance_uids[start:start + INSTANCES_PER_QUERY]
+            try:
+                for match in scu.find(assoc, services.STUDY_ROOT_FIND, identifier):
+                    value = str(match.get("SOPInstanceUID", "") or "")
+                    if value in asked and uids.uid_problem(value) is None:
+                        held.add(value)
+            except LookupError as exc:
+                with _said_lock:
+                    first = backend.id not in _refusals_said
+                    _refusals_said.add(backend.id)
+                if first:
+                    logger.warning("backend %s refuses an IMAGE-level C-FIND on SOP Instance UIDs (%s): instances "
+                                   "it holds cannot be found there (said once)", backend.id, exc)
+                return held
+    return held
+
+
+def locate_instances(backends: list[BackendAddress], sop_instance_uids: list[str], *, calling_ae: str,
+                     timeout: float) -> tuple[dict[str, str], list[str]]:
+    """(SOP Instance UID -> the first backend, in the given order, that holds it; backends
+    that could not be asked). Bounded: every backend shares one deadline of ``timeout``."""
+    where: dict[str, str] = {}
+    silent: list[str] = []
+    deadline = time.monotonic() + timeout
+    for backend in backends:
+        wanted = [uid for uid in sop_instance_uids if uid not in where]
+        if not wanted or time.monotonic() > deadline:
+            break
+        try:
+            held = instances_held(backend, wanted, calling_ae=calling_ae, timeout=timeout, deadline=deadline)
+        except (OSError, RuntimeError, ValueError) as exc:
+            logger.warning("locating %d instance(s) on %s failed: %s", len(wanted), backend.id, exc)
+            silent.append(backend.id)
+            continue
+        where.update((uid, backend.id) for uid in wanted if uid in held)
+    return where, silent

@@ -12,11 +12,7 @@ as a C-STORE header, then:
   backend a C-FIND finds it on (``routing.locator``). A C-GET's C-STORE sub-operations
   come back on the same association and are relayed to the modality, and its answers
   back to the backend. No binding is ever created by a query or a retrieve.
-- **N-ACTION** (storage commitment) goes to the backend that was sent most of the
-  referenced instances (``affinity`` keeps where each relayed instance went); that
-  backend reports the instances it does not hold as failed (0x0112). When no backend is
-  known for any of them, SynthIQ answers itself: an N-EVENT-REPORT listing every
-  instance as failed.
+- **N-ACTION** and **N-EVENT-REPORT** (storage commitment): ``routing.relay.commitment``.
 
 Responses are relayed as the bytes the backend sent (Message IDs are the modality's own,
 since requests go out unchanged). SynthIQ's own failures use each service's codes.
@@ -24,18 +20,12 @@ since requests go out unchanged). SynthIQ's own failures use each service's code
 
 from __future__ import annotations
 
-import io
 import logging
-from collections import Counter
 from typing import TYPE_CHECKING
-
-from pydicom.dataset import Dataset
-from pydicom.filebase import DicomBytesIO
-from pydicom.filereader import read_dataset
-from pydicom.filewriter import write_dataset
 
 from routing.dicom import commands, pdu, scan, services, status, uids
 from routing.dicom.pdu import ProtocolError
+from routing.relay.commitment import Commitments
 from routing.relay.connection import PduConnection, first_ready
 from routing.relay.outbound import BackendLink, OutboundUnavailable
 from routing.relay.stream import MessageStream
@@ -48,8 +38,6 @@ logger = logging.getLogger("synthiq.routing")
 QUERY_RETRIEVE = (commands.C_FIND_RQ, commands.C_MOVE_RQ, commands.C_GET_RQ)
 # The keys an identifier is read for (all before (0020,000E), where the scan stops).
 IDENTIFIER_TAGS = (0x00080018, scan.QUERY_RETRIEVE_LEVEL, 0x00100020, scan.STUDY_UID, 0x0020000E)
-STORAGE_COMMITMENT_INSTANCE = "1.2.840.10008.1.20.1.1"  # the well-known SOP instance
-EVENT_FAILURES_EXIST = 2
 
 
 class OperationFailed(Exception):
@@ -130,6 +118,7 @@ class Operations:
         # Storage commitments accepted by a backend whose report has not reached the
         # modality yet: while there are any, the association is waiting, not idle.
         self.reports_awaited = 0
+        self.commitments = Commitments(self)
 
     # -- entry points -----------------------------------------------------------------
     async def query_retrieve(self, context_id: int, command: commands.Command) -> None:
@@ -186,52 +175,6 @@ class Operations:
             await assoc.answer(context_id, commands.response(command, failure.status, comment=failure.comment))
         assoc.relay.telemetry.operation(service=service, status=code)
 
-    async def commitment(self, context_id: int, command: commands.Command) -> None:
-        assoc = self.assoc
-        assert assoc.stream is not None
-        data = await assoc.stream.read_data_set(context_id, self.network.network_timeout_seconds,
-                                                limit=self.network.header_hold_bytes)
-        ts = assoc.transfer_syntax(context_id)
-        implicit, little, _ = scan.encoding(ts)
-        try:
-            request = read_dataset(io.BytesIO(data), implicit, little)
-            references = [(str(item.ReferencedSOPClassUID), str(item.ReferencedSOPInstanceUID))
-                          for item in request.get("ReferencedSOPSequence", [])]
-            transaction = str(request.TransactionUID)
-        except Exception as exc:  # pydicom raises many types on a malformed data set
-            await assoc.answer(context_id, commands.response(command, status.PROCESSING_FAILURE,
-                                                              comment=f"unreadable action information: {exc}"))
-            assoc.relay.telemetry.operation(service=command.name, status=status.PROCESSING_FAILURE)
-            return
-        problem = next(((name, p) for name, value in [("Transaction UID", transaction)]
-                        + [(f"Referenced SOP {kind} UID", uid) for sop_class, sop in references
-                           for kind, uid in (("Class", sop_class), ("Instance", sop))]
-                        if (p := uids.uid_problem(value))), None)
-        if problem is not None:
-            comment = uids.comment(*problem)
-            assoc.relay.telemetry.invalid_input(service=command.name, reason="referenced-uid")
-            logger.error("N-ACTION pool=%s calling_ae=%s source_ip=%s: refused with 0x0115: %s", assoc.pool_id,
-                         uids.shown(assoc.calling_ae), assoc.source_ip, comment)
-            await assoc.answer(context_id, commands.response(command, status.INVALID_ARGUMENT_VALUE, comment=comment))
-            assoc.relay.telemetry.operation(service=command.name, status=status.INVALID_ARGUMENT_VALUE)
-            return
-        where = await assoc.relay.instance_backends(assoc.pool_id, [sop for _, sop in references])
-        counts = Counter(where.values())
-        logger.info("N-ACTION storage commitment pool=%s calling_ae=%s transaction=%s instances=%d known=%d "
-                    "backends=%s", assoc.pool_id, assoc.calling_ae, transaction, len(references), len(where),
-                    ",".join(f"{b}:{n}" for b, n in counts.most_common()) or "-")
-        if not counts:
-            await self._commitment_unknown(context_id, command, transaction, references, ts)
-            return
-        try:
-            code = await self._one(counts.most_common(1)[0][0], context_id, command, data)
-        except OperationFailed as failure:
-            code = failure.status
-            await assoc.answer(context_id, commands.response(command, failure.status, comment=failure.comment))
-        if status.is_success(code):
-            self.reports_awaited += 1
-        assoc.relay.telemetry.operation(service=command.name, status=code)
-
     async def answer_from_modality(self, context_id: int, command: commands.Command) -> bool:
         """A response from the modality to a request that came from a backend (or from
         SynthIQ): relay it (or drop it). False if it answers nothing known."""
@@ -270,6 +213,15 @@ class Operations:
                 link.unclaim(idle_seconds=self.network.outbound_idle_seconds, on_idle=assoc.link_idle)
 
     # -- one backend --------------------------------------------------------------------
+    async def forward(self, backend_id: str, context_id: int, command: commands.Command, data: bytes) -> int:
+        """Relay a request (its data set already read) to one backend and everything back
+        until its final response; a failure of SynthIQ's own is answered here. The status."""
+        try:
+            return await self._one(backend_id, context_id, command, data)
+        except OperationFailed as failure:
+            await self.assoc.answer(context_id, commands.response(command, failure.status, comment=failure.comment))
+            return failure.status
+
     async def _one(self, backend_id: str, context_id: int, command: commands.Command, data: bytes) -> int:
         """Send the request to one backend and relay everything until its final response."""
         link = await self._link(backend_id, context_id, command)
@@ -460,36 +412,3 @@ class Operations:
         if not healthy:
             raise OperationFailed(status.RETRIEVE_UNABLE_TO_COUNT, f"pool {assoc.pool_id}: no healthy backend")
         return healthy[0]  # nobody holds it: the backend answers its own "nothing matched"
-
-    async def _commitment_unknown(self, context_id: int, command: commands.Command, transaction: str,
-                                  references: list[tuple[str, str]], transfer_syntax: str) -> None:
-        """No backend was sent any of the instances: SynthIQ reports them all as failed
-        (0x0112, no such object instance) on this association."""
-        assoc = self.assoc
-        await assoc.answer(context_id, commands.response(command, status.SUCCESS))
-        event = Dataset()
-        event.TransactionUID = transaction
-        failed = []
-        for sop_class, sop_instance in references:
-            item = Dataset()
-            item.ReferencedSOPClassUID = sop_class
-            item.ReferencedSOPInstanceUID = sop_instance
-            item.FailureReason = status.NO_SUCH_OBJECT_INSTANCE
-            failed.append(item)
-        event.FailedSOPSequence = failed
-        implicit, little, _ = scan.encoding(transfer_syntax)
-        buffer = DicomBytesIO()
-        buffer.is_implicit_VR, buffer.is_little_endian = implicit, little
-        write_dataset(buffer, event)
-        message_id = self._next_own_id = (self._next_own_id + 1) & 0xFFFF or 1
-        self.own.add(message_id)
-        request = commands.event_report(message_id=message_id, sop_class_uid=services.STORAGE_COMMITMENT_PUSH,
-                                        sop_instance_uid=STORAGE_COMMITMENT_INSTANCE, event_type=EVENT_FAILURES_EXIST)
-        logger.warning("N-ACTION storage commitment pool=%s transaction=%s: no backend was sent any of its %d "
-                       "instance(s); reported as failed (0x0112)", assoc.pool_id, transaction, len(references))
-        async with assoc.write_lock:
-            assoc.conn.write(b"".join(
-                pdu.fragments(context_id, request, command=True, last=True, max_pdu=assoc.peer_max_pdu)
-                + pdu.fragments(context_id, buffer.getvalue(), command=False, last=True, max_pdu=assoc.peer_max_pdu)))
-        assoc.relay.telemetry.operation(service=command.name, status=status.SUCCESS)
-

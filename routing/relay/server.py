@@ -28,6 +28,7 @@ from typing import Any, Protocol
 
 from routing.dicom import negotiation, netopts
 from routing.relay import locator
+from routing.relay.commitment import CommitmentStore
 from routing.relay.connection import PduConnection
 from routing.relay.inbound import InboundAssociation
 from routing.relay.outbound import HANDSHAKE_PDU_LIMIT, BackendAddress, BackendLink
@@ -52,12 +53,30 @@ class PoolListener:
     services: tuple[str, ...] = (negotiation.VERIFICATION,)
     allowed_sources: tuple[IPv4Network | IPv6Network, ...] = ()
     accepted_called_ae_titles: tuple[str, ...] = ()
+    # (AE title, backend id) of each backend: an archive reporting storage commitment to a
+    # backend calls that backend's own title at SynthIQ's address.
+    backend_ae_titles: tuple[tuple[str, str], ...] = ()
+    # CommitmentRequesters: AE title -> (host, port), where SynthIQ's own reports go.
+    commitment_requesters: tuple[tuple[str, str, int], ...] = ()
 
     def answers_to(self, called_ae: str) -> bool:
-        """Whether an association calling ``called_ae`` is this pool's (AeTitle, or
-        AcceptedCalledAeTitles; "*" there accepts any)."""
+        """Whether an association calling ``called_ae`` is this pool's: AeTitle,
+        AcceptedCalledAeTitles ("*" there accepts any), a backend's own AE title (reports
+        from an archive to that backend) or a commitment requester's (a backend's report
+        for it, which SynthIQ passes on)."""
         return (called_ae == self.ae_title or called_ae in self.accepted_called_ae_titles
-                or "*" in self.accepted_called_ae_titles)
+                or "*" in self.accepted_called_ae_titles or any(called_ae == ae for ae, _ in self.backend_ae_titles)
+                or self.requester(called_ae) is not None)
+
+    def backend_called(self, called_ae: str) -> str | None:
+        """The backend whose own AE title ``called_ae`` is, when exactly one backend has it
+        (nodes sharing a cluster title are the pool's, not one node's)."""
+        ids = [backend_id for ae, backend_id in self.backend_ae_titles if ae == called_ae]
+        return ids[0] if len(ids) == 1 and called_ae != self.ae_title else None
+
+    def requester(self, ae_title: str) -> tuple[str, int] | None:
+        """Where the commitment requester ``ae_title`` takes reports (CommitmentRequesters)."""
+        return next(((host, port) for ae, host, port in self.commitment_requesters if ae == ae_title), None)
 
     def admits(self, address: str) -> bool:
         """Whether a connection from ``address`` may talk to this pool (AllowedSources)."""
@@ -145,12 +164,14 @@ class _Pending:
 class Relay:
     def __init__(self, *, pools: list[PoolListener], network: NetworkSettings, placement: Placement, telemetry: Any,
                  syntax_ranks: Mapping[str, Mapping[str, negotiation.Rank]] | None = None,
-                 log_patient_id: bool = True, per_address: AddressCounts | None = None):
+                 log_patient_id: bool = True, per_address: AddressCounts | None = None,
+                 commitments: CommitmentStore | None = None):
         self.pools = pools
         self.log_patient_id = log_patient_id  # route lines carry the Patient ID unless a site turns it off
         self.network = network
         self.placement = placement
         self.telemetry = telemetry
+        self.commitments = commitments  # storage commitment transactions, shared by the processes
         self.syntax_ranks = dict(syntax_ranks or {})
         # What each pool passes besides storage (runproxy updates it when a backend comes back).
         self.services = {pool.id: pool.services for pool in pools}
@@ -362,6 +383,14 @@ class Relay:
         return await asyncio.get_running_loop().run_in_executor(
             None, lambda: locator.locate(backends, calling_ae=calling_ae, study_uid=study_uid, patient_id=patient_id,
                                          timeout=self.network.acse_timeout_seconds))
+
+    async def locate_instances(self, pool_id: str, *, calling_ae: str, sop_uids: list[str]) -> dict[str, str]:
+        """Which healthy backend holds each of ``sop_uids`` (those found)."""
+        backends = [self.placement.address(b) for b in self.placement.healthy_backends(pool_id)]
+        where, _ = await asyncio.get_running_loop().run_in_executor(
+            None, lambda: locator.locate_instances(backends, sop_uids, calling_ae=calling_ae,
+                                                   timeout=self.network.acse_timeout_seconds))
+        return where
 
     async def open_link(self, assoc: InboundAssociation, backend_id: str) -> BackendLink:
         backend = self.placement.address(backend_id)

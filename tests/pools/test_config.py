@@ -34,6 +34,14 @@ def test_defaults_are_filled_in():
     assert cfg.heartbeat_interval_seconds == 5 and cfg.heartbeat_timeout_seconds == 15
     assert (cfg.pools[0].backends[1].health.mode, cfg.pools[0].backends[1].health.probe) == ("liveness", "echo")
     assert cfg.network.max_associations > 0
+    assert cfg.pools[0].accepted_called_ae_titles == () and cfg.pools[0].commitment_requesters == ()
+
+
+def test_commitment_requesters_are_read_trimmed():
+    data = copy.deepcopy(GOOD)
+    data["Pools"][0]["CommitmentRequesters"] = [{"AeTitle": " CT1 ", "Host": "ct1.example", "Port": 104}]
+    [requester] = config_parse(data=data).pools[0].commitment_requesters
+    assert (requester.ae_title, requester.host, requester.port) == ("CT1", "ct1.example", 104)
 
 
 @pytest.mark.parametrize("mutate, expected", [
@@ -47,6 +55,10 @@ def test_defaults_are_filled_in():
     (lambda d: d.pop("Pools"), "Pools: required"),
     (lambda d: d["Pools"][0]["Backends"][0]["Health"].update(Mode="psychic"),
      "Pools[0].Backends[0].Health.Mode: must be one of"),
+    (lambda d: d["Pools"][0].update(CommitmentRequesters=[{"AeTitle": "CT1", "Host": "ct1", "Port": 104}] * 2),
+     "Pools[0].CommitmentRequesters[1].AeTitle: 'CT1' listed twice"),
+    (lambda d: d["Pools"][0].update(CommitmentRequesters=[{"AeTitle": "CT1", "Host": "ct1"}]),
+     "Pools[0].CommitmentRequesters[0].Port: required"),
 ])
 def test_each_error_names_its_key_path(mutate, expected):
     errors = _errors(mutate)

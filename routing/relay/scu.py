@@ -1,0 +1,77 @@
+"""SynthIQ as a plain DICOM client: the short associations it opens on its own account
+(asking backends where instances are, sending a storage commitment share or report).
+
+Blocking (pynetdicom's threaded AE): callers run these on an executor thread, never on
+the event loop. Every answer read here comes from a peer and is checked like any other.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from pydicom.dataset import Dataset
+from pynetdicom import AE, build_role, evt
+from pynetdicom.association import Association
+
+from routing.dicom import services
+from routing.dicom.netopts import client_tls, tune_pynetdicom
+from routing.relay.outbound import BackendAddress as Peer  # a backend, or a requester (id: its AE title)
+
+STORAGE_COMMITMENT_INSTANCE = "1.2.840.10008.1.20.1.1"  # the well-known SOP instance
+
+
+class Unreachable(OSError):
+    """The peer could not be associated with (or refused every context asked for)."""
+
+
+@contextmanager
+def association(peer: Peer, *, calling_ae: str, contexts: list[str], timeout: float,
+                roles: tuple[tuple[str, bool, bool], ...] = (),
+                handlers: list[Any] | None = None) -> Iterator[Association]:
+    """An established association to ``peer`` proposing ``contexts`` and the SCP/SCU role
+    selection ``roles`` ((SOP class, SCU role, SCP role)), released on exit."""
+    ae = AE(ae_title=calling_ae)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = ae.connection_timeout = timeout
+    for uid in contexts:
+        ae.add_requested_context(uid)
+    ext_neg = [build_role(uid, scu_role=scu, scp_role=scp) for uid, scu, scp in roles]
+    tls_args = (client_tls(peer.tls), peer.host) if peer.tls else None
+    assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title, tls_args=tls_args, ext_neg=ext_neg or None,
+                         evt_handlers=[(evt.EVT_CONN_OPEN, tune_pynetdicom), *(handlers or [])])
+    if not assoc.is_established:
+        why = "rejected" if assoc.is_rejected else "aborted" if assoc.is_aborted else "not established"
+        raise Unreachable(f"association to {peer.id} ({peer.host}:{peer.port}, {peer.ae_title!r}) {why}")
+    try:
+        if not any(cx.abstract_syntax in contexts for cx in assoc.accepted_contexts):
+            raise Unreachable(f"{peer.id} accepted none of {', '.join(contexts)}")
+        yield assoc
+    finally:
+        if assoc.is_established:
+            assoc.release()
+
+
+def find(assoc: Association, model: str, identifier: Dataset) -> Iterator[Dataset]:
+    """The matches of one C-FIND; raises LookupError when it ends in a failure status."""
+    for response, match in assoc.send_c_find(identifier, model):
+        if "Status" not in response:
+            raise OSError("the C-FIND ended without a response (timed out or aborted)")
+        code = int(response.Status)
+        if code in (0xFF00, 0xFF01):
+            if match is not None:
+                yield match
+        elif code not in (0x0000, 0xFE00):
+            raise LookupError(f"C-FIND answered 0x{code:04X}")
+
+
+def event_report(peer: Peer, *, calling_ae: str, event_type: int, information: Dataset, timeout: float) -> int:
+    """Send one storage commitment N-EVENT-REPORT on a new association, proposing the SCP
+    role for this side (the reporting one: PS3.4 J.3.3.1.2); the peer's status (raises OSError)."""
+    with association(peer, calling_ae=calling_ae, contexts=[services.STORAGE_COMMITMENT_PUSH], timeout=timeout,
+                     roles=((services.STORAGE_COMMITMENT_PUSH, False, True),)) as assoc:
+        response, _ = assoc.send_n_event_report(information, event_type, services.STORAGE_COMMITMENT_PUSH,
+                                             STORAGE_COMMITMENT_INSTANCE)
+        if "Status" not in response:
+            raise OSError(f"{peer.id} did not answer the N-EVENT-REPORT")
+        return int(response.Status)
