@@ -93,16 +93,60 @@ def test_make_run_installs_no_debian_package():
     assert "manage.py demo" in plan.stdout and "apt-get" not in plan.stdout
 
 
-@pytest.mark.parametrize("url, said", [
-    ("postgresql://synthiq@127.0.0.1:{dead}/synthiq", "Connection refused"),
-    ("postgresql://no_such_role_x@127.0.0.1:5432/postgres", 'role "no_such_role_x" does not exist'),
-    ("postgresql://postgres@127.0.0.1:5432/no_such_database_x", 'database "no_such_database_x" does not exist'),
-])
-def test_a_database_that_cannot_be_used_is_one_line_for_every_command(base_env, url, said):
+def _commands(tmp_path) -> dict[str, tuple[str, ...]]:
+    """Every command a user runs, as the README gives it (the demo on ports of its own)."""
+    config = tmp_path / "synthiq.json"
+    config.write_text(json.dumps({"Pools": [{"Id": "main", "AeTitle": "SYNTHIQ", "Host": "127.0.0.1",
+                                             "Port": free_port(), "Backends": [
+                                                 {"Id": "node-a", "AeTitle": "NODEA", "Host": "127.0.0.1",
+                                                  "Port": free_port()}]}]}))
+    base = _free_run(7)
+    return {"migrate": ("migrate",),
+            "createsuperuser": ("createsuperuser", "--noinput", "--username", "x", "--email", "x@example.org"),
+            "runproxy": ("runproxy", "--config", str(config)),
+            "loadconfig": ("loadconfig", str(config)),
+            "loadconfig --check": ("loadconfig", "--check", str(config)),
+            "demo": ("demo", "--dicom-port", str(free_port()), "--http", f"127.0.0.1:{free_port()}",
+                     "--backend-base-port", str(base))}
+
+
+def _free_run(span: int) -> int:
+    """A base port with base+1..base+span and base+101..base+100+span free (the demo's backends)."""
+    for _ in range(50):
+        base = free_port() % 20000 + 20000
+        ports = [base + n for n in range(1, span + 1)] + [base + 100 + n for n in range(1, span + 1)]
+        if all(_bindable(p) for p in ports):
+            return base
+    raise AssertionError("no free run of ports for the demo's backends")
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+DEAD = ("postgresql://synthiq@127.0.0.1:{dead}/synthiq", "Connection refused")
+FAILURES = [("postgresql://no_such_role_x@127.0.0.1:5432/postgres", 'role "no_such_role_x" does not exist'),
+            ("postgresql://postgres@127.0.0.1:5432/no_such_database_x", 'database "no_such_database_x" does not exist'),
+            ("postgress://x@127.0.0.1/db", "unknown scheme 'postgress'")]
+COMMANDS = ["migrate", "createsuperuser", "runproxy", "loadconfig", "loadconfig --check", "demo"]
+
+
+# Every command with an unreachable database; every other way a database is unusable with the
+# commands that start processes (each command reads it through the same settings and manage.py).
+@pytest.mark.parametrize("command, url, said", [(c, *DEAD) for c in COMMANDS]
+                         + [(c, *f) for f in FAILURES for c in ("runproxy", "demo")])
+def test_a_database_that_cannot_be_used_is_one_line_for_every_command(base_env, tmp_path, command, url, said):
     url = url.format(dead=free_port())
-    for argv in (("migrate",), ("createsuperuser", "--noinput", "--username", "x", "--email", "x@example.org")):
-        line = _one_line(_manage(*argv, env=base_env | {"DATABASE_URL": url}))
-        assert line.startswith(f"synthiq: database {url} unavailable:") and said in line, line
+    env = base_env | {"DATABASE_URL": url, "SYNTHIQ_DB_WAIT_SECONDS": "1"}
+    result = _manage(*_commands(tmp_path)[command], env=env)
+    line = _one_line(result)
+    assert said in line and ("DATABASE_URL" in line or url in line), line
+    assert "ready" not in result.stdout + result.stderr  # nothing was started before the database was found unusable
 
 
 def test_an_unknown_database_scheme_is_named(base_env):
@@ -114,5 +158,6 @@ def test_a_var_dir_that_cannot_be_created_is_named(base_env, tmp_path):
     blocker = tmp_path / "a-file"
     blocker.write_text("")
     env = {k: v for k, v in base_env.items() if k != "DATABASE_URL"} | {"SYNTHIQ_VAR_DIR": str(blocker / "var")}
-    line = _one_line(_manage("migrate", env=env))
-    assert "cannot be created" in line and "set SYNTHIQ_VAR_DIR" in line, line
+    for argv in _commands(tmp_path).values():
+        line = _one_line(_manage(*argv, env=env))
+        assert "cannot be created" in line and "set SYNTHIQ_VAR_DIR" in line, line

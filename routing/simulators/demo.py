@@ -15,6 +15,7 @@ from typing import Any
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.management import call_command
+from django.db import connection
 from rest_framework.authtoken.models import Token
 
 from routing.simulators import SimulatorError
@@ -30,6 +31,7 @@ def demo_run(*, dicom_port: int, http: str, backend_base_port: int, announce: Ca
     HTTP; node-c is a liveness backend, so the demo shows both kinds of load.
     """
     _ports_free(dicom_port=dicom_port, http=http, backend_base_port=backend_base_port)
+    connection.ensure_connection()  # an unusable database is one line (manage.py) before any process starts
     config: dict[str, Any] = {
         "StudyCacheWindowHours": 96,
         "HeartbeatIntervalSeconds": 5,
