@@ -52,6 +52,7 @@ from routing.telemetry import Telemetry
 from routing.workers import Workers
 from synthiq_project import logformat
 from synthiq_project.dburl import mask_password
+from synthiq_project.repeating import Repeating
 from synthiq_project.version import VERSION
 
 logger = logging.getLogger("synthiq.routing")
@@ -153,6 +154,8 @@ class ProxyRunner:
         self.grace_seconds = grace_seconds
         self.stopping = threading.Event()
         self.tasks_now = 0
+        self.refresh_failing = Repeating(logger, "snapshot refresh failed, routing on the last one")
+        self.purge_failing = Repeating(logger, "purge failed")
         self.relay: Relay | None = None
         self.per_address = AddressCounts()  # one process; runproxy --workers makes a shared one
         # A worker: listening sockets its parent handed over for pools a reload added.
@@ -506,7 +509,9 @@ class ProxyRunner:
         try:
             self.router.refresh(pool_ids=self.pool_ids)
         except Exception as exc:  # a database outage must not stop routing
-            logger.warning("snapshot refresh failed, routing on the last one: %s", exc)
+            self.refresh_failing.failed(exc)
+        else:
+            self.refresh_failing.ok()
         self.bindings.flush()
         if self.relay is not None:
             self.reprobe()
@@ -561,7 +566,9 @@ class ProxyRunner:
             routing_activity_purge(now=now)
             commitments_purge(now=now)
         except Exception as exc:
-            logger.warning("purge failed: %s", exc)
+            self.purge_failing.failed(exc)
+        else:
+            self.purge_failing.ok()
 
     # -- web app --------------------------------------------------------------------------
     def bind_web(self, http: str):

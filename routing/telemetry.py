@@ -19,6 +19,7 @@ from django.db import DatabaseError, DataError, IntegrityError, close_old_connec
 
 from routing.dicom.status import status_class
 from routing.models import ProxyProcess, RoutingDecision
+from synthiq_project.repeating import Repeating
 
 logger = logging.getLogger("synthiq.routing")
 
@@ -67,6 +68,7 @@ class Telemetry:
         self.latency: dict[str, list[int]] = {}
         self.recent: deque[dict[str, Any]] = deque(maxlen=RECENT_DECISIONS)
         self._unwritten: list[RoutingDecision] = []
+        self._publish_failing = Repeating(logger, "could not publish proxy status")
         self.open_associations = 0
         self.sample_seconds = sample_seconds or settings.SYNTHIQ_RATE_SAMPLE_SECONDS
         self.samples: deque[dict[str, Any]] = deque(maxlen=RATE_SAMPLES)
@@ -209,8 +211,9 @@ class Telemetry:
                     defaults={"started_utc": self.started, "updated_utc": dt.datetime.now(dt.UTC),
                               "counters": snapshot, "listeners": listeners, "stopped": stopped},
                 )
+            self._publish_failing.ok()
         except DatabaseError as exc:
-            logger.warning("could not publish proxy status: %s", exc)
+            self._publish_failing.failed(exc)
             with self._lock:
                 # Keep a bounded backlog; the counters themselves are never lost.
                 self._unwritten = (decisions + self._unwritten)[-10_000:]

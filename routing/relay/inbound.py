@@ -228,7 +228,7 @@ class InboundAssociation:
         self.relay.telemetry.association_rejected(kind)
         self.relay.log_refusal(kind, f"pool={self.pool_id} source_ip={self.source_ip}: TLS handshake failed"
                                      f"{' (plaintext on the TLS port?)' if plaintext else ''}: {text} "
-                                     "(repeats within seconds not logged)")
+                                     "(repeats within a minute counted, not logged)")
 
     def _refusal(self, rq: negotiation.AssociateRequest) -> tuple[str, str, tuple[int, int, int]] | None:
         """Why this request is rejected: (the reason's metric label, the log text, the A-ASSOCIATE-RJ

@@ -37,7 +37,7 @@ from routing.relay.quota import AddressCounts
 logger = logging.getLogger("synthiq.routing")
 
 # How often a refused connection is logged per reason (a flood must not flood the log).
-REFUSAL_LOG_SECONDS = 10.0
+REFUSAL_LOG_SECONDS = 60.0
 ACCEPT_BATCH = 8  # connections taken per wake-up of a listening socket
 ACCEPT_PAUSE_SECONDS = 1.0
 
@@ -180,7 +180,7 @@ class Relay:
         self._established: set[InboundAssociation] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._pending = _Pending()
-        self._refusals_logged: dict[str, float] = {}
+        self._refusals_logged: dict[str, tuple[float, int]] = {}  # kind -> (last logged, since unlogged)
         self._client_tls: dict[netopts.ClientTls, ssl.SSLContext] = {}
         self.stopping = False
         self.accepting = False
@@ -291,7 +291,7 @@ class Relay:
                                                "negotiating (Network.MaxPendingPerAddress)")
         if why:
             self.log_refusal(kind, f"pool={pool.id} source_ip={address}: connection refused: {why} "
-                                    f"(repeats within {REFUSAL_LOG_SECONDS:.0f}s not logged)")
+                                    f"(repeats within {REFUSAL_LOG_SECONDS:.0f}s counted, not logged)")
             self.telemetry.connection_refused()
             conn.abort_transport()
             return
@@ -300,7 +300,8 @@ class Relay:
             pending.remove(oldest)
             self.log_refusal("evicted", f"pool={pool.id}: {pending.total + 1} connections still negotiating "
                                          f"(Network.MaxPendingAssociations): the oldest, from {oldest.source_ip}, "
-                                         f"closed to make room (repeats within {REFUSAL_LOG_SECONDS:.0f}s not logged)")
+                                         f"closed to make room (repeats within {REFUSAL_LOG_SECONDS:.0f}s counted, "
+                                         "not logged)")
             self.telemetry.connection_refused()
             oldest.conn.abort_transport()
         if pool.tls is not None and conn.transport is not None:
@@ -314,10 +315,15 @@ class Relay:
         task.add_done_callback(lambda _: self._ended(assoc))
 
     def log_refusal(self, kind: str, line: str) -> None:
+        """A refusal of kind ``kind``: logged, then at most once per REFUSAL_LOG_SECONDS, saying
+        how many went unlogged meanwhile (a flood is a few lines, each counted in telemetry)."""
         now = time.monotonic()
-        if now - self._refusals_logged.get(kind, 0.0) >= REFUSAL_LOG_SECONDS:
-            self._refusals_logged[kind] = now
-            logger.warning("%s", line)
+        said_at, unsaid = self._refusals_logged.get(kind, (-REFUSAL_LOG_SECONDS, 0))
+        if now - said_at < REFUSAL_LOG_SECONDS:
+            self._refusals_logged[kind] = (said_at, unsaid + 1)
+            return
+        self._refusals_logged[kind] = (now, 0)
+        logger.warning("%s%s", line, f" ({unsaid} more like it in the last {now - said_at:.0f}s)" if unsaid else "")
 
     def established(self, assoc: InboundAssociation) -> None:
         """``assoc`` finished negotiation: it leaves the pending count for the established one."""

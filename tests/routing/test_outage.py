@@ -4,6 +4,7 @@ journal keeps studies whole and gets every binding written."""
 from __future__ import annotations
 
 import signal
+import time
 
 import pytest
 
@@ -77,3 +78,17 @@ def test_bindings_decided_during_an_outage_are_written_by_the_next_runproxy_if_t
     assert "4 bindings decided during a database outage are not yet written" in proxy.process.log()
     wait_for(lambda: dict(database.rows("SELECT study_uid, backend_id FROM affinity_binding")) == holders,
              timeout=20, what="the journal's bindings to be written")
+
+
+def test_a_database_outage_is_logged_when_it_starts_and_when_it_ends_not_at_every_try(cluster, database):
+    _, proxy = _liveness_proxy(cluster, database, "a")
+    database.down()
+    wait_for(lambda: "snapshot refresh failed, routing on the last one:" in proxy.process.log(), timeout=20,
+             what="the outage to be noticed")
+    time.sleep(4)  # about four more refreshes fail meanwhile
+    database.up()
+    wait_for(lambda: "snapshot refresh failed, routing on the last one: over after" in proxy.process.log(),
+             timeout=20, what="the end of the outage to be logged")
+    log = proxy.process.log()
+    assert log.count("snapshot refresh failed, routing on the last one:") == 2  # it started; it ended
+    assert log.count("could not publish proxy status:") <= 2
