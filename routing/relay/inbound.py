@@ -68,6 +68,13 @@ class _Violation(_LinkLost):
     SOP Class or SOP Instance): never taken for the request's outcome."""
 
 
+def _logged_uid(value: str) -> str:
+    """A UID for a log line: as it is when valid, escaped and cut when not, "-" when absent."""
+    if not value:
+        return "-"
+    return value if uids.uid_problem(value) is None else uids.shown(value)
+
+
 def _sop_class_name(uid: str) -> str:
     """A SOP class's keyword and UID for a log line (the UID alone when pydicom does not know it)."""
     name = UID(uid).keyword
@@ -342,8 +349,10 @@ class InboundAssociation:
         bytes_before = self.bytes_relayed
         self.rx += 1
         sop_uid = command.sop_instance_uid
+        study_uid = ""
         try:
             held, last, header = await self._hold_until_study_uid(context_id, sop_uid)
+            study_uid = header.study_uid
             self._check_uids(header, sop_uid, held, last)
             try:
                 backend_id = await self._route(header, sop_uid)
@@ -355,6 +364,10 @@ class InboundAssociation:
             code, answer = await self._forward(link, context_id, command, held, last)
         except _Failed as failure:
             self.failed += 1
+            # The verdict, with every id an operator searches by (the lines above say why).
+            logger.error("C-STORE failed pool=%s calling_ae=%s source_ip=%s study=%s sop=%s backend=%s: 0x%04X %s",
+                         self.pool_id, self.calling_ae, self.source_ip, _logged_uid(study_uid),
+                         _logged_uid(sop_uid), failure.backend_id or "-", failure.status, failure.comment)
             self.relay.telemetry.forward_failed(failure.backend_id, failure.status)
             if failure.drop:  # answer only once the whole request has been read
                 await self._drop_data_set(context_id)
@@ -369,8 +382,9 @@ class InboundAssociation:
                                                backend_id=backend_id, study_uid=header.study_uid)
         else:
             self.failed += 1
-            logger.warning("pool=%s sop=%s backend=%s answered 0x%04X %s", self.pool_id, sop_uid, backend_id, code,
-                           answer.text(commands.ERROR_COMMENT))
+            logger.warning("C-STORE not stored pool=%s calling_ae=%s source_ip=%s study=%s sop=%s backend=%s: backend "
+                           "answered 0x%04X %s", self.pool_id, self.calling_ae, self.source_ip,
+                           study_uid, sop_uid, backend_id, code, answer.text(commands.ERROR_COMMENT))
         self.relay.telemetry.forwarded(backend_id, code, time.perf_counter() - started,
                                        nbytes=self.bytes_relayed - bytes_before)
         await self.answer(context_id, answer.raw)
@@ -433,7 +447,8 @@ class InboundAssociation:
         else:
             route = await self.relay.route(self.pool_id, suid)
             if route.backend_id is None:
-                logger.error("pool=%s study=%s sop=%s: no enabled backend can take it", self.pool_id, suid, sop_uid)
+                logger.error("pool=%s calling_ae=%s source_ip=%s study=%s sop=%s: no enabled backend can take it",
+                             self.pool_id, self.calling_ae, self.source_ip, suid, sop_uid)
                 raise _Failed(status.OUT_OF_RESOURCES, f"pool {self.pool_id}: no backend available")
             backend_id = route.backend_id
             self.studies[suid] = backend_id

@@ -123,7 +123,7 @@ def test_study_uids_that_are_not_uids_are_refused_and_leave_nothing_behind(clust
     assert all(is_uid(uid) for uid in bound)
     forged = [line for line in proxy.process.log().splitlines() if line and not LOG_LINE.match(line)]
     assert not forged, f"log lines a peer wrote: {forged[:3]}"
-    assert "refused with 0xC000" in proxy.process.log()
+    wait_for(lambda: "refused with 0xC000" in proxy.process.log(), timeout=10, what="refused with 0xC000")
     journal = journal_path(django_settings.VAR_DIR, django_settings.DATABASES["default"]).read_text()
     for line in journal.splitlines():
         pool, study, backend, flag, stamp = line.split("\t")
@@ -195,8 +195,8 @@ def test_a_success_for_another_message_or_instance_is_never_passed_on(liar, tmp_
     assert scp.stored == 2  # the backend did answer each
     assert [s.status for s in sent] == [0xA702, 0xA702]
     assert all("liar" in s.comment for s in sent)
-    log = proxy.process.log()
-    assert "backend liar answered" in log
+    # runproxy's log lines are written by its log thread: they may trail the answers.
+    wait_for(lambda: "backend liar answered" in proxy.process.log(), timeout=10, what="the violation's log line")
 
 
 def _find(port: int, query: Dataset, msg_id: int = 7) -> list[int]:
@@ -218,7 +218,7 @@ def test_a_find_response_for_another_message_ends_the_query_in_failure(liar):
     query.StudyInstanceUID = ""
     statuses = _find(proxy.port, query)
     assert statuses == [0xA700]  # the pending match for another message is not relayed either
-    assert "backend liar answered message 8, not 7" in proxy.process.log()
+    wait_for(lambda: "backend liar answered message 8, not 7" in proxy.process.log(), timeout=10, what="the log line")
 
 
 def test_a_move_response_for_another_message_is_never_a_success(liar, tmp_path):
@@ -240,7 +240,7 @@ def test_a_move_response_for_another_message_is_never_a_success(liar, tmp_path):
     finally:
         assoc.release()
     assert statuses == [0xA702]
-    assert "backend liar answered message 4, not 3" in proxy.process.log()
+    wait_for(lambda: "backend liar answered message 4, not 3" in proxy.process.log(), timeout=10, what="the log line")
 
 
 @pytest.mark.parametrize("key", ["1.2.3\n4", "1." * 40 + "1", "1.2.3\\1.2.x"])
@@ -371,7 +371,7 @@ def test_a_fanned_out_find_that_could_not_ask_a_backend_is_not_a_success(cluster
         query.QueryRetrieveLevel = "STUDY"
         query.StudyInstanceUID = ""
         assert _find(proxy.port, query) == [0xFF00, 0xA700]
-        assert "backend node-b unhealthy, not asked" in proxy.process.log()
+        wait_for(lambda: "backend node-b unhealthy, not asked" in proxy.process.log(), timeout=10, what="the log line")
     finally:
         scp.stop()
 
