@@ -23,12 +23,12 @@ from typing import IO, Any
 
 from jsonschema import Draft202012Validator, ValidationError
 from jsonschema.exceptions import best_match
-from pynetdicom import AE, evt
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from health.contract import certified_validator, native_validator
 from pools.config import HealthConfig
-from routing.dicom.netopts import ClientTls, client_tls, tune_pynetdicom
+from routing.dicom import client
+from routing.dicom.netopts import ClientTls
 
 # A health body is a few hundred bytes; anything past this is a broken or hostile peer,
 # and reading it whole would let one backend eat the heartbeat runner's memory.
@@ -257,8 +257,8 @@ def adapter_register(name: str) -> Callable[[Adapter], Adapter]:
 
 
 def probe_adapter(target: Target, timeout: float) -> Reading:
-    import health.adapters  # noqa: F401  (registers the shipped adapters)
-
+    """The adapter named in the backend's health (the shipped ones register when the health
+    app loads: health.apps)."""
     name = target.health.adapter or ""
     adapter = ADAPTERS.get(name)
     if adapter is None:
@@ -270,24 +270,15 @@ def probe_adapter(target: Target, timeout: float) -> Reading:
 
 
 def probe_echo(target: Target, timeout: float) -> Reading:
-    ae = AE(ae_title=target.pool_ae_title)
-    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = ae.connection_timeout = timeout
-    ae.add_requested_context(Verification)
-    tls_args = (client_tls(target.tls), target.host) if target.tls else None
+    peer = client.Peer(target.backend_id, target.ae_title, target.host, target.port, target.tls)
     try:
-        assoc = ae.associate(target.host, target.port, ae_title=target.ae_title, tls_args=tls_args,
-                             evt_handlers=[(evt.EVT_CONN_OPEN, tune_pynetdicom)])
-    except (OSError, ValueError) as exc:
-        raise ProbeError(f"C-ECHO association failed: {exc}") from None
-    if not assoc.is_established:
+        with client.association(peer, calling_ae=target.pool_ae_title, contexts=[Verification],
+                                timeout=timeout) as assoc:
+            rsp = assoc.send_c_echo()
+    except client.Unreachable as exc:
         # pynetdicom reports a refused, silent or dropped connection alike: tell them apart.
-        what = "rejected" if assoc.is_rejected else _why_not_established(target, timeout)
-        raise ProbeError(f"C-ECHO association to {target.ae_title}@{target.host}:{target.port} {what}")
-    try:
-        rsp = assoc.send_c_echo()
-    finally:
-        if assoc.is_established:
-            assoc.release()
+        what = "rejected" if exc.rejected else _why_not_established(target, timeout)
+        raise ProbeError(f"C-ECHO association to {target.ae_title}@{target.host}:{target.port} {what}") from None
     status = int(rsp.Status) if "Status" in rsp else None
     if status != 0x0000:
         raise ProbeError(f"C-ECHO returned status {'none' if status is None else f'0x{status:04X}'}")

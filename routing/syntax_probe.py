@@ -26,14 +26,14 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from pydicom import uid
-from pynetdicom import AE, build_context
+from pynetdicom import build_context
 from pynetdicom.presentation import PresentationContext
 from pynetdicom.sop_class import CTImageStorage  # type: ignore[attr-defined]
 
+from routing.dicom import client
+from routing.dicom.client import Peer
 from routing.dicom.negotiation import Rank, syntax_ranks
-from routing.dicom.netopts import client_tls
 from routing.dicom.services import PASSED
-from routing.relay.outbound import BackendAddress
 
 logger = logging.getLogger("synthiq.routing")
 
@@ -75,29 +75,22 @@ CONTEXTS_PER_ASSOCIATION = 128  # presentation context ids are the odd numbers 1
 class _Asker:
     """Associations to one backend, each proposing a list of presentation contexts."""
 
-    def __init__(self, *, calling_ae: str, backend: BackendAddress, timeout: float):
-        self.ae = AE(ae_title=calling_ae)
-        self.ae.acse_timeout = self.ae.dimse_timeout = self.ae.network_timeout = timeout
-        self.ae.connection_timeout = timeout
-        self.backend = backend
+    def __init__(self, *, calling_ae: str, backend: Peer, timeout: float):
+        self.calling_ae, self.backend, self.timeout = calling_ae, backend, timeout
 
     def accepted(self, contexts: list[PresentationContext]) -> list[PresentationContext] | None:
         """The accepted contexts, in the order proposed; None if the backend cannot be asked."""
-        b = self.backend
-        tls_args = (client_tls(b.tls), b.host) if b.tls else None
         try:
-            assoc = self.ae.associate(b.host, b.port, ae_title=b.ae_title, tls_args=tls_args, contexts=contexts)
-        except Exception as exc:  # a probe must never stop the proxy from starting
-            logger.warning("probe of %s at %s:%d failed: %s", b.id, b.host, b.port, exc)
+            with client.association(self.backend, calling_ae=self.calling_ae, contexts=contexts,
+                                    timeout=self.timeout, require_context=False) as assoc:
+                return sorted(assoc.accepted_contexts, key=lambda cx: cx.context_id or 0)
+        except client.Unreachable as exc:  # a probe must never stop the proxy from starting
+            # A backend that is down is the heartbeats' to report (once), not every probe's.
+            logger.debug("probe of %s failed: %s", self.backend.id, exc)
             return None
-        if not assoc.is_established:
-            return None
-        accepted = sorted(assoc.accepted_contexts, key=lambda cx: cx.context_id or 0)
-        assoc.release()
-        return accepted
 
 
-def probe_backend(*, calling_ae: str, backend: BackendAddress, timeout: float = 10) -> Abilities | None:
+def probe_backend(*, calling_ae: str, backend: Peer, timeout: float = 10) -> Abilities | None:
     """What a backend accepts, and how it chooses among syntaxes; None if it cannot be asked."""
     asker = _Asker(calling_ae=calling_ae, backend=backend, timeout=timeout)
     contexts = [build_context(CTImageStorage, ts) for ts in CANDIDATES]

@@ -44,8 +44,7 @@ from pydicom.filereader import read_dataset
 from pydicom.filewriter import write_dataset
 from pynetdicom import evt
 
-from routing.dicom import commands, pdu, scan, services, status, uids
-from routing.relay import scu
+from routing.dicom import client, commands, pdu, scan, services, status, uids
 from routing.relay.outbound import BackendAddress
 
 if TYPE_CHECKING:
@@ -189,9 +188,9 @@ def send_share(backend: BackendAddress, *, requester_ae: str, transaction_uid: s
     action.TransactionUID = transaction_uid
     action.ReferencedSOPSequence = _items(share)
     model = services.STORAGE_COMMITMENT_PUSH
-    with scu.association(backend, calling_ae=requester_ae, contexts=[model], timeout=timeout,
+    with client.association(backend, calling_ae=requester_ae, contexts=[model], timeout=timeout,
                          roles=((model, True, True),), handlers=[(evt.EVT_N_EVENT_REPORT, report)]) as assoc:
-        response, _ = assoc.send_n_action(action, 1, model, scu.STORAGE_COMMITMENT_INSTANCE)
+        response, _ = assoc.send_n_action(action, 1, model, client.STORAGE_COMMITMENT_INSTANCE)
         if "Status" not in response:
             raise OSError(f"{backend.id} did not answer the N-ACTION")
         code = int(response.Status)
@@ -363,7 +362,7 @@ class Commitments:
             return None
         peer = BackendAddress(transaction.requester_ae, transaction.requester_ae, *address)
         try:
-            code: int = await asyncio.get_running_loop().run_in_executor(None, lambda: scu.event_report(
+            code: int = await asyncio.get_running_loop().run_in_executor(None, lambda: client.event_report(
                 peer, calling_ae=transaction.called_ae, event_type=event_type, information=info,
                 timeout=self.assoc.network.acse_timeout_seconds))
             return code
@@ -378,7 +377,7 @@ class Commitments:
         message_id = self._next_own_id = (self._next_own_id + 1) & 0xFFFF or 1
         self.ops.own.add(message_id)
         request = commands.event_report(message_id=message_id, sop_class_uid=services.STORAGE_COMMITMENT_PUSH,
-                                        sop_instance_uid=scu.STORAGE_COMMITMENT_INSTANCE, event_type=event_type)
+                                        sop_instance_uid=client.STORAGE_COMMITMENT_INSTANCE, event_type=event_type)
         async with assoc.write_lock:
             assoc.conn.write(b"".join(
                 pdu.fragments(context_id, request, command=True, last=True, max_pdu=assoc.peer_max_pdu)

@@ -9,7 +9,7 @@
   in batches. That query is relational for a Study Root SCP (no study given); an SCP that
   refuses it is taken as not holding them, said once per backend.
 
-Plain SCUs on pynetdicom's threaded AE (routing.relay.scu), run on executor threads.
+Plain SCUs on pynetdicom's threaded AE (routing.dicom.client), run on executor threads.
 """
 
 from __future__ import annotations
@@ -20,8 +20,7 @@ import time
 
 from pydicom.dataset import Dataset
 
-from routing.dicom import services, uids
-from routing.relay import scu
+from routing.dicom import client, services, uids
 from routing.relay.outbound import BackendAddress
 
 logger = logging.getLogger("synthiq.routing")
@@ -47,9 +46,9 @@ def _query(study_uid: str, patient_id: str) -> tuple[str, Dataset]:
 def holds(backend: BackendAddress, *, calling_ae: str, study_uid: str, patient_id: str, timeout: float) -> bool:
     """Whether the backend finds the study (or the patient). Raises OSError if it cannot be asked."""
     model, identifier = _query(study_uid, patient_id)
-    with scu.association(backend, calling_ae=calling_ae, contexts=[model], timeout=timeout) as assoc:
+    with client.association(backend, calling_ae=calling_ae, contexts=[model], timeout=timeout) as assoc:
         try:
-            return sum(1 for _ in scu.find(assoc, model, identifier)) > 0  # read to the end
+            return sum(1 for _ in client.find(assoc, model, identifier)) > 0  # read to the end
         except LookupError:
             return False  # a failure status: it found nothing it could give
 
@@ -76,7 +75,7 @@ def instances_held(backend: BackendAddress, sop_instance_uids: list[str], *, cal
     a backend that refuses the query holds none of them."""
     asked = set(sop_instance_uids)
     held: set[str] = set()
-    with scu.association(backend, calling_ae=calling_ae, contexts=[services.STUDY_ROOT_FIND],
+    with client.association(backend, calling_ae=calling_ae, contexts=[services.STUDY_ROOT_FIND],
                          timeout=timeout) as assoc:
         for start in range(0, len(sop_instance_uids), INSTANCES_PER_QUERY):
             if time.monotonic() > deadline:
@@ -85,7 +84,7 @@ def instances_held(backend: BackendAddress, sop_instance_uids: list[str], *, cal
             identifier.QueryRetrieveLevel = "IMAGE"
             identifier.SOPInstanceUID = sop_instance_uids[start:start + INSTANCES_PER_QUERY]
             try:
-                for match in scu.find(assoc, services.STUDY_ROOT_FIND, identifier):
+                for match in client.find(assoc, services.STUDY_ROOT_FIND, identifier):
                     value = str(match.get("SOPInstanceUID", "") or "")
                     if value in asked and uids.uid_problem(value) is None:
                         held.add(value)

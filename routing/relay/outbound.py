@@ -14,10 +14,9 @@ import asyncio
 import logging
 import ssl
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from routing.dicom import negotiation, pdu, status
-from routing.dicom.netopts import ClientTls
+from routing.dicom.client import Peer
 from routing.dicom.pdu import ProtocolError
 from routing.relay.connection import ConnectionClosed, PduConnection, TimedOut
 from routing.relay.stream import MessageStream, PeerAborted, PeerReleaseReply, PeerReleaseRequest
@@ -28,13 +27,7 @@ logger = logging.getLogger("synthiq.relay")
 HANDSHAKE_PDU_LIMIT = 256 * 1024
 
 
-@dataclass(frozen=True)
-class BackendAddress:
-    id: str
-    ae_title: str
-    host: str
-    port: int
-    tls: ClientTls | None = None
+BackendAddress = Peer  # a backend as the relay and SynthIQ's own clients address it
 
 
 class OutboundUnavailable(Exception):
