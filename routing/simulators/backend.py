@@ -157,7 +157,7 @@ class SimulatedBackend:
             if not uids.uid_problem(suid) and not uids.uid_problem(sop_uid):
                 # The request's UIDs are what the node answers for (as a PACS indexes them).
                 values |= {0x00080018: sop_uid, 0x00080016: str(req.AffectedSOPClassUID)}
-                self.index.add(Instance(values, transfer_syntax, target))
+                self.index.add(Instance.of(values, transfer_syntax, target))
             with self.lock:
                 self.holdings.setdefault(suid, {})[sop_uid] = digest.hexdigest()
                 self.received_total += 1
@@ -313,7 +313,7 @@ class SimulatedBackend:
         record = {"transaction": transaction, "requester": requester, "committed": len(committed),
                   "failed": len(failed), "delivered": ""}
         if assoc.is_established:
-            rsp = assoc.send_n_event_report(info, event_type, services.STORAGE_COMMITMENT_PUSH, COMMITMENT_INSTANCE)
+            rsp, _ = assoc.send_n_event_report(info, event_type, services.STORAGE_COMMITMENT_PUSH, COMMITMENT_INSTANCE)
             if "Status" in rsp:
                 record["delivered"] = "same association"
         if not record["delivered"]:
@@ -326,7 +326,7 @@ class SimulatedBackend:
     def _report_anew(self, requester: str, info: Dataset, event_type: int) -> str:
         address = self.commitment_requesters.get(requester)
         if address is None:
-            return f"not sent: the association is gone and no address is known for {requester!r} " \
+            return f"not sent: no answer on the requester's association and no address known for {requester!r} " \
                    "(runbackend --commitment-requester AE=host:port)"
         assert self.ae is not None
         assoc = self.ae.associate(
@@ -336,7 +336,7 @@ class SimulatedBackend:
         if not assoc.is_established:
             return f"not sent: {requester} at {address[0]}:{address[1]} did not accept an association"
         try:
-            rsp = assoc.send_n_event_report(info, event_type, services.STORAGE_COMMITMENT_PUSH, COMMITMENT_INSTANCE)
+            rsp, _ = assoc.send_n_event_report(info, event_type, services.STORAGE_COMMITMENT_PUSH, COMMITMENT_INSTANCE)
         finally:
             assoc.release()
         if "Status" not in rsp:
@@ -462,10 +462,10 @@ def http_handler(backend: SimulatedBackend) -> type[BaseHTTPRequestHandler]:
                 if instance is None:
                     return self._json(404, {"error": "not held"})
                 with backend.lock:
-                    study = backend.holdings.get(instance.values[STUDY_UID], {})
+                    study = backend.holdings.get(instance.shared[STUDY_UID], {})
                     study.pop(sop, None)
                     if not study:
-                        backend.holdings.pop(instance.values[STUDY_UID], None)
+                        backend.holdings.pop(instance.shared[STUDY_UID], None)
                 if instance.path is not None:
                     instance.path.unlink(missing_ok=True)
                 return self._json(200, {})

@@ -17,6 +17,7 @@ storage commitment with it.
 from __future__ import annotations
 
 import re
+import sys
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -84,19 +85,28 @@ class QueryError(Exception):
 
 @dataclass(slots=True)
 class Instance:
-    """One stored instance: its indexed attributes, and where its bytes are (if kept)."""
+    """One stored instance: its own attributes, those of its series (one dict shared by the
+    series' instances: a node holding millions of instances in discard mode stays small),
+    and where its bytes are (if kept)."""
 
-    values: dict[int, str]
+    shared: dict[int, str]  # patient, study and series attributes
+    sop_instance_uid: str
+    sop_class_uid: str
+    instance_number: str
     transfer_syntax: str
     path: Path | None = None
 
-    @property
-    def sop_instance_uid(self) -> str:
-        return self.values[SOP_INSTANCE_UID]
+    @classmethod
+    def of(cls, values: dict[int, str], transfer_syntax: str, path: Path | None = None) -> Instance:
+        return cls({tag: v for tag, v in values.items() if INDEXED.get(tag, IMAGE) < IMAGE},
+                   values[SOP_INSTANCE_UID], sys.intern(values.get(SOP_CLASS_UID, "")),
+                   values.get(0x00200013, ""), sys.intern(transfer_syntax), path)
 
     @property
-    def sop_class_uid(self) -> str:
-        return self.values.get(SOP_CLASS_UID, "")
+    def values(self) -> dict[int, str]:
+        own = {SOP_INSTANCE_UID: self.sop_instance_uid, SOP_CLASS_UID: self.sop_class_uid,
+               0x00200013: self.instance_number}
+        return self.shared | {tag: v for tag, v in own.items() if v}
 
 
 def read_header(fp, transfer_syntax: str) -> dict[int, str]:
@@ -227,10 +237,13 @@ class Index:
 
     def add(self, instance: Instance) -> None:
         sop = instance.sop_instance_uid
-        study, series = instance.values[STUDY_UID], instance.values.get(SERIES_UID, "")
+        study, series = instance.shared[STUDY_UID], instance.shared.get(SERIES_UID, "")
         with self.lock:
             self._discard(sop)
-            self.studies.setdefault(study, {}).setdefault(series, {})[sop] = instance
+            instances = self.studies.setdefault(study, {}).setdefault(series, {})
+            if instances:  # the series' attributes as its first instance gave them, held once
+                instance.shared = next(iter(instances.values())).shared
+            instances[sop] = instance
             self.where[sop] = (study, series)
 
     def remove(self, sop: str) -> Instance | None:
@@ -299,7 +312,7 @@ class Index:
         patients: dict[str, list[dict[str, list[Instance]]]] = {}
         for _, series in snapshot:
             first = next(iter(series.values()))[0]
-            patients.setdefault(first.values.get(PATIENT_ID, ""), []).append(series)
+            patients.setdefault(first.shared.get(PATIENT_ID, ""), []).append(series)
         for studies in patients.values():
             everything = [i for series in studies for instances in series.values() for i in instances]
             attrs = _attributes(everything[0], PATIENT) | {
@@ -332,12 +345,14 @@ class Index:
 
 
 def _attributes(instance: Instance, level: int) -> dict[int, str]:
-    return {tag: value for tag, value in instance.values.items() if INDEXED[tag] <= level}
+    if level == IMAGE:
+        return instance.values
+    return {tag: value for tag, value in instance.shared.items() if INDEXED[tag] <= level}
 
 
 def _study_counts(series: dict[str, list[Instance]]) -> dict[int, str]:
     everything = [i for instances in series.values() for i in instances]
-    modalities = dict.fromkeys(i.values.get(0x00080060, "") for i in everything)
+    modalities = dict.fromkeys(i.shared.get(0x00080060, "") for i in everything)
     classes = dict.fromkeys(i.sop_class_uid for i in everything)
     return {0x00080061: "\\".join(m for m in modalities if m), 0x00080062: "\\".join(c for c in classes if c),
             0x00201206: str(len(series)), 0x00201208: str(len(everything))}
