@@ -66,8 +66,6 @@ NO_SUCH_ACTION = 0x0123  # N-ACTION: No such action type
 INVALID_OBJECT_INSTANCE = 0x0117  # N-ACTION: Invalid SOP instance
 NOT_KEPT = "discard mode: no data sets kept (runbackend --store-dir)"
 UNCOMPRESSED = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
-QUERY_RETRIEVE = (services.STUDY_ROOT_FIND, services.PATIENT_ROOT_FIND, services.STUDY_ROOT_MOVE,
-                  services.PATIENT_ROOT_MOVE, services.STUDY_ROOT_GET, services.PATIENT_ROOT_GET)
 
 
 def parse_address(text: str) -> tuple[str, tuple[str, int]]:
@@ -486,8 +484,11 @@ def serve(
     max_pdu: int = 262144,
     move_destinations: dict[str, tuple[str, int]] | None = None,
     commitment_requesters: dict[str, tuple[str, int]] | None = None,
+    offered: tuple[str, ...] = tuple(services.SERVICE_CLASSES),
 ) -> None:
-    """Run a simulated backend until SIGTERM or SIGINT; ``announce`` gets the ready line."""
+    """Run a simulated backend until SIGTERM or SIGINT; ``announce`` gets the ready line.
+    ``offered`` names the services besides storage and C-ECHO it accepts (the keys of
+    ``routing.dicom.services.SERVICE_CLASSES``): a node without them refuses their contexts."""
     _config.UNRESTRICTED_STORAGE_SERVICE = True  # take any storage SOP class, private ones too
     _config.STORE_RECV_CHUNKED_DATASET = True  # data sets go to a file, never whole into memory
     _config.LOG_HANDLER_LEVEL = "none"
@@ -502,10 +503,13 @@ def serve(
     ae.dimse_timeout = ae.network_timeout = 600
     ae.acse_timeout = ae.connection_timeout = 30  # its own associations: move destinations, requesters
     ae.add_supported_context(Verification)
-    for abstract in QUERY_RETRIEVE:
-        ae.add_supported_context(abstract)
-    # Either role: a requester that offers the SCP role may get its report on this association.
-    ae.add_supported_context(services.STORAGE_COMMITMENT_PUSH, scu_role=True, scp_role=True)
+    for name in offered:
+        for abstract in services.SERVICE_CLASSES[name]:
+            if abstract == services.STORAGE_COMMITMENT_PUSH:
+                # Either role: a requester that offers the SCP role may get its report on this association.
+                ae.add_supported_context(abstract, scu_role=True, scp_role=True)
+            else:
+                ae.add_supported_context(abstract)
     handlers = [
         (evt.EVT_CONN_OPEN, tune_pynetdicom),
         (evt.EVT_C_ECHO, handle_echo),
@@ -527,8 +531,10 @@ def serve(
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *a: stop.set())
     signal.signal(signal.SIGINT, lambda *a: stop.set())
-    served = "storage, C-FIND, C-MOVE (" + (", ".join(f"{t}={h}:{p}" for t, (h, p) in backend.move_destinations.items())
-                                            or "no destination") + "), C-GET, storage commitment"
+    names = {"find": "C-FIND", "get": "C-GET", "storage_commitment": "storage commitment",
+             "move": "C-MOVE (" + (", ".join(f"{t}={h}:{p}" for t, (h, p) in backend.move_destinations.items())
+                                   or "no destination") + ")"}
+    served = ", ".join(["storage", *(names[name] for name in offered)])
     announce(f"runbackend ready: {ae_title}@{host}:{port} http:{http_port} serving {served}"
              f"{'' if store_dir is not None else ' (discard mode: C-MOVE/C-GET fail, no data kept)'}")
     stop.wait()

@@ -9,6 +9,18 @@ from django.core.management.base import BaseCommand, CommandError
 
 from routing.simulators import SimulatorError, backend
 
+SERVICES = {"find": "find", "move": "move", "get": "get", "commitment": "storage_commitment"}
+
+
+def _services(text: str) -> tuple[str, ...]:
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if names == ["none"]:
+        return ()
+    unknown = [n for n in names if n not in SERVICES]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"{', '.join(unknown)}: expected none, or some of {', '.join(SERVICES)}")
+    return tuple(SERVICES[n] for n in dict.fromkeys(names))
+
 
 def _address(text: str) -> tuple[str, tuple[str, int]]:
     try:
@@ -54,6 +66,10 @@ class Command(BaseCommand):
                             help="a C-FIND result cap, as a capped PACS has (Orthanc's LimitFindResults): a query "
                                  "with more than N matches gets N Pending responses, then 0xFE00 (matching "
                                  "terminated) although nobody cancelled; 0 (default): no cap")
+        parser.add_argument("--services", type=_services, default=tuple(SERVICES.values()),
+                            help="the services besides storage and C-ECHO this node offers, comma-separated: "
+                                 f"{','.join(SERVICES)} (default: all), or none (a storage-only node: their "
+                                 "presentation contexts are refused)")
         parser.add_argument("--commitment-delay-ms", type=float, default=200,
                             help="how long after the N-ACTION-RSP the storage commitment report is sent")
 
@@ -82,6 +98,7 @@ class Command(BaseCommand):
                 max_pdu=o["max_pdu"],
                 move_destinations=dict(o["move_destination"]),
                 commitment_requesters=dict(o["commitment_requester"]),
+                offered=o["services"],
             )
         except SimulatorError as exc:
             raise CommandError(str(exc)) from None
