@@ -16,10 +16,11 @@ storage commitment with it.
 
 from __future__ import annotations
 
+import bisect
 import re
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -46,6 +47,7 @@ RETRIEVE_AE_TITLE = 0x00080054
 SOP_CLASS_UID, SOP_INSTANCE_UID = 0x00080016, 0x00080018
 STUDY_UID, SERIES_UID = 0x0020000D, 0x0020000E
 PATIENT_ID = 0x00100020
+STUDY_DATE = 0x00080020
 UNIQUE_KEYS = (PATIENT_ID, STUDY_UID, SERIES_UID, SOP_INSTANCE_UID)  # per level
 
 # The attributes read from each stored instance: tag -> level.
@@ -132,6 +134,8 @@ class Query:
     matching: dict[int, str] = field(default_factory=dict)
     returned: dict[int, str] = field(default_factory=dict)  # tag -> VR, in the request's order
     unsupported: bool = False  # a key with a value that is not indexed (Pending 0xFF01)
+    # The matching keys by level, each with its test: {level: [(tag, predicate)]}.
+    tests: dict[int, list[tuple[int, Callable[[str], bool]]]] = field(default_factory=dict)
 
     @classmethod
     def parse(cls, identifier: Dataset, sop_class: str, *, retrieve: bool = False) -> Query:
@@ -161,6 +165,9 @@ class Query:
                 query.unsupported = True
                 continue
             query.matching[tag] = _checked(tag, value)
+        for tag, value in query.matching.items():
+            level = STUDY if INDEXED[tag] < STUDY and query.level != PATIENT else INDEXED[tag]
+            query.tests.setdefault(level, []).append((tag, predicate(tag, value)))
         if retrieve:
             key = UNIQUE_KEYS[query.level]
             if key not in query.matching:
@@ -202,28 +209,37 @@ def _wildcard(pattern: str, *, ignore_case: bool) -> re.Pattern[str]:
     return re.compile(body, re.IGNORECASE | re.DOTALL if ignore_case else re.DOTALL)
 
 
-def matches(tag: int, wanted: str, value: str) -> bool:
-    """Does ``value`` (possibly multi-valued) match the key ``wanted`` (PS3.4 C.2.2.2)?"""
-    values = value.split("\\") if value else [""]
+def predicate(tag: int, wanted: str) -> Callable[[str], bool]:
+    """Whether a stored value (possibly multi-valued) matches the key ``wanted`` (PS3.4 C.2.2.2)."""
     if tag in UID_TAGS:
-        return bool(set(wanted.split("\\")) & set(values))
+        listed = frozenset(wanted.split("\\"))
+        return lambda value: value in listed or ("\\" in value and bool(listed & set(value.split("\\"))))
     if tag in DATE_TAGS or tag in TIME_TAGS:
-        def norm(v: str) -> str:
-            return v.replace(":", "")
-        for item in wanted.split("\\"):
-            low, dash, high = (norm(p) for p in item.partition("-"))
-            for v in map(norm, values):
-                if not v:
-                    continue
-                if not dash and (v == low or (tag in TIME_TAGS and v.startswith(low))):
-                    return True
-                if dash and (not low or v >= low) and (not high or v[:len(high)] <= high):
-                    return True
-        return False
+        ranges = [tuple(p.replace(":", "") for p in item.partition("-")) for item in wanted.split("\\")]
+        is_time = tag in TIME_TAGS
+
+        def in_range(value: str) -> bool:
+            for v in value.replace(":", "").split("\\"):
+                for low, dash, high in ranges:
+                    if not v:
+                        continue
+                    if not dash and (v == low or (is_time and v.startswith(low))):
+                        return True
+                    if dash and (not low or v >= low) and (not high or v[:len(high)] <= high):
+                        return True
+            return False
+        return in_range
     if tag in NUMBER_TAGS:
-        return any(v.strip().lstrip("+") == w.strip().lstrip("+") for w in wanted.split("\\") for v in values)
-    alternatives = [wanted] if tag in PERSON_NAME_TAGS else wanted.split("\\")
-    return any(_wildcard(w, ignore_case=tag in PERSON_NAME_TAGS).fullmatch(v) for w in alternatives for v in values)
+        numbers = {w.strip().lstrip("+") for w in wanted.split("\\")}
+        return lambda value: any(v.strip().lstrip("+") in numbers for v in value.split("\\"))
+    person = tag in PERSON_NAME_TAGS
+    patterns = [_wildcard(w, ignore_case=person) for w in ([wanted] if person else wanted.split("\\"))]
+    return lambda value: any(p.fullmatch(v) for p in patterns for v in (value.split("\\") if value else [""]))
+
+
+def matches(tag: int, wanted: str, value: str) -> bool:
+    """Does ``value`` (possibly multi-valued) match the key ``wanted``?"""
+    return predicate(tag, wanted)(value)
 
 
 class Index:
@@ -234,12 +250,24 @@ class Index:
         # study UID -> series UID -> SOP instance UID -> Instance
         self.studies: dict[str, dict[str, dict[str, Instance]]] = {}
         self.where: dict[str, tuple[str, str]] = {}  # SOP instance UID -> (study, series)
+        # Study Date -> study UIDs, and the dates in order: a date-range query (a ledger
+        # walking date windows) reads only the studies in its window.
+        self.dates: dict[str, set[str]] = {}
+        self.sorted_dates: list[str] = []
+        self.study_date: dict[str, str] = {}
 
     def add(self, instance: Instance) -> None:
         sop = instance.sop_instance_uid
         study, series = instance.shared[STUDY_UID], instance.shared.get(SERIES_UID, "")
         with self.lock:
             self._discard(sop)
+            if study not in self.studies:
+                date = instance.shared.get(STUDY_DATE, "")
+                self.study_date[study] = date
+                if date not in self.dates:
+                    self.dates[date] = set()
+                    bisect.insort(self.sorted_dates, date)
+                self.dates[date].add(study)
             instances = self.studies.setdefault(study, {}).setdefault(series, {})
             if instances:  # the series' attributes as its first instance gave them, held once
                 instance.shared = next(iter(instances.values())).shared
@@ -261,12 +289,20 @@ class Index:
             del self.studies[study][series]
             if not self.studies[study]:
                 del self.studies[study]
+                date = self.study_date.pop(study)
+                self.dates[date].discard(study)
+                if not self.dates[date]:
+                    del self.dates[date]
+                    self.sorted_dates.remove(date)
         return instance
 
     def clear(self) -> None:
         with self.lock:
             self.studies.clear()
             self.where.clear()
+            self.dates.clear()
+            self.sorted_dates.clear()
+            self.study_date.clear()
 
     def get(self, sop: str) -> Instance | None:
         with self.lock:
@@ -277,22 +313,32 @@ class Index:
     def find(self, query: Query) -> Iterator[tuple[dict[int, str], list[Instance]]]:
         """Each match at the query's level: its attributes (stored and counted) and the
         instances under it. Reads a snapshot, so stores may go on meanwhile."""
-        with self.lock:
+        with self.lock:  # study keys are matched here, so only matching studies are copied
             wanted = query.matching.get(STUDY_UID)
+            window = query.matching.get(STUDY_DATE, "\\")
             if wanted:
-                studies = [(s, self.studies[s]) for s in dict.fromkeys(wanted.split("\\")) if s in self.studies]
+                studies = [self.studies[s] for s in dict.fromkeys(wanted.split("\\")) if s in self.studies]
+            elif query.level != PATIENT and "\\" not in window:
+                low, dash, high = window.partition("-")
+                if not dash:
+                    low = high = low
+                start = bisect.bisect_left(self.sorted_dates, low)
+                end = bisect.bisect_right(self.sorted_dates, high + "\U0010ffff") if high else len(self.sorted_dates)
+                studies = [self.studies[s] for d in self.sorted_dates[start:end] for s in self.dates[d]]
             else:
-                studies = list(self.studies.items())
-            snapshot = [(suid, {ser: list(insts.values()) for ser, insts in series.items()})
-                        for suid, series in studies]
+                studies = list(self.studies.values())
+            snapshot = []
+            for series in studies:
+                first = next(iter(next(iter(series.values())).values()))
+                if query.level == PATIENT or _match(query, first.shared, STUDY):
+                    snapshot.append((_attributes(first, STUDY),
+                                     {ser: list(insts.values()) for ser, insts in series.items()}))
         if query.level == PATIENT:
-            yield from self._patients(query, snapshot)
+            yield from self._patients(query, [series for _, series in snapshot])
             return
-        for _, series in snapshot:
+        for study, series in snapshot:
             everything = [i for instances in series.values() for i in instances]
-            study = _attributes(everything[0], STUDY) | _study_counts(series)
-            if not _match(query, study, STUDY):
-                continue
+            study |= _study_counts(series)
             if query.level == STUDY:
                 yield study, everything
                 continue
@@ -308,9 +354,10 @@ class Index:
                     if _match(query, attrs, IMAGE):
                         yield attrs, [instance]
 
-    def _patients(self, query: Query, snapshot) -> Iterator[tuple[dict[int, str], list[Instance]]]:
+    def _patients(self, query: Query, snapshot: list[dict[str, list[Instance]]]
+                  ) -> Iterator[tuple[dict[int, str], list[Instance]]]:
         patients: dict[str, list[dict[str, list[Instance]]]] = {}
-        for _, series in snapshot:
+        for series in snapshot:
             first = next(iter(series.values()))[0]
             patients.setdefault(first.shared.get(PATIENT_ID, ""), []).append(series)
         for studies in patients.values():
@@ -361,9 +408,4 @@ def _study_counts(series: dict[str, list[Instance]]) -> dict[int, str]:
 def _match(query: Query, attrs: dict[int, str], level: int) -> bool:
     """The keys of ``level`` all match (at STUDY, the patient's keys too: studies are
     matched without a patient step)."""
-    for tag, wanted in query.matching.items():
-        key_level = INDEXED[tag]
-        if key_level == level or (level == STUDY and key_level < STUDY):
-            if not matches(tag, wanted, attrs.get(tag, "")):
-                return False
-    return True
+    return all(test(attrs.get(tag, "")) for tag, test in query.tests.get(level, ()))
