@@ -19,10 +19,13 @@ discard mode):
   on a new association to the address it was told for that AE title
   (``--commitment-requester AE=host:port``), proposing the SCP role.
 
-An HTTP side serves the native /api/health contract, what it holds (per study: SOP
-instance UIDs and a SHA-256 of each data set's bytes), the commitment reports it sent, and
-runtime knobs (latency, queue depth, forced status, abort, health answer, find limit,
-commitment delay).
+An HTTP side serves the native /api/health contract, what it holds (``GET /api/holdings``,
+per study: SOP instance UIDs and a SHA-256 of each data set's bytes), the commitment
+reports it sent (``GET /api/commitments``) and runtime knobs (``POST /api/control``:
+latency, queue depth, forced status, abort, health answer, ``find_limit``,
+``commitment_delay_ms``). ``POST /api/instances`` indexes instances it never received (a
+node holding 100,000 studies for a benchmark, in a second); ``DELETE /api/instances/<SOP
+Instance UID>`` loses one, as a node that loses data; ``DELETE /api/holdings`` forgets all.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from pydicom import dcmread
+from pydicom.datadict import keyword_for_tag
 from pydicom.dataset import Dataset
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, _config, build_context, build_role, evt
@@ -52,7 +56,18 @@ from routing.dicom import services, status, uids
 from routing.dicom.netopts import tune_pynetdicom
 from routing.dicom.status import SUCCESS, is_success
 from routing.simulators import SimulatorError
-from routing.simulators.index import STUDY_UID, Index, Instance, Query, QueryError, read_header
+from routing.simulators.index import (
+    INDEXED,
+    SOP_CLASS_UID,
+    SOP_INSTANCE_UID,
+    STUDY_UID,
+    UID_TAGS,
+    Index,
+    Instance,
+    Query,
+    QueryError,
+    read_header,
+)
 
 T = TypeVar("T")
 
@@ -66,6 +81,7 @@ NO_SUCH_ACTION = 0x0123  # N-ACTION: No such action type
 INVALID_OBJECT_INSTANCE = 0x0117  # N-ACTION: Invalid SOP instance
 NOT_KEPT = "discard mode: no data sets kept (runbackend --store-dir)"
 UNCOMPRESSED = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
+SEED_KEYWORDS = {keyword_for_tag(tag): tag for tag in INDEXED}  # POST /api/instances
 
 
 def parse_address(text: str) -> tuple[str, tuple[str, int]]:
@@ -167,6 +183,37 @@ class SimulatedBackend:
         if knobs.get("error_comment"):
             rsp.ErrorComment = knobs["error_comment"]
         return rsp
+
+    def seed(self, rows: Any) -> int:
+        """Index instances without receiving them (as discard mode would have): a list of
+        objects keyed by DICOM keyword, StudyInstanceUID and SOPInstanceUID required. For
+        benchmarks and tests that need a node holding many studies; ValueError names the
+        first bad row, and nothing is added then."""
+        if not isinstance(rows, list):
+            raise ValueError("expected a JSON list of objects")
+        instances = []
+        for n, row in enumerate(rows):
+            if not isinstance(row, dict) or not all(isinstance(v, str) for v in row.values()):
+                raise ValueError(f"row {n}: expected an object of strings")
+            values = {}
+            for keyword, value in row.items():
+                tag = SEED_KEYWORDS.get(keyword)
+                if tag is None:
+                    raise ValueError(f"row {n}: {keyword!r} is not one of {', '.join(SEED_KEYWORDS)}")
+                if len(value) > 64 or (tag in UID_TAGS and value and uids.uid_problem(value)):
+                    raise ValueError(f"row {n}: {keyword} {uids.shown(value)} is invalid")
+                if value:
+                    values[tag] = value
+            if STUDY_UID not in values or SOP_INSTANCE_UID not in values:
+                raise ValueError(f"row {n}: StudyInstanceUID and SOPInstanceUID are required")
+            values.setdefault(SOP_CLASS_UID, "1.2.840.10008.5.1.4.1.1.7")  # Secondary Capture
+            instances.append(Instance.of(values, ExplicitVRLittleEndian))
+        for instance in instances:
+            self.index.add(instance)
+        with self.lock:
+            for instance in instances:
+                self.holdings.setdefault(instance.shared[STUDY_UID], {})[instance.sop_instance_uid] = ""
+        return len(instances)
 
     # -- query / retrieve --------------------------------------------------------------------
     def _query(self, event: evt.Event, *, retrieve: bool) -> Query:
@@ -433,6 +480,13 @@ def http_handler(backend: SimulatedBackend) -> type[BaseHTTPRequestHandler]:
             return self._json(404, {"error": "not found"})
 
         def do_POST(self):
+            if self.path == "/api/instances":
+                length = int(self.headers.get("Content-Length", 0))
+                try:
+                    added = backend.seed(json.loads(self.rfile.read(length) or b"[]"))
+                except ValueError as exc:
+                    return self._json(400, {"error": str(exc)})
+                return self._json(200, {"added": added})
             if self.path != "/api/control":
                 return self._json(404, {"error": "not found"})
             length = int(self.headers.get("Content-Length", 0))

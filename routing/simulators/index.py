@@ -101,8 +101,8 @@ class Instance:
     @classmethod
     def of(cls, values: dict[int, str], transfer_syntax: str, path: Path | None = None) -> Instance:
         return cls({tag: v for tag, v in values.items() if INDEXED.get(tag, IMAGE) < IMAGE},
-                   values[SOP_INSTANCE_UID], sys.intern(values.get(SOP_CLASS_UID, "")),
-                   values.get(0x00200013, ""), sys.intern(transfer_syntax), path)
+                   values[SOP_INSTANCE_UID], sys.intern(str(values.get(SOP_CLASS_UID, ""))),
+                   values.get(0x00200013, ""), sys.intern(str(transfer_syntax)), path)
 
     @property
     def values(self) -> dict[int, str]:

@@ -342,6 +342,27 @@ def test_discard_mode_answers_a_retrieve_0xa702_with_a_comment_and_every_instanc
     assert set(identifier.FailedSOPInstanceUIDList) == _sops(files)
 
 
+def test_a_node_seeded_over_http_answers_date_windows_and_forgets_a_lost_instance(discarding):
+    backend, _ = discarding
+    rows = [{"StudyInstanceUID": f"2.25.{n}", "SOPInstanceUID": f"2.25.{n}.{k}", "StudyDate": f"199901{1 + n % 28:02d}",
+             "PatientID": f"SEED{n}"} for n in range(500) for k in range(2)]
+    assert requests.post(f"{backend.url}/api/instances", json=rows, timeout=30).json() == {"added": 1000}
+    bad = requests.post(f"{backend.url}/api/instances", json=[{"StudyInstanceUID": "1.2.x", "SOPInstanceUID": "1.2"}],
+                        timeout=5)
+    assert bad.status_code == 400 and "row 0: StudyInstanceUID '1.2.x' is invalid" in bad.text
+    backend.control(find_limit=0)
+    try:
+        window = _find(backend, QueryRetrieveLevel="STUDY", StudyInstanceUID="", StudyDate="19990103-19990104",
+                       NumberOfStudyRelatedInstances="")
+        requests.delete(f"{backend.url}/api/instances/2.25.2.0", timeout=5).raise_for_status()
+        after = _find(backend, QueryRetrieveLevel="STUDY", StudyInstanceUID="2.25.2", NumberOfStudyRelatedInstances="")
+    finally:
+        backend.control(find_limit=2)
+    matched = {str(ds.StudyInstanceUID): int(ds.NumberOfStudyRelatedInstances) for code, ds in window if code == 0xFF00}
+    assert matched == {f"2.25.{n}": 2 for n in range(500) if n % 28 in (2, 3)}
+    assert [(code, int(ds.NumberOfStudyRelatedInstances)) for code, ds in after if code == 0xFF00] == [(0xFF00, 1)]
+
+
 def test_an_invalid_uid_key_is_refused_0xa900(discarding):
     backend, _ = discarding
     [(code, _)] = _find(backend, QueryRetrieveLevel="STUDY", StudyInstanceUID="1.2.abc")
