@@ -363,6 +363,7 @@ def test_a_node_seeded_over_http_answers_date_windows_and_forgets_a_lost_instanc
     assert [(code, int(ds.NumberOfStudyRelatedInstances)) for code, ds in after if code == 0xFF00] == [(0xFF00, 1)]
 
 
+@pytest.mark.filterwarnings("ignore:Invalid value for VR UI")  # pydicom, about the UID this test sends
 def test_an_invalid_uid_key_is_refused_0xa900(discarding):
     backend, _ = discarding
     [(code, _)] = _find(backend, QueryRetrieveLevel="STUDY", StudyInstanceUID="1.2.abc")
@@ -379,17 +380,29 @@ def _taken(port: int) -> bool:
 
 def test_the_readme_quick_start_lines_work_against_the_demo(cluster, tmp_path):
     """The README's storescu, echoscu, findscu, getscu and movescu lines, run as written
-    by bash, with the demo's ports chosen free, a study folder, and a UID findscu printed."""
+    by bash, with the demo's ports chosen free, a study folder, and a UID findscu printed;
+    then storage commitment through the demo, and the dashboard's counters of each service."""
     for tool in ("storescu", "echoscu", "findscu", "getscu", "movescu"):
         require_tool(tool, "dcmtk")
     dicom_port, http_port, move_port = free_port(), free_port(), free_port()
     base = random.randrange(20000, 32000 - 200)  # below the ephemeral range, as the demo test does
     while any(_taken(base + n) for n in (1, 2, 3, 101, 102, 103)):
         base = random.randrange(20000, 32000 - 200)
-    demo = cluster.process(
-        "demo", [PYTHON, "manage.py", "demo", "--dicom-port", str(dicom_port), "--http", f"127.0.0.1:{http_port}",
-                 "--backend-base-port", str(base), "--move-destination", f"MOVESCU=127.0.0.1:{move_port}"],
-        ready="runproxy ready")
+    requester = CommitmentRequester(free_port())
+    request_addr = f"COMMITSCU=127.0.0.1:{requester.port}"
+    try:
+        demo = cluster.process(
+            "demo", [PYTHON, "manage.py", "demo", "--dicom-port", str(dicom_port), "--http", f"127.0.0.1:{http_port}",
+                     "--backend-base-port", str(base), "--move-destination", f"MOVESCU=127.0.0.1:{move_port}",
+                     "--commitment-requester", request_addr],
+            ready="runproxy ready")
+        _readme_lines_against(demo, dicom_port, http_port, move_port, requester, tmp_path)
+    finally:
+        requester.stop()
+
+
+def _readme_lines_against(demo, dicom_port: int, http_port: int, move_port: int, requester: CommitmentRequester,
+                          tmp_path: Path) -> None:
     token = re.search(r"Authorization: Token (\w+)", demo.log()).group(1)
     assert "services: none" not in demo.log()
     suid, files = write_study(tmp_path / "study", count=2)
@@ -420,9 +433,19 @@ def test_the_readme_quick_start_lines_work_against_the_demo(cluster, tmp_path):
         return requests.get(f"http://127.0.0.1:{http_port}/api/status", timeout=5,
                             headers={"Authorization": f"Token {token}"}).json()["counters"]["operations"]
 
+    # Storage commitment through the demo: reported on the requester's association, or, once it
+    # has released, on a new one to the address the demo told its backends.
+    wait_for(lambda: _instances_located(_sops(files)), timeout=10, what="the instance locations to be written")
+    on_association = requester.request(dicom_port, _references(files), open_until=lambda: requester.reports)
+    assert on_association == 0x0000
+    assert requester.request(dicom_port, _references(files, "1.2.3.4.5.6")) == 0x0000
+    wait_for(lambda: len(requester.reports) == 2, timeout=15, what="the second report, on a new association")
+    assert [(how, {str(i.ReferencedSOPInstanceUID) for i in r.ReferencedSOPSequence}) for how, r in requester.reports] \
+        == [("same association", _sops(files)), ("new association", _sops(files))]
+
     counted = wait_for(lambda: (lambda ops: ops if all(ops.get(s, {}).get("success") for s in
-                                                       ("C-FIND", "C-GET", "C-MOVE")) else None)(operations()),
-                       timeout=15, what="the dashboard's counters to show the query and the retrieves")
+                                                       ("C-FIND", "C-GET", "C-MOVE", "N-ACTION")) else None)(
+                           operations()), timeout=15, what="the dashboard's counters to show every service")
     assert counted["C-MOVE"]["success"] >= 1
 
 
