@@ -3,7 +3,7 @@ the benchmarks.
 
 A Storage SCP that stores what it receives to a folder (or discards it), and serves what a
 PACS node serves from what it holds (``routing.simulators.index``, kept in memory, also in
-discard mode):
+discard mode; rebuilt at start from the files an earlier run stored):
 
 - **C-FIND** (Study Root and Patient Root) at every level, with counts such as
   NumberOfStudyRelatedInstances. An optional result cap (``find_limit``) ends a query with
@@ -183,6 +183,38 @@ class SimulatedBackend:
         if knobs.get("error_comment"):
             rsp.ErrorComment = knobs["error_comment"]
         return rsp
+
+    def reload(self) -> int:
+        """Index what an earlier run stored under ``store_dir`` (a restarted node still holds
+        its files); unreadable files are logged and left out. Returns how many were indexed."""
+        if self.store_dir is None:
+            return 0
+        count = 0
+        for path in sorted(self.store_dir.glob("*/*.dcm")):
+            try:
+                meta, offset = split_dataset(path)
+                transfer_syntax = str(meta.TransferSyntaxUID)
+                sop, sop_class = str(meta.MediaStorageSOPInstanceUID), str(meta.MediaStorageSOPClassUID)
+                digest = hashlib.sha256()
+                with open(path, "rb") as fp:
+                    fp.seek(offset)
+                    values = read_header(fp, transfer_syntax)
+                    fp.seek(offset)
+                    while chunk := fp.read(1 << 20):
+                        digest.update(chunk)
+            except Exception as exc:  # pydicom raises many types on a file that is not DICOM
+                logger.warning("%s: %s left out of the index: %s", self.ae_title, path, exc)
+                continue
+            suid = values.get(STUDY_UID, "")
+            if uids.uid_problem(suid) or uids.uid_problem(sop) or uids.uid_problem(sop_class):
+                logger.warning("%s: %s left out of the index: no valid Study/SOP UIDs", self.ae_title, path)
+                continue
+            self.index.add(Instance.of(values | {SOP_INSTANCE_UID: sop, SOP_CLASS_UID: sop_class},
+                                       transfer_syntax, path))
+            with self.lock:
+                self.holdings.setdefault(suid, {})[sop] = digest.hexdigest()
+            count += 1
+        return count
 
     def seed(self, rows: Any) -> int:
         """Index instances without receiving them (as discard mode would have): a list of
@@ -550,6 +582,7 @@ def serve(
         store_dir.mkdir(parents=True, exist_ok=True)  # /api/health reports its free space
     backend = SimulatedBackend(store_dir=store_dir, knobs=knobs, ae_title=ae_title,
                                move_destinations=move_destinations, commitment_requesters=commitment_requesters)
+    reloaded = backend.reload()
     ae = AE(ae_title=ae_title)
     backend.ae = ae
     ae.maximum_associations = 64
@@ -589,8 +622,9 @@ def serve(
              "move": "C-MOVE (" + (", ".join(f"{t}={h}:{p}" for t, (h, p) in backend.move_destinations.items())
                                    or "no destination") + ")"}
     served = ", ".join(["storage", *(names[name] for name in offered)])
-    announce(f"runbackend ready: {ae_title}@{host}:{port} http:{http_port} serving {served}"
-             f"{'' if store_dir is not None else ' (discard mode: C-MOVE/C-GET fail, no data kept)'}")
+    kept = f"; {reloaded} instances found in {store_dir}" if store_dir is not None else \
+        " (discard mode: C-MOVE/C-GET fail, no data kept)"
+    announce(f"runbackend ready: {ae_title}@{host}:{port} http:{http_port} serving {served}{kept}")
     stop.wait()
     server.shutdown()
     http.shutdown()

@@ -370,6 +370,20 @@ def test_an_invalid_uid_key_is_refused_0xa900(discarding):
     assert code == 0xA900
 
 
+def test_a_restarted_node_still_holds_what_it_stored(cluster, tmp_path):
+    backend = cluster.backend("node-r", store=True)
+    suid, files = write_study(tmp_path / "s", count=2, study_date="20240301")
+    assert [s.status for s in send_files(backend.port, files, called_ae=backend.ae_title)] == [0, 0]
+    before = backend.holdings()
+    backend.process.stop()
+    backend.process.start()
+    assert "2 instances found in" in backend.process.log()
+    assert backend.holdings() == before == {suid: {dcmread(p).SOPInstanceUID: dataset_digest(p) for p in files}}
+    [(code, ds), _] = _find(backend, QueryRetrieveLevel="STUDY", StudyInstanceUID="", StudyDate="20240301",
+                            NumberOfStudyRelatedInstances="")
+    assert (code, str(ds.StudyInstanceUID), int(ds.NumberOfStudyRelatedInstances)) == (0xFF00, suid, 2)
+
+
 # -- the README's quick start against the demo ----------------------------------------
 
 
