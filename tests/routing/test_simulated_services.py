@@ -118,11 +118,11 @@ def pool(tmp_path_factory):
         cluster.stop_all()
 
 
-def _findscu(port: int, cwd: Path, *keys: str, called_ae: str = "SYNTHIQ") -> tuple[subprocess.CompletedProcess,
-                                                                                    list[Dataset]]:
+def _findscu(port: int, cwd: Path, *keys: str, called_ae: str = "SYNTHIQ", model: str = "-S"
+             ) -> tuple[subprocess.CompletedProcess, list[Dataset]]:
     exe = require_tool("findscu", "dcmtk")
     cwd.mkdir(parents=True, exist_ok=True)
-    args = [exe, "-S", "-X", "-aet", "FINDSCU", "-aec", called_ae]
+    args = [exe, model, "-X", "-aet", "FINDSCU", "-aec", called_ae]
     for key in keys:
         args += ["-k", key]
     result = subprocess.run([*args, "127.0.0.1", str(port)], cwd=cwd, capture_output=True, text=True, timeout=60)
@@ -179,6 +179,17 @@ def test_findscu_through_synthiq_by_date_range_and_at_image_level(pool, tmp_path
     _, images = _findscu(proxy.port, tmp_path / "images", "QueryRetrieveLevel=IMAGE", f"StudyInstanceUID={suid}",
                          "SOPInstanceUID")
     assert {str(r.SOPInstanceUID) for r in images} == _sops(files)
+
+
+def test_findscu_through_synthiq_with_the_patient_root_model(pool, tmp_path):
+    _, proxy, _, studies, _ = pool
+    _, patients = _findscu(proxy.port, tmp_path / "patients", "QueryRetrieveLevel=PATIENT", "PatientID=SIM1",
+                           "NumberOfPatientRelatedStudies", "NumberOfPatientRelatedInstances", model="-P")
+    assert [(r.PatientID, int(r.NumberOfPatientRelatedStudies), int(r.NumberOfPatientRelatedInstances))
+            for r in patients] == [("SIM1", 1, 3)]
+    _, found = _findscu(proxy.port, tmp_path / "studies", "QueryRetrieveLevel=STUDY", "PatientID=SIM1",
+                        "StudyInstanceUID", model="-P")
+    assert [str(r.StudyInstanceUID) for r in found] == [list(studies)[1]]
 
 
 def test_movescu_through_synthiq_delivers_the_study_unchanged_to_the_destination(pool):
