@@ -22,14 +22,24 @@ from routing.simulators import SimulatorError
 from routing.simulators.processes import ROOT, port_open
 
 NODES = ("a", "b", "c")
+# Where the simulated backends send a C-MOVE by default: to DCMTK's movescu, which receives
+# the instances itself when started with --port 11114 (the README's example).
+MOVE_DESTINATION = "MOVESCU=127.0.0.1:11114"
 
 
-def demo_run(*, dicom_port: int, http: str, backend_base_port: int, announce: Callable[[str], None]) -> None:
+def demo_run(*, dicom_port: int, http: str, backend_base_port: int, announce: Callable[[str], None],
+             move_destinations: list[str] | None = None, commitment_requesters: list[str] | None = None) -> None:
     """Start the simulated backends, then run runproxy in this process until it stops.
 
     Backend n (1..3) listens on ``backend_base_port + n`` for DICOM and ``+ 100 + n`` for
-    HTTP; node-c is a liveness backend, so the demo shows both kinds of load.
+    HTTP; node-c is a liveness backend, so the demo shows both kinds of load. Every backend
+    stores what it receives, answers C-FIND, C-GET and storage commitment, and sends a
+    C-MOVE to the ``move_destinations`` (``AE=host:port``; default MOVESCU at 127.0.0.1:11114);
+    a commitment report whose requester has released goes to ``commitment_requesters``.
     """
+    move_destinations = [MOVE_DESTINATION] if move_destinations is None else move_destinations
+    services = [arg for text in move_destinations for arg in ("--move-destination", text)]
+    services += [arg for text in commitment_requesters or [] for arg in ("--commitment-requester", text)]
     _ports_free(dicom_port=dicom_port, http=http, backend_base_port=backend_base_port)
     connection.ensure_connection()  # an unusable database is one line (manage.py) before any process starts
     config: dict[str, Any] = {
@@ -53,7 +63,7 @@ def demo_run(*, dicom_port: int, http: str, backend_base_port: int, announce: Ca
             store = settings.VAR_DIR / "demo-store" / f"node-{name}"
             children.append(subprocess.Popen(
                 [sys.executable, "manage.py", "runbackend", "--ae-title", ae, "--port", str(port),
-                 "--http-port", str(http_port), "--store-dir", str(store)],
+                 "--http-port", str(http_port), "--store-dir", str(store), *services],
                 cwd=ROOT,
             ))
         _wait_listening([b["Port"] for b in config["Pools"][0]["Backends"]], children)
@@ -64,6 +74,8 @@ def demo_run(*, dicom_port: int, http: str, backend_base_port: int, announce: Ca
         announce(
             f"\nSynthIQ demo\n"
             f"  DICOM:     AE SYNTHIQ on port {dicom_port}  (storescu -aec SYNTHIQ 127.0.0.1 {dicom_port} FILE...)\n"
+            f"  Services:  storage, C-ECHO, C-FIND, C-MOVE, C-GET, storage commitment (README: Two commands)\n"
+            f"  C-MOVE to: {', '.join(move_destinations) or 'no destination (--move-destination AE=host:port)'}\n"
             f"  Dashboard: http://{http}/   log in as '{user.username}' / '{password}'\n"
             f"  API token: curl -H 'Authorization: Token {token}' http://{http}/api/status\n"
             f"  Config:    {path}\n"

@@ -20,6 +20,7 @@ def make_header(
     patient_id: str = "SYN0001",
     modality: str = "CT",
     transfer_syntax: str = ExplicitVRLittleEndian,
+    study_date: str = "",
 ) -> Dataset:
     """A CT image's attributes for rows x columns 16-bit pixels, without the Pixel Data."""
     meta = FileMetaDataset()
@@ -30,6 +31,8 @@ def make_header(
     ds.file_meta = meta
     ds.SOPClassUID = CTImageStorage
     ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    if study_date:
+        ds.StudyDate = study_date
     ds.Modality = modality
     ds.PatientName = "SYNTHETIC^PATIENT"
     ds.PatientID = patient_id

@@ -187,7 +187,7 @@ def test_refused_presentation_contexts_are_named_in_the_log(cluster):
     """A query to a pool whose backends offer no C-FIND: the modality only sees its context
     refused; the log says which SOP class and why."""
     findscu = require_tool("findscu", "dcmtk")
-    backend = cluster.backend("node-a")  # the simulated backend stores and answers C-ECHO only
+    backend = cluster.backend("node-a", services="none")  # it stores and answers C-ECHO only
     proxy = cluster.proxy(cluster.config([backend]))
     found = subprocess.run([findscu, "-S", "-aec", "SYNTHIQ", "-k", "QueryRetrieveLevel=STUDY",
                             "-k", "StudyInstanceUID", "127.0.0.1", str(proxy.port)],
