@@ -50,10 +50,12 @@
 
   const LOCAL_ZONE = (Intl.DateTimeFormat().resolvedOptions().timeZone || "local");
 
-  // A time cell: UTC, and local time beneath it.
+  // A time cell: UTC (with its date when not today's), and local time beneath it.
   function timeCell(iso) {
+    const day = new Date(iso).toISOString().slice(0, 10);
+    const utc = (day === new Date().toISOString().slice(0, 10) ? "" : day + " ") + fmtTime(iso) + " UTC";
     return el("td", { class: "mono time", title: iso },
-      el("div", { "data-field": "utc" }, fmtTime(iso) + " UTC"),
+      el("div", { "data-field": "utc" }, utc),
       el("div", { class: "sub", "data-field": "local" }, fmtLocalDay(iso) + " local"));
   }
 
@@ -398,8 +400,10 @@
       el("td", { class: "mono" }, el("b", {}, a.calling_ae || "(none)")),
       el("td", { class: "num" }, fmtInt(a.studies)),
       el("td", { title: a.last_seen_utc }, age(a.last_seen_utc)),
-      el("td", {}, a.backends.join(", "))));
-    $("#calling-aes").replaceChildren(...(rows.length ? rows : [el("tr", {}, el("td", { colSpan: 4, class: "empty" }, "No studies routed yet."))]));
+      el("td", {}, a.backends.join(", ")),
+      el("td", { class: "num" + (a.rejected ? " bad" : ""), "data-field": "rejected",
+                 title: a.rejected_last_utc ? "last rejected " + age(a.rejected_last_utc) : "" }, fmtInt(a.rejected))));
+    $("#calling-aes").replaceChildren(...(rows.length ? rows : [el("tr", {}, el("td", { colSpan: 5, class: "empty" }, "No studies routed yet."))]));
   }
 
   // -- study lookup -----------------------------------------------------------------

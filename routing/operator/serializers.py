@@ -191,8 +191,10 @@ class RatesSerializer(serializers.Serializer):
 class CallingAeSerializer(serializers.Serializer):
     calling_ae = serializers.CharField(allow_blank=True)
     studies = serializers.IntegerField(help_text="Distinct studies it sent that were routed (first instances).")
-    last_seen_utc = serializers.DateTimeField(help_text="Its latest routing decision.")
+    last_seen_utc = serializers.DateTimeField(help_text="Its latest routing decision or rejection.")
     backends = serializers.ListField(child=serializers.CharField(), help_text="Where its studies were routed.")
+    rejected = serializers.IntegerField(help_text="Its associations rejected (A-ASSOCIATE-RJ), over those kept.")
+    rejected_last_utc = serializers.DateTimeField(allow_null=True, help_text="Its latest rejection.")
 
 
 class TierSerializer(serializers.Serializer):
@@ -215,8 +217,8 @@ class StatusSerializer(serializers.Serializer):
     rates = RatesSerializer(help_text="Instances, MB and failures per second over the last 15 minutes.")
     calling_aes = CallingAeSerializer(
         many=True,
-        help_text="Per calling AE title, over the routing decisions kept (7 days), most recently seen first "
-        "(at most 100).",
+        help_text="Per calling AE title, over the routing decisions kept (7 days) and the rejected associations "
+        "kept, most recently seen first (at most 100).",
     )
 
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from django.conf import settings
-from django.db.models import Count, Max, QuerySet
+from django.db.models import Count, Max, QuerySet, Sum
 
 from health import selectors as health_selectors
 from health.models import BackendHealth
@@ -403,7 +403,8 @@ def rate_series(*, processes: list[ProxyProcess], now: dt.datetime) -> dict[str,
 
 def calling_aes_summary() -> list[dict[str, Any]]:
     """Who sends: per calling AE title, the studies routed, when last seen and to which
-    backends, over the routing decisions kept (routing.services.DECISIONS_KEPT)."""
+    backends, over the routing decisions kept (routing.services.DECISIONS_KEPT); and how
+    often it was rejected, over the rejected associations kept."""
     rows = list(
         RoutingDecision.objects.values("calling_ae")
         .annotate(studies=Count("study_uid", distinct=True), last_seen_utc=Max("at_utc"))
@@ -413,7 +414,18 @@ def calling_aes_summary() -> list[dict[str, Any]]:
     pairs = RoutingDecision.objects.filter(calling_ae__in=[r["calling_ae"] for r in rows])
     for calling_ae, backend_id in pairs.values_list("calling_ae", "backend_id").order_by().distinct():
         backends.setdefault(calling_ae, set()).add(backend_id)
-    return [r | {"backends": sorted(backends.get(r["calling_ae"], ()))} for r in rows]
+    out = {r["calling_ae"]: r | {"backends": sorted(backends.get(r["calling_ae"], ())), "rejected": 0,
+                                 "rejected_last_utc": None} for r in rows}
+    # Callers turned away (A-ASSOCIATE-RJ) appear too: a modality set up wrong sends nothing routed.
+    rejected = (RejectedAssociation.objects.exclude(calling_ae="").exclude(reason=CONTEXTS_REFUSED)
+                .values("calling_ae").annotate(n=Sum("count"), last=Max("last_seen_utc"))
+                .order_by("-last")[:CALLING_AES_SHOWN])
+    for r in rejected:
+        row = out.setdefault(r["calling_ae"], {"calling_ae": r["calling_ae"], "studies": 0, "backends": [],
+                                               "last_seen_utc": r["last"]})
+        row["rejected"], row["rejected_last_utc"] = int(r["n"]), r["last"]
+        row["last_seen_utc"] = max(row["last_seen_utc"], r["last"])
+    return sorted(out.values(), key=lambda r: (-r["last_seen_utc"].timestamp(), r["calling_ae"]))[:CALLING_AES_SHOWN]
 
 
 def status_snapshot(*, now: dt.datetime) -> dict[str, Any]:

@@ -179,6 +179,12 @@ def test_rejections_api_says_who_from_where_why_and_how_often(scene, api):
     assert "StudyRootQueryRetrieveInformationModelFind" in query["detail"]
     # The A-ASSOCIATE-RJ counter counts the rejections only, not the refused context.
     assert api.json("/api/status")["counters"]["rejected"] == {"called-ae": 2}
+    # The rejected caller is among the calling AE titles too, though nothing of it was routed.
+    callers = {c["calling_ae"]: c for c in api.json("/api/status")["calling_aes"]}
+    assert (callers["US_CART_2"]["studies"], callers["US_CART_2"]["rejected"]) == (0, 2)
+    assert callers["US_CART_2"]["last_seen_utc"] == callers["US_CART_2"]["rejected_last_utc"] == wrong["last_seen_utc"]
+    assert (callers["CT_ROOM_3"]["studies"], callers["CT_ROOM_3"]["rejected"]) == (1, 0)
+    assert "WORKSTATION7" not in callers  # accepted; only a service it asked for was refused
 
 
 def test_pools_api_shows_services_offered_or_why_not_and_the_degraded_pool(scene, api):
@@ -271,6 +277,8 @@ def _shows_everything(browser: Browser, scene: Scene, api: Api) -> None:
     query = '#rejections tr[data-reason="presentation-context"]'
     assert browser.js(_text(f'{query} [data-field="who"]')) == "WORKSTATION7 → SYNTHIQ"
     assert "StudyRootQueryRetrieveInformationModelFind" in browser.js(_text(f'{query} [data-field="detail"]'))
+    caller = 'tr[data-calling-ae="US_CART_2"]'
+    assert browser.js(_text(f'{caller} [data-field="rejected"]')) == "2"
 
     # Services: not offered, and why; never "none yet".
     find = '#services [data-pool="main"] [data-service="find"]'
