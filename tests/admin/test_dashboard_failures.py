@@ -205,6 +205,26 @@ def test_pools_api_shows_services_offered_or_why_not_and_the_degraded_pool(scene
     assert pools["archive"]["degraded"] == []
 
 
+def test_a_pool_is_degraded_too_when_a_proxy_cannot_reach_the_database_or_sees_stale_heartbeats(scene, api):
+    from routing.models import ProxyProcess
+
+    now = dt.datetime.now(dt.UTC)
+    # A second runproxy process, elsewhere, as it publishes when its database and heartbeats fail.
+    ProxyProcess.objects.create(
+        id="other-host:4242", started_utc=now, updated_utc=now + dt.timedelta(seconds=30), listeners=[],
+        counters={"counters": {}, "db_ok": False, "db_error": "OperationalError: connection refused",
+                  "heartbeat_stale": True},
+    )
+    try:
+        pools = _pools_json(api)
+        for pool_id in ("main", "archive"):
+            assert "the database is unreachable" in pools[pool_id]["degraded"]
+            assert any(r.startswith("heartbeats are stale") for r in pools[pool_id]["degraded"])
+    finally:
+        ProxyProcess.objects.filter(id="other-host:4242").delete()
+    assert _pools_json(api)["archive"]["degraded"] == []
+
+
 def test_failure_and_rejection_apis_need_a_token(scene, api):
     for path in ("/api/failures", "/api/rejections"):
         assert requests.get(scene.base + path, timeout=10).status_code in (401, 403)
