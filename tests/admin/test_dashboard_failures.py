@@ -288,6 +288,11 @@ def _shows_everything(browser: Browser, scene: Scene, api: Api) -> None:
     assert browser.js("document.querySelectorAll('#failures img').length") == 0  # text, never markup
     assert browser.js("window.__owned === undefined") is True
 
+    # The Failed and Rejected tiles lead to the cards that say who and why.
+    assert browser.js("document.querySelector('[data-counter=\"failed\"]').closest('a.tile').hash") == "#failures-card"
+    assert browser.js("document.querySelector('[data-counter=\"rejected\"]').closest('a.tile').hash") == (
+        "#rejections-card")
+
     # Rejected associations: who, from where, why, how often.
     wrong = '#rejections tr[data-reason="called-ae"]'
     assert browser.js(_text(f'{wrong} [data-field="who"]')) == "US_CART_2 → WRONG_AE"
