@@ -161,7 +161,7 @@
         "data-service": s.service, "data-offered": String(s.offered) },
         el("span", { class: "pill" }, s.label),
         s.offered
-          ? [el("b", { "data-field": "count", title: "operations so far" }, fmtInt(s.operations)),
+          ? [el("b", { "data-field": "count", title: "operations so far (counted over every pool)" }, fmtInt(s.operations)),
              s.failed ? el("span", { class: "bad" }, " (" + fmtInt(s.failed) + " failed)") : null,
              el("span", { class: "why", "data-field": "why" }, s.why)]
           : [el("span", { class: "state" }, s.known ? "not offered" : "unknown"),
