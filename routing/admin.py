@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from django.contrib import admin
 
-from routing.models import ProxyProcess, RoutingDecision
+from routing.models import FailedOperation, ProxyProcess, RejectedAssociation, RoutingDecision
 
 
 class _ReadOnly(admin.ModelAdmin):
@@ -24,6 +24,30 @@ class RoutingDecisionAdmin(_ReadOnly):
     search_help_text = "Study Instance UID (or its beginning), or an exact calling AE title"
     date_hierarchy = "at_utc"
     show_full_result_count = False
+
+
+@admin.register(FailedOperation)
+class FailedOperationAdmin(_ReadOnly):
+    list_display = ("at_utc", "pool", "service", "calling_ae", "source_ip", "study_uid", "backend_id", "status_hex",
+                    "origin", "comment")
+    list_filter = ("origin", "service", "pool", "backend_id")
+    search_fields = ("^study_uid", "=calling_ae", "=sop_instance_uid")
+    search_help_text = "Study Instance UID (or its beginning), an exact calling AE title or SOP Instance UID"
+    date_hierarchy = "at_utc"
+    show_full_result_count = False
+
+    @admin.display(description="status", ordering="status")
+    def status_hex(self, obj: FailedOperation) -> str:
+        return f"0x{obj.status:04X}"
+
+
+@admin.register(RejectedAssociation)
+class RejectedAssociationAdmin(_ReadOnly):
+    list_display = ("last_seen_utc", "pool", "reason", "calling_ae", "called_ae", "source_ip", "count",
+                    "first_seen_utc", "detail")
+    list_filter = ("reason", "pool")
+    search_fields = ("=calling_ae", "=called_ae", "=source_ip")
+    search_help_text = "An exact calling AE title, called AE title or source address"
 
 
 @admin.register(ProxyProcess)

@@ -27,6 +27,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 from django.conf import settings
 from django.db import OperationalError, connections
@@ -48,7 +49,7 @@ from routing.relay.server import NetworkSettings, PoolListener, Relay
 from routing.router import Router
 from routing.services import routing_activity_purge
 from routing.syntax_probe import Abilities, PoolAbilities, pool_abilities, probe_backend
-from routing.telemetry import Telemetry
+from routing.telemetry import Telemetry, services_view
 from routing.workers import Workers
 from synthiq_project import logformat
 from synthiq_project.dburl import mask_password
@@ -240,6 +241,17 @@ class ProxyRunner:
         switches = pool.services.model_dump()
         return (VERIFICATION, *(uid for name, uids in SERVICE_CLASSES.items() if switches[name]
                                 for uid in uids if uid in offered))
+
+    def services_published(self) -> dict[str, dict[str, Any]]:
+        """Per pool, which non-storage services are passed and why not (for the dashboard)."""
+        out = {}
+        for pool in self.config.pools:
+            enabled = [b.id for b in pool.backends if b.enabled]
+            found = {b: self.backend_abilities.get(b) for b in enabled}
+            out[pool.id] = services_view(
+                switches=pool.services.model_dump(), passed=set(self.relay.services.get(pool.id, ())),
+                backends={b: (a.services if a is not None else None) for b, a in found.items()})
+        return out
 
     # -- one process ----------------------------------------------------------------------
     def serve_here(self, sockets: dict[str, socket.socket], http: str | None) -> None:
@@ -553,6 +565,7 @@ class ProxyRunner:
                 "pending_connections": self.relay.pending_connections,
                 "held_associations": sum(self.relay.held.values()),
                 "tasks": self.tasks_now,
+                "services": self.services_published(),
             } | self.heartbeat_status(),
             listeners=[{"pool": p.id, "ae_title": p.ae_title, "port": p.port,
                         "accepting": self.relay.accepting} for p in self.relay.pools],

@@ -16,9 +16,13 @@ from typing import Any
 
 from django.conf import settings
 from django.db import DatabaseError, DataError, IntegrityError, close_old_connections, transaction
+from django.db.models import F
+from django.db.models.functions import Greatest
 
+from routing.dicom.services import SERVICE_CLASSES
 from routing.dicom.status import status_class
-from routing.models import ProxyProcess, RoutingDecision
+from routing.dicom.uids import uid_problem
+from routing.models import FailedOperation, ProxyProcess, RejectedAssociation, RoutingDecision
 from synthiq_project.repeating import Repeating
 
 logger = logging.getLogger("synthiq.routing")
@@ -36,6 +40,46 @@ LATENCY_BUCKETS: tuple[float, ...] = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0
 # can add them up), the last RATE_SAMPLES of them: 15 minutes at the default 10 s.
 RATE_SAMPLES = 90
 OK_STATUS_CLASSES = ("success", "warning")
+# Failed operations: at most this many wait in memory for the next publish (the database may
+# be away), and the table keeps the newest FAILURES_KEPT.
+FAILURES_PENDING = 1000
+FAILURES_KEPT = 500
+# Rejected associations are counted per (pool, reason, calling AE, called AE, source address):
+# at most this many distinct ones between two publishes (a scan from many addresses
+# counts the rest under one row of source "*"), and the table keeps the REJECTIONS_KEPT seen last.
+REJECTIONS_PENDING = 200
+REJECTIONS_KEPT = 500
+# The reason a refused presentation context is recorded under: the association was accepted,
+# a service it asked for was not (not an A-ASSOCIATE-RJ, so not among the rejected.* counters).
+CONTEXTS_REFUSED = "presentation-context"
+
+
+def _printable(value: str, limit: int) -> str:
+    """A peer's text as it may be stored and shown: control characters replaced, cut to ``limit``."""
+    return "".join(ch if ch.isprintable() else "\ufffd" for ch in str(value)[:limit]).strip()
+
+
+def _uid(value: str) -> str:
+    """A UID a peer sent, kept only if it is one (an invalid one is in the failure's comment)."""
+    value = (value or "").rstrip("\x00 ")
+    return value if value and uid_problem(value) is None else ""
+
+
+def services_view(*, switches: dict[str, bool], passed: set[str],
+                  backends: dict[str, frozenset[str] | None]) -> dict[str, dict[str, Any]]:
+    """Which of a pool's non-storage services SynthIQ passes, and why not: per service
+    (find, move, get, storage_commitment), its config switch, whether it is passed, the
+    backends that offer it and those that could not be asked (None)."""
+    out = {}
+    for name, classes in SERVICE_CLASSES.items():
+        out[name] = {
+            "switched_on": bool(switches.get(name)),
+            "passed": any(uid in passed for uid in classes),
+            "offered_by": sorted(b for b, offered in backends.items()
+                                 if offered is not None and any(uid in offered for uid in classes)),
+            "not_asked": sorted(b for b, offered in backends.items() if offered is None),
+        }
+    return out
 
 
 def _decisions_write(decisions: list[RoutingDecision]) -> None:
@@ -57,6 +101,63 @@ def _decisions_write(decisions: list[RoutingDecision]) -> None:
                          decision.study_uid[:80], decision.backend_id, str(exc).splitlines()[0] if str(exc) else exc)
 
 
+def _failures_write(failures: list[FailedOperation]) -> None:
+    """As _decisions_write, for failed operations."""
+    try:
+        with transaction.atomic():
+            FailedOperation.objects.bulk_create(failures)
+    except (DataError, IntegrityError):
+        for failure in failures:
+            try:
+                with transaction.atomic():
+                    failure.save(force_insert=True)
+            except (DataError, IntegrityError) as exc:
+                logger.error("failed operation pool=%s backend=%s status=0x%04X not recorded: %s", failure.pool_id,
+                             failure.backend_id, failure.status, str(exc).splitlines()[0] if str(exc) else exc)
+
+
+def _failures_trim() -> None:
+    """Only the newest FAILURES_KEPT failed operations stay."""
+    oldest_kept = list(FailedOperation.objects.order_by("-at_utc", "-id")
+                       .values_list("at_utc", flat=True)[FAILURES_KEPT - 1:FAILURES_KEPT])
+    if oldest_kept:
+        FailedOperation.objects.filter(at_utc__lt=oldest_kept[0]).delete()
+
+
+def _rejections_write(rejections: dict[tuple[str, str, str, str, str], dict[str, Any]]) -> None:
+    """Add counts to each (pool, reason, calling AE, called AE, source) row, race-free with
+    the other processes: a conditional update, else an insert the unique constraint guards
+    (losing the race means updating after all). A row refused (its pool gone) is dropped.
+    Each one written leaves ``rejections``: what is left when the database fails stays counted."""
+    for (pool_id, reason, calling_ae, called_ae, source_ip), seen in list(rejections.items()):
+        key = {"pool_id": pool_id, "reason": reason, "calling_ae": calling_ae, "called_ae": called_ae,
+               "source_ip": source_ip}
+        rows = RejectedAssociation.objects.filter(**key)
+        update = {"count": F("count") + seen["count"], "last_seen_utc": Greatest("last_seen_utc", seen["last"]),
+                  "detail": seen["detail"]}
+        try:
+            with transaction.atomic():
+                if not rows.update(**update):
+                    RejectedAssociation.objects.create(**key, count=seen["count"], first_seen_utc=seen["first"],
+                                                       last_seen_utc=seen["last"], detail=seen["detail"])
+        except (DataError, IntegrityError):
+            try:
+                with transaction.atomic():
+                    rows.update(**update)
+            except (DataError, IntegrityError) as exc:
+                logger.error("rejected association pool=%s reason=%s source_ip=%s not recorded: %s", pool_id,
+                             reason, source_ip, str(exc).splitlines()[0] if str(exc) else exc)
+        del rejections[(pool_id, reason, calling_ae, called_ae, source_ip)]
+
+
+def _rejections_trim() -> None:
+    """Only the REJECTIONS_KEPT rows seen last stay."""
+    last_kept = list(RejectedAssociation.objects.order_by("-last_seen_utc", "-id")
+                     .values_list("last_seen_utc", flat=True)[REJECTIONS_KEPT - 1:REJECTIONS_KEPT])
+    if last_kept:
+        RejectedAssociation.objects.filter(last_seen_utc__lt=last_kept[0]).delete()
+
+
 class Telemetry:
     def __init__(self, *, process_id: str | None = None, sample_seconds: float | None = None):
         self.process_id = process_id or f"{socket.gethostname()}:{os.getpid()}"
@@ -69,6 +170,8 @@ class Telemetry:
         self.recent: deque[dict[str, Any]] = deque(maxlen=RECENT_DECISIONS)
         self._unwritten: list[RoutingDecision] = []
         self._publish_failing = Repeating(logger, "could not publish proxy status")
+        self._failures: deque[FailedOperation] = deque(maxlen=FAILURES_PENDING)
+        self._rejections: dict[tuple[str, str, str, str, str], dict[str, Any]] = {}
         self.open_associations = 0
         self.sample_seconds = sample_seconds or settings.SYNTHIQ_RATE_SAMPLE_SECONDS
         self.samples: deque[dict[str, Any]] = deque(maxlen=RATE_SAMPLES)
@@ -96,10 +199,48 @@ class Telemetry:
         with self._lock:
             self.counters["held"] += 1
 
-    def association_rejected(self, reason: str) -> None:
-        """An A-ASSOCIATE-RQ answered with A-ASSOCIATE-RJ, by reason (called-ae, calling-ae, ...)."""
+    def association_rejected(self, reason: str, *, pool_id: str = "", source_ip: str = "", calling_ae: str = "",
+                             called_ae: str = "", detail: str = "") -> None:
+        """An A-ASSOCIATE-RQ answered with A-ASSOCIATE-RJ (or a connection closed before one
+        could be read), by reason (called-ae, calling-ae, ...); with the pool, also who and
+        from where, for the rejected associations list."""
         with self._lock:
             self.counters[f"{REJECTED_PREFIX}{reason}"] += 1
+            if pool_id:
+                self._rejection(pool_id, reason, source_ip, calling_ae, called_ae, detail)
+
+    def contexts_refused(self, *, pool_id: str, source_ip: str, calling_ae: str, called_ae: str,
+                         sop_classes: list[str]) -> None:
+        """An association accepted with some of its presentation contexts refused: the
+        services it asked for that this pool does not pass."""
+        with self._lock:
+            self.counters["contexts_refused"] += 1
+            self._rejection(pool_id, CONTEXTS_REFUSED, source_ip, calling_ae, called_ae, ", ".join(sop_classes))
+
+    def _rejection(self, pool_id: str, reason: str, source_ip: str, calling_ae: str, called_ae: str,
+                   detail: str) -> None:
+        now = dt.datetime.now(dt.UTC)
+        key = (pool_id, reason[:32], _printable(calling_ae, 16), _printable(called_ae, 16), source_ip[:64])
+        if key not in self._rejections and len(self._rejections) >= REJECTIONS_PENDING:
+            key = (pool_id, reason[:32], "", "", "*")
+            detail = "more distinct callers than are recorded one by one"
+        seen = self._rejections.setdefault(key, {"count": 0, "first": now, "last": now, "detail": ""})
+        seen["count"] += 1
+        seen["last"] = now
+        seen["detail"] = _printable(detail, 255)
+
+    def store_failed(self, *, pool_id: str, calling_ae: str, source_ip: str, study_uid: str, sop_instance_uid: str,
+                     backend_id: str | None, status: int, comment: str, by_backend: bool) -> None:
+        """A C-STORE answered with a failure status, the backend's (``by_backend``) or SynthIQ's own."""
+        with self._lock:
+            self._failures.append(FailedOperation(
+                at_utc=dt.datetime.now(dt.UTC), pool_id=pool_id, service="C-STORE",
+                calling_ae=_printable(calling_ae, 16), source_ip=source_ip[:64], study_uid=_uid(study_uid),
+                sop_instance_uid=_uid(sop_instance_uid), backend_id=(backend_id or "")[:64], status=status & 0xFFFF,
+                comment=_printable(comment, 128),
+                origin=FailedOperation.Origin.BACKEND if by_backend else FailedOperation.Origin.SYNTHIQ,
+                process=self.process_id,
+            ))
 
     def invalid_input(self, *, service: str, reason: str) -> None:
         """A request refused for an identifier that is not a valid UID (nothing of it kept)."""
@@ -199,12 +340,22 @@ class Telemetry:
         """Write the decisions made since the last call and this process's counters."""
         with self._lock:
             decisions, self._unwritten = self._unwritten, []
+            failures, rejections = list(self._failures), self._rejections
+            self._failures.clear()
+            self._rejections = {}
         self.sample()
         snapshot = self.snapshot() | extra
         try:
             close_old_connections()
             _decisions_write(decisions)
             decisions = []  # written: a failure below must not queue them again
+            if failures:
+                _failures_write(failures)
+                failures = []
+                _failures_trim()
+            if rejections:
+                _rejections_write(rejections)
+                _rejections_trim()
             with transaction.atomic():
                 ProxyProcess.objects.update_or_create(
                     id=self.process_id,
@@ -217,3 +368,9 @@ class Telemetry:
             with self._lock:
                 # Keep a bounded backlog; the counters themselves are never lost.
                 self._unwritten = (decisions + self._unwritten)[-10_000:]
+                self._failures = deque(failures + list(self._failures), maxlen=FAILURES_PENDING)  # newest kept
+                for key, seen in rejections.items():
+                    mine = self._rejections.setdefault(key, seen)
+                    if mine is not seen:
+                        mine["count"] += seen["count"]
+                        mine["first"] = min(mine["first"], seen["first"])

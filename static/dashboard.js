@@ -35,6 +35,30 @@
     return d.toISOString().slice(11, 19);
   }
 
+  // The browser's local time of day (24 h), shown beside UTC: an operator reads both.
+  function fmtLocal(iso) {
+    if (!iso) return "–";
+    return new Date(iso).toLocaleTimeString("en-GB", { hour12: false });
+  }
+
+  // The local date too when it is not today's.
+  function fmtLocalDay(iso) {
+    const d = new Date(iso);
+    const today = new Date().toDateString() === d.toDateString();
+    return (today ? "" : d.toLocaleDateString("en-CA") + " ") + fmtLocal(iso);
+  }
+
+  const LOCAL_ZONE = (Intl.DateTimeFormat().resolvedOptions().timeZone || "local");
+
+  // A time cell: UTC (with its date when not today's), and local time beneath it.
+  function timeCell(iso) {
+    const day = new Date(iso).toISOString().slice(0, 10);
+    const utc = (day === new Date().toISOString().slice(0, 10) ? "" : day + " ") + fmtTime(iso) + " UTC";
+    return el("td", { class: "mono time", title: iso },
+      el("div", { "data-field": "utc" }, utc),
+      el("div", { class: "sub", "data-field": "local" }, fmtLocalDay(iso) + " local"));
+  }
+
   function age(iso) {
     if (!iso) return "never";
     const s = Math.max(0, Math.round((Date.now() - new Date(iso).getTime()) / 1000));
@@ -71,7 +95,7 @@
   }
 
   // -- banners --------------------------------------------------------------------
-  function banners(status, error) {
+  function banners(status, error, poolList) {
     const out = [];
     if (error) {
       out.push(["danger", "Dashboard cannot reach the API", String(error.message || error) + " — showing the last data received."]);
@@ -90,6 +114,11 @@
         out.push(["warning", "Heartbeats are stale",
           "No heartbeat round in the last " + 3 * status.heartbeat.interval_seconds +
           " s — backend health and load shown here may be out of date. " + pools]);
+      }
+      for (const pool of poolList || []) {
+        if (pool.degraded.length) {
+          out.push(["danger", "Pool " + pool.id + " degraded", pool.degraded.join("; ") + "."]);
+        }
       }
       if (status.processes.length === 0) {
         out.push(["warning", "No runproxy process is publishing", "Counters are empty; nothing is listening for DICOM, or the proxy cannot reach the database."]);
@@ -121,22 +150,65 @@
       (rejected.length ? ": " + rejected.map(([reason, n]) => `${reason} ${fmtInt(n)}`).join(", ") : "");
     $("#tiers").replaceChildren(...TIERS.map((tier) =>
       el("span", { class: "tier-count", "data-tier": tier }, pill(tier), el("b", {}, fmtInt(status.counters.routed[tier])))));
-    const ops = Object.entries(status.counters.operations || {});
-    if (ops.length) {
-      $("#operations").replaceChildren(...ops.map(([service, classes]) => {
-        const failed = Object.entries(classes).filter(([cls]) => cls !== "success" && cls !== "warning")
-          .reduce((sum, [, n]) => sum + n, 0);
-        const total = Object.values(classes).reduce((sum, n) => sum + n, 0);
-        return el("span", { class: "tier-count", "data-service": service,
-                            title: Object.entries(classes).map(([c, n]) => c + ": " + n).join(", ") },
-          el("span", { class: "pill" }, service), el("b", {}, fmtInt(total)),
-          failed ? el("span", { class: "bad" }, " (" + fmtInt(failed) + " failed)") : null);
-      }));
-    }
   }
 
-  function strip(status) {
+  // Each pool's services beyond storage: offered or not, and why not (never "none yet").
+  function services(poolList) {
+    const blocks = poolList.filter((p) => p.enabled).map((pool) => el("div", { class: "services", "data-pool": pool.id },
+      poolList.length > 1 ? el("div", { class: "sub" }, "Pool " + pool.id) : null,
+      el("div", { class: "tiers" }, pool.services.map((s) => el("span", {
+        class: "service " + (s.offered ? "offered" : s.known ? "not-offered" : "unknown"),
+        "data-service": s.service, "data-offered": String(s.offered) },
+        el("span", { class: "pill" }, s.label),
+        s.offered
+          ? [el("b", { "data-field": "count", title: "operations so far (counted over every pool)" }, fmtInt(s.operations)),
+             s.failed ? el("span", { class: "bad" }, " (" + fmtInt(s.failed) + " failed)") : null,
+             el("span", { class: "why", "data-field": "why" }, s.why)]
+          : [el("span", { class: "state" }, s.known ? "not offered" : "unknown"),
+             el("span", { class: "why", "data-field": "why" }, "— " + s.why)])))));
+    $("#services").replaceChildren(...(blocks.length ? blocks : [el("span", { class: "muted" }, "No pool enabled.")]));
+  }
+
+  // -- recent failures --------------------------------------------------------------
+  function failures(list) {
+    const rows = list.map((f) => el("tr", { "data-failure": f.id, "data-status": f.status_hex },
+      timeCell(f.at_utc),
+      el("td", { "data-field": "sender" }, el("b", { class: "mono" }, f.calling_ae || "(none)"),
+        el("div", { class: "sub mono" }, f.source_ip || "–")),
+      el("td", { class: "mono uid", "data-field": "study", title: f.study_uid || "" }, f.study_uid || "–",
+        f.sop_instance_uid ? el("div", { class: "sub uid", title: f.sop_instance_uid }, "SOP " + f.sop_instance_uid) : null),
+      el("td", { "data-field": "backend" }, f.backend ? el("b", {}, f.backend) : el("span", { class: "muted" }, "none chosen"),
+        el("div", { class: "sub" }, f.pool)),
+      el("td", { "data-field": "status" }, el("b", { class: "bad mono" }, f.status_hex), " ",
+        el("span", { "data-field": "meaning" }, f.meaning),
+        el("div", { class: "sub", "data-field": "origin" }, f.origin === "backend"
+          ? "answered by the backend" : "answered by SynthIQ" + (f.cause ? ": " + f.cause : ""))),
+      el("td", { class: "comment", "data-field": "comment" }, f.comment || el("span", { class: "muted" }, "(none)"))));
+    $("#failures").replaceChildren(...(rows.length ? rows
+      : [el("tr", {}, el("td", { colSpan: 6, class: "empty" }, "No failed operations recorded."))]));
+  }
+
+  // -- rejected associations ---------------------------------------------------------
+  function rejections(list) {
+    const rows = list.map((r) => el("tr", { "data-reason": r.reason, "data-source": r.source_ip,
+                                            class: r.rejected ? "" : "refused-service" },
+      el("td", { "data-field": "who" }, el("b", { class: "mono" }, r.calling_ae || "–"),
+        el("span", { class: "muted" }, " → "), el("span", { class: "mono", "data-field": "called" }, r.called_ae || "–")),
+      el("td", { class: "mono", "data-field": "from" }, r.source_ip || "–"),
+      el("td", { "data-field": "why" }, el("b", {}, r.reason_label),
+        r.detail ? el("div", { class: "sub", "data-field": "detail" }, r.detail) : null),
+      el("td", { class: "num", "data-field": "count" }, fmtInt(r.count)),
+      timeCell(r.last_seen_utc),
+      el("td", { title: r.first_seen_utc }, age(r.first_seen_utc))));
+    $("#rejections").replaceChildren(...(rows.length ? rows
+      : [el("tr", {}, el("td", { colSpan: 6, class: "empty" }, "No association rejected."))]));
+  }
+
+  function strip(status, poolList) {
     const items = [];
+    for (const pool of poolList) {
+      if (pool.degraded.length) items.push(["bad", "Pool ", el("b", {}, pool.id), " degraded"]);
+    }
     const db = status.database;
     items.push([db.ok ? "" : "bad", "Database ", el("b", {}, db.ok ? "reachable" : "unreachable")]);
     const hb = status.heartbeat;
@@ -175,12 +247,14 @@
   }
 
   function loadCell(b) {
-    if (b.health.load === null || b.health.load === undefined) {
-      return el("td", { class: "num" }, el("span", { class: "unknown", title: b.load_reported ? "no load reported yet" : "liveness mode: load is not reported" }, "unknown"));
+    if (isDown(b) || b.health.load === null || b.health.load === undefined) {
+      const why = isDown(b) ? "the backend is down: its last reported load is not its load now"
+        : b.load_reported ? "no load reported yet" : "liveness mode: load is not reported";
+      return el("td", { class: "num", "data-field": "load" }, el("span", { class: "unknown", title: why }, "unknown"));
     }
     const pct = Math.round(b.health.load * 100);
     const depth = b.health.queue_depth !== null ? b.health.queue_depth + " / " + (b.health.capacity ?? "?") : "";
-    return el("td", { class: "num" },
+    return el("td", { class: "num", "data-field": "load" },
       el("div", { class: "bar", title: depth }, el("i", { style: "" })),
       pct + "%", el("div", { class: "sub" }, depth));
   }
@@ -326,8 +400,10 @@
       el("td", { class: "mono" }, el("b", {}, a.calling_ae || "(none)")),
       el("td", { class: "num" }, fmtInt(a.studies)),
       el("td", { title: a.last_seen_utc }, age(a.last_seen_utc)),
-      el("td", {}, a.backends.join(", "))));
-    $("#calling-aes").replaceChildren(...(rows.length ? rows : [el("tr", {}, el("td", { colSpan: 4, class: "empty" }, "No studies routed yet."))]));
+      el("td", {}, a.backends.join(", ")),
+      el("td", { class: "num" + (a.rejected ? " bad" : ""), "data-field": "rejected",
+                 title: a.rejected_last_utc ? "last rejected " + age(a.rejected_last_utc) : "" }, fmtInt(a.rejected))));
+    $("#calling-aes").replaceChildren(...(rows.length ? rows : [el("tr", {}, el("td", { colSpan: 5, class: "empty" }, "No studies routed yet."))]));
   }
 
   // -- study lookup -----------------------------------------------------------------
@@ -378,28 +454,35 @@
 
   // -- loop -------------------------------------------------------------------------
   let lastStatus = null;
+  let lastPools = null;
   let timer = null;
 
   async function refresh() {
     clearTimeout(timer);
     try {
-      const [status, poolList, activity] = await Promise.all([
+      const [status, poolList, activity, failed, rejected] = await Promise.all([
         getJSON("/api/status"), getJSON("/api/pools"), getJSON("/api/activity?limit=25"),
+        getJSON("/api/failures?limit=25"), getJSON("/api/rejections?limit=25"),
       ]);
       lastStatus = status;
+      lastPools = poolList;
       TIERS = status.tiers.map((t) => t.id);
       TIER_LABEL = Object.fromEntries(status.tiers.map((t) => [t.id, t.label]));
-      banners(status, null);
+      banners(status, null, poolList);
       counters(status);
-      strip(status);
+      services(poolList);
+      failures(failed.results);
+      rejections(rejected.results);
+      strip(status, poolList);
       pools(poolList);
       rateCharts(status);
       callingAes(status.calling_aes);
       decisions(activity.results);
-      $("#updated").textContent = "updated " + fmtTime(status.generated_utc) + " UTC";
+      $("#updated").textContent = "updated " + fmtTime(status.generated_utc) + " UTC · " +
+        fmtLocal(status.generated_utc) + " " + LOCAL_ZONE;
       $("#updated").classList.remove("stale");
     } catch (err) {
-      banners(lastStatus, err);
+      banners(lastStatus, err, lastPools);
       $("#updated").classList.add("stale");
     } finally {
       timer = setTimeout(refresh, POLL_MS);

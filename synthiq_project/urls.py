@@ -7,7 +7,7 @@ from drf_spectacular.views import SpectacularAPIView
 
 from affinity.api import AffinityListView, CommitmentView
 from pools.api import BackendDrainView, BackendEnableView
-from routing.operator.api import ActivityView, PoolsView, StatusView
+from routing.operator.api import ActivityView, FailuresView, PoolsView, RejectionsView, StatusView
 from routing.operator.views import dashboard, metrics, readyz
 
 admin.site.site_header = admin.site.site_title = "SynthIQ administration"
@@ -33,4 +33,6 @@ urlpatterns = [
     path("api/affinity", AffinityListView.as_view(), name="api-affinity"),
     path("api/affinity/<str:study_uid>/commitment", CommitmentView.as_view(), name="api-commitment"),
     path("api/activity", ActivityView.as_view(), name="api-activity"),
+    path("api/failures", FailuresView.as_view(), name="api-failures"),
+    path("api/rejections", RejectionsView.as_view(), name="api-rejections"),
 ]

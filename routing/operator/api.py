@@ -12,7 +12,13 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from routing.operator import status as selectors
-from routing.operator.serializers import DecisionSerializer, PoolSerializer, StatusSerializer
+from routing.operator.serializers import (
+    DecisionSerializer,
+    FailureSerializer,
+    PoolSerializer,
+    RejectionSerializer,
+    StatusSerializer,
+)
 from routing.waterfall import DECISION_TIERS
 
 ACTIVITY_DEFAULT_LIMIT = 50
@@ -81,3 +87,42 @@ class ActivityView(APIView):
         return Response({"results": DecisionSerializer(decisions, many=True).data})
 
 
+class FailuresView(APIView):
+    @extend_schema(
+        operation_id="failures",
+        summary="Recent failed operations (who sent it, the study, the backend, the status and its meaning), "
+        "newest first",
+        parameters=[
+            OpenApiParameter(
+                "limit", OpenApiTypes.INT, description=f"1-{ACTIVITY_MAX_LIMIT}, default {ACTIVITY_DEFAULT_LIMIT}"
+            ),
+            OpenApiParameter("pool", OpenApiTypes.STR),
+            OpenApiParameter("backend", OpenApiTypes.STR),
+        ],
+        responses=inline_serializer("Failures", {"results": FailureSerializer(many=True)}),
+    )
+    def get(self, request: Request) -> Response:
+        limit = _int_param(request, "limit", default=ACTIVITY_DEFAULT_LIMIT, minimum=1, maximum=ACTIVITY_MAX_LIMIT)
+        failures = selectors.failed_operations_recent(
+            pool_id=request.query_params.get("pool", ""), backend_id=request.query_params.get("backend", ""),
+        )[:limit]
+        return Response({"results": FailureSerializer([selectors.failure_view(f) for f in failures], many=True).data})
+
+
+class RejectionsView(APIView):
+    @extend_schema(
+        operation_id="rejections",
+        summary="Rejected associations and refused services: who, from where, why, how often; most recently "
+        "seen first",
+        parameters=[
+            OpenApiParameter(
+                "limit", OpenApiTypes.INT, description=f"1-{ACTIVITY_MAX_LIMIT}, default {ACTIVITY_DEFAULT_LIMIT}"
+            ),
+            OpenApiParameter("pool", OpenApiTypes.STR),
+        ],
+        responses=inline_serializer("Rejections", {"results": RejectionSerializer(many=True)}),
+    )
+    def get(self, request: Request) -> Response:
+        limit = _int_param(request, "limit", default=ACTIVITY_DEFAULT_LIMIT, minimum=1, maximum=ACTIVITY_MAX_LIMIT)
+        rows = selectors.rejected_associations_recent(pool_id=request.query_params.get("pool", ""))[:limit]
+        return Response({"results": RejectionSerializer([selectors.rejection_view(r) for r in rows], many=True).data})

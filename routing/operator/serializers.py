@@ -22,7 +22,8 @@ class BackendHealthSerializer(serializers.Serializer):
         "null when healthy, unknown, or it never answered a heartbeat.",
     )
     load = serializers.FloatField(
-        allow_null=True, help_text="Normalized load (depth / capacity); null when not reported (unknown, never 0)."
+        allow_null=True, help_text="Normalized load (depth / capacity); null when not reported or the backend is "
+        "not healthy (unknown, never 0)."
     )
     queue_depth = serializers.IntegerField(allow_null=True)
     capacity = serializers.IntegerField(allow_null=True)
@@ -52,6 +53,18 @@ class BackendSerializer(serializers.Serializer):
     counters = BackendCountersSerializer(help_text="Summed over the live runproxy processes.")
 
 
+class PoolServiceSerializer(serializers.Serializer):
+    service = serializers.ChoiceField(choices=["find", "move", "get", "storage_commitment"],
+                                      help_text="As Pools[].Services spells it.")
+    label = serializers.CharField()
+    offered = serializers.BooleanField(help_text="Passed to the pool's backends: its presentation contexts accepted.")
+    known = serializers.BooleanField(help_text="False when no live runproxy process serving the pool published it.")
+    why = serializers.CharField(help_text="Who offers it, or why it is not offered (switched off, no backend "
+                                          "offers it, backends not asked yet).")
+    operations = serializers.IntegerField(help_text="Operations counted by the live processes (all pools).")
+    failed = serializers.IntegerField()
+
+
 class PoolSerializer(serializers.Serializer):
     id = serializers.CharField()
     ae_title = serializers.CharField()
@@ -59,6 +72,11 @@ class PoolSerializer(serializers.Serializer):
     port = serializers.IntegerField()
     enabled = serializers.BooleanField()
     backends = BackendSerializer(many=True)
+    services = PoolServiceSerializer(many=True, help_text="Non-storage services; storage and C-ECHO always pass.")
+    degraded = serializers.ListField(
+        child=serializers.CharField(),
+        help_text="Why the pool is degraded (a backend down, no backend in service, the database unreachable, "
+                  "heartbeats stale); empty when it is not.")
 
 
 class ProcessSerializer(serializers.Serializer):
@@ -173,8 +191,10 @@ class RatesSerializer(serializers.Serializer):
 class CallingAeSerializer(serializers.Serializer):
     calling_ae = serializers.CharField(allow_blank=True)
     studies = serializers.IntegerField(help_text="Distinct studies it sent that were routed (first instances).")
-    last_seen_utc = serializers.DateTimeField(help_text="Its latest routing decision.")
+    last_seen_utc = serializers.DateTimeField(help_text="Its latest routing decision or rejection.")
     backends = serializers.ListField(child=serializers.CharField(), help_text="Where its studies were routed.")
+    rejected = serializers.IntegerField(help_text="Its associations rejected (A-ASSOCIATE-RJ), over those kept.")
+    rejected_last_utc = serializers.DateTimeField(allow_null=True, help_text="Its latest rejection.")
 
 
 class TierSerializer(serializers.Serializer):
@@ -197,9 +217,43 @@ class StatusSerializer(serializers.Serializer):
     rates = RatesSerializer(help_text="Instances, MB and failures per second over the last 15 minutes.")
     calling_aes = CallingAeSerializer(
         many=True,
-        help_text="Per calling AE title, over the routing decisions kept (7 days), most recently seen first "
-        "(at most 100).",
+        help_text="Per calling AE title, over the routing decisions kept (7 days) and the rejected associations "
+        "kept, most recently seen first (at most 100).",
     )
+
+
+class FailureSerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    at_utc = serializers.DateTimeField()
+    pool = serializers.CharField()
+    service = serializers.CharField()
+    calling_ae = serializers.CharField(allow_blank=True, help_text="The sender's AE title.")
+    source_ip = serializers.CharField(allow_blank=True, help_text="The sender's address.")
+    study_uid = serializers.CharField(allow_blank=True, help_text="Blank when not read or not a valid UID.")
+    sop_instance_uid = serializers.CharField(allow_blank=True)
+    backend = serializers.CharField(allow_blank=True, help_text="Blank when no backend was chosen.")
+    status = serializers.IntegerField(help_text="The status the sender was answered.")
+    status_hex = serializers.CharField()
+    meaning = serializers.CharField(help_text="What the status means (PS3.4).")
+    origin = serializers.ChoiceField(choices=["backend", "synthiq"], help_text="Who answered it.")
+    cause = serializers.CharField(allow_blank=True, help_text="Why SynthIQ answered it (blank for a backend's).")
+    comment = serializers.CharField(allow_blank=True, help_text="The Error Comment sent with it.")
+
+
+class RejectionSerializer(serializers.Serializer):
+    pool = serializers.CharField()
+    reason = serializers.CharField(help_text="called-ae, calling-ae, association-limit, address-limit, "
+                                             "source-address, tls-*, ... or presentation-context.")
+    reason_label = serializers.CharField()
+    rejected = serializers.BooleanField(help_text="True: an A-ASSOCIATE-RJ or a refused connection; false: the "
+                                                  "association was accepted, the services it asked for refused.")
+    calling_ae = serializers.CharField(allow_blank=True)
+    called_ae = serializers.CharField(allow_blank=True)
+    source_ip = serializers.CharField(allow_blank=True, help_text="* counts callers beyond those recorded one by one.")
+    detail = serializers.CharField(allow_blank=True)
+    count = serializers.IntegerField()
+    first_seen_utc = serializers.DateTimeField()
+    last_seen_utc = serializers.DateTimeField()
 
 
 class DecisionSerializer(serializers.ModelSerializer):

@@ -14,15 +14,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from django.conf import settings
-from django.db.models import Count, Max, QuerySet
+from django.db.models import Count, Max, QuerySet, Sum
 
 from health import selectors as health_selectors
 from health.models import BackendHealth
 from pools import selectors as pool_selectors
 from pools.config import DEFAULTS
 from pools.models import Backend
-from routing.models import ProxyProcess, RoutingDecision
-from routing.telemetry import INVALID_PREFIX, OK_STATUS_CLASSES, RATE_SAMPLES, REJECTED_PREFIX
+from routing.dicom import status as dimse
+from routing.models import FailedOperation, ProxyProcess, RejectedAssociation, RoutingDecision
+from routing.telemetry import CONTEXTS_REFUSED, INVALID_PREFIX, OK_STATUS_CLASSES, RATE_SAMPLES, REJECTED_PREFIX
 from routing.waterfall import TIERS
 from synthiq_project.version import VERSION
 
@@ -37,6 +38,58 @@ TIER_LABELS = {
     "affinity-hit": "affinity hit", "least-busy": "least busy", "weighted": "weighted",
     "association-cached": "association cached", "fallback": "fallback", "rendezvous": "hashed (database down)",
 }
+
+
+# What a C-STORE failure status means (PS3.4 B.2.3, PS3.7 C), and, for the ones SynthIQ makes
+# up itself, what made it answer so.
+STORE_STATUS_MEANINGS = {
+    0x0110: "Processing failure",
+    0x0111: "Duplicate SOP Instance",
+    0x0117: "Invalid SOP Instance",
+    0x0122: "Refused: SOP Class not supported",
+    0x0124: "Refused: Not authorized",
+    0x0210: "Duplicate invocation",
+    0x0211: "Unrecognized operation",
+    0x0212: "Mistyped argument",
+    0x0213: "Resource limitation",
+}
+STORE_STATUS_RANGES = ((0xA700, 0xA7FF, "Refused: Out of resources"),
+                       (0xA900, 0xA9FF, "Error: Data Set does not match SOP Class"),
+                       (0xC000, 0xCFFF, "Error: Cannot understand"))
+SYNTHIQ_STATUS_CAUSES = {
+    dimse.OUT_OF_RESOURCES: "no enabled backend in the pool could take the study",
+    dimse.BACKEND_UNREACHABLE: "the study's backend is unreachable or refused the association",
+    dimse.BACKEND_NO_RESPONSE: "the backend aborted, reset or timed out mid-operation",
+    dimse.SOP_CLASS_NOT_SUPPORTED: "the backend refused the SOP class or transfer syntax",
+    dimse.CANNOT_UNDERSTAND: "the header is unreadable or its Study/SOP Instance UID is missing or invalid",
+    dimse.UID_BEYOND_HOLD: "the Study Instance UID is not within the bytes SynthIQ holds",
+}
+# How the dashboard names each reason an association was turned away.
+REJECTION_LABELS = {
+    "called-ae": "called AE title not this pool's", "calling-ae": "calling AE title not allowed",
+    "association-limit": "too many associations (Network.MaxAssociations)",
+    "address-limit": "too many associations from this address (Network.MaxAssociationsPerAddress)",
+    "stopping": "runproxy stopping", "protocol-version": "unsupported protocol version",
+    "application-context": "not the DICOM application context", "source-address": "source not allowed",
+    "tls-plaintext": "plain DICOM on the TLS port", "tls-handshake": "TLS handshake failed",
+    CONTEXTS_REFUSED: "service not offered (presentation context refused)",
+}
+# A pool's non-storage services as the dashboard names them, keyed as Pools[].Services spells them.
+SERVICE_LABELS = {"find": "C-FIND", "move": "C-MOVE", "get": "C-GET", "storage_commitment": "Storage commitment"}
+# The counters (telemetry.operation) of each service, keyed by the command that carries it.
+SERVICE_COMMANDS = {"find": "C-FIND", "move": "C-MOVE", "get": "C-GET", "storage_commitment": "N-ACTION"}
+
+
+def store_status_meaning(code: int) -> str:
+    """What a C-STORE status means, as PS3.4 names it (its range when no code of its own)."""
+    if code in STORE_STATUS_MEANINGS:
+        return STORE_STATUS_MEANINGS[code]
+    for low, high, meaning in STORE_STATUS_RANGES:
+        if low <= code <= high:
+            return meaning
+    if code in dimse.WARNINGS:
+        return "Warning"
+    return "Failure"
 
 
 @dataclass
@@ -55,6 +108,8 @@ class ProxyTotals:
     heartbeat_timeout: float | None = None
     heartbeat_stale: bool | None = None
     heartbeat_modes: set[str] = field(default_factory=set)
+    # pool id -> service -> what the processes published (the first one that did, per pool)
+    services: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
 
 
 def proxy_processes_live(*, now: dt.datetime) -> list[ProxyProcess]:
@@ -98,6 +153,9 @@ def proxy_totals(*, processes: list[ProxyProcess]) -> ProxyTotals:
             totals.heartbeat_modes.add(str(snap["heartbeat_mode"]))
         if isinstance(snap.get("heartbeat_stale"), bool):
             totals.heartbeat_stale = bool(totals.heartbeat_stale) or snap["heartbeat_stale"]
+        for pool_id, services in (snap.get("services") or {}).items():
+            if isinstance(services, dict):
+                totals.services.setdefault(pool_id, services)
     return totals
 
 
@@ -166,8 +224,9 @@ def backend_health_view(
         # The router stopped trusting it after its last good heartbeat; null when healthy,
         # never checked, or never answered (then last_check_utc says since when it is tried).
         "down_since_utc": row.last_ok_utc if row is not None and state in ("unhealthy", "stale") else None,
-        "load": row.load if (row is not None and backend.load_is_reported) else None,
-        "queue_depth": row.queue_depth if row is not None else None,
+        # A down backend's last load is history, not its load: unknown (never 0).
+        "load": row.load if (row is not None and backend.load_is_reported and state == "healthy") else None,
+        "queue_depth": row.queue_depth if (row is not None and state == "healthy") else None,
         "capacity": row.capacity if row is not None else None,
         "last_ok_utc": row.last_ok_utc if row is not None else None,
         "last_check_utc": row.last_check_utc if row is not None else None,
@@ -179,10 +238,58 @@ def _timeout(totals: ProxyTotals) -> float:
     return totals.heartbeat_timeout or DEFAULTS["heartbeat_timeout_seconds"]
 
 
+def pool_services(*, pool_id: str, totals: ProxyTotals, counters: dict[str, Any]) -> list[dict[str, Any]]:
+    """A pool's non-storage services: offered (passed to its backends) or not, and why not;
+    with the operations counted so far."""
+    published = totals.services.get(pool_id)
+    operations = operations_by_service(counters)
+    out = []
+    for name, label in SERVICE_LABELS.items():
+        seen = (published or {}).get(name) or {}
+        offered = bool(seen.get("passed"))
+        if published is None:
+            why = "unknown: no runproxy process serving this pool is publishing"
+        elif offered:
+            why = "offered by " + ", ".join(seen.get("offered_by") or ["a backend"])
+        elif not seen.get("switched_on"):
+            why = f"switched off in Pools[{pool_id}].Services"
+        elif seen.get("not_asked") and not seen.get("offered_by"):
+            why = f"no backend asked offers {label}; not asked yet (down): " + ", ".join(seen["not_asked"])
+        else:
+            why = f"no backend offers {label}"
+        classes = operations.get(SERVICE_COMMANDS[name], {})
+        out.append({
+            "service": name, "label": label, "offered": offered, "known": published is not None, "why": why,
+            "operations": sum(classes.values()),
+            "failed": sum(n for cls, n in classes.items() if cls not in OK_STATUS_CLASSES),
+        })
+    return out
+
+
+def pool_degraded(*, backends: list[dict[str, Any]], database_ok: bool, heartbeat_stale: bool) -> list[str]:
+    """Why a pool is degraded (empty when it is not): backends down, the database away, heartbeats stale."""
+    reasons = []
+    down = [b for b in backends if b["enabled"] and b["health"]["state"] in ("unhealthy", "stale")]
+    for b in down:
+        reasons.append(f"backend {b['id']} is down" + (f": {b['health']['last_error']}" if b["health"]["last_error"]
+                                                        else ""))
+    in_service = [b for b in backends if b["enabled"] and not b["draining"] and b["health"]["state"] == "healthy"]
+    if backends and not in_service:
+        reasons.append("no backend in service: new studies fail")
+    if not database_ok:
+        reasons.append("the database is unreachable")
+    if heartbeat_stale:
+        reasons.append("heartbeats are stale: backend health may be out of date")
+    return reasons
+
+
 def pools_overview(*, now: dt.datetime, totals: ProxyTotals | None = None) -> list[dict[str, Any]]:
-    """Pools with their backends: configuration, runtime state, health and live counters."""
+    """Pools with their backends: configuration, runtime state, health and live counters;
+    their services, and why each is degraded."""
     if totals is None:
         totals = proxy_totals(processes=proxy_processes_live(now=now))
+    heartbeat = heartbeat_state(now=now, totals=totals, pool_ids=[p.id for p in pool_selectors.pools_enabled()])
+    stale_pools = {p["pool"] for p in heartbeat["pools"] if p["stale"]}
     rows = health_selectors.backend_health_all()
     out = []
     for pool in pool_selectors.pools_with_backends():
@@ -213,6 +320,11 @@ def pools_overview(*, now: dt.datetime, totals: ProxyTotals | None = None) -> li
                 "port": pool.port,
                 "enabled": pool.enabled,
                 "backends": backends,
+                "services": pool_services(pool_id=pool.id, totals=totals, counters=totals.counters),
+                "degraded": pool_degraded(
+                    backends=backends, database_ok=not totals.db_errors,
+                    heartbeat_stale=bool(heartbeat["stale"] if heartbeat["source"] == "proxy"
+                                         else pool.id in stale_pools)) if pool.enabled else [],
             }
         )
     return out
@@ -291,7 +403,8 @@ def rate_series(*, processes: list[ProxyProcess], now: dt.datetime) -> dict[str,
 
 def calling_aes_summary() -> list[dict[str, Any]]:
     """Who sends: per calling AE title, the studies routed, when last seen and to which
-    backends, over the routing decisions kept (routing.services.DECISIONS_KEPT)."""
+    backends, over the routing decisions kept (routing.services.DECISIONS_KEPT); and how
+    often it was rejected, over the rejected associations kept."""
     rows = list(
         RoutingDecision.objects.values("calling_ae")
         .annotate(studies=Count("study_uid", distinct=True), last_seen_utc=Max("at_utc"))
@@ -301,7 +414,18 @@ def calling_aes_summary() -> list[dict[str, Any]]:
     pairs = RoutingDecision.objects.filter(calling_ae__in=[r["calling_ae"] for r in rows])
     for calling_ae, backend_id in pairs.values_list("calling_ae", "backend_id").order_by().distinct():
         backends.setdefault(calling_ae, set()).add(backend_id)
-    return [r | {"backends": sorted(backends.get(r["calling_ae"], ()))} for r in rows]
+    out = {r["calling_ae"]: r | {"backends": sorted(backends.get(r["calling_ae"], ())), "rejected": 0,
+                                 "rejected_last_utc": None} for r in rows}
+    # Callers turned away (A-ASSOCIATE-RJ) appear too: a modality set up wrong sends nothing routed.
+    rejected = (RejectedAssociation.objects.exclude(calling_ae="").exclude(reason=CONTEXTS_REFUSED)
+                .values("calling_ae").annotate(n=Sum("count"), last=Max("last_seen_utc"))
+                .order_by("-last")[:CALLING_AES_SHOWN])
+    for r in rejected:
+        row = out.setdefault(r["calling_ae"], {"calling_ae": r["calling_ae"], "studies": 0, "backends": [],
+                                               "last_seen_utc": r["last"]})
+        row["rejected"], row["rejected_last_utc"] = int(r["n"]), r["last"]
+        row["last_seen_utc"] = max(row["last_seen_utc"], r["last"])
+    return sorted(out.values(), key=lambda r: (-r["last_seen_utc"].timestamp(), r["calling_ae"]))[:CALLING_AES_SHOWN]
 
 
 def status_snapshot(*, now: dt.datetime) -> dict[str, Any]:
@@ -392,3 +516,43 @@ def routing_decisions_recent(
     if reason:
         qs = qs.filter(reason=reason)
     return qs.order_by("-at_utc", "-id")
+
+
+def failed_operations_recent(*, pool_id: str = "", backend_id: str = "") -> QuerySet[FailedOperation]:
+    """Operations answered with a failure status, newest first (routing.telemetry keeps the last few hundred)."""
+    qs = FailedOperation.objects.all()
+    if pool_id:
+        qs = qs.filter(pool_id=pool_id)
+    if backend_id:
+        qs = qs.filter(backend_id=backend_id)
+    return qs.order_by("-at_utc", "-id")
+
+
+def failure_view(failure: FailedOperation) -> dict[str, Any]:
+    """A failed operation with its status spelled out: the code, what it means, who answered it and why."""
+    code = failure.status
+    cause = SYNTHIQ_STATUS_CAUSES.get(code, "") if failure.origin == FailedOperation.Origin.SYNTHIQ else ""
+    return {
+        "id": failure.id, "at_utc": failure.at_utc, "pool": failure.pool_id, "service": failure.service,
+        "calling_ae": failure.calling_ae, "source_ip": failure.source_ip, "study_uid": failure.study_uid,
+        "sop_instance_uid": failure.sop_instance_uid, "backend": failure.backend_id,
+        "status": code, "status_hex": f"0x{code:04X}", "meaning": store_status_meaning(code),
+        "origin": failure.origin, "cause": cause, "comment": failure.comment,
+    }
+
+
+def rejected_associations_recent(*, pool_id: str = "") -> QuerySet[RejectedAssociation]:
+    """Who was turned away, from where and why, most recently seen first."""
+    qs = RejectedAssociation.objects.all()
+    if pool_id:
+        qs = qs.filter(pool_id=pool_id)
+    return qs.order_by("-last_seen_utc", "-id")
+
+
+def rejection_view(row: RejectedAssociation) -> dict[str, Any]:
+    return {
+        "pool": row.pool_id, "reason": row.reason, "reason_label": REJECTION_LABELS.get(row.reason, row.reason),
+        "rejected": row.reason != CONTEXTS_REFUSED,
+        "calling_ae": row.calling_ae, "called_ae": row.called_ae, "source_ip": row.source_ip, "detail": row.detail,
+        "count": row.count, "first_seen_utc": row.first_seen_utc, "last_seen_utc": row.last_seen_utc,
+    }

@@ -181,7 +181,8 @@ class InboundAssociation:
             kind, why, reason = refusal
             logger.warning("association rejected pool=%s calling_ae=%s called_ae=%s source_ip=%s reason=%s: %s",
                            self.pool_id, rq.calling_ae, rq.called_ae, self.source_ip, kind, why)
-            self.relay.telemetry.association_rejected(kind)
+            self.relay.telemetry.association_rejected(kind, pool_id=self.pool_id, source_ip=self.source_ip,
+                                                      calling_ae=rq.calling_ae, called_ae=rq.called_ae, detail=why)
             self.conn.send_and_close(negotiation.reject(reason), linger=ABORT_LINGER_SECONDS)
             return False
         # The AC echoes the called AE title the modality used (PS3.8 9.3.3), ours or an accepted one.
@@ -198,6 +199,9 @@ class InboundAssociation:
                            "this pool: switched off in Pools[%s].Services, or offered by no backend)", self.pool_id,
                            rq.calling_ae, self.source_ip, ", ".join(_sop_class_name(uid) for uid in refused),
                            self.pool_id)
+            self.relay.telemetry.contexts_refused(pool_id=self.pool_id, source_ip=self.source_ip,
+                                                  calling_ae=rq.calling_ae, called_ae=rq.called_ae,
+                                                  sop_classes=[_sop_class_name(uid) for uid in refused])
         self.stream = MessageStream(self.conn, self.contexts)
         # The relay counts this association among the established ones from here.
         self.relay.established(self)
@@ -232,7 +236,8 @@ class InboundAssociation:
         plaintext = any(sign in text for sign in ("WRONG_VERSION_NUMBER", "UNKNOWN_PROTOCOL", "HTTP_REQUEST",
                                                   "unknown protocol", "wrong version number"))
         kind = "tls-plaintext" if plaintext else "tls-handshake"
-        self.relay.telemetry.association_rejected(kind)
+        self.relay.telemetry.association_rejected(kind, pool_id=self.pool_id, source_ip=self.source_ip,
+                                                  detail=f"TLS handshake failed: {text}")
         self.relay.log_refusal(kind, f"pool={self.pool_id} source_ip={self.source_ip}: TLS handshake failed"
                                      f"{' (plaintext on the TLS port?)' if plaintext else ''}: {text} "
                                      "(repeats within a minute counted, not logged)")
@@ -369,6 +374,10 @@ class InboundAssociation:
                          self.pool_id, self.calling_ae, self.source_ip, _logged_uid(study_uid),
                          _logged_uid(sop_uid), failure.backend_id or "-", failure.status, failure.comment)
             self.relay.telemetry.forward_failed(failure.backend_id, failure.status)
+            self.relay.telemetry.store_failed(
+                pool_id=self.pool_id, calling_ae=self.calling_ae, source_ip=self.source_ip,
+                study_uid=study_uid, sop_instance_uid=sop_uid,
+                backend_id=failure.backend_id, status=failure.status, comment=failure.comment, by_backend=False)
             if failure.drop:  # answer only once the whole request has been read
                 await self._drop_data_set(context_id)
             offending = failure.offending or (
@@ -385,6 +394,10 @@ class InboundAssociation:
             logger.warning("C-STORE not stored pool=%s calling_ae=%s source_ip=%s study=%s sop=%s backend=%s: backend "
                            "answered 0x%04X %s", self.pool_id, self.calling_ae, self.source_ip,
                            study_uid, sop_uid, backend_id, code, answer.text(commands.ERROR_COMMENT))
+            self.relay.telemetry.store_failed(
+                pool_id=self.pool_id, calling_ae=self.calling_ae, source_ip=self.source_ip,
+                study_uid=study_uid, sop_instance_uid=sop_uid, backend_id=backend_id, status=code,
+                comment=answer.text(commands.ERROR_COMMENT), by_backend=True)
         self.relay.telemetry.forwarded(backend_id, code, time.perf_counter() - started,
                                        nbytes=self.bytes_relayed - bytes_before)
         await self.answer(context_id, answer.raw)

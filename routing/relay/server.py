@@ -285,7 +285,7 @@ class Relay:
             kind = why = "stopping"
         elif not pool.admits(address):
             kind, why = "source-address", f"{address} is not in Pools[{pool.id}].AllowedSources"
-            self.telemetry.association_rejected(kind)
+            self.telemetry.association_rejected(kind, pool_id=pool.id, source_ip=address, detail=why)
         elif pending.by_address[address] >= self.network.max_pending_per_address:
             kind, why = f"pending {address}", (f"{pending.by_address[address]} connections from {address} still "
                                                "negotiating (Network.MaxPendingPerAddress)")

@@ -67,6 +67,24 @@ def test_pools_backends_and_health_read_clearly(admin_client):
     _rows(admin_client, "/admin/routing/proxyprocess/")
 
 
+def test_failures_and_rejections_are_listed_searchable_and_escaped(admin_client):
+    from routing.telemetry import Telemetry
+
+    t = Telemetry(process_id="test:1")
+    for n, (calling_ae, comment) in enumerate((("CT1", "<b>disk full</b>"), ("MR2", "backend node-b unreachable"))):
+        t.store_failed(pool_id="main", calling_ae=calling_ae, source_ip="10.0.0.7", study_uid=f"1.2.9.{n}",
+                       sop_instance_uid=f"1.2.9.{n}.1", backend_id="node-a", status=0xA701, comment=comment,
+                       by_backend=False)
+    t.association_rejected("called-ae", pool_id="main", source_ip="10.0.0.9", calling_ae="US2", called_ae="WRONG",
+                           detail="called AE title 'WRONG' is not 'SYNTHIQ'")
+    t.publish(extra={}, listeners=[])
+    page = _rows(admin_client, "/admin/routing/failedoperation/?q=1.2.9.0")
+    assert "0xA701" in page and "CT1" in page and "MR2" not in page
+    assert "&lt;b&gt;disk full&lt;/b&gt;" in page and "<b>disk full</b>" not in page
+    page = _rows(admin_client, "/admin/routing/rejectedassociation/?q=US2")
+    assert "WRONG" in page and "10.0.0.9" in page
+
+
 def test_the_drain_action_drains_through_the_service(admin_client):
     from pools.models import Backend
 
