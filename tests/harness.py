@@ -221,6 +221,7 @@ def set_health(backend_ids, *, healthy: bool = True, load: float | None = 0.0, c
 
 # Children before parents: bindings, locations and health point at backends, backends at pools.
 TABLES = ("routing.RoutingDecision", "routing.ProxyProcess", "affinity.Binding", "affinity.InstanceLocation",
+          "affinity.AdoptionWindow", "affinity.Adoption",
           "health.BackendHealth", "health.HeartbeatRound", "pools.Backend", "pools.Pool")
 
 
