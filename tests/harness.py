@@ -291,7 +291,7 @@ def start_orthanc(cluster: Cluster, *, name: str = "orthanc", **options: Any) ->
     path = cluster.tmp / f"{name}.json"
     path.write_text(json.dumps(config))
     m = cluster.process(name, [exe, str(path)], ready="Orthanc has started")
-    return OrthancHandle(http_port, dicom_port, config["DicomAet"], m)
+    return OrthancHandle(config["HttpPort"], config["DicomPort"], config["DicomAet"], m)
 
 
 class OwnPostgres:
