@@ -59,8 +59,9 @@ def dated_study(directory: Path, *, count: int, date: str = "", study_uid: str |
     return suid, files
 
 
-def start_ledger(tmp: Path, **orthanc_options: Any) -> Ledger:
-    """Three Orthancs and runproxy in front of them (liveness health: C-ECHO)."""
+def start_ledger(tmp: Path, *, reconciliation: dict[str, Any] | None = None, **orthanc_options: Any) -> Ledger:
+    """Three Orthancs and runproxy in front of them (liveness health: C-ECHO), its config's
+    ``Reconciliation`` block as given."""
     clean_database()
     cluster = Cluster(tmp=tmp, env=dict(os.environ))
     try:
@@ -72,7 +73,8 @@ def start_ledger(tmp: Path, **orthanc_options: Any) -> Ledger:
                                      DicomModalities=modalities, **orthanc_options) for n in NODES}
         backends = [{"Id": n, "AeTitle": o.ae_title, "Host": "127.0.0.1", "Port": o.dicom_port,
                      "Health": {"Mode": "liveness", "Probe": "echo"}} for n, o in orthancs.items()]
-        proxy = cluster.proxy(cluster.config(backends, HeartbeatTimeoutSeconds=600, pool={"Port": proxy_port}))
+        top: dict[str, Any] = {"Reconciliation": reconciliation} if reconciliation else {}
+        proxy = cluster.proxy(cluster.config(backends, HeartbeatTimeoutSeconds=600, pool={"Port": proxy_port}, **top))
         return Ledger(cluster, proxy, orthancs)
     except BaseException:
         cluster.stop_all()
