@@ -5,7 +5,7 @@ from django.http import JsonResponse
 from django.urls import path
 from drf_spectacular.views import SpectacularAPIView
 
-from affinity.api import AffinityListView, CommitmentView
+from affinity.api import AffinityListView, CommitmentView, StudyExceptionsView, StudyView
 from pools.api import BackendDrainView, BackendEnableView
 from routing.operator.api import ActivityView, PoolsView, StatusView
 from routing.operator.views import dashboard, metrics, readyz
@@ -33,4 +33,6 @@ urlpatterns = [
     path("api/affinity", AffinityListView.as_view(), name="api-affinity"),
     path("api/affinity/<str:study_uid>/commitment", CommitmentView.as_view(), name="api-commitment"),
     path("api/activity", ActivityView.as_view(), name="api-activity"),
+    path("api/studies", StudyExceptionsView.as_view(), name="api-studies"),
+    path("api/studies/<str:study_uid>", StudyView.as_view(), name="api-study"),
 ]
