@@ -180,11 +180,14 @@ def bindings_mark_adopted(*, pool_id: str, study_uids: list[str], backend_id: st
     return marked
 
 
-def binding_lease(*, binding_id: int, now: dt.datetime, seconds: float = VERIFY_LEASE_SECONDS) -> bool:
-    """Take the binding's verification lease unless another host holds it: a conditional
-    update whose row count says who won, so several hosts verify each study once."""
-    return Binding.objects.filter(Q(lease_until_utc__isnull=True) | Q(lease_until_utc__lt=now), id=binding_id).update(
-        lease_until_utc=now + dt.timedelta(seconds=seconds)) == 1
+def binding_lease(*, binding_id: int, verified_utc: dt.datetime | None, now: dt.datetime,
+                  seconds: float = VERIFY_LEASE_SECONDS) -> bool:
+    """Take the binding's verification lease unless another host holds it, or verified it
+    since ``verified_utc`` was read: a conditional update whose row count says who won, so
+    several hosts verify each study once."""
+    verified = Q(verified_utc__isnull=True) if verified_utc is None else Q(verified_utc=verified_utc)
+    return Binding.objects.filter(Q(lease_until_utc__isnull=True) | Q(lease_until_utc__lt=now), verified,
+                                  id=binding_id).update(lease_until_utc=now + dt.timedelta(seconds=seconds)) == 1
 
 
 def binding_postpone(*, binding_id: int, now: dt.datetime, seconds: float = VERIFY_POSTPONE_SECONDS) -> None:

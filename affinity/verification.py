@@ -127,7 +127,8 @@ def binding_verify(*, binding: Binding, peers: dict[str, scu.Peer], ask: Asker, 
     another host, the bound backend unreachable, the database away)."""
     try:
         close_old_connections()
-        if not leased and not services.binding_lease(binding_id=binding.id, now=now()):
+        if not leased and not services.binding_lease(binding_id=binding.id, verified_utc=binding.verified_utc,
+                                                      now=now()):
             return None
         acknowledged = selectors.study_acknowledged(pool_id=binding.pool_id, study_uid=binding.study_uid)
     except DatabaseError as exc:
