@@ -273,11 +273,12 @@ class Adopter:
 
     def _verify_several(self, uids: list[str]) -> None:
         """Studies found on several backends are verified now: split or whole."""
+        everywhere = self.settings.model_copy(update={"check_other_backends": True})
         for uid in uids:
             binding = Binding.objects.filter(pool_id=self.pool_id, study_uid=uid).first()
             if binding is None:
                 continue
-            found = binding_verify(binding=binding, peers=self.peers, ask=self.ask, settings=self.settings,
+            found = binding_verify(binding=binding, peers=self.peers, ask=self.ask, settings=everywhere,
                                    instance_level=True)
             if found is not None and found.verdict == "split":
                 self.report.split.append(f"study {uid} bound to {binding.backend_id}; held {found.held}")

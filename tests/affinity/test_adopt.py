@@ -50,6 +50,7 @@ def adopt(*args: str) -> str:
     return out.getvalue()
 
 
+@pytest.mark.postgres
 def test_adopt_binds_each_study_where_it_lives_and_keeps_live_bindings(ledger, tmp_path):
     ledger, studies = ledger
     Binding.objects.all().delete()
