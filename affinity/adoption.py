@@ -29,7 +29,6 @@ from pathlib import Path
 from tqdm import tqdm
 
 from affinity import scu, selectors, services
-from affinity.models import Binding
 from affinity.verification import QUERY_TIMEOUT_SECONDS, Asker, binding_verify, pool_peers
 from pools.config import ReconciliationConfig
 from routing.dicom.uids import shown, uid_problem
@@ -275,7 +274,7 @@ class Adopter:
         """Studies found on several backends are verified now: split or whole."""
         everywhere = self.settings.model_copy(update={"check_other_backends": True})
         for uid in uids:
-            binding = Binding.objects.filter(pool_id=self.pool_id, study_uid=uid).first()
+            binding = selectors.binding_of_study_in_pool(pool_id=self.pool_id, study_uid=uid)
             if binding is None:
                 continue
             found = binding_verify(binding=binding, peers=self.peers, ask=self.ask, settings=everywhere,

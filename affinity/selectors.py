@@ -119,3 +119,14 @@ def adoption_resumable(*, pool_id: str, since_arg: str, until_arg: str) -> Adopt
 
 def adoption_windows_done(*, adoption_id: int) -> list[AdoptionWindow]:
     return list(AdoptionWindow.objects.filter(adoption_id=adoption_id).order_by("first", "id"))
+
+
+def bindings_of_pool(*, pool_id: str, study_uids: list[str] | None = None,
+                     verdict: str = "") -> QuerySet[Binding]:
+    """A pool's bindings (these studies, this verdict), by study."""
+    qs = Binding.objects.filter(pool_id=pool_id)
+    if study_uids is not None:
+        qs = qs.filter(study_uid__in=study_uids)
+    if verdict:
+        qs = qs.filter(verdict=verdict)
+    return qs.order_by("study_uid")

@@ -134,6 +134,9 @@ def binding_verify(*, binding: Binding, peers: dict[str, scu.Peer], ask: Asker, 
     except DatabaseError as exc:
         logger.warning("verify study=%s postponed: database unavailable (%s)", binding.study_uid, exc)
         return None
+    # The verdict describes the study as of now: an instance that arrives while the backends
+    # are being asked makes it due again (last seen after verified).
+    started = now()
     bound = peers.get(binding.backend_id)
     others = [p for backend_id, p in sorted(peers.items()) if backend_id != binding.backend_id
               and (healthy is None or backend_id in healthy)] if settings.check_other_backends else []
@@ -152,7 +155,7 @@ def binding_verify(*, binding: Binding, peers: dict[str, scu.Peer], ask: Asker, 
     try:
         recorded = services.binding_verdict_record(pool_id=binding.pool_id, study_uid=binding.study_uid,
                                                    backend_id=binding.backend_id, verdict=found.verdict,
-                                                   held=found.held, now=now())
+                                                   held=found.held, now=started)
     except DatabaseError as exc:
         logger.warning("verify study=%s: verdict not recorded, database unavailable (%s)", binding.study_uid, exc)
         return None

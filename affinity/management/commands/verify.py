@@ -5,8 +5,7 @@ from __future__ import annotations
 
 from django.core.management.base import BaseCommand, CommandError
 
-from affinity import scu
-from affinity.models import Binding
+from affinity import scu, selectors
 from affinity.verification import Asker, binding_verify, pool_peers
 from pools.config import ConfigError
 from pools.selectors import reconciliation_settings
@@ -30,13 +29,14 @@ class Command(BaseCommand):
         except (ConfigError, LookupError) as exc:
             raise CommandError(str(exc)) from None
         ask = Asker(calling_ae, scu.RateLimit(settings.max_queries_per_second))
-        bindings = Binding.objects.filter(pool_id=pool).order_by("study_uid")
+        wanted = None
         if not all:
             for uid in study_uids:
                 if uid_problem(uid):
                     self.stderr.write(f"{shown(uid)}: not a UID ({uid_problem(uid)}): skipped")
             wanted = [uid for uid in study_uids if not uid_problem(uid)]
-            bindings = bindings.filter(study_uid__in=wanted)
+        bindings = selectors.bindings_of_pool(pool_id=pool, study_uids=wanted)
+        if wanted is not None:
             for uid in sorted(set(wanted) - set(bindings.values_list("study_uid", flat=True))):
                 self.stderr.write(f"{uid}: not bound in pool {pool}: skipped")
         counts: dict[str, int] = {}
