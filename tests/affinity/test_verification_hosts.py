@@ -94,3 +94,17 @@ def test_a_study_still_receiving_is_not_verified_until_quiet(pool):
     assert verification_round(pool_ids=["main"], settings=ReconciliationConfig(QuietSeconds=60),
                               heartbeat_timeout=600) == 0
     assert Binding.objects.get(study_uid=suid).verdict == "unverified"
+
+
+def test_celery_beat_runs_the_same_round_on_its_schedule(pool):
+    from routing.tasks import ledger_verify_due
+    from synthiq_project.celery import app
+
+    node, tmp = pool
+    suid = relayed(node, tmp, "beat")
+    Binding.objects.filter(study_uid=suid).update(last_seen_utc=dt.datetime.now(dt.UTC) - dt.timedelta(minutes=10))
+    ledger_verify_due.apply()  # the task body as a worker runs it (default Reconciliation: quiet 300 s)
+    assert Binding.objects.get(study_uid=suid).verdict == "whole"
+    app.finalize()
+    entry = app.conf.beat_schedule["ledger-verification"]
+    assert entry["task"] == "routing.ledger_verify_due" and entry["options"]["expires"] == entry["schedule"]

@@ -36,8 +36,8 @@ class Command(BaseCommand):
 
     def handle(self, *args, pool, since, until, csv, dry_run, **options):
         since_day, until_day = (_date(v) if v else None for v in (since, until))
-        if since_day and until_day and since_day > until_day:
-            raise CommandError("--since is after --until")
+        if since_day and since_day > (until_day or dt.datetime.now(dt.UTC).date()):
+            raise CommandError(f"--since is after {'--until' if until_day else 'today'}")
         if csv and (since or until):
             raise CommandError("--csv adopts what the file lists: --since and --until do not apply")
         try:
