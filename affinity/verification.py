@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -169,11 +170,14 @@ def binding_verify(*, binding: Binding, peers: dict[str, scu.Peer], ask: Asker, 
 
 
 def verify_due(*, pool_id: str, settings: ReconciliationConfig, healthy: set[str] | None = None,
-               limit: int = ROUND_LIMIT, rate: scu.RateLimit | None = None) -> int:
+               limit: int = ROUND_LIMIT, rate: scu.RateLimit | None = None, budget_seconds: float | None = None,
+               timeout: float = QUERY_TIMEOUT_SECONDS) -> int:
     """One round of background verification of a pool: the bindings due (quiet, not
-    leased), ``settings.concurrency`` at once, rate-limited per backend. Returns how many
+    leased), ``settings.concurrency`` at once, rate-limited per backend; no binding is
+    started after ``budget_seconds`` (the rest wait for the next round). Returns how many
     got a verdict. Postpones, never raises, on a database outage or a silent backend."""
     now = dt.datetime.now(dt.UTC)
+    deadline = time.monotonic() + budget_seconds if budget_seconds is not None else None
     try:
         close_old_connections()
         due = selectors.bindings_due_for_verification(pool_id=pool_id, now=now, quiet_seconds=settings.quiet_seconds,
@@ -184,9 +188,11 @@ def verify_due(*, pool_id: str, settings: ReconciliationConfig, healthy: set[str
     except (DatabaseError, LookupError) as exc:
         logger.warning("verification of pool %s postponed: %s", pool_id, exc)
         return 0
-    ask = Asker(calling_ae, rate or scu.RateLimit(settings.max_queries_per_second))
+    ask = Asker(calling_ae, rate or scu.RateLimit(settings.max_queries_per_second), timeout)
 
     def one(binding: Binding) -> bool:
+        if deadline is not None and time.monotonic() > deadline:
+            return False
         try:
             return binding_verify(binding=binding, peers=peers, ask=ask, settings=settings, healthy=healthy) is not None
         finally:

@@ -15,7 +15,7 @@ import time
 from django.db import DatabaseError, close_old_connections
 
 from affinity import scu
-from affinity.verification import verify_due
+from affinity.verification import QUERY_TIMEOUT_SECONDS, verify_due
 from health import selectors as health_selectors
 from pools import selectors as pool_selectors
 from pools.config import ReconciliationConfig
@@ -34,8 +34,11 @@ def healthy_backends(*, pool_id: str, now: dt.datetime, heartbeat_timeout: float
 
 
 def verification_round(*, pool_ids: list[str], settings: ReconciliationConfig, heartbeat_timeout: float,
-                       rate: scu.RateLimit | None = None) -> int:
-    """Verify what is due in each pool; returns how many bindings got a verdict."""
+                       rate: scu.RateLimit | None = None, budget_seconds: float | None = None,
+                       timeout: float = QUERY_TIMEOUT_SECONDS) -> int:
+    """Verify what is due in each pool; returns how many bindings got a verdict. With a
+    budget, no study is started after it (a Celery worker's next task must not wait long)."""
+    deadline = time.monotonic() + budget_seconds if budget_seconds is not None else None
     verified = 0
     for pool_id in pool_ids:
         try:
@@ -45,7 +48,11 @@ def verification_round(*, pool_ids: list[str], settings: ReconciliationConfig, h
         except DatabaseError as exc:
             logger.warning("verification of pool %s postponed: database unavailable (%s)", pool_id, exc)
             continue
-        verified += verify_due(pool_id=pool_id, settings=settings, healthy=healthy, rate=rate)
+        left = None if deadline is None else deadline - time.monotonic()
+        if left is not None and left <= 0:
+            break
+        verified += verify_due(pool_id=pool_id, settings=settings, healthy=healthy, rate=rate, budget_seconds=left,
+                               timeout=timeout)
     return verified
 
 

@@ -108,3 +108,11 @@ def test_celery_beat_runs_the_same_round_on_its_schedule(pool):
     app.finalize()
     entry = app.conf.beat_schedule["ledger-verification"]
     assert entry["task"] == "routing.ledger_verify_due" and entry["options"]["expires"] == entry["schedule"]
+
+
+def test_a_round_starts_no_study_past_its_budget(pool):
+    node, tmp = pool
+    relayed(node, tmp, "late")
+    assert verification_round(pool_ids=["main"], settings=QUIET, heartbeat_timeout=600, budget_seconds=0) == 0
+    assert Binding.objects.get().verdict == "unverified"
+    assert verification_round(pool_ids=["main"], settings=QUIET, heartbeat_timeout=600, budget_seconds=5) == 1
