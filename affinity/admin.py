@@ -27,8 +27,8 @@ class CommittedFilter(admin.SimpleListFilter):
 @admin.register(Binding)
 class BindingAdmin(admin.ModelAdmin):
     list_display = ("study_uid", "pool", "backend", "instance_count", "first_seen_utc", "last_seen_utc",
-                    "committed", "committed_utc")
-    list_filter = ("pool", "backend", CommittedFilter)
+                    "committed", "committed_utc", "verdict", "adopted")
+    list_filter = ("pool", "backend", CommittedFilter, "verdict", "adopted")
     # `^`: prefix match, which the study_uid index serves; a full SUID is a prefix of itself.
     search_fields = ("^study_uid",)
     search_help_text = "Study Instance UID, or its beginning"

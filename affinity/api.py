@@ -23,7 +23,14 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from affinity import selectors, services
-from affinity.serializers import BindingSerializer, CommitmentSerializer
+from affinity.models import Verdict
+from affinity.serializers import (
+    BindingSerializer,
+    CommitmentSerializer,
+    StudyExceptionSerializer,
+    StudySerializer,
+    ledger_entries,
+)
 from pools import selectors as pool_selectors
 from pools.models import Backend
 from synthiq_project.authentication import ThrottledTokenAuthentication, token_guessing_guard
@@ -68,6 +75,56 @@ class AffinityListView(ListAPIView):
             backend_id=params.get("backend", ""),
             committed=_BOOL[committed_raw.lower()] if committed_raw else None,
         )
+
+
+# -- the study ledger ------------------------------------------------------------
+
+EXCEPTIONS = (Verdict.MISSING, Verdict.SPLIT)
+
+
+class StudyView(APIView):
+    @extend_schema(
+        operation_id="study_get",
+        summary="Where a study is bound in each pool, and whether it is whole there",
+        responses={200: StudySerializer, 404: OpenApiResponse(description="no pool has this study")},
+    )
+    def get(self, request: Request, study_uid: str) -> Response:
+        bindings = selectors.bindings_of_study(study_uid=study_uid)
+        if not bindings:
+            raise NotFound(f"study {study_uid} is not bound in any pool")
+        counts = selectors.acknowledged_counts(keys=[(b.pool_id, b.study_uid) for b in bindings])
+        return Response(StudySerializer({"study_uid": study_uid, "pools": ledger_entries(bindings, counts)}).data)
+
+
+class StudyExceptionsView(ListAPIView):
+    serializer_class = StudyExceptionSerializer
+    pagination_class = BindingPagination
+
+    @extend_schema(
+        operation_id="study_exceptions",
+        summary="Studies that are not whole (missing or split), by Study Instance UID",
+        parameters=[
+            OpenApiParameter("verdict", OpenApiTypes.STR, enum=[v.value for v in EXCEPTIONS],
+                             description="one verdict (default: both)"),
+            OpenApiParameter("pool", OpenApiTypes.STR),
+        ],
+    )
+    def get(self, request: Request, *args, **kwargs) -> Response:
+        return super().get(request, *args, **kwargs)
+
+    def get_queryset(self):
+        verdict = self.request.query_params.get("verdict", "")
+        if verdict and verdict not in EXCEPTIONS:
+            raise ValidationError({"verdict": f"expected one of {', '.join(EXCEPTIONS)}"})
+        return selectors.bindings_with_verdict(verdicts=[verdict] if verdict else list(EXCEPTIONS),
+                                               pool_id=self.request.query_params.get("pool", ""))
+
+    def paginate_queryset(self, queryset):
+        page = super().paginate_queryset(queryset)
+        if page is None:
+            return None
+        counts = selectors.acknowledged_counts(keys=[(b.pool_id, b.study_uid) for b in page])
+        return ledger_entries(page, counts)
 
 
 # -- storage commitment ----------------------------------------------------------

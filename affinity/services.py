@@ -6,11 +6,11 @@ import datetime as dt
 import logging
 
 from django.db import IntegrityError, connection, transaction
-from django.db.models import F
+from django.db.models import Exists, F, OuterRef, Q
 from django.db.models.functions import Greatest
 
 from affinity import selectors
-from affinity.models import Binding, InstanceLocation
+from affinity.models import KEPT_VERDICTS, Adoption, AdoptionWindow, Binding, InstanceLocation
 
 logger = logging.getLogger("synthiq.affinity")
 
@@ -138,10 +138,15 @@ def instances_record(*, locations: dict[tuple[str, str], tuple[str, str, dt.date
 
 
 def bindings_purge_expired(*, window_hours: float, now: dt.datetime) -> int:
-    """Delete bindings (and instance locations) idle for longer than the study cache window."""
+    """Delete bindings idle for longer than the study cache window, then the instance
+    locations of studies that no longer have a binding (they live as long as it does).
+    The ledger keeps what it knows: adopted bindings and those whose verdict is split or
+    missing are not purged."""
     cutoff = now - dt.timedelta(hours=window_hours)
-    InstanceLocation.objects.filter(seen_utc__lt=cutoff).delete()
-    deleted, _ = Binding.objects.filter(last_seen_utc__lt=cutoff).delete()
+    deleted, _ = (Binding.objects.filter(last_seen_utc__lt=cutoff).exclude(adopted=True)
+                  .exclude(verdict__in=KEPT_VERDICTS).delete())
+    bound = Binding.objects.filter(pool_id=OuterRef("pool_id"), study_uid=OuterRef("study_uid"))
+    InstanceLocation.objects.filter(seen_utc__lt=cutoff).filter(~Exists(bound)).delete()
     if deleted:
         logger.info("purged %d bindings idle since before %s", deleted, cutoff.isoformat())
     return deleted
@@ -155,3 +160,60 @@ def binding_commit(*, pool_id: str, study_uid: str, backend_id: str, now: dt.dat
         )
         == 1
     )
+
+
+# -- the study ledger -------------------------------------------------------------------
+
+# How long one host may take to verify a study before another may try (and how long a
+# verification that could not reach its backend waits before it is tried again).
+VERIFY_LEASE_SECONDS = 300.0
+VERIFY_POSTPONE_SECONDS = 60.0
+
+
+def bindings_mark_adopted(*, pool_id: str, study_uids: list[str], backend_id: str) -> int:
+    """Mark bindings learnt from the backends as adopted (those still bound to ``backend_id``)."""
+    marked = 0
+    for start in range(0, len(study_uids), _CLAIM_ROWS_PER_STATEMENT):
+        marked += Binding.objects.filter(pool_id=pool_id, backend_id=backend_id,
+                                         study_uid__in=study_uids[start:start + _CLAIM_ROWS_PER_STATEMENT]
+                                         ).update(adopted=True)
+    return marked
+
+
+def binding_lease(*, binding_id: int, verified_utc: dt.datetime | None, now: dt.datetime,
+                  seconds: float = VERIFY_LEASE_SECONDS) -> bool:
+    """Take the binding's verification lease unless another host holds it, or verified it
+    since ``verified_utc`` was read: a conditional update whose row count says who won, so
+    several hosts verify each study once."""
+    verified = Q(verified_utc__isnull=True) if verified_utc is None else Q(verified_utc=verified_utc)
+    return Binding.objects.filter(Q(lease_until_utc__isnull=True) | Q(lease_until_utc__lt=now), verified,
+                                  id=binding_id).update(lease_until_utc=now + dt.timedelta(seconds=seconds)) == 1
+
+
+def binding_postpone(*, binding_id: int, now: dt.datetime, seconds: float = VERIFY_POSTPONE_SECONDS) -> None:
+    """Verification could not be done now (a backend unreachable): try again later."""
+    Binding.objects.filter(id=binding_id).update(lease_until_utc=now + dt.timedelta(seconds=seconds))
+
+
+def binding_verdict_record(*, pool_id: str, study_uid: str, backend_id: str, verdict: str, held: dict[str, int],
+                           now: dt.datetime) -> bool:
+    """Write a verification's verdict, if the study is still bound to the backend that was
+    verified (a concurrent rebind wins), and release the lease."""
+    return Binding.objects.filter(pool_id=pool_id, study_uid=study_uid, backend_id=backend_id).update(
+        verdict=verdict, held=held, verified_utc=now, lease_until_utc=None) == 1
+
+
+def adoption_start(*, pool_id: str, since: dt.date, until: dt.date, since_arg: str, until_arg: str,
+                   now: dt.datetime) -> Adoption:
+    return Adoption.objects.create(pool_id=pool_id, since=since, until=until, since_arg=since_arg,
+                                   until_arg=until_arg, started_utc=now)
+
+
+def adoption_window_done(*, adoption_id: int, first: dt.date | None, last: dt.date | None, undated: bool,
+                         studies: int, capped: bool, now: dt.datetime) -> None:
+    AdoptionWindow.objects.create(adoption_id=adoption_id, first=first, last=last, undated=undated, studies=studies,
+                                  capped=capped, done_utc=now)
+
+
+def adoption_finish(*, adoption_id: int, now: dt.datetime) -> None:
+    Adoption.objects.filter(id=adoption_id).update(finished_utc=now)

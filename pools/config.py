@@ -188,11 +188,31 @@ class NetworkConfig(Model):
     max_held_associations: Annotated[int, Field(ge=0, le=10000)] = 32
 
 
+class ReconciliationConfig(Model):
+    """The study ledger's verification: when a study is checked against its backends, and
+    how hard a production PACS may be asked."""
+
+    # A study is verified once nothing arrived for it this long. 300 s: past the pauses a
+    # modality makes within a study (the next series reconstructing, a technologist's
+    # break between acquisitions, the 60 s idle close and a new association), so a study
+    # is rarely judged half-sent; short enough that a verdict is there minutes after the
+    # exam. A study that does get more instances is simply verified again once quiet.
+    quiet_seconds: Annotated[float, Field(ge=0.5)] = 300
+    # Every verdict is checked again after this long (a backend may lose or purge later).
+    reverify_hours: Annotated[float, Field(gt=0)] = 24
+    # Also ask the pool's other healthy backends what they hold of the study (split).
+    check_other_backends: bool = True
+    # Queries to one backend per second at most, and queries in flight at once.
+    max_queries_per_second: Annotated[float, Field(gt=0, le=1000)] = 5
+    concurrency: Annotated[int, Field(ge=1, le=64)] = 2
+
+
 class Config(Model):
     study_cache_window_hours: Annotated[float, Field(ge=0.01)] = 96
     heartbeat_interval_seconds: Annotated[float, Field(ge=0.2)] = 5
     heartbeat_timeout_seconds: Annotated[float, Field(ge=0.5)] = 15
     network: NetworkConfig = NetworkConfig()
+    reconciliation: ReconciliationConfig = ReconciliationConfig()
     pools: Annotated[tuple[PoolConfig, ...], Field(min_length=1)]
 
     def backend(self, backend_id: str) -> BackendConfig | None:
@@ -203,7 +223,8 @@ class Config(Model):
 # one changed or is wrong, never what it holds.
 SECRET_KEYS = frozenset({"CommitmentToken", "Password"})
 
-DEFAULTS = {name: field.default for name, field in Config.model_fields.items() if name not in ("network", "pools")}
+DEFAULTS = {name: field.default for name, field in Config.model_fields.items()
+            if name != "pools" and not isinstance(field.default, Model)}
 
 
 # -- reading errors -----------------------------------------------------------------------
@@ -239,6 +260,8 @@ def _message(error: ErrorDetails, *, secret: bool) -> str:
         return "required"
     if kind == "literal_error":
         return f"must be one of {error['ctx']['expected']}, got {_described(error['input'], secret=secret)}"
+    if kind == "greater_than":
+        return f"must be > {error['ctx']['gt']}"
     if kind in ("greater_than_equal", "less_than_equal"):
         bound = error["ctx"]["ge" if kind == "greater_than_equal" else "le"]
         return f"must be {'>=' if kind == 'greater_than_equal' else '<='} {bound}"

@@ -6,7 +6,7 @@ from typing import Any
 from django.conf import settings
 from django.db.models import QuerySet
 
-from pools.config import DEFAULTS, config_load
+from pools.config import DEFAULTS, ReconciliationConfig, config_load
 from pools.models import Backend, Pool
 from pools.tokens import commitment_token_hash
 
@@ -69,3 +69,15 @@ def pools_as_stored() -> dict[str, Any]:
 def health_masked(*, health: dict[str, Any]) -> dict[str, Any]:
     """A stored ``Health`` section fit to show: its password reads "(set)"."""
     return {key: "(set)" if key == "Password" and value else value for key, value in (health or {}).items()}
+
+
+def pool_get(*, pool_id: str) -> Pool | None:
+    return Pool.objects.filter(id=pool_id).first()
+
+
+def reconciliation_settings() -> ReconciliationConfig:
+    """The ``Reconciliation`` block for a process with no config object of its own (Celery,
+    management commands): from the file in SYNTHIQ_CONFIG, else the defaults."""
+    if settings.SYNTHIQ_CONFIG:
+        return config_load(path=settings.SYNTHIQ_CONFIG).reconciliation
+    return ReconciliationConfig()

@@ -50,6 +50,7 @@ from routing.router import Router
 from routing.services import routing_activity_purge
 from routing.syntax_probe import Abilities, PoolAbilities, pool_abilities, probe_backend
 from routing.telemetry import Telemetry, services_view
+from routing.verifier import InlineVerifier
 from routing.workers import Workers
 from synthiq_project import logformat
 from synthiq_project.dburl import mask_password
@@ -190,6 +191,10 @@ class ProxyRunner:
             self.heartbeats.run_once()
         else:
             logger.info("heartbeats come from Celery beat (CELERY_BROKER_URL is set)")
+        # The study ledger's verification: beside the heartbeats (this process or Celery beat).
+        self.verifier = InlineVerifier(pool_ids=self.pool_ids, settings=self.config.reconciliation,
+                                       heartbeat_timeout=self.config.heartbeat_timeout_seconds) \
+            if settings.SYNTHIQ_INLINE_HEARTBEATS else None
         self.probe_router = Router(bindings=Bindings(window_hours=self.config.study_cache_window_hours),
                                    heartbeat_timeout=self.config.heartbeat_timeout_seconds)
         self.probe_router.refresh(pool_ids=self.pool_ids)
@@ -257,10 +262,14 @@ class ProxyRunner:
     def serve_here(self, sockets: dict[str, socket.socket], http: str | None) -> None:
         if self.heartbeats is not None:
             self.heartbeats.start()
+        if self.verifier is not None:
+            self.verifier.start()
         web = self.start_web()
         try:
             asyncio.run(self.serve(sockets, ready=lambda: self._say_ready(), purge=True))
         finally:
+            if self.verifier is not None:
+                self.verifier.stop()
             if self.heartbeats is not None:
                 self.heartbeats.stop()
             if web is not None:
@@ -291,6 +300,8 @@ class ProxyRunner:
         pool.start()
         if self.heartbeats is not None:
             self.heartbeats.start()
+        if self.verifier is not None:
+            self.verifier.start()
         web = self.start_web()
         try:
             if pool.wait_ready(timeout=60):
@@ -311,6 +322,8 @@ class ProxyRunner:
                     next_purge = time.monotonic() + BINDING_PURGE_SECONDS
         finally:
             pool.stop()
+            if self.verifier is not None:
+                self.verifier.stop()
             if self.heartbeats is not None:
                 self.heartbeats.stop()
             if web is not None:
@@ -424,6 +437,9 @@ class ProxyRunner:
                                                 new.study_cache_window_hours)
         if self.heartbeats is not None:
             self.heartbeats.update(pool_ids=pool_ids, policy=self.heartbeat_policy)
+        if self.verifier is not None:
+            self.verifier.update(pool_ids=pool_ids, settings=new.reconciliation,
+                                 heartbeat_timeout=new.heartbeat_timeout_seconds)
         readiness.register([readiness.Listener(p.id, p.ae_title, p.host, p.port, p.tls is not None)
                             for p in new.pools])
         logger.warning("reload: %s: %s", self.config_path, "; ".join(changes))

@@ -26,7 +26,7 @@ app.config_from_object("django.conf:settings", namespace="CELERY")
 # keeps one's beat from feeding another's worker.
 app.conf.task_default_queue = os.environ.get("SYNTHIQ_CELERY_QUEUE", "synthiq")
 app.conf.broker_connection_retry_on_startup = True
-app.autodiscover_tasks(["health", "affinity"])
+app.autodiscover_tasks(["health", "affinity", "routing"])
 
 
 @app.on_after_finalize.connect
@@ -36,6 +36,7 @@ def beat_schedule_define(sender: Celery, **kwargs) -> None:
     describes the past and is dropped rather than run late in a burst."""
     from affinity.services import BINDING_PURGE_SECONDS
     from health.services import heartbeat_policy_read
+    from routing.verifier import VERIFY_ROUND_SECONDS
 
     interval = heartbeat_policy_read().interval_seconds
     sender.conf.beat_schedule = {
@@ -43,4 +44,6 @@ def beat_schedule_define(sender: Celery, **kwargs) -> None:
                        "options": {"expires": interval}},
         "binding-expiry": {"task": "affinity.bindings_purge_expired", "schedule": BINDING_PURGE_SECONDS,
                            "options": {"expires": BINDING_PURGE_SECONDS}},
+        "ledger-verification": {"task": "routing.ledger_verify_due", "schedule": VERIFY_ROUND_SECONDS,
+                                "options": {"expires": VERIFY_ROUND_SECONDS}},
     }

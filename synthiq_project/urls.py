@@ -5,7 +5,7 @@ from django.http import JsonResponse
 from django.urls import path
 from drf_spectacular.views import SpectacularAPIView
 
-from affinity.api import AffinityListView, CommitmentView
+from affinity.api import AffinityListView, CommitmentView, StudyExceptionsView, StudyView
 from pools.api import BackendDrainView, BackendEnableView
 from routing.operator.api import ActivityView, FailuresView, PoolsView, RejectionsView, StatusView
 from routing.operator.views import dashboard, metrics, readyz
@@ -35,4 +35,6 @@ urlpatterns = [
     path("api/activity", ActivityView.as_view(), name="api-activity"),
     path("api/failures", FailuresView.as_view(), name="api-failures"),
     path("api/rejections", RejectionsView.as_view(), name="api-rejections"),
+    path("api/studies", StudyExceptionsView.as_view(), name="api-studies"),
+    path("api/studies/<str:study_uid>", StudyView.as_view(), name="api-study"),
 ]

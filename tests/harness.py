@@ -226,6 +226,7 @@ def set_health(backend_ids, *, healthy: bool = True, load: float | None = 0.0, c
 
 # Children before parents: bindings, locations and health point at backends, backends at pools.
 TABLES = ("routing.RoutingDecision", "routing.ProxyProcess", "affinity.Binding", "affinity.InstanceLocation",
+          "affinity.AdoptionWindow", "affinity.Adoption",
           "health.BackendHealth", "health.HeartbeatRound", "pools.Backend", "pools.Pool")
 
 
@@ -295,7 +296,7 @@ def start_orthanc(cluster: Cluster, *, name: str = "orthanc", **options: Any) ->
     path = cluster.tmp / f"{name}.json"
     path.write_text(json.dumps(config))
     m = cluster.process(name, [exe, str(path)], ready="Orthanc has started")
-    return OrthancHandle(http_port, dicom_port, config["DicomAet"], m)
+    return OrthancHandle(config["HttpPort"], config["DicomPort"], config["DicomAet"], m)
 
 
 class OwnPostgres:

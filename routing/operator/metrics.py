@@ -20,6 +20,8 @@ from prometheus_client.core import (
     Metric,
 )
 
+from affinity import selectors as affinity_selectors
+from affinity.models import Verdict
 from pools import selectors as pool_selectors
 from routing.operator import status as selectors
 from routing.waterfall import TIERS
@@ -44,6 +46,7 @@ class SynthIQCollector:
         yield from self._per_process(processes)
         totals = selectors.proxy_totals(processes=processes)
         yield from self._backends(now, totals)
+        yield self._verdicts()
 
     def _per_process(self, processes) -> Iterator[Metric]:
         routed = CounterMetricFamily(
@@ -162,6 +165,17 @@ class SynthIQCollector:
         up = GaugeMetricFamily("synthiq_proxy_processes", "runproxy processes that published in the last 10 s")
         up.add_metric([], len(processes))
         yield up
+
+    @staticmethod
+    def _verdicts() -> Metric:
+        """Studies by verdict per pool; every verdict of every enabled pool from zero (the alert reads missing)."""
+        verdicts = GaugeMetricFamily("synthiq_study_verdicts", "Bound studies by their last verdict (whole, split, "
+                                     "missing, unverified)", labels=["pool", "verdict"])
+        counts = {(p.id, v.value): 0 for p in pool_selectors.pools_enabled() for v in Verdict}
+        counts |= affinity_selectors.verdict_counts()
+        for (pool_id, verdict), n in sorted(counts.items()):
+            verdicts.add_metric([pool_id, verdict], n)
+        return verdicts
 
     def _backends(self, now: dt.datetime, totals: selectors.ProxyTotals) -> Iterator[Metric]:
         healthy = GaugeMetricFamily("synthiq_backend_healthy", "1 when the backend is healthy as the router sees it",

@@ -30,7 +30,7 @@ def test_the_alert_rules_pass_promtool():
     result = subprocess.run([promtool, "check", "rules", str(MONITORING / "alerts.yml")],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS: 9 rules found" in result.stdout
+    assert "SUCCESS: 10 rules found" in result.stdout
 
 
 def test_every_metric_the_dashboard_and_rules_name_is_exported(cluster, tmp_path):

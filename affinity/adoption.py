@@ -1,0 +1,323 @@
+"""Adoption: learn where the studies already in a pool live, so that SynthIQ routes their
+late instances, re-sends and priors to the node that holds them (``manage.py adopt``).
+
+Every enabled backend is asked with study-level C-FIND, one StudyDate window at a time.
+A window that a backend answered capped (0xFE00: SynthIQ never cancels) is halved until
+no cap is hit; a one-day window still capped is reported. A final query without a date
+finds the undated studies. A window is done only when every enabled backend answered it:
+it is then recorded, so an interrupted run, started again with the same arguments, goes
+on with the windows not done.
+
+A study held on one backend is bound there; one held on several is bound to the one
+holding most instances (ties: the lowest id) and verified at once (``split`` when another
+backend holds what the bound one lacks). A study already bound keeps its binding (live
+traffic wins); a disagreement is reported. Bindings are claimed in batches with the same
+race-free insert runproxy uses, so it may run meanwhile. With ``dry_run`` nothing is
+written: what would be done is reported.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import logging
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tqdm import tqdm
+
+from affinity import scu, selectors, services
+from affinity.verification import QUERY_TIMEOUT_SECONDS, Asker, binding_verify, pool_peers
+from pools.config import ReconciliationConfig
+from routing.dicom.uids import shown, uid_problem
+
+logger = logging.getLogger("synthiq.affinity")
+
+EARLIEST = dt.date(1900, 1, 1)
+CLAIM_BATCH = 1000
+UNDATED = "undated"
+
+
+@dataclass
+class Report:
+    windows_done: int = 0
+    windows_left: int = 0
+    studies: int = 0
+    bound: int = 0
+    kept: int = 0
+    disagreements: list[str] = field(default_factory=list)
+    split: list[str] = field(default_factory=list)
+    several: int = 0
+    undated: int = 0
+    rejected: int = 0
+    capped_days: list[str] = field(default_factory=list)
+    undated_capped: bool = False
+    unanswered: list[str] = field(default_factory=list)
+    bad_rows: list[str] = field(default_factory=list)
+
+    def lines(self, *, dry_run: bool) -> list[str]:
+        would = "would be " if dry_run else ""
+        out = [f"studies found: {self.studies} ({self.undated} undated)",
+               f"{would}bound: {self.bound}; already bound and kept: {self.kept}; "
+               f"on several backends: {self.several}" + (f" ({len(self.split)} split)" if not dry_run else ""),
+               f"windows done: {self.windows_done}; not done: {self.windows_left}"]
+        out += [f"disagreement: {line}" for line in self.disagreements]
+        out += [f"split: {line}" for line in self.split]
+        if self.rejected:
+            out.append(f"answers rejected (invalid UIDs): {self.rejected}")
+        out += [f"capped at one day (some studies of that day may be unknown; adopt them from a CSV): {day}"
+                for day in self.capped_days]
+        if self.undated_capped:
+            out.append("the undated query was capped: some undated studies may be unknown (adopt them from a CSV)")
+        out += [f"not answered: {line}" for line in self.unanswered]
+        out += [f"skipped: {line}" for line in self.bad_rows]
+        return out
+
+
+def _da(day: dt.date) -> str:
+    return day.strftime("%Y%m%d")
+
+
+def remaining(since: dt.date, until: dt.date, done: list[tuple[dt.date, dt.date]]) -> list[tuple[dt.date, dt.date]]:
+    """The parts of [since, until] that no done window covers, in date order."""
+    left, start = [], since
+    for first, last in sorted(done):
+        if first > start:
+            left.append((start, min(first - dt.timedelta(days=1), until)))
+        start = max(start, last + dt.timedelta(days=1))
+        if start > until:
+            break
+    if start <= until:
+        left.append((start, until))
+    return [(a, b) for a, b in left if a <= b]
+
+
+class Adopter:
+    def __init__(self, *, pool_id: str, settings: ReconciliationConfig, dry_run: bool,
+                 say: Callable[[str], None] = print, timeout: float = QUERY_TIMEOUT_SECONDS,
+                 progress: bool = True):
+        self.pool_id = pool_id
+        self.settings = settings
+        self.dry_run = dry_run
+        self.say = say
+        self.calling_ae, self.peers = pool_peers(pool_id=pool_id)
+        self.rate = scu.RateLimit(settings.max_queries_per_second)
+        self.ask = Asker(self.calling_ae, self.rate, timeout)
+        self.timeout = timeout
+        self.progress = progress
+        self.report = Report()
+
+    # -- by StudyDate -----------------------------------------------------------------------
+    def run_dates(self, *, since: dt.date | None, until: dt.date | None) -> Report:
+        since_arg, until_arg = (_da(d) if d else "" for d in (since, until))
+        now = dt.datetime.now(dt.UTC)
+        adoption = None if self.dry_run else selectors.adoption_resumable(
+            pool_id=self.pool_id, since_arg=since_arg, until_arg=until_arg)
+        if adoption is not None:
+            since, until = adoption.since, adoption.until
+            done = selectors.adoption_windows_done(adoption_id=adoption.id)
+            self.say(f"resuming the adoption of pool {self.pool_id} started {adoption.started_utc:%Y-%m-%d %H:%M} UTC "
+                     f"({len(done)} windows done)")
+        else:
+            since, until, done = since or EARLIEST, until or now.date(), []
+            if not self.dry_run:
+                adoption = services.adoption_start(pool_id=self.pool_id, since=since, until=until,
+                                                   since_arg=since_arg, until_arg=until_arg, now=now)
+        assert since is not None and until is not None
+        if not self.peers:
+            raise LookupError(f"pool {self.pool_id} has no enabled backend")
+        windows = remaining(since, until, [(w.first, w.last) for w in done if not w.undated and w.first and w.last])
+        undated_done = any(w.undated for w in done)
+        total_days = (until - since).days + 2
+        left_days = sum((b - a).days + 1 for a, b in windows) + (0 if undated_done else 1)
+        bar = tqdm(total=total_days, initial=total_days - left_days, unit="day", desc=f"adopt {self.pool_id}",
+                   disable=not self.progress, leave=False)
+        with ThreadPoolExecutor(max_workers=self.settings.concurrency, thread_name_prefix="adopt") as pool:
+            self.executor = pool
+            while windows:
+                first, last = windows.pop(0)
+                answers = self._ask_all(dates=f"{_da(first)}-{_da(last)}", what=f"{first}..{last}")
+                if answers is None:
+                    self.report.windows_left += 1
+                    bar.update((last - first).days + 1)
+                    continue
+                if any(a.capped for a in answers.values()) and first < last:
+                    middle = first + (last - first) // 2
+                    windows[:0] = [(first, middle), (middle + dt.timedelta(days=1), last)]
+                    continue
+                capped = any(a.capped for a in answers.values())
+                if capped:
+                    self.report.capped_days.append(_da(first))
+                studies = self._adopt({backend_id: {uid: count for uid, (count, _) in a.studies.items()}
+                                       for backend_id, a in answers.items()})
+                if adoption is not None:
+                    services.adoption_window_done(adoption_id=adoption.id, first=first, last=last, undated=False,
+                                                  studies=studies, capped=capped, now=dt.datetime.now(dt.UTC))
+                self.report.windows_done += 1
+                bar.update((last - first).days + 1)
+            if not undated_done:
+                self._undated(adoption)
+                bar.update(1)
+        return self._end(bar, adoption, finished=self.report.windows_left == 0)
+
+    def _undated(self, adoption) -> None:
+        answers = self._ask_all(dates="", what=UNDATED)
+        if answers is None:
+            self.report.windows_left += 1
+            return
+        capped = any(a.capped for a in answers.values())
+        self.report.undated_capped = capped
+        undated = {backend_id: {uid: count for uid, (count, date) in a.studies.items()
+                                if not date or scu.date_problem(date)}
+                   for backend_id, a in answers.items()}
+        before = self.report.studies
+        studies = self._adopt(undated)
+        self.report.undated += self.report.studies - before
+        if adoption is not None:
+            services.adoption_window_done(adoption_id=adoption.id, first=None, last=None, undated=True,
+                                          studies=studies, capped=capped, now=dt.datetime.now(dt.UTC))
+        self.report.windows_done += 1
+
+    def _end(self, bar, adoption, *, finished: bool) -> Report:
+        bar.close()
+        if adoption is not None and finished:
+            services.adoption_finish(adoption_id=adoption.id, now=dt.datetime.now(dt.UTC))
+        return self.report
+
+    def _ask_all(self, *, dates: str, what: str) -> dict[str, scu.StudyAnswer] | None:
+        """Every enabled backend's answers for one window, or None if one did not answer."""
+        def one(peer: scu.Peer) -> scu.StudyAnswer | str:
+            self.rate.wait(peer.id)
+            try:
+                return scu.find_studies(peer, calling_ae=self.calling_ae, timeout=self.timeout, dates=dates)
+            except (scu.Unreachable, OSError, RuntimeError, ValueError) as exc:
+                return str(exc) or type(exc).__name__
+        peers = sorted(self.peers.values(), key=lambda p: p.id)
+        results = dict(zip([p.id for p in peers], self.executor.map(one, peers), strict=True))
+        silent = {backend_id: r for backend_id, r in results.items() if isinstance(r, str)}
+        for backend_id, why in silent.items():
+            logger.warning("adopt pool=%s window %s: backend %s did not answer: %s", self.pool_id, what, backend_id,
+                           why)
+            self.report.unanswered.append(f"window {what}: backend {backend_id}: {why}")
+        if silent:
+            return None
+        answers = {backend_id: r for backend_id, r in results.items() if isinstance(r, scu.StudyAnswer)}
+        self.report.rejected += sum(a.rejected for a in answers.values())
+        return answers
+
+    # -- deciding and claiming ---------------------------------------------------------------
+    def _adopt(self, answers: dict[str, dict[str, int | None]]) -> int:
+        """Bind the studies of one window's answers: {backend: {study: count}}."""
+        holders: dict[str, dict[str, int | None]] = {}
+        for backend_id in sorted(answers):
+            for uid, count in answers[backend_id].items():
+                holders.setdefault(uid, {})[backend_id] = count
+        chosen: dict[str, str] = {}
+        several = []
+        for uid, held in holders.items():
+            if len(held) > 1:
+                several.append(uid)
+                counts = {b: self._count(b, uid, c) for b, c in held.items()}
+                chosen[uid] = min(counts, key=lambda b: (-counts[b], b))
+            else:
+                chosen[uid] = next(iter(held))
+        self.report.studies += len(holders)
+        self.report.several += len(several)
+        self._claim(chosen, set(several))
+        return len(holders)
+
+    def _count(self, backend_id: str, study_uid: str, count: int | None) -> int:
+        """A count the backend did not give is counted at instance level."""
+        if count is not None:
+            return count
+        try:
+            return len(self.ask.instances(self.peers[backend_id], study_uid))
+        except (scu.Unreachable, OSError, RuntimeError, ValueError) as exc:
+            logger.warning("adopt study=%s: instances on %s could not be counted: %s", study_uid, backend_id, exc)
+            return 0
+
+    def _claim(self, chosen: dict[str, str], several: set[str]) -> None:
+        items = sorted(chosen.items())
+        for start in range(0, len(items), CLAIM_BATCH):
+            batch = dict(items[start:start + CLAIM_BATCH])
+            keys = [(self.pool_id, uid) for uid in batch]
+            existing = selectors.bindings_backends(keys=keys)
+            for (_, uid), backend_id in existing.items():
+                self._kept(uid, backend_id, batch[uid])
+            new = {key: batch[key[1]] for key in keys if key not in existing}
+            if self.dry_run:
+                self.report.bound += len(new)
+                continue
+            held = services.bindings_claim_many(claims=new, now=dt.datetime.now(dt.UTC))
+            ours: dict[str, list[str]] = {}
+            for (_, uid), backend_id in held.items():
+                if backend_id == batch[uid]:
+                    ours.setdefault(backend_id, []).append(uid)
+                else:  # runproxy bound it meanwhile: live traffic wins
+                    self._kept(uid, backend_id, batch[uid])
+            for backend_id, uids in ours.items():
+                services.bindings_mark_adopted(pool_id=self.pool_id, study_uids=uids, backend_id=backend_id)
+                self.report.bound += len(uids)
+        if not self.dry_run:
+            self._verify_several(sorted(several))
+
+    def _kept(self, uid: str, bound: str, found: str) -> None:
+        self.report.kept += 1
+        if bound != found:
+            line = f"study {uid} is bound to {bound} (kept); the backends suggest {found}"
+            logger.warning("adopt pool=%s: %s", self.pool_id, line)
+            self.report.disagreements.append(line)
+
+    def _verify_several(self, uids: list[str]) -> None:
+        """Studies found on several backends are verified now: split or whole."""
+        everywhere = self.settings.model_copy(update={"check_other_backends": True})
+        for uid in uids:
+            binding = selectors.binding_of_study_in_pool(pool_id=self.pool_id, study_uid=uid)
+            if binding is None:
+                continue
+            found = binding_verify(binding=binding, peers=self.peers, ask=self.ask, settings=everywhere,
+                                   instance_level=True)
+            if found is not None and found.verdict == "split":
+                self.report.split.append(f"study {uid} bound to {binding.backend_id}; held {found.held}")
+
+    # -- from a CSV export -------------------------------------------------------------------
+    def run_csv(self, path: Path) -> Report:
+        """Adopt from ``StudyInstanceUID,backend`` rows (a header row is allowed). A bad row
+        is reported with its line number and skipped."""
+        chosen: dict[str, str] = {}
+        several: set[str] = set()
+        for _line, uid, backend_id in self._rows(path):
+            if uid in chosen and chosen[uid] != backend_id:
+                several.add(uid)
+                chosen[uid] = min(chosen[uid], backend_id)
+            else:
+                chosen.setdefault(uid, backend_id)
+        self.report.studies = len(chosen)
+        self.report.several = len(several)
+        self._claim(chosen, several)
+        return self.report
+
+    def _rows(self, path: Path) -> Iterator[tuple[int, str, str]]:
+        with open(path, newline="", encoding="utf-8", errors="replace") as src:
+            for number, row in enumerate(csv.reader(src), start=1):
+                if not row or (len(row) == 1 and not row[0].strip()):
+                    continue
+                if number == 1 and row[0].strip().lower() == "studyinstanceuid":
+                    continue
+                problem = None
+                if len(row) != 2:
+                    problem = f"expected 2 fields, got {len(row)}"
+                else:
+                    uid, backend_id = row[0].strip(), row[1].strip()
+                    why = uid_problem(uid)
+                    if why:
+                        problem = f"StudyInstanceUID {shown(uid)} is {why}"
+                    elif backend_id not in self.peers:
+                        problem = f"backend {shown(backend_id)} is not an enabled backend of pool {self.pool_id}"
+                if problem:
+                    self.report.bad_rows.append(f"{path.name} line {number}: {problem}")
+                    logger.warning("adopt %s line %d skipped: %s", path.name, number, problem)
+                    continue
+                yield number, uid, backend_id

@@ -1,0 +1,200 @@
+"""The study ledger's questions to backends: study- and instance-level C-FIND, and an
+IMAGE-level C-MOVE, as a plain SCU on pynetdicom's threaded AE (the way the relay's
+locator asks where a study is: same TLS context and socket tuning). Blocking: called from
+management commands and the verifier's own threads, never from an event loop.
+
+Everything a backend answers is untrusted: UIDs are checked with ``uid_problem``, counts
+must be non-negative integers, dates real dates; a bad answer is counted and skipped.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from pydicom.dataset import Dataset
+from pynetdicom import AE, evt
+
+from routing.dicom import services, status
+from routing.dicom.netopts import ClientTls, client_tls, tune_pynetdicom
+from routing.dicom.uids import shown, uid_problem
+
+logger = logging.getLogger("synthiq.affinity")
+
+# SOP Instance UIDs named by one C-MOVE at most (the identifier stays a few tens of KB).
+MOVE_UIDS_PER_REQUEST = 500
+# The largest count a backend may claim for one study (anything above is not believed).
+MAX_COUNT = 10_000_000
+
+
+class Unreachable(Exception):
+    """The backend could not be asked (no association, or it broke off)."""
+
+
+@dataclass(frozen=True)
+class Peer:
+    id: str
+    ae_title: str
+    host: str
+    port: int
+    tls: ClientTls | None = None
+
+
+@dataclass
+class StudyAnswer:
+    """One backend's study-level answers: study UID -> (instance count or None, StudyDate)."""
+
+    studies: dict[str, tuple[int | None, str]] = field(default_factory=dict)
+    capped: bool = False
+    rejected: int = 0
+
+
+class RateLimit:
+    """At most ``per_second`` queries to each backend (a production PACS is not hurt):
+    each caller waits its turn on a per-backend schedule."""
+
+    def __init__(self, per_second: float):
+        self.interval = 1.0 / per_second
+        self._next: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def wait(self, backend_id: str) -> None:
+        with self._lock:
+            now = time.monotonic()
+            turn = max(now, self._next.get(backend_id, now))
+            self._next[backend_id] = turn + self.interval
+        if turn > now:
+            time.sleep(turn - now)
+
+
+def _associate(peer: Peer, *, calling_ae: str, model: str, timeout: float):
+    ae = AE(ae_title=calling_ae)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = ae.connection_timeout = timeout
+    ae.add_requested_context(model)
+    tls_args = (client_tls(peer.tls), peer.host) if peer.tls else None
+    assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title, tls_args=tls_args,
+                         evt_handlers=[(evt.EVT_CONN_OPEN, tune_pynetdicom)])
+    if not assoc.is_established:
+        raise Unreachable(f"association to {peer.id} not established")
+    return assoc
+
+
+def _find(peer: Peer, identifier: Dataset, *, calling_ae: str, timeout: float) -> Iterator[tuple[int, Dataset | None]]:
+    """(status, identifier) of each response of one C-FIND; raises Unreachable."""
+    assoc = _associate(peer, calling_ae=calling_ae, model=services.STUDY_ROOT_FIND, timeout=timeout)
+    try:
+        for response, answer in assoc.send_c_find(identifier, services.STUDY_ROOT_FIND):
+            if "Status" not in response:
+                raise Unreachable(f"{peer.id} did not answer the C-FIND")
+            yield int(response.Status), answer
+    finally:
+        if assoc.is_established:
+            assoc.release()
+
+
+def _count(value: object) -> int | None:
+    """NumberOfStudyRelatedInstances as a backend gave it: None when empty or not a count."""
+    if value is None or value == "":
+        return None
+    try:
+        count = int(value)  # type: ignore[call-overload]
+    except (TypeError, ValueError):
+        return None
+    return count if 0 <= count <= MAX_COUNT else None
+
+
+def date_problem(value: str) -> str | None:
+    """Why a DA value is not a date (YYYYMMDD), or None."""
+    if len(value) != 8 or not value.isdigit():
+        return "not YYYYMMDD"
+    try:
+        dt.date(int(value[:4]), int(value[4:6]), int(value[6:]))
+    except ValueError:
+        return "not a date"
+    return None
+
+
+def find_studies(peer: Peer, *, calling_ae: str, timeout: float, dates: str = "",
+                 study_uid: str = "") -> StudyAnswer:
+    """Study-level C-FIND: StudyInstanceUID, NumberOfStudyRelatedInstances, StudyDate,
+    matching ``dates`` (a DA range, "" for any) or one study. A search that ends in
+    0xFE00 (SynthIQ never cancels) was cut short by the backend: ``capped``."""
+    identifier = Dataset()
+    identifier.QueryRetrieveLevel = "STUDY"
+    identifier.StudyInstanceUID = study_uid
+    identifier.StudyDate = dates
+    identifier.NumberOfStudyRelatedInstances = ""
+    answer = StudyAnswer()
+    for code, found in _find(peer, identifier, calling_ae=calling_ae, timeout=timeout):
+        if code == status.CANCEL:
+            answer.capped = True
+        elif code in status.PENDING and found is not None:
+            uid = str(found.get("StudyInstanceUID", "") or "")
+            problem = uid_problem(uid)
+            if problem:
+                answer.rejected += 1
+                logger.warning("backend=%s answered a study UID %s that is %s: skipped", peer.id, shown(uid), problem)
+                continue
+            date = str(found.get("StudyDate", "") or "").strip()
+            answer.studies[uid.rstrip("\x00 ")] = (_count(found.get("NumberOfStudyRelatedInstances")), date)
+        elif code != status.SUCCESS and code not in status.PENDING:
+            raise Unreachable(f"{peer.id} ended the C-FIND with 0x{code:04X}")
+    return answer
+
+
+def find_instances(peer: Peer, *, calling_ae: str, timeout: float, study_uid: str) -> dict[str, str]:
+    """Instance-level C-FIND of one study: SOP Instance UID -> Series Instance UID."""
+    identifier = Dataset()
+    identifier.QueryRetrieveLevel = "IMAGE"
+    identifier.StudyInstanceUID = study_uid
+    identifier.SeriesInstanceUID = ""
+    identifier.SOPInstanceUID = ""
+    found: dict[str, str] = {}
+    for code, answer in _find(peer, identifier, calling_ae=calling_ae, timeout=timeout):
+        if code in status.PENDING and answer is not None:
+            sop, series = (str(answer.get(k, "") or "") for k in ("SOPInstanceUID", "SeriesInstanceUID"))
+            if uid_problem(sop) or uid_problem(series):
+                logger.warning("backend=%s study=%s: an instance answer with UIDs %s / %s skipped", peer.id,
+                               study_uid, shown(sop), shown(series))
+                continue
+            found[sop.rstrip("\x00 ")] = series.rstrip("\x00 ")
+        elif code == status.CANCEL:
+            raise Unreachable(f"{peer.id} cut the instance list of study {study_uid} short (0xFE00)")
+        elif code != status.SUCCESS and code not in status.PENDING:
+            raise Unreachable(f"{peer.id} ended the instance C-FIND with 0x{code:04X}")
+    return found
+
+
+def move_instances(peer: Peer, *, calling_ae: str, timeout: float, study_uid: str, series_uid: str,
+                   sop_uids: list[str], destination_ae: str) -> tuple[int, int]:
+    """IMAGE-level C-MOVE of these instances of one series to ``destination_ae``:
+    (completed, failed) sub-operations as the backend reports them."""
+    completed = failed = 0
+    for start in range(0, len(sop_uids), MOVE_UIDS_PER_REQUEST):
+        identifier = Dataset()
+        identifier.QueryRetrieveLevel = "IMAGE"
+        identifier.StudyInstanceUID = study_uid
+        identifier.SeriesInstanceUID = series_uid
+        identifier.SOPInstanceUID = sop_uids[start:start + MOVE_UIDS_PER_REQUEST]
+        assoc = _associate(peer, calling_ae=calling_ae, model=services.STUDY_ROOT_MOVE, timeout=timeout)
+        try:
+            last = None
+            for response, _ in assoc.send_c_move(identifier, destination_ae, services.STUDY_ROOT_MOVE):
+                if "Status" not in response:
+                    raise Unreachable(f"{peer.id} did not answer the C-MOVE")
+                last = response
+        finally:
+            if assoc.is_established:
+                assoc.release()
+        if last is None:
+            raise Unreachable(f"{peer.id} did not answer the C-MOVE")
+        completed += int(last.get("NumberOfCompletedSuboperations", 0) or 0)
+        failed += int(last.get("NumberOfFailedSuboperations", 0) or 0)
+        code = int(last.Status)
+        if code not in (status.SUCCESS, *status.WARNINGS):
+            raise Unreachable(f"{peer.id} ended the C-MOVE with 0x{code:04X}")
+    return completed, failed
