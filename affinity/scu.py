@@ -1,6 +1,5 @@
 """The study ledger's questions to backends: study- and instance-level C-FIND, and an
-IMAGE-level C-MOVE, as a plain SCU on pynetdicom's threaded AE (the way the relay's
-locator asks where a study is: same TLS context and socket tuning). Blocking: called from
+IMAGE-level C-MOVE, on SynthIQ's one DICOM client (routing.dicom.client). Blocking: called from
 management commands and the verifier's own threads, never from an event loop.
 
 Everything a backend answers is untrusted: UIDs are checked with ``uid_problem``, counts
@@ -17,10 +16,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from pydicom.dataset import Dataset
-from pynetdicom import AE, evt
 
-from routing.dicom import services, status
-from routing.dicom.netopts import ClientTls, client_tls, tune_pynetdicom
+from routing.dicom import client, services, status
 from routing.dicom.uids import shown, uid_problem
 
 logger = logging.getLogger("synthiq.affinity")
@@ -31,17 +28,8 @@ MOVE_UIDS_PER_REQUEST = 500
 MAX_COUNT = 10_000_000
 
 
-class Unreachable(Exception):
-    """The backend could not be asked (no association, or it broke off)."""
-
-
-@dataclass(frozen=True)
-class Peer:
-    id: str
-    ae_title: str
-    host: str
-    port: int
-    tls: ClientTls | None = None
+Unreachable = client.Unreachable  # the backend could not be asked (no association, or it broke off)
+Peer = client.Peer
 
 
 @dataclass
@@ -71,29 +59,14 @@ class RateLimit:
             time.sleep(turn - now)
 
 
-def _associate(peer: Peer, *, calling_ae: str, model: str, timeout: float):
-    ae = AE(ae_title=calling_ae)
-    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = ae.connection_timeout = timeout
-    ae.add_requested_context(model)
-    tls_args = (client_tls(peer.tls), peer.host) if peer.tls else None
-    assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title, tls_args=tls_args,
-                         evt_handlers=[(evt.EVT_CONN_OPEN, tune_pynetdicom)])
-    if not assoc.is_established:
-        raise Unreachable(f"association to {peer.id} not established")
-    return assoc
-
-
 def _find(peer: Peer, identifier: Dataset, *, calling_ae: str, timeout: float) -> Iterator[tuple[int, Dataset | None]]:
     """(status, identifier) of each response of one C-FIND; raises Unreachable."""
-    assoc = _associate(peer, calling_ae=calling_ae, model=services.STUDY_ROOT_FIND, timeout=timeout)
-    try:
+    with client.association(peer, calling_ae=calling_ae, contexts=[services.STUDY_ROOT_FIND],
+                            timeout=timeout) as assoc:
         for response, answer in assoc.send_c_find(identifier, services.STUDY_ROOT_FIND):
             if "Status" not in response:
                 raise Unreachable(f"{peer.id} did not answer the C-FIND")
             yield int(response.Status), answer
-    finally:
-        if assoc.is_established:
-            assoc.release()
 
 
 def _count(value: object) -> int | None:
@@ -180,16 +153,13 @@ def move_instances(peer: Peer, *, calling_ae: str, timeout: float, study_uid: st
         identifier.StudyInstanceUID = study_uid
         identifier.SeriesInstanceUID = series_uid
         identifier.SOPInstanceUID = sop_uids[start:start + MOVE_UIDS_PER_REQUEST]
-        assoc = _associate(peer, calling_ae=calling_ae, model=services.STUDY_ROOT_MOVE, timeout=timeout)
-        try:
-            last = None
+        last = None
+        with client.association(peer, calling_ae=calling_ae, contexts=[services.STUDY_ROOT_MOVE],
+                                timeout=timeout) as assoc:
             for response, _ in assoc.send_c_move(identifier, destination_ae, services.STUDY_ROOT_MOVE):
                 if "Status" not in response:
                     raise Unreachable(f"{peer.id} did not answer the C-MOVE")
                 last = response
-        finally:
-            if assoc.is_established:
-                assoc.release()
         if last is None:
             raise Unreachable(f"{peer.id} did not answer the C-MOVE")
         completed += int(last.get("NumberOfCompletedSuboperations", 0) or 0)

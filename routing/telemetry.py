@@ -230,11 +230,13 @@ class Telemetry:
         seen["detail"] = _printable(detail, 255)
 
     def store_failed(self, *, pool_id: str, calling_ae: str, source_ip: str, study_uid: str, sop_instance_uid: str,
-                     backend_id: str | None, status: int, comment: str, by_backend: bool) -> None:
-        """A C-STORE answered with a failure status, the backend's (``by_backend``) or SynthIQ's own."""
+                     backend_id: str | None, status: int, comment: str, by_backend: bool,
+                     service: str = "C-STORE") -> None:
+        """An operation (a C-STORE unless ``service`` says otherwise) answered with a failure
+        status, the backend's (``by_backend``) or SynthIQ's own."""
         with self._lock:
             self._failures.append(FailedOperation(
-                at_utc=dt.datetime.now(dt.UTC), pool_id=pool_id, service="C-STORE",
+                at_utc=dt.datetime.now(dt.UTC), pool_id=pool_id, service=service[:16],
                 calling_ae=_printable(calling_ae, 16), source_ip=source_ip[:64], study_uid=_uid(study_uid),
                 sop_instance_uid=_uid(sop_instance_uid), backend_id=(backend_id or "")[:64], status=status & 0xFFFF,
                 comment=_printable(comment, 128),

@@ -181,6 +181,7 @@
         el("div", { class: "sub" }, f.pool)),
       el("td", { "data-field": "status" }, el("b", { class: "bad mono" }, f.status_hex), " ",
         el("span", { "data-field": "meaning" }, f.meaning),
+        f.service && f.service !== "C-STORE" ? el("div", { class: "sub", "data-field": "service" }, f.service) : null,
         el("div", { class: "sub", "data-field": "origin" }, f.origin === "backend"
           ? "answered by the backend" : "answered by SynthIQ" + (f.cause ? ": " + f.cause : ""))),
       el("td", { class: "comment", "data-field": "comment" }, f.comment || el("span", { class: "muted" }, "(none)"))));

@@ -244,6 +244,7 @@ class Commitments:
             if status.is_success(code):
                 self.ops.reports_awaited += 1
             relay.telemetry.operation(service=command.name, status=code)
+            self.ops.record_failure(command.name, code, backends=list(shares), by_backend=True)
             return
         await assoc.answer(context_id, commands.response(command, status.SUCCESS))
         relay.telemetry.operation(service=command.name, status=status.SUCCESS)
@@ -265,6 +266,7 @@ class Commitments:
                          assoc.pool_id, uids.shown(assoc.calling_ae), assoc.source_ip, exc.status, exc.comment)
             await assoc.answer(context_id, commands.response(command, exc.status, comment=exc.comment))
             assoc.relay.telemetry.operation(service=command.name, status=exc.status)
+            self.ops.record_failure(command.name, exc.status, comment=exc.comment, by_backend=False)
             return None
 
     async def _store(self, method: str, *args: object) -> object:
@@ -420,6 +422,7 @@ class Commitments:
                             assoc.source_ip, uid, len(info.references), len(info.failed), backend_id)
                 code = await self.ops.forward(backend_id, context_id, command, data)
                 relay.telemetry.operation(service=command.name, status=code)
+                self.ops.record_failure(command.name, code, backends=[backend_id], by_backend=True)
                 return
         log = logger.info if status.is_success(code) else logger.error
         log("N-EVENT-REPORT storage commitment pool=%s calling_ae=%s source_ip=%s transaction=%s instances=%d "
@@ -427,6 +430,7 @@ class Commitments:
             len(info.references), len(info.failed), to, code, comment)
         await assoc.answer(context_id, commands.response(command, code, comment=comment))
         relay.telemetry.operation(service=command.name, status=code)
+        self.ops.record_failure(command.name, code, comment=comment, by_backend=False)
 
     async def _holder(self, info: Information) -> str | None:
         """The backend that holds most of a report's instances, known locations first."""

@@ -147,6 +147,8 @@ class Operations:
         level = keys.get(scan.QUERY_RETRIEVE_LEVEL, "").upper()
         study = single_uid(keys.get(scan.STUDY_UID, ""))
         unasked: list[str] = []
+        targets: list[str] = []
+        comment, by_backend = "", True
         try:
             bound = await assoc.relay.bound_backend(assoc.pool_id, study) if study else None
             if bound is not None:
@@ -171,9 +173,22 @@ class Operations:
             log = logger.info if failure.status == status.CANCEL else logger.error
             log("%s pool=%s calling_ae=%s: answered 0x%04X %s", service, assoc.pool_id, assoc.calling_ae,
                 failure.status, failure.comment)
-            code = failure.status
+            code, comment, by_backend = failure.status, failure.comment, False
             await assoc.answer(context_id, commands.response(command, failure.status, comment=failure.comment))
         assoc.relay.telemetry.operation(service=service, status=code)
+        self.record_failure(service, code, study=study or "", backends=targets, comment=comment, by_backend=by_backend)
+
+    def record_failure(self, service: str, code: int, *, study: str = "", backends: list[str] | None = None,
+                       comment: str = "", by_backend: bool) -> None:
+        """An operation that ended in failure, for the operator's list of recent failures
+        (a cancel, a success or a warning is none)."""
+        if status.is_success(code) or code == status.CANCEL:
+            return
+        assoc = self.assoc
+        assoc.relay.telemetry.store_failed(
+            service=service, pool_id=assoc.pool_id, calling_ae=assoc.calling_ae, source_ip=assoc.source_ip,
+            study_uid=study, sop_instance_uid="", backend_id=",".join(backends or []), status=code, comment=comment,
+            by_backend=by_backend)
 
     async def answer_from_modality(self, context_id: int, command: commands.Command) -> bool:
         """A response from the modality to a request that came from a backend (or from

@@ -320,6 +320,15 @@ def test_a_query_for_a_study_whose_backend_is_down_fails_and_no_other_node_answe
     result, responses = _findscu(proxy.port, tmp_path / "q", f"StudyInstanceUID={suid}")
     assert responses == []  # the copy on the other node is not offered instead
     assert "0xa700" in (result.stdout + result.stderr).lower() or "Refused: OutOfResources" in result.stderr
+    # ... and the operator's list of recent failures says which query, whose, and why.
+    from routing.models import FailedOperation
+
+    wait_for(lambda: FailedOperation.objects.filter(service="C-FIND", study_uid=suid).exists(), timeout=15,
+             what="the failed C-FIND among the recent failures")
+    failure = FailedOperation.objects.get(service="C-FIND", study_uid=suid)
+    assert (failure.status, failure.calling_ae, failure.backend_id, failure.origin) == (0xA700, "FINDSCU", bound,
+                                                                                       "synthiq")
+    assert bound in failure.comment
 
 
 class SlowFindScp:
