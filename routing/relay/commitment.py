@@ -33,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
+import threading
 import time
 from collections import defaultdict
 from dataclasses import dataclass
@@ -59,6 +60,7 @@ GATHER_SECONDS = 60.0
 GATHER_POLL_SECONDS = 0.25
 # A backend may report a share on SynthIQ's own association right after its N-ACTION-RSP.
 SAME_ASSOCIATION_WAIT_SECONDS = 1.0
+ANSWER_SETTLE_SECONDS = 0.2
 
 Reference = tuple[str, str]  # (SOP Class UID, SOP Instance UID)
 Failure = tuple[str, str, int]  # ... and its Failure Reason
@@ -179,26 +181,37 @@ def send_share(backend: BackendAddress, *, requester_ae: str, transaction_uid: s
     """A backend's share of a transaction as its own N-ACTION, calling as the requester;
     (its status, any report it made on this association meanwhile). Raises OSError."""
     reported: list[Dataset] = []
+    answered = threading.Event()  # our N-EVENT-REPORT-RSP is on its way: the association may end
 
-    def report(event: evt.Event) -> int:
+    def report(event: evt.Event) -> tuple[int, None]:
         reported.append(event.event_information)
-        return status.SUCCESS
+        return status.SUCCESS, None  # pynetdicom wants (status, event reply)
+
+    def sent(event: evt.Event) -> None:
+        if type(event.message).__name__ == "N_EVENT_REPORT_RSP":
+            answered.set()
 
     action = Dataset()
     action.TransactionUID = transaction_uid
     action.ReferencedSOPSequence = _items(share)
     model = services.STORAGE_COMMITMENT_PUSH
     with client.association(backend, calling_ae=requester_ae, contexts=[model], timeout=timeout,
-                         roles=((model, True, True),), handlers=[(evt.EVT_N_EVENT_REPORT, report)]) as assoc:
+                         roles=((model, True, True),),
+                         handlers=[(evt.EVT_N_EVENT_REPORT, report), (evt.EVT_DIMSE_SENT, sent)]) as assoc:
         response, _ = assoc.send_n_action(action, 1, model, client.STORAGE_COMMITMENT_INSTANCE)
         if "Status" not in response:
             raise OSError(f"{backend.id} did not answer the N-ACTION")
         code = int(response.Status)
         if status.is_success(code):
             # A report on this association arrives on pynetdicom's own thread.
+            # Released only once a report made here has been answered, or none came; and not
+            # on the heels of that answer: a peer still reading it would take the release
+            # for "no answer" (pynetdicom does) and report again elsewhere.
             deadline = time.monotonic() + SAME_ASSOCIATION_WAIT_SECONDS
-            while not reported and time.monotonic() < deadline and assoc.is_established:
-                time.sleep(0.05)
+            while not answered.is_set() and time.monotonic() < deadline and assoc.is_established:
+                time.sleep(0.02)
+            if answered.is_set():
+                time.sleep(ANSWER_SETTLE_SECONDS)
         return code, reported
 
 

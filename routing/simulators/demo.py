@@ -19,6 +19,7 @@ from django.db import connection
 from rest_framework.authtoken.models import Token
 
 from routing.simulators import SimulatorError
+from routing.simulators.backend import parse_address
 from routing.simulators.processes import ROOT, port_open
 
 NODES = ("a", "b", "c")
@@ -35,7 +36,8 @@ def demo_run(*, dicom_port: int, http: str, backend_base_port: int, announce: Ca
     HTTP; node-c is a liveness backend, so the demo shows both kinds of load. Every backend
     stores what it receives, answers C-FIND, C-GET and storage commitment, and sends a
     C-MOVE to the ``move_destinations`` (``AE=host:port``; default MOVESCU at 127.0.0.1:11114);
-    a commitment report whose requester has released goes to ``commitment_requesters``.
+    a commitment report whose requester has released goes to ``commitment_requesters`` (the
+    backends' reports, and SynthIQ's own when it merges several backends' answers).
     """
     move_destinations = [MOVE_DESTINATION] if move_destinations is None else move_destinations
     services = [arg for text in move_destinations for arg in ("--move-destination", text)]
@@ -47,7 +49,10 @@ def demo_run(*, dicom_port: int, http: str, backend_base_port: int, announce: Ca
         "HeartbeatIntervalSeconds": 5,
         "HeartbeatTimeoutSeconds": 15,
         "Pools": [{"Id": "main", "AeTitle": "SYNTHIQ", "Host": "0.0.0.0", "Port": dicom_port,
-                   "AllowedCallingAeTitles": [], "Backends": []}],
+                   "AllowedCallingAeTitles": [], "Backends": [],
+                   # SynthIQ's own (merged) commitment reports go there too.
+                   "CommitmentRequesters": [{"AeTitle": ae, "Host": host, "Port": port}
+                                            for ae, (host, port) in map(parse_address, commitment_requesters or [])]}],
     }
     children = []
     try:

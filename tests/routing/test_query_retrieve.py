@@ -181,9 +181,9 @@ class CommitmentScu:
         self.server = self.ae.start_server(("127.0.0.1", listen_port), block=False, evt_handlers=handlers)
         self.handlers = handlers
 
-    def _report(self, event) -> int:
+    def _report(self, event) -> tuple[int, None]:
         self.reports.append(event.event_information)
-        return 0x0000
+        return 0x0000, None  # pynetdicom wants (status, event reply)
 
     def request(self, port: int, instances: list[Path], *, wait_on_association: float = 0) -> int:
         action = Dataset()
