@@ -17,6 +17,7 @@ from typing import Any
 from django.conf import settings
 from django.db import DatabaseError, DataError, IntegrityError, close_old_connections, transaction
 
+from routing.audit.trail import NULL_TRAIL
 from routing.dicom.status import status_class
 from routing.models import ProxyProcess, RoutingDecision
 
@@ -71,6 +72,8 @@ class Telemetry:
         self.sample_seconds = sample_seconds or settings.SYNTHIQ_RATE_SAMPLE_SECONDS
         self.samples: deque[dict[str, Any]] = deque(maxlen=RATE_SAMPLES)
         self.sample()  # everything is zero at the start: what arrives before the first publish counts
+        # The audit trail (routing.audit): the relay reports through ``telemetry.audit``.
+        self.audit: Any = NULL_TRAIL
 
     def _backend(self, backend_id: str) -> Counter[str]:
         return self.per_backend.setdefault(backend_id, Counter())

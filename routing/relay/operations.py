@@ -158,6 +158,7 @@ class Operations:
         level = keys.get(scan.QUERY_RETRIEVE_LEVEL, "").upper()
         study = single_uid(keys.get(scan.STUDY_UID, ""))
         unasked: list[str] = []
+        targets: list[str] = []
         try:
             bound = await assoc.relay.bound_backend(assoc.pool_id, study) if study else None
             if bound is not None:
@@ -185,6 +186,7 @@ class Operations:
             code = failure.status
             await assoc.answer(context_id, commands.response(command, failure.status, comment=failure.comment))
         assoc.relay.telemetry.operation(service=service, status=code)
+        assoc.relay.telemetry.audit.query_retrieve(assoc, command, data, keys, context_id, code, targets)
 
     async def commitment(self, context_id: int, command: commands.Command) -> None:
         assoc = self.assoc
