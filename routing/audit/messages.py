@@ -46,6 +46,7 @@ ID_STUDY: Code = ("110180", "DCM", "Study Instance UID")
 ID_SOP_CLASS: Code = ("110181", "DCM", "SOP Class UID")
 ID_NODE: Code = ("110182", "DCM", "Node ID")
 ID_PATIENT: Code = ("2", "RFC-3881", "Patient Number")
+ID_URI: Code = ("12", "RFC-3881", "URI")
 
 # EventOutcomeIndicator values.
 SUCCESS, MINOR_FAILURE, SERIOUS_FAILURE, MAJOR_FAILURE = "0", "4", "8", "12"
@@ -161,8 +162,8 @@ def study(*, study_uid: str, sop_classes: dict[str, int] | None = None) -> etree
     return element
 
 
-def _alert_subject(*, subject: str, text: str) -> etree._Element:
-    return _object(id_type=ID_NODE, object_id=subject, type_code="2", role="13",
+def _alert_subject(*, subject: str, text: str, id_type: Code = ID_NODE) -> etree._Element:
+    return _object(id_type=id_type, object_id=subject, type_code="2", role="13",
                    details=[("Alert Description", text)])
 
 
@@ -222,12 +223,15 @@ def begin_transferring(*, when: dt.datetime, source: Source, requestor: Particip
 
 
 def security_alert(*, when: dt.datetime, source: Source, kind: Code, reporter: Participant, subject: str, text: str,
-                   performer: Participant | None = None, outcome: str = MINOR_FAILURE) -> bytes:
+                   performer: Participant | None = None, outcome: str = MINOR_FAILURE,
+                   subject_type: Code = ID_NODE) -> bytes:
     """110113 of ``kind`` (110126, 110131, 110132, 110133, 110134): who reports it, who
-    caused it when known, and the alert subject (a node, a file) with a description."""
+    caused it when known, and the alert subject (a node by default; a file as a URI) with a
+    description."""
     participants = [reporter] + ([performer] if performer is not None else [])
     return _message(event=SECURITY_ALERT, outcome=outcome, when=when, source=source, event_types=[kind],
-                    description=text, participants=participants, objects=[_alert_subject(subject=subject, text=text)])
+                    description=text, participants=participants,
+                    objects=[_alert_subject(subject=subject, text=text, id_type=subject_type)])
 
 
 def user_authentication(*, when: dt.datetime, source: Source, login: bool, user: str, address: str,

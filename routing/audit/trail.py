@@ -235,12 +235,12 @@ class AuditTrail:
 
     def reloaded(self, *, path: str, changes: Sequence[str], ok: bool) -> None:
         """110131 Software Configuration: the config file re-read (SIGHUP), applied or refused."""
-        when, launcher = _now(), _user()
+        when, uri = _now(), Path(path).resolve().as_uri()
         text = ("configuration reloaded: " + "; ".join(changes))[:4000] if ok else \
             "configuration reload refused (invalid file): " + "; ".join(changes)[:4000]
-        performer = m.Participant(user_id=launcher, requestor=True) if launcher else None
+        # Who sent the SIGHUP is not known to the process: only the reporting node is named.
         self._emit(lambda: m.security_alert(when=when, source=self.source, kind=m.SOFTWARE_CONFIGURATION,
-                                            reporter=self.node, performer=performer, subject=path, text=text,
+                                            reporter=self.node, subject=uri, subject_type=m.ID_URI, text=text,
                                             outcome=m.SUCCESS if ok else m.MINOR_FAILURE), when)
 
     def restricted_function(self, *, backend_id: str, address: str, text: str) -> None:

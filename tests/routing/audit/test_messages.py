@@ -1,0 +1,92 @@
+"""The audit messages and their framing, in process: every builder validates against the
+PS3.15 schema, hostile values from peers are escaped and never break the XML or the syslog
+frame, and the spool keeps frames bounded, in order, owner-only."""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+import stat
+
+import pytest
+from lxml import etree
+
+from routing.audit import messages as m
+from routing.audit.transport import BOM, Spool, octet_counted, syslog_message
+
+WHEN = dt.datetime(2026, 12, 7, 4, 0, 0, 123456, tzinfo=dt.UTC)
+SOURCE = m.Source(source_id="synthiq.example.org", site_id="SITE-1")
+# What a hostile peer may put in an AE title, a UID or a Patient ID: markup, quotes, line
+# feeds (a syslog line break), NULs and other controls, a lone surrogate.
+HOSTILE = 'X<a href="y">&amp;\n<85>1 - \x00\x07\r\ud800'
+MODALITY = m.Participant.node(ae_title=HOSTILE[:16], address="192.0.2.7")
+BACKEND = m.Participant.node(ae_title="PACS1", address="pacs1.example.org")
+
+
+def _all_messages() -> dict[str, bytes]:
+    return {
+        "110100": m.application_activity(when=WHEN, source=SOURCE, started=True, application="SynthIQ@host",
+                                         version="0.2.0", ae_titles=["SYNTHIQ", "SYNTHIQ2"], launcher="synthiq"),
+        "110104": m.instances_transferred(when=WHEN, source=SOURCE, sender=MODALITY, receiver=BACKEND,
+                                          relay=m.Participant(user_id="SynthIQ@host"), study_uid=HOSTILE,
+                                          sop_classes={"1.2.840.10008.5.1.4.1.1.2": 3, HOSTILE: 1},
+                                          patient_id=HOSTILE, patient_name=HOSTILE, outcome=m.MINOR_FAILURE,
+                                          description="1 of 4 instance(s) failed"),
+        "110112": m.query(when=WHEN, source=SOURCE, requestor=MODALITY, responder=BACKEND,
+                          sop_class_uid="1.2.840.10008.5.1.4.1.2.2.1", identifier=b"\x08\x00R\x00\x06\x00STUDY ",
+                          transfer_syntax="1.2.840.10008.1.2.1"),
+        "110102": m.begin_transferring(when=WHEN, source=SOURCE, requestor=MODALITY, sender=BACKEND,
+                                       receiver=m.Participant(user_id="WORKSTATION"), study_uids=["1.2.3", HOSTILE],
+                                       patient_id=HOSTILE),
+        "110113": m.security_alert(when=WHEN, source=SOURCE, kind=m.NODE_AUTHENTICATION, reporter=BACKEND,
+                                   performer=MODALITY, subject="192.0.2.7", text=HOSTILE),
+        "110114": m.user_authentication(when=WHEN, source=SOURCE, login=False, user=HOSTILE, address="::1",
+                                        system=BACKEND, outcome=m.MINOR_FAILURE),
+    }
+
+
+@pytest.mark.parametrize("event", ["110100", "110104", "110112", "110102", "110113", "110114"])
+def test_each_message_validates_and_stays_on_one_line_whatever_the_peer_sent(schema, event):
+    xml = _all_messages()[event]
+    assert b"\n" not in xml and b"\r" not in xml
+    document = etree.fromstring(xml)
+    assert schema.validate(document), schema.error_log
+    assert document.find("EventIdentification/EventID").get("csd-code") == event
+    assert document.find("AuditSourceIdentification").get("AuditSourceID") == "synthiq.example.org"
+    assert b"<a href" not in xml  # markup from a peer is text, never elements
+
+
+def test_a_hostile_patient_id_is_kept_escaped_with_what_xml_cannot_hold_replaced(schema):
+    document = etree.fromstring(_all_messages()["110104"])
+    patient = next(o for o in document.findall("ParticipantObjectIdentification")
+                   if o.get("ParticipantObjectTypeCodeRole") == "1")
+    assert patient.get("ParticipantObjectID") == 'X<a href="y">&amp; <85>1 - \ufffd\ufffd \ufffd'
+
+
+def test_the_syslog_message_is_rfc_5424_and_the_frame_counts_its_octets():
+    xml = _all_messages()["110104"]
+    message = syslog_message(xml, when=WHEN, hostname="synthiq.example.org", procid=4242)
+    assert message.startswith(b"<85>1 2026-12-07T04:00:00.123456Z synthiq.example.org SynthIQ 4242 IHE+RFC-3881 - "
+                              + BOM + b"<AuditMessage>")
+    frame = octet_counted(message)
+    count, _, rest = frame.partition(b" ")
+    assert int(count) == len(rest) == len(message) and rest == message
+    assert re.fullmatch(rb"[^\n]*", message)  # one line: a line-based receiver cannot be split
+
+
+def test_the_spool_is_owner_only_bounded_and_read_back_in_order(tmp_path):
+    spool = Spool(tmp_path / "audit" / "main.spool", limit=100)
+    frames = [octet_counted(f"message {n}".encode()) for n in range(20)]
+    kept = [f for f in frames if spool.append(f)]
+    assert 0 < len(kept) < len(frames) and spool.size <= 100  # the bound holds
+    assert spool.append(frames[-1], reserved=True)  # the drop alerts go in all the same
+    assert stat.S_IMODE(spool.path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(spool.path.parent.stat().st_mode) == 0o700
+    read = list(spool.frames())
+    assert [f for f, _ in read] == [*kept, frames[-1]]
+    spool.sent_up_to(read[1][1])  # two sent, then the connection failed
+    spool.close()
+    again = Spool(tmp_path / "audit" / "main.spool", limit=100)  # a restart sends the rest, not the first two
+    assert [f for f, _ in again.frames()] == [*kept[2:], frames[-1]]
+    again.sent_up_to(list(again.frames())[-1][1])
+    assert not again.pending and again.path.stat().st_size == 0
