@@ -476,16 +476,19 @@ def test_past_the_spool_bound_the_drops_are_counted_and_audited(site, schema):
 # -- must be shown 3: UDP --------------------------------------------------------------------------------
 
 
-def test_udp_transport_sends_one_message_per_datagram(site, schema):
+def test_udp_transport_sends_one_message_per_datagram_from_every_worker(site, schema):
+    """runproxy --workers 2: the parent says it started, the worker that took the association
+    reports the transfer, each from its own queue."""
     config = site.cluster.config([site.backend.config()],
                                  Audit={"Host": "127.0.0.1", "Port": site.repo.udp_port, "Transport": "udp"})
-    proxy = site.cluster.proxy(config, name="runproxy-udp",
+    proxy = site.cluster.proxy(config, name="runproxy-udp", extra_args=["--workers", "2"],
                                extra_env={"SYNTHIQ_VAR_DIR": str(site.tmp / "var-udp")})
     pid = str(proxy.process.proc.pid) if proxy.process.proc else ""
+    workers = {str(p) for p in proxy.worker_pids()}
     study, paths = write_study(site.tmp / "udp", count=2)
     send_files(proxy.port, paths)
     start, = site.repo.wait(lambda m: m.procid == pid and m.event == "110100", what="110100 over UDP")
-    stored, = site.repo.wait(lambda m: m.procid == pid and m.event == "110104", what="110104 over UDP")
+    stored, = site.repo.wait(lambda m: m.procid in workers and m.event == "110104", what="110104 over UDP")
     for message in (start, stored):
         assert_valid(schema, message, transport="udp")
     assert study.encode() in stored.raw
