@@ -141,6 +141,7 @@ class AuditSender:
         self.on_drops = on_drops
         self.sent = self.spooled = self.dropped = 0
         self._unreported = 0  # drops not yet audited
+        self._recorded = True  # whether the last message was sent or spooled
         self._drops_since: dt.datetime | None = None
         self._sock: socket.socket | None = None
         self._retry_at = 0.0
@@ -221,6 +222,11 @@ class AuditSender:
         return octet_counted(message) if self.transport == "tls" else message
 
     def _deliver(self, frame: bytes, *, reserved: bool = False) -> None:
+        before = self.dropped
+        self._deliver_or_drop(frame, reserved=reserved)
+        self._recorded = self.dropped == before
+
+    def _deliver_or_drop(self, frame: bytes, *, reserved: bool) -> None:
         if self.transport == "udp":
             self._send_datagram(frame)
             return
@@ -304,7 +310,7 @@ class AuditSender:
 
     def _report_drops(self) -> None:
         """Once a message could be recorded again, audit the drops since the last report."""
-        if not self._unreported or self.on_drops is None or self._queue:
+        if not self._unreported or self.on_drops is None or self._queue or not self._recorded:
             return
         if self.spool is not None and self.spool.pending:
             return  # the repository is still away: report once it has what was kept
