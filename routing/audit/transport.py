@@ -304,6 +304,7 @@ class AuditSender:
             self.spool.save_offset()
             return
         self._retry_pause = RETRY_FIRST
+        self._recorded = True  # the repository takes messages again
         if replayed:
             logger.warning("audit: the repository %s:%d is back: %d spooled message(s) sent", self.host, self.port,
                            replayed)
