@@ -239,7 +239,8 @@ def site(tmp_path_factory) -> Iterator[Site]:
     backend = Backend()
     try:
         config = cluster.config([backend.config()], Audit=repo.tls_config())
-        proxy = cluster.proxy(config, http=True)
+        # A site that keeps Patient IDs out of its logs still has them in its audit trail.
+        proxy = cluster.proxy(config, http=True, extra_env={"SYNTHIQ_LOG_PATIENT_ID": "0"})
         User.objects.create_user(username="auditor", password="a-long-enough-passphrase", is_staff=True)
         yield Site(repo, cluster, proxy, backend, tmp, config)
     finally:
@@ -287,6 +288,7 @@ def test_a_store_is_one_instances_transferred_message_per_study(site, schema):
     (patient,) = message.objects("2")
     assert patient.get("ParticipantObjectID") == HOSTILE_PATIENT_ID
     assert patient.get("ParticipantObjectTypeCodeRole") == "1"
+    assert HOSTILE_PATIENT_ID not in site.proxy.process.log()  # SYNTHIQ_LOG_PATIENT_ID=0: not in the log
 
 
 def _query_ae() -> AE:
