@@ -133,3 +133,16 @@ def test_udp_drops_are_counted_and_audited_once_a_datagram_goes_through_again(tm
     # report sent in between was itself lost (and counted): this one covers the drops since.
     (count,) = counts
     assert 1 <= count <= dropped and dropped >= 2
+
+
+def test_audit_off_answers_every_call_the_trail_has_with_nothing():
+    """The relay calls ``telemetry.audit.<event>`` whether audit is on or not."""
+    from routing.audit.trail import NULL_TRAIL, AuditTrail
+
+    public = [name for name in vars(AuditTrail) if not name.startswith("_") and callable(getattr(AuditTrail, name))]
+    assert {"stored", "association_ended", "query_retrieve", "rejected", "reloaded"} <= set(public)
+    for name in public:
+        assert name in vars(type(NULL_TRAIL)), name  # a class attribute, not a __getattr__ fallback
+        if name != "stats":
+            assert getattr(NULL_TRAIL, name)(object(), "x", k=1) is None
+    assert NULL_TRAIL.stats() == {}
