@@ -419,6 +419,8 @@ class ProxyRunner:
                             for p in new.pools])
         logger.warning("reload: %s: %s", self.config_path, "; ".join(changes))
         self.audit.reloaded(path=self.config_path, changes=changes, ok=True)
+        if any(line.startswith("Audit") for line in changes):
+            logger.warning("reload: the Audit block changed: the audit trail takes it at the next start of runproxy")
         return new
 
     async def reload(self, executor: ThreadPoolExecutor, *, shared: bool, worker: bool) -> None:

@@ -37,6 +37,9 @@ AUDITED_REFUSALS = frozenset({"source-address", "called-ae", "calling-ae", "asso
                               "tls-handshake", "tls-plaintext", "protocol-version", "application-context"})
 # A flood of refusals from one address is audited once per this many seconds and kind.
 REFUSAL_AUDIT_SECONDS = 10.0
+# A query data set larger than this is cut to it in the 110112 message (and said so): an
+# audit record repository takes messages of tens of KiB (rsyslog: maxMessageSize).
+QUERY_AUDIT_BYTES = 32 * 1024
 SUCCESS_CODES = frozenset({0x0000, 0xB000, 0xB006, 0xB007})  # success and the C-STORE warnings
 C_FIND, C_GET, C_MOVE = 0x0020, 0x0010, 0x0021
 MOVE_DESTINATION = 0x00000600
@@ -186,7 +189,10 @@ class AuditTrail:
             responder = m.Participant(user_id=self.application, ae_titles=(assoc.listener.ae_title,),
                                       address=self.hostname)
             sop_class = command.sop_class_uid
-            data = bytes(identifier)
+            data = bytes(identifier[:QUERY_AUDIT_BYTES])
+            if len(identifier) > QUERY_AUDIT_BYTES:
+                text = f"{text}; " if text else ""
+                text += f"query data set cut to its first {QUERY_AUDIT_BYTES} of {len(identifier)} bytes"
             self._emit(lambda: m.query(when=when, source=self.source, requestor=requestor, responder=responder,
                                        sop_class_uid=sop_class, identifier=data, transfer_syntax=transfer_syntax,
                                        outcome=outcome, description=text), when)

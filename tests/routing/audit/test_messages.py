@@ -146,3 +146,32 @@ def test_audit_off_answers_every_call_the_trail_has_with_nothing():
         if name != "stats":
             assert getattr(NULL_TRAIL, name)(object(), "x", k=1) is None
     assert NULL_TRAIL.stats() == {}
+
+
+def test_a_huge_query_is_audited_cut_to_a_size_a_repository_takes(tmp_path, schema):
+    import base64
+    import socket
+    from types import SimpleNamespace
+
+    from routing.audit.trail import QUERY_AUDIT_BYTES, AuditTrail, TrailSettings
+
+    receiver = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    receiver.bind(("127.0.0.1", 0))
+    receiver.settimeout(5)
+    trail = AuditTrail(TrailSettings(transport="udp", host="127.0.0.1", port=receiver.getsockname()[1], tls=None,
+                                     site_id=None, spool_path=tmp_path / "unused.spool", spool_limit=1 << 20,
+                                     queue_size=100), hostname="synthiq.example.org").start()
+    assoc = SimpleNamespace(calling_ae="WS01", source_ip="127.0.0.1", listener=SimpleNamespace(ae_title="SYNTHIQ"),
+                            transfer_syntax=lambda context_id: "1.2.840.10008.1.2.1")
+    command = SimpleNamespace(field=0x0020, sop_class_uid="1.2.840.10008.5.1.4.1.2.2.1")
+    try:
+        trail.query_retrieve(assoc, command, b"\x10\x00\x10\x00" + b"A" * 100_000, {}, 1, 0x0000)
+        datagram = receiver.recv(65535)
+    finally:
+        trail.stop()
+        receiver.close()
+    document = etree.fromstring(datagram.split(BOM, 1)[1])
+    assert schema.validate(document), schema.error_log
+    assert len(base64.b64decode(document.findtext("ParticipantObjectIdentification/ParticipantObjectQuery"))) \
+        == QUERY_AUDIT_BYTES
+    assert "cut to its first 32768 of 100004 bytes" in document.findtext("EventIdentification/EventOutcomeDescription")
