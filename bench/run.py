@@ -234,6 +234,9 @@ class Bench:
                 }
             ],
         }
+        if self.args.audit_udp:  # audit on: the same run compared with one without it (W4 side by side)
+            host, _, port = self.args.audit_udp.rpartition(":")
+            config["Audit"] = {"Host": host, "Port": int(port), "Transport": "udp"}
         self.proxy_config = self.tmp / "synthiq.json"
         self.proxy_config.write_text(json.dumps(config, indent=2))
         # Load the config (runproxy syncs it too) and mark the backends healthy, as a
@@ -571,6 +574,9 @@ def main() -> int:
         help="py-spy record runproxy during SynthIQ runs (collapsed stacks in the tmp dir); "
         "'idle' also samples waiting threads",
     )
+    parser.add_argument("--audit-udp", metavar="HOST:PORT",
+                        help="SynthIQ sends its audit messages over UDP to HOST:PORT (a local rsyslog, say): run "
+                             "once with and once without to see what audit costs")
     parser.add_argument("--no-db", action="store_true", help="skip routing-latency and affinity-write figures")
     parser.add_argument("--tmp-dir", help="work here (generated data is reused between runs)")
     parser.add_argument("--keep-tmp", action="store_true")

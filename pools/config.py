@@ -207,6 +207,44 @@ class ReconciliationConfig(Model):
     concurrency: Annotated[int, Field(ge=1, le=64)] = 2
 
 
+class AuditTlsConfig(Model):
+    """TLS to the audit record repository (RFC 5425): its CA, and this node's certificate
+    and key (ATNA node authentication: both or neither)."""
+
+    certificate: FilePath | None = None
+    key: FilePath | None = None
+    ca: FilePath = Field(alias="CA")
+
+    @model_validator(mode="after")
+    def _pair(self) -> AuditTlsConfig:
+        if (self.certificate is None) != (self.key is None):
+            raise PydanticCustomError("needs", "Key: Certificate and Key go together")
+        return self
+
+
+class AuditConfig(Model):
+    """IHE ATNA audit messages (DICOM PS3.15 A.5) over syslog to the audit record repository;
+    audit is off when the block is absent."""
+
+    host: Annotated[str, Field(min_length=1, max_length=255)]
+    port: Port | None = None  # 6514 over TLS, 514 over UDP
+    transport: Literal["tls", "udp"] = "tls"
+    tls: AuditTlsConfig | None = None
+    site_id: Annotated[str, Field(min_length=1, max_length=64)] | None = None  # AuditEnterpriseSiteID
+
+    @model_validator(mode="after")
+    def _needs(self) -> AuditConfig:
+        if self.transport == "tls" and self.tls is None:
+            raise PydanticCustomError("needs", "Tls: required for the tls transport (its CA at least)")
+        if self.transport == "udp" and self.tls is not None:
+            raise PydanticCustomError("needs", "Tls: not used by the udp transport")
+        return self
+
+    @property
+    def effective_port(self) -> int:
+        return self.port or (6514 if self.transport == "tls" else 514)
+
+
 class Config(Model):
     study_cache_window_hours: Annotated[float, Field(ge=0.01)] = 96
     heartbeat_interval_seconds: Annotated[float, Field(ge=0.2)] = 5
@@ -214,6 +252,7 @@ class Config(Model):
     network: NetworkConfig = NetworkConfig()
     reconciliation: ReconciliationConfig = ReconciliationConfig()
     pools: Annotated[tuple[PoolConfig, ...], Field(min_length=1)]
+    audit: AuditConfig | None = None
 
     def backend(self, backend_id: str) -> BackendConfig | None:
         return next((b for p in self.pools for b in p.backends if b.id == backend_id), None)
@@ -224,7 +263,7 @@ class Config(Model):
 SECRET_KEYS = frozenset({"CommitmentToken", "Password"})
 
 DEFAULTS = {name: field.default for name, field in Config.model_fields.items()
-            if name != "pools" and not isinstance(field.default, Model)}
+            if name not in ("pools", "audit") and not isinstance(field.default, Model)}
 
 
 # -- reading errors -----------------------------------------------------------------------

@@ -40,7 +40,7 @@ from health.selectors import STALE_INTERVALS, heartbeat_staleness
 from health.services import HeartbeatPolicy
 from pools.config import Config, ConfigError, PoolConfig, TlsConfig, config_load, differences
 from pools.services import config_sync
-from routing import logqueue, readiness
+from routing import audit, logqueue, readiness
 from routing.commitments import DatabaseCommitmentStore, commitments_purge
 from routing.dicom import netopts
 from routing.dicom.services import SERVICE_CLASSES, VERIFICATION
@@ -162,6 +162,7 @@ class ProxyRunner:
         self.per_address = AddressCounts()  # one process; runproxy --workers makes a shared one
         # A worker: listening sockets its parent handed over for pools a reload added.
         self.handed: dict[str, socket.socket] = {}
+        self.audit = audit.NULL_TRAIL  # this process's audit trail (routing.audit), started by run()
 
     def run(self, *, workers: int, http: str | None) -> None:
         """Start up (see the module docstring) and serve until SIGTERM/SIGINT."""
@@ -201,10 +202,15 @@ class ProxyRunner:
         self.backend_abilities: dict[str, Abilities | None] = {}
         self.probed_healthy: dict[str, bool] = {}
         self.abilities = {pool.id: self.probe_pool(pool, self.probe_router) for pool in self.config.pools}
-        if workers == 1:
-            self.serve_here(sockets, http)
-        else:
-            self.serve_in_workers(sockets, http, workers)
+        self.audit = audit.install(audit.trail_start(self.config.audit, spool_name="main"))
+        try:
+            if workers == 1:
+                self.serve_here(sockets, http)
+            else:
+                self.serve_in_workers(sockets, http, workers)
+        finally:
+            self.audit.application_stopped(version=VERSION)
+            self.audit.stop()
 
     def _on_signal(self, signum, frame) -> None:
         logger.info("signal %s: stopping", signal.Signals(signum).name)
@@ -278,6 +284,7 @@ class ProxyRunner:
 
     def _say_ready(self) -> None:
         self.say(f"runproxy ready: pools={','.join(self.pool_ids)}")
+        self.audit.application_started(version=VERSION, ae_titles=[p.ae_title for p in self.config.pools])
 
     # -- several processes ------------------------------------------------------------------
     def serve_in_workers(self, sockets: dict[str, socket.socket], http: str | None, count: int) -> None:
@@ -289,7 +296,9 @@ class ProxyRunner:
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             signal.signal(signal.SIGINT, signal.SIG_DFL)
             signal.signal(signal.SIGHUP, signal.SIG_IGN)  # the parent reloads it (see serve)
+            self.audit = audit.install(audit.trail_start(self.config.audit, spool_name=f"worker{index}"))
             asyncio.run(self.serve(sockets, ready=ready, purge=False, worker=index, channel=channel))
+            self.audit.stop()
             return 0
 
         self.per_address = AddressCounts(workers=count)  # shared by the workers forked below
@@ -376,6 +385,7 @@ class ProxyRunner:
                                                         window_hours=window))
         self.router = Router(bindings=self.bindings, heartbeat_timeout=self.config.heartbeat_timeout_seconds)
         self.telemetry = Telemetry()
+        self.telemetry.audit = self.audit
         await loop.run_in_executor(executor, self.refresh)
         # A pool added by a reload has no socket in a worker started since (see reload).
         pools = [self.pool_listener(p) for p in self.config.pools if p.id in sockets]
@@ -426,6 +436,7 @@ class ProxyRunner:
             new = config_load(path=self.config_path)
         except ConfigError as exc:
             logger.error("reload: %s is invalid, nothing changed: %s", self.config_path, "; ".join(exc.errors))
+            self.audit.reloaded(path=self.config_path, changes=exc.errors, ok=False)
             return None
         changes = differences(self.config, new)
         if not changes:
@@ -443,6 +454,9 @@ class ProxyRunner:
         readiness.register([readiness.Listener(p.id, p.ae_title, p.host, p.port, p.tls is not None)
                             for p in new.pools])
         logger.warning("reload: %s: %s", self.config_path, "; ".join(changes))
+        self.audit.reloaded(path=self.config_path, changes=changes, ok=True)
+        if any(line.startswith("Audit") for line in changes):
+            logger.warning("reload: the Audit block changed: the audit trail takes it at the next start of runproxy")
         return new
 
     async def reload(self, executor: ThreadPoolExecutor, *, shared: bool, worker: bool) -> None:
@@ -582,6 +596,7 @@ class ProxyRunner:
                 "held_associations": sum(self.relay.held.values()),
                 "tasks": self.tasks_now,
                 "services": self.services_published(),
+                "audit": self.audit.stats(),
             } | self.heartbeat_status(),
             listeners=[{"pool": p.id, "ae_title": p.ae_title, "port": p.port,
                         "accepting": self.relay.accepting} for p in self.relay.pools],

@@ -19,6 +19,7 @@ from django.db import DatabaseError, DataError, IntegrityError, close_old_connec
 from django.db.models import F
 from django.db.models.functions import Greatest
 
+from routing.audit.trail import NULL_TRAIL
 from routing.dicom.services import SERVICE_CLASSES
 from routing.dicom.status import status_class
 from routing.dicom.uids import uid_problem
@@ -176,6 +177,8 @@ class Telemetry:
         self.sample_seconds = sample_seconds or settings.SYNTHIQ_RATE_SAMPLE_SECONDS
         self.samples: deque[dict[str, Any]] = deque(maxlen=RATE_SAMPLES)
         self.sample()  # everything is zero at the start: what arrives before the first publish counts
+        # The audit trail (routing.audit): the relay reports through ``telemetry.audit``.
+        self.audit: Any = NULL_TRAIL
 
     def _backend(self, backend_id: str) -> Counter[str]:
         return self.per_backend.setdefault(backend_id, Counter())

@@ -241,6 +241,12 @@ if LOG_FORMAT not in ("plain", "json"):
 LOG_FILE = _read("LOG_FILE", env.str, str(LOG_DIR / "synthiq.log"))
 # Route lines carry the Patient ID unless this is off (a site that keeps patient data out of logs).
 SYNTHIQ_LOG_PATIENT_ID = _read("SYNTHIQ_LOG_PATIENT_ID", env.bool, True)
+# The audit trail (the config file's Audit block): messages queued per process before any is
+# dropped, and the bytes the spool file may hold while the audit record repository is away.
+SYNTHIQ_AUDIT_QUEUE = _read("SYNTHIQ_AUDIT_QUEUE", env.int, 10_000)
+SYNTHIQ_AUDIT_SPOOL_BYTES = _read("SYNTHIQ_AUDIT_SPOOL_BYTES", env.int, 64 * 1024 * 1024)
+if SYNTHIQ_AUDIT_QUEUE < 1 or SYNTHIQ_AUDIT_SPOOL_BYTES < 1024:
+    raise ImproperlyConfigured("SYNTHIQ_AUDIT_QUEUE: at least 1; SYNTHIQ_AUDIT_SPOOL_BYTES: at least 1024")
 _handlers = {"console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT, "filters": ["tags"]}}
 if LOG_FILE:
     _make_dir(Path(LOG_FILE).parent, "LOG_FILE's folder")

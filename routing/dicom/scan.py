@@ -27,9 +27,10 @@ from pydicom.uid import UID
 STUDY_UID = 0x0020000D
 MODALITY = 0x00080060
 PATIENT_ID = 0x00100020
+PATIENT_NAME = 0x00100010  # for the audit trail's Patient participant (before Patient ID: costs nothing)
 # Query/Retrieve Level, for identifiers of C-FIND / C-MOVE / C-GET.
 QUERY_RETRIEVE_LEVEL = 0x00080052
-HEADER_TAGS = (MODALITY, PATIENT_ID, STUDY_UID)
+HEADER_TAGS = (MODALITY, PATIENT_NAME, PATIENT_ID, STUDY_UID)
 
 # Inflating more than this to find the UID is refused (a "zip bomb" header).
 INFLATE_LIMIT = 4 * 1024 * 1024

@@ -32,6 +32,15 @@ from synthiq_project.version import VERSION
 # (SOP class not supported); and the services besides storage.
 KNOWN_FAILURE_CLASSES = ("0xA7xx", "0xC0xx", "0x01xx")
 KNOWN_SERVICES = ("C-FIND", "C-MOVE", "C-GET", "N-ACTION", "N-EVENT-REPORT")
+# Why an association is refused (routing.relay: inbound._refusal, server._opened, the TLS
+# handshake, the idle limit) and which identifiers a request is refused for (per service):
+# the label sets of synthiq_associations_rejected and synthiq_invalid_requests, at zero.
+KNOWN_REJECT_REASONS = ("source-address", "called-ae", "calling-ae", "association-limit", "address-limit",
+                        "tls-handshake", "tls-plaintext", "protocol-version", "application-context", "stopping", "idle")
+KNOWN_INVALID = (("C-STORE", "study-uid"), ("C-STORE", "sop-instance-uid"),
+                 *((service, reason) for service in ("C-FIND", "C-MOVE", "C-GET")
+                   for reason in ("identifier", "study-uid", "series-uid", "sop-instance-uid")),
+                 ("N-ACTION", "referenced-uid"), ("N-EVENT-REPORT", "referenced-uid"))
 
 
 class SynthIQCollector:
@@ -43,12 +52,13 @@ class SynthIQCollector:
     def collect(self) -> Iterator[Metric]:
         now = self.now or dt.datetime.now(dt.UTC)
         processes = selectors.proxy_processes_live(now=now)
-        yield from self._per_process(processes)
+        backend_ids = sorted(b.id for pool in pool_selectors.pools_with_backends() for b in pool.backends.all())
+        yield from self._per_process(processes, backend_ids)
         totals = selectors.proxy_totals(processes=processes)
         yield from self._backends(now, totals)
         yield self._verdicts()
 
-    def _per_process(self, processes) -> Iterator[Metric]:
+    def _per_process(self, processes, backend_ids: list[str]) -> Iterator[Metric]:
         routed = CounterMetricFamily(
             "synthiq_instances_routed", "C-STOREs routed, by routing tier", labels=["process", "tier"]
         )
@@ -107,6 +117,15 @@ class SynthIQCollector:
             "synthiq_operations", "Query, retrieve and storage commitment operations by service and status class",
             labels=["process", "service", "status_class"],
         )
+        audit = CounterMetricFamily(
+            "synthiq_audit_messages", "Audit messages (ATNA) by outcome: sent to the audit record repository, "
+            "spooled while it was away, dropped (queue or spool full); zero when audit is off",
+            labels=["process", "outcome"],
+        )
+        audit_spool = GaugeMetricFamily(
+            "synthiq_audit_spool_bytes", "Audit messages waiting in the spool file for the repository",
+            labels=["process"],
+        )
         latency = HistogramMetricFamily(
             "synthiq_forward_latency_seconds", "Time from receiving a C-STORE to the backend's response",
             labels=["process", "backend"],
@@ -119,9 +138,11 @@ class SynthIQCollector:
             decisions.add_metric([p.id], counters.get("decisions", 0))
             received.add_metric([p.id], counters.get("received", 0))
             associations.add_metric([p.id], counters.get("associations", 0))
-            for reason, value in selectors.rejected_by_reason(counters).items():
+            by_reason = dict.fromkeys(KNOWN_REJECT_REASONS, 0) | selectors.rejected_by_reason(counters)
+            for reason, value in sorted(by_reason.items()):
                 rejected.add_metric([p.id, reason], value)
-            for (service, reason), value in selectors.invalid_by_reason(counters).items():
+            for (service, reason), value in sorted((dict.fromkeys(KNOWN_INVALID, 0)
+                                                    | selectors.invalid_by_reason(counters)).items()):
                 invalid.add_metric([p.id, service, reason], value)
             violations.add_metric([p.id], counters.get("backend_violations", 0))
             # The label sets a dashboard or an alert reads are exported at zero from the start,
@@ -140,6 +161,10 @@ class SynthIQCollector:
             open_assocs.add_metric([p.id], snap.get("open_associations") or 0)
             held.add_metric([p.id], snap.get("held_associations") or 0)
             held_total.add_metric([p.id], counters.get("held", 0))
+            audit_stats = snap.get("audit") or {}
+            for outcome in ("sent", "spooled", "dropped"):
+                audit.add_metric([p.id, outcome], audit_stats.get(outcome, 0))
+            audit_spool.add_metric([p.id], audit_stats.get("spool_bytes", 0))
             cache.add_metric([p.id], snap.get("cache_size") or 0)
             db_ok.add_metric([p.id], 0 if snap.get("db_ok") is False else 1)
             pending.add_metric([p.id], snap.get("pending_bindings") or 0)
@@ -147,7 +172,9 @@ class SynthIQCollector:
                 listening.add_metric([p.id, str(listener.get("pool", ""))], 1 if listener.get("accepting") else 0)
             bounds = snap.get("latency_buckets") or []
             per_backend = snap.get("backends") or {}
-            for backend_id, counts in sorted((snap.get("latency") or {}).items()):
+            # Every configured backend has its histogram, at zero until its first C-STORE.
+            zero = [0] * (len(bounds) + 1)
+            for backend_id, counts in sorted((dict.fromkeys(backend_ids, zero) | (snap.get("latency") or {})).items()):
                 if len(counts) != len(bounds) + 1:
                     continue
                 cumulative, buckets = 0, []
@@ -158,7 +185,7 @@ class SynthIQCollector:
                 latency.add_metric([p.id, backend_id], buckets, total)
         yield from (routed, decisions, received, responses, failures, operations, associations, rejected, invalid,
                     violations, open_assocs,
-                    held, held_total, cache, db_ok, pending, listening, latency)
+                    held, held_total, cache, db_ok, pending, listening, latency, audit, audit_spool)
         build = InfoMetricFamily("synthiq_build", "SynthIQ's version")
         build.add_metric([], {"version": VERSION, "python": platform.python_version()})
         yield build

@@ -153,6 +153,7 @@ class InboundAssociation:
                 self.conn.close()
             if self.established:
                 self.relay.telemetry.association_closed()
+                self.relay.telemetry.audit.association_ended(self)
                 logger.info(
                     "association %s pool=%s calling_ae=%s source_ip=%s rx=%d fwd=%d failed=%d studies=%d "
                     "cache-hits=%d backends=%d",
@@ -183,6 +184,7 @@ class InboundAssociation:
                            self.pool_id, rq.calling_ae, rq.called_ae, self.source_ip, kind, why)
             self.relay.telemetry.association_rejected(kind, pool_id=self.pool_id, source_ip=self.source_ip,
                                                       calling_ae=rq.calling_ae, called_ae=rq.called_ae, detail=why)
+            self.relay.telemetry.audit.rejected(self, kind, why, rq.calling_ae, rq.called_ae)
             self.conn.send_and_close(negotiation.reject(reason), linger=ABORT_LINGER_SECONDS)
             return False
         # The AC echoes the called AE title the modality used (PS3.8 9.3.3), ours or an accepted one.
@@ -238,6 +240,7 @@ class InboundAssociation:
         kind = "tls-plaintext" if plaintext else "tls-handshake"
         self.relay.telemetry.association_rejected(kind, pool_id=self.pool_id, source_ip=self.source_ip,
                                                   detail=f"TLS handshake failed: {text}")
+        self.relay.telemetry.audit.rejected(self, kind, text)
         self.relay.log_refusal(kind, f"pool={self.pool_id} source_ip={self.source_ip}: TLS handshake failed"
                                      f"{' (plaintext on the TLS port?)' if plaintext else ''}: {text} "
                                      "(repeats within a minute counted, not logged)")
@@ -400,6 +403,7 @@ class InboundAssociation:
                 comment=answer.text(commands.ERROR_COMMENT), by_backend=True)
         self.relay.telemetry.forwarded(backend_id, code, time.perf_counter() - started,
                                        nbytes=self.bytes_relayed - bytes_before)
+        self.relay.telemetry.audit.stored(self, header, command.sop_class_uid, backend_id, code)
         await self.answer(context_id, answer.raw)
 
     def _check_uids(self, header: Header, sop_uid: str, held: list[memoryview], last: bool) -> None:

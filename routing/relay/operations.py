@@ -177,6 +177,7 @@ class Operations:
             await assoc.answer(context_id, commands.response(command, failure.status, comment=failure.comment))
         assoc.relay.telemetry.operation(service=service, status=code)
         self.record_failure(service, code, study=study or "", backends=targets, comment=comment, by_backend=by_backend)
+        assoc.relay.telemetry.audit.query_retrieve(assoc, command, data, keys, context_id, code, targets)
 
     def record_failure(self, service: str, code: int, *, study: str = "", backends: list[str] | None = None,
                        comment: str = "", by_backend: bool) -> None:

@@ -286,6 +286,7 @@ class Relay:
         elif not pool.admits(address):
             kind, why = "source-address", f"{address} is not in Pools[{pool.id}].AllowedSources"
             self.telemetry.association_rejected(kind, pool_id=pool.id, source_ip=address, detail=why)
+            self.telemetry.audit.association_rejected(reason=kind, address=address, pool_ae=pool.ae_title, text=why)
         elif pending.by_address[address] >= self.network.max_pending_per_address:
             kind, why = f"pending {address}", (f"{pending.by_address[address]} connections from {address} still "
                                                "negotiating (Network.MaxPendingPerAddress)")

@@ -56,6 +56,23 @@ def test_every_metric_the_dashboard_and_rules_name_is_exported(cluster, tmp_path
     assert not missing, f"named by the dashboard or the rules but not exported: {missing}"
 
 
+def test_a_fresh_runproxy_has_a_sample_of_every_series_the_dashboard_and_rules_name(cluster):
+    """Before any traffic: what a panel or an alert reads is there (at zero), so rate() and
+    increase() see the first event. The backend reports its load (native health)."""
+    a = cluster.backend("node-a")
+    proxy = cluster.proxy(cluster.config([a]), http=True)
+
+    def exported() -> set[str] | None:
+        text = requests.get(f"http://127.0.0.1:{proxy.http_port}/metrics", timeout=10).text
+        names = {s.name for family in text_string_to_metric_families(text) for s in family.samples}
+        return names if "synthiq_instances_received_total" in names else None
+
+    names = wait_for(exported, timeout=15, what="a published runproxy")
+    missing = sorted(n for n in _named_metrics() if n not in names)
+    assert not missing, f"named by the dashboard or the rules but without a sample: {missing}"
+    assert "synthiq_audit_messages_total" in names  # audit off: there, at zero
+
+
 def test_a_fresh_runproxy_exports_the_failure_and_operation_series_at_zero(cluster):
     """rate() sees the first failure only if the series existed before it: the status classes
     SynthIQ returns itself and every service are there at zero before any traffic."""

@@ -98,3 +98,27 @@ def test_the_code_reads_attributes_and_keys_in_snake_case_are_not_accepted():
     data["Pools"][0]["ae_title"] = data["Pools"][0].pop("AeTitle")
     errors = _errors(lambda d: d.update(data))
     assert "Pools[0].ae_title: unknown key" in errors and "Pools[0].AeTitle: required" in errors
+
+
+def test_audit_is_off_without_its_block_and_its_port_follows_the_transport(tmp_path):
+    assert config_parse(data=GOOD).audit is None
+    ca = tmp_path / "ca.pem"
+    ca.write_text("-")
+    tls = config_parse(data=GOOD | {"Audit": {"Host": "arr.example", "Tls": {"CA": str(ca)}, "SiteId": "H1"}}).audit
+    assert tls is not None and (tls.transport, tls.effective_port, tls.site_id) == ("tls", 6514, "H1")
+    udp = config_parse(data=GOOD | {"Audit": {"Host": "arr.example", "Transport": "udp"}}).audit
+    assert udp is not None and udp.effective_port == 514
+    assert config_parse(data=GOOD | {"Audit": {"Host": "a", "Transport": "udp", "Port": 5514}}).audit.effective_port \
+        == 5514
+
+
+@pytest.mark.parametrize("audit, expected", [
+    ({"Transport": "tls"}, "Audit.Host: required"),
+    ({"Host": "arr"}, "Audit.Tls: required for the tls transport (its CA at least)"),
+    ({"Host": "arr", "Transport": "udp", "Tls": {"CA": "/nonexistent"}}, "Audit.Tls.CA: file not found: /nonexistent"),
+    ({"Host": "arr", "Transport": "syslog"}, "Audit.Transport: must be one of 'tls' or 'udp', got the string 'syslog'"),
+    ({"Host": "arr", "Tls": {"Ca": "x"}}, "Audit.Tls.Ca: unknown key"),
+    ({"Host": "arr", "Port": 70000, "Transport": "udp"}, "Audit.Port: must be 1-65535"),
+])
+def test_an_invalid_audit_block_names_its_key(audit, expected):
+    assert expected in _errors(lambda d: d.update(Audit=audit))

@@ -33,10 +33,11 @@ def test_dcmtk_storescu_and_echoscu_work_against_runproxy(cluster, tmp_path):
 
 
 def _rejected(http_port: int) -> dict[str, float]:
-    """synthiq_associations_rejected_total by reason, as a scraper reads it."""
+    """synthiq_associations_rejected_total by reason, as a scraper reads it: the reasons that
+    happened (every known reason is exported, at zero until it does)."""
     text = requests.get(f"http://127.0.0.1:{http_port}/metrics", timeout=10).text
     return {s.labels["reason"]: s.value for family in text_string_to_metric_families(text) for s in family.samples
-            if s.name == "synthiq_associations_rejected_total"}
+            if s.name == "synthiq_associations_rejected_total" and s.value}
 
 
 def test_a_wrong_called_ae_title_is_rejected_at_association_logged_and_counted(cluster, tmp_path):
