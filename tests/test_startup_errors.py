@@ -107,7 +107,10 @@ def _commands(tmp_path) -> dict[str, tuple[str, ...]]:
             "loadconfig": ("loadconfig", str(config)),
             "loadconfig --check": ("loadconfig", "--check", str(config)),
             "demo": ("demo", "--dicom-port", str(free_port()), "--http", f"127.0.0.1:{free_port()}",
-                     "--backend-base-port", str(base))}
+                     "--backend-base-port", str(base)),
+            "adopt": ("adopt", "--pool", "main"),
+            "verify": ("verify", "--pool", "main", "--all"),
+            "consolidate": ("consolidate", "--pool", "main", "--all-split")}
 
 
 def _free_run(span: int) -> int:
@@ -133,7 +136,8 @@ DEAD = ("postgresql://synthiq@127.0.0.1:{dead}/synthiq", "Connection refused")
 FAILURES = [("postgresql://no_such_role_x@127.0.0.1:5432/postgres", 'role "no_such_role_x" does not exist'),
             ("postgresql://postgres@127.0.0.1:5432/no_such_database_x", 'database "no_such_database_x" does not exist'),
             ("postgress://x@127.0.0.1/db", "unknown scheme 'postgress'")]
-COMMANDS = ["migrate", "createsuperuser", "runproxy", "loadconfig", "loadconfig --check", "demo"]
+COMMANDS = ["migrate", "createsuperuser", "runproxy", "loadconfig", "loadconfig --check", "demo", "adopt", "verify",
+            "consolidate"]
 
 
 # Every command with an unreachable database; every other way a database is unusable with the
