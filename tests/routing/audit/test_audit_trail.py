@@ -9,6 +9,7 @@ import json
 import os
 import re
 import signal
+import statistics
 import subprocess
 import time
 from collections.abc import Iterator
@@ -395,35 +396,46 @@ def test_a_failed_and_a_successful_login_are_user_authentication_messages(site, 
 # -- must be shown 2: the repository away while stores go on ----------------------------------------
 
 
-def _store_studies(site: Site, directory: Path, count: int) -> tuple[list[str], float]:
-    """``count`` studies, one association each; (their UIDs, the slowest association's seconds)."""
-    studies, slowest = [], 0.0
+def _store_studies(site: Site, directory: Path, count: int) -> tuple[list[str], list[float]]:
+    """``count`` studies, one association each; (their UIDs, each association's seconds)."""
+    studies, took = [], []
     for n in range(count):
         study, paths = write_study(directory / str(n), count=2)
         began = time.monotonic()
         assert all(s.status == 0 for s in send_files(site.proxy.port, paths))
-        slowest = max(slowest, time.monotonic() - began)
+        took.append(time.monotonic() - began)
         studies.append(study)
-    return studies, slowest
+    return studies, took
+
+
+# How long the repository is away: a few seconds in make test; the issue's minute with
+# SYNTHIQ_AUDIT_OUTAGE_SECONDS=60 (docs/audit.md gives the command and what it measured).
+OUTAGE_SECONDS = float(os.environ.get("SYNTHIQ_AUDIT_OUTAGE_SECONDS", "3"))
 
 
 def test_repository_down_spools_and_sends_every_message_once_in_order(site):
-    _, slowest_up = _store_studies(site, site.tmp / "before", 3)
+    _, took_up = _store_studies(site, site.tmp / "before", 5)
     site.repo.stop()
     try:
         down_at = time.monotonic()
-        studies, slowest_down = _store_studies(site, site.tmp / "down", 8)
-        time.sleep(max(0.0, 3 - (time.monotonic() - down_at)))  # away a few seconds, stores going on
+        studies, took_down = _store_studies(site, site.tmp / "down", 8)
+        while time.monotonic() - down_at < OUTAGE_SECONDS and len(studies) < 400:  # stores go on all the while
+            more, took = _store_studies(site, site.tmp / f"down{len(studies)}", 4)
+            studies, took_down = studies + more, took_down + took
     finally:
         site.repo.start()
-    # The stores ran at their usual rate: audit never waits for the repository.
-    assert slowest_down < max(3 * slowest_up, slowest_up + 1.0), (slowest_up, slowest_down)
+    # The stores ran at their usual rate (the median association; one slow one on a shared
+    # machine says nothing): audit never waits for the repository.
+    usual, meanwhile = statistics.median(took_up), statistics.median(took_down)
+    print(f"repository away {OUTAGE_SECONDS:.0f}s: {len(studies)} studies stored meanwhile, median association "
+          f"{meanwhile:.3f}s (before: {usual:.3f}s)")
+    assert meanwhile < max(2 * usual, usual + 0.5), (usual, meanwhile)
     wanted = [s.encode() for s in studies]
 
     def arrived():
         got = [m for m in site.repo.messages() if m.event == "110104" and any(w in m.raw for w in wanted)]
         return got if len(got) >= len(wanted) else None
-    wait_for(arrived, timeout=30, what="the spooled messages")
+    wait_for(arrived, timeout=30 + OUTAGE_SECONDS, what="the spooled messages")
     time.sleep(1.0)  # anything sent twice would be here by now
     got = [m for m in site.repo.messages() if m.event == "110104" and any(w in m.raw for w in wanted)]
     order = [next(w for w in wanted if w in m.raw) for m in got]
@@ -459,18 +471,22 @@ def test_past_the_spool_bound_the_drops_are_counted_and_audited(site, schema):
         for n in range(8):
             _, paths = write_study(site.tmp / "burst" / str(n), count=1)
             assert all(s.status == 0 for s in send_files(proxy.port, paths))
-        dropped = wait_for(lambda: _metric(proxy.http_port, "synthiq_audit_messages_total", outcome="dropped"),
-                           timeout=10, what="drops in /metrics")
+        wait_for(lambda: _metric(proxy.http_port, "synthiq_audit_messages_total", outcome="dropped"),
+                 timeout=10, what="drops in /metrics")
     finally:
         site.repo.start()
-    assert 4 <= dropped <= 7
     stopped, = site.repo.wait(lambda m: m.procid == pid and "110133" in m.event_types, what="110133")
     started, = site.repo.wait(lambda m: m.procid == pid and "110134" in m.event_types, what="110134")
+    # The count the alerts carry (a drop may still have been on its way when /metrics was read above).
+    dropped = int(stopped.xml.findtext("EventIdentification/EventOutcomeDescription").split()[0])
+    assert 4 <= dropped <= 7
     for message in (stopped, started):
         assert_valid(schema, message)
         assert message.xml.findtext("EventIdentification/EventOutcomeDescription").startswith(
-            f"{int(dropped)} audit message(s) dropped")
-    assert f"{int(dropped)} audit message(s) dropped" in proxy.process.log()
+            f"{dropped} audit message(s) dropped")
+    wait_for(lambda: _metric(proxy.http_port, "synthiq_audit_messages_total", outcome="dropped") == dropped,
+             timeout=10, what="/metrics to count the same drops")
+    wait_for(lambda: f"{dropped} audit message(s) dropped" in proxy.process.log(), timeout=10, what="the log line")
     transferred = [m for m in site.repo.messages() if m.procid == pid and m.event == "110104"]
     assert len(transferred) == 8 - dropped  # what the spool held arrived
 
