@@ -154,6 +154,10 @@ class DicomWebConfig(Model):
     host: Annotated[str, Field(min_length=1)] | None = None  # None: the pool's Host
     base_path: Annotated[str, AfterValidator(_base_path)] = "/dicom-web"
     tls: TlsConfig | None = None
+    # A STOW-RS body longer than this is refused (413) and its requests to the backends are
+    # cut. Memory does not grow with it (bodies are streamed): it bounds the disk and time one
+    # request may take. 8 GiB: past any single study a modality or uploader sends at once.
+    max_body_bytes: Annotated[int, Field(ge=1024)] = 8 << 30
 
 
 class PoolConfig(Model):

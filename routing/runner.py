@@ -104,7 +104,8 @@ def web_pool(pool: PoolConfig) -> WebPool:
     return WebPool(pool.id, pool.dicom_web_host, pool.dicom_web.port, pool.dicom_web.base_path,
                    tuple(WebBackend(b.id, (b.dicom_web_url or "").rstrip("/"), b.dicom_web_username,
                                     b.dicom_web_password) for b in pool.backends if b.enabled),
-                   tls=_server_tls(pool.dicom_web.tls) if pool.dicom_web.tls else None)
+                   tls=_server_tls(pool.dicom_web.tls) if pool.dicom_web.tls else None,
+                   max_body_bytes=pool.dicom_web.max_body_bytes)
 
 
 def _close_listeners_gone(sockets: dict[str, socket.socket], *, old: Config, new: Config) -> None:

@@ -59,7 +59,7 @@ class WebPool:
     base_path: str
     backends: tuple[WebBackend, ...]
     tls: ssl.SSLContext | None = None
-    max_body_bytes: int = 1 << 40
+    max_body_bytes: int = 8 << 30
 
     @property
     def requires_auth(self) -> bool:

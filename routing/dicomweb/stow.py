@@ -14,12 +14,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import aiohttp
 from aiohttp import web
 
-from routing.dicom.part10 import Identity, Part10Error, Part10Scanner
+from routing.dicom.part10 import SOP_CLASS, SOP_INSTANCE, Identity, Part10Error, Part10Scanner
 from routing.dicom.uids import shown, uid_problem
 from routing.dicomweb.context import Context, source_ip
 from routing.dicomweb.placing import study_place
@@ -51,6 +51,7 @@ class _Part:
     """One part's outcome: forwarded to ``upload``, or failed with ``reason``."""
 
     index: int
+    meta: dict[int, str] = field(default_factory=dict)  # the File Meta UIDs, once read
     identity: Identity | None = None
     upload: Upload | None = None
     failure: tuple[int, str] | None = None
@@ -167,6 +168,7 @@ class Stow:
             if not chunk:
                 break
         if entry.failure is not None:
+            entry.meta = scanner.meta  # a part failed before its Study UID still names its SOP Instance
             self._failed(entry)
 
     async def _forward(self, entry: _Part, held: list[bytes]) -> None:
@@ -205,16 +207,15 @@ class Stow:
         identity = entry.identity
         logger.error("STOW-RS part failed pool=%s source_ip=%s part=%d study=%s sop=%s: 0x%04X %s", self.ctx.pool.id,
                      self.source_ip, entry.index, shown(identity.study_uid) if identity else "-",
-                     shown(identity.sop_instance_uid) if identity else "-", reason, why)
+                     shown(entry.meta.get(SOP_INSTANCE, "")) if entry.meta else "-", reason, why)
 
     # -- the answers ----------------------------------------------------------------------
     async def _answers(self) -> StoreResponse:
         response = StoreResponse()
         for entry in self.parts:
             if entry.failure is not None:
-                identity = entry.identity
-                response.fail(sop_class_uid=identity.sop_class_uid if identity else "",
-                              sop_instance_uid=identity.sop_instance_uid if identity else "", reason=entry.failure[0])
+                response.fail(sop_class_uid=entry.meta.get(SOP_CLASS, ""),
+                              sop_instance_uid=entry.meta.get(SOP_INSTANCE, ""), reason=entry.failure[0])
         answers = await asyncio.gather(*(upload.finish() for upload in self.uploads.values()))
         base = self.ctx.client_base(self.request)
         for upload, answer in zip(self.uploads.values(), answers, strict=True):

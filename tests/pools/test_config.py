@@ -115,6 +115,7 @@ def test_dicom_web_is_off_unless_configured_and_takes_its_defaults_from_the_pool
     _with_dicom_web(data)
     pool = config_parse(data=data).pools[0]
     assert (pool.dicom_web.port, pool.dicom_web.base_path, pool.dicom_web.tls) == (8080, "/dicom-web", None)
+    assert pool.dicom_web.max_body_bytes == 8 << 30
     assert pool.dicom_web_host == "10.0.0.5"
     assert pool.backends[0].dicom_web_url == "http://10.0.0.11:8042/dicom-web"
 

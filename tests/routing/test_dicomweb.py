@@ -24,6 +24,7 @@ from tests.harness import Cluster, binding_of, clean_database, dataset_digest, f
 pytestmark = pytest.mark.slow
 NODES = ("a", "b", "c")
 USER, PASSWORD = "dicomweb-user", "a-long-test-password"
+MAX_BODY = 1 << 20  # the pool's MaxBodyBytes: every other request here is far smaller
 
 
 def _plugin() -> str:
@@ -56,7 +57,8 @@ def pool(tmp_path_factory):
                      "DicomWebUrl": f"{o.url}/dicom-web", "DicomWebUsername": "orthanc",
                      "DicomWebPassword": "unused-by-this-orthanc"} for n, o in orthancs.items()]
         web_port = free_port()
-        config = cluster.config(backends, HeartbeatTimeoutSeconds=600, pool={"DicomWeb": {"Port": web_port}})
+        config = cluster.config(backends, HeartbeatTimeoutSeconds=600,
+                                pool={"DicomWeb": {"Port": web_port, "MaxBodyBytes": MAX_BODY}})
         proxy = cluster.proxy(config, extra_args=["--workers", "2"])
         base = f"http://127.0.0.1:{web_port}/dicom-web"
         yield cluster, proxy, orthancs, base, token.key
@@ -168,21 +170,25 @@ def test_stow_with_dicomweb_client_and_the_study_in_the_url(pool):
     assert _holders(orthancs, suid) == {binding_of(suid): 2}
 
 
-def test_a_part_with_an_invalid_study_uid_fails_alone_and_the_others_are_stored(pool):
+def test_parts_with_an_invalid_or_no_study_uid_fail_alone_and_the_others_are_stored(pool):
     cluster, _, orthancs, base, _ = pool
-    suid, paths = write_study(cluster.tmp / "invalid", count=3, patient_id="INVALID")
+    suid, paths = write_study(cluster.tmp / "invalid", count=4, patient_id="INVALID")
     bad = cluster.tmp / "invalid-uid.dcm"
-    data = paths[1].read_bytes()
     bad_uid = ("1.2.x" + suid[5:]).encode()  # same length: the file stays well-formed
-    bad.write_bytes(data.replace(suid.encode(), bad_uid))
-    answer = _stow(base, [paths[0], bad, paths[2]])
+    bad.write_bytes(paths[1].read_bytes().replace(suid.encode(), bad_uid))
+    missing = cluster.tmp / "no-study-uid.dcm"
+    ds = dcmread(paths[3])
+    del ds.StudyInstanceUID
+    ds.save_as(missing)
+    answer = _stow(base, [paths[0], bad, paths[2], missing])
     assert answer.status_code == 202, answer.text
     body = answer.json()
     assert sorted(_sop(i) for i in _sequence(body, "00081199")) == sorted([paths[0].stem, paths[2].stem])
-    [failed] = _sequence(body, "00081198")
-    assert failed["00081197"]["Value"] == [0xC000] and _sop(failed) == paths[1].stem
+    failed = _sequence(body, "00081198")
+    assert sorted(_sop(f) for f in failed) == sorted([paths[1].stem, paths[3].stem])
+    assert all(f["00081197"]["Value"] == [0xC000] for f in failed)
     assert _holders(orthancs, suid) == {binding_of(suid): 2}
-    assert all(p.stem not in json.dumps(_holders(orthancs, bad_uid.decode())) for p in paths)
+    assert _holders(orthancs, bad_uid.decode()) == {}
 
 
 def test_a_part_the_backend_cannot_store_is_the_only_one_failed_whatever_its_http_status(pool):
@@ -215,7 +221,10 @@ def test_a_body_synthiq_does_not_relay_is_refused_with_its_status(pool, content_
     assert answer.status_code == status, answer.text
 
 
-def test_a_malformed_multipart_body_is_a_400_and_nothing_of_it_is_stored(pool):
+def test_a_malformed_multipart_body_is_a_400_and_nothing_of_it_lands_off_its_study_node(pool):
+    """The request fails as a whole. A part the backend already took whole may be stored
+    (Orthanc's plugin stores each part as it ends): on the study's own node, never elsewhere;
+    the client, told 400, sends again."""
     cluster, _, orthancs, base, _ = pool
     suid, paths = write_study(cluster.tmp / "malformed", count=2, patient_id="MALFORMED")
     boundary = "b0undary"
@@ -225,7 +234,27 @@ def test_a_malformed_multipart_body_is_a_400_and_nothing_of_it_is_stored(pool):
     answer = _session().post(f"{base}/studies", data=body, timeout=30, headers={
         "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}'})
     assert answer.status_code == 400, answer.text
-    assert _holders(orthancs, suid) == {}
+    holders = _holders(orthancs, suid)
+    assert set(holders) <= {binding_of(suid)} and sum(holders.values()) <= 1  # never the cut second part
+
+
+def test_a_body_past_max_body_bytes_is_a_413_and_its_cut_part_is_not_stored(pool):
+    cluster, _, orthancs, base, _ = pool
+    suid, paths = write_study(cluster.tmp / "oversize", count=3, rows=512, columns=512, patient_id="OVERSIZE")
+    boundary = "big"
+
+    def body():  # chunked (no Content-Length): the limit is met while the parts stream on
+        for p in paths:
+            yield f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode() + p.read_bytes() + b"\r\n"
+        yield f"--{boundary}--\r\n".encode()
+
+    answer = _session().post(f"{base}/studies", data=body(), timeout=30, headers={
+        "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}'})
+    assert answer.status_code == 413, answer.text
+    # The parts the backend took whole before the limit (each ~513 KB, the limit 1 MiB: the
+    # first) may be stored, on the study's node; the part cut by the limit never is.
+    holders = _holders(orthancs, suid)
+    assert set(holders) <= {binding_of(suid)} and sum(holders.values()) <= 1
 
 
 # -- QIDO-RS and WADO-RS ------------------------------------------------------------------------
