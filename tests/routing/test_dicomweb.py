@@ -59,7 +59,7 @@ def pool(tmp_path_factory):
         web_port = free_port()
         config = cluster.config(backends, HeartbeatTimeoutSeconds=600,
                                 pool={"DicomWeb": {"Port": web_port, "MaxBodyBytes": MAX_BODY}})
-        proxy = cluster.proxy(config, extra_args=["--workers", "2"])
+        proxy = cluster.proxy(config, extra_args=["--workers", "2"], http=True)
         base = f"http://127.0.0.1:{web_port}/dicom-web"
         yield cluster, proxy, orthancs, base, token.key
     finally:
@@ -342,6 +342,27 @@ def test_with_stored_credentials_clients_must_authenticate(pool):
     assert requests.get(f"{base}/studies", headers={"Authorization": "Token nope"}, timeout=10).status_code == 401
     assert requests.get(f"{base}/studies", headers={"Authorization": f"Token {token}"}, timeout=10).status_code == 200
     assert requests.get(f"{base}/studies", auth=(USER, PASSWORD), timeout=10).status_code == 200
+
+
+def test_dicomweb_is_counted_by_service_in_metrics(pool):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from tests.harness import wait_for
+
+    _, proxy, _, _, _ = pool
+
+    def counted() -> dict[str, float] | None:
+        text = requests.get(f"http://127.0.0.1:{proxy.http_port}/metrics", timeout=10).text
+        totals: dict[str, float] = {}
+        for family in text_string_to_metric_families(text):
+            for s in family.samples:
+                if s.name == "synthiq_operations_total" and s.labels.get("service", "").endswith("-RS"):
+                    key = f"{s.labels['service']}/{s.labels['status_class']}"
+                    totals[key] = totals.get(key, 0) + s.value
+        wanted = ("STOW-RS/success", "STOW-RS/0xC0xx", "QIDO-RS/success", "WADO-RS/success")
+        return totals if all(totals.get(k, 0) > 0 for k in wanted) else None
+
+    wait_for(counted, timeout=15, what="the DICOMweb operations in /metrics")
 
 
 # -- last: a node goes down ---------------------------------------------------------------------
