@@ -73,6 +73,14 @@ def check_media_type(request: web.Request) -> str:
     return boundary
 
 
+def wants_xml(accept: str) -> bool:
+    """Whether the client asked for the XML store response rather than the JSON one (the
+    default: JSON when both, or neither, are named)."""
+    kinds = [a.split(";")[0].strip().lower() for a in accept.split(",")]
+    return "application/dicom+xml" in kinds and "application/dicom+json" not in kinds \
+        and "application/json" not in kinds
+
+
 class Stow:
     """One client request."""
 
@@ -118,6 +126,8 @@ class Stow:
         logger.info("STOW-RS pool=%s source_ip=%s parts=%d studies=%d stored=%d failed=%d bytes=%d status=%d "
                     "seconds=%.3f", pool.id, self.source_ip, len(self.parts), len(self.uploads), stored, failed,
                     self.nbytes, response.http_status, time.perf_counter() - started)
+        if wants_xml(self.request.headers.get("Accept", "")):
+            return web.Response(status=response.http_status, body=response.xml(), content_type="application/dicom+xml")
         return web.Response(status=response.http_status, body=response.body(), content_type="application/dicom+json")
 
     def _refused(self, status: int, reason: str) -> web.Response:

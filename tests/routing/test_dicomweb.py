@@ -25,6 +25,7 @@ pytestmark = pytest.mark.slow
 NODES = ("a", "b", "c")
 USER, PASSWORD = "dicomweb-user", "a-long-test-password"
 MAX_BODY = 1 << 20  # the pool's MaxBodyBytes: every other request here is far smaller
+SLOW = 4  # Network.NetworkTimeoutSeconds: how long a client may send nothing of its body
 
 
 def _plugin() -> str:
@@ -57,7 +58,7 @@ def pool(tmp_path_factory):
                      "DicomWebUrl": f"{o.url}/dicom-web", "DicomWebUsername": "orthanc",
                      "DicomWebPassword": "unused-by-this-orthanc"} for n, o in orthancs.items()]
         web_port = free_port()
-        config = cluster.config(backends, HeartbeatTimeoutSeconds=600,
+        config = cluster.config(backends, HeartbeatTimeoutSeconds=600, Network={"NetworkTimeoutSeconds": SLOW},
                                 pool={"DicomWeb": {"Port": web_port, "MaxBodyBytes": MAX_BODY}})
         proxy = cluster.proxy(config, extra_args=["--workers", "2"], http=True)
         base = f"http://127.0.0.1:{web_port}/dicom-web"
@@ -79,7 +80,8 @@ def _session(token: str | None = None, *, basic: bool = False) -> requests.Sessi
     return session
 
 
-def _stow(base: str, paths: list[Path], *, study: str | None = None, session=None) -> requests.Response:
+def _stow(base: str, paths: list[Path], *, study: str | None = None, session=None,
+          accept: str = "application/dicom+json") -> requests.Response:
     """STOW-RS of the files' exact bytes, as curl would send them."""
     boundary = uuid.uuid4().hex
     body = b"".join(f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode() + p.read_bytes() + b"\r\n"
@@ -87,7 +89,7 @@ def _stow(base: str, paths: list[Path], *, study: str | None = None, session=Non
     return (session or _session()).post(
         f"{base}/studies" + (f"/{study}" if study else ""), data=body, timeout=60,
         headers={"Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}',
-                 "Accept": "application/dicom+json"})
+                 "Accept": accept})
 
 
 def _holders(orthancs, suid: str) -> dict[str, int]:
@@ -163,11 +165,15 @@ def test_a_request_mixing_three_studies_stores_each_whole_on_the_node_of_its_bin
 
 def test_stow_with_dicomweb_client_and_the_study_in_the_url(pool):
     cluster, _, orthancs, base, token = pool
-    suid, paths = write_study(cluster.tmp / "client", count=2, patient_id="CLIENT")
+    suid, paths = write_study(cluster.tmp / "client", count=3, patient_id="CLIENT")
     client = DICOMwebClient(url=base, session=_session(token))
-    result = client.store_instances([dcmread(p) for p in paths], study_instance_uid=suid)
+    result = client.store_instances([dcmread(p) for p in paths[:2]], study_instance_uid=suid)
     assert len(result.ReferencedSOPSequence) == 2 and "FailedSOPSequence" not in result
-    assert _holders(orthancs, suid) == {binding_of(suid): 2}
+    # A client asking for XML gets the store response in the Native DICOM Model.
+    answer = _stow(base, paths[2:], study=suid, accept="application/dicom+xml")
+    assert answer.status_code == 200 and answer.headers["Content-Type"].startswith("application/dicom+xml")
+    assert b'keyword="ReferencedSOPSequence"' in answer.content and paths[2].stem.encode() in answer.content
+    assert _holders(orthancs, suid) == {binding_of(suid): 3}
 
 
 def test_parts_with_an_invalid_or_no_study_uid_fail_alone_and_the_others_are_stored(pool):
@@ -255,6 +261,27 @@ def test_a_body_past_max_body_bytes_is_a_413_and_its_cut_part_is_not_stored(pool
     # first) may be stored, on the study's node; the part cut by the limit never is.
     holders = _holders(orthancs, suid)
     assert set(holders) <= {binding_of(suid)} and sum(holders.values()) <= 1
+
+
+def test_a_client_that_stops_sending_its_body_gets_408_and_others_are_served_meanwhile(pool):
+    import socket
+    import time
+
+    cluster, _, orthancs, base, _ = pool
+    suid, [path] = write_study(cluster.tmp / "slow", count=1, patient_id="SLOW")
+    data = path.read_bytes()
+    port = int(base.split(":")[2].split("/")[0])
+    started = time.monotonic()
+    with socket.create_connection(("127.0.0.1", port), timeout=SLOW * 4) as sock:
+        sock.sendall(b"POST /dicom-web/studies HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                     b'Content-Type: multipart/related; type="application/dicom"; boundary=slow\r\n'
+                     + f"Authorization: Token {TOKEN[0]}\r\nContent-Length: {len(data) + 200}\r\n\r\n".encode()
+                     + b"--slow\r\nContent-Type: application/dicom\r\n\r\n" + data[:len(data) // 2])
+        # Then nothing: meanwhile another client is served at once.
+        assert _session().get(f"{base}/studies", timeout=SLOW).status_code == 200
+        answer = sock.recv(4096)
+    assert answer.startswith(b"HTTP/1.1 408") and SLOW <= time.monotonic() - started < SLOW * 3
+    assert _holders(orthancs, suid) == {}  # the half part forwarded was cut, never stored
 
 
 # -- QIDO-RS and WADO-RS ------------------------------------------------------------------------

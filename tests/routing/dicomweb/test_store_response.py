@@ -57,3 +57,22 @@ def test_a_warning_makes_it_202_and_own_failures_carry_only_valid_uids():
     assert response.http_status == 202
     response.fail(sop_class_uid=CT, sop_instance_uid="1.2.x", reason=0xC000)
     assert response.failed[-1] == {"00081150": {"vr": "UI", "Value": [CT]}, "00081197": {"vr": "US", "Value": [0xC000]}}
+
+
+def test_the_xml_response_holds_the_same_items_in_the_native_dicom_model():
+    from xml.etree import ElementTree
+
+    from routing.dicomweb.stow import wants_xml
+
+    response = StoreResponse()
+    response.merge(answer=_answer([_item("1.4")]), sent=[Sent(CT, "1.4")])
+    response.fail(sop_class_uid=CT, sop_instance_uid="1.5", reason=0xA700)
+    root = ElementTree.fromstring(response.xml())
+    ns = {"n": "http://dicom.nema.org/PS3.19/models/NativeDICOM"}
+    stored = root.find("n:DicomAttribute[@keyword='ReferencedSOPSequence']", ns)
+    failed = root.find("n:DicomAttribute[@keyword='FailedSOPSequence']", ns)
+    assert [v.text for v in stored.iterfind(".//n:DicomAttribute[@tag='00081155']/n:Value", ns)] == ["1.4"]
+    assert [v.text for v in failed.iterfind(".//n:DicomAttribute[@keyword='FailureReason']/n:Value", ns)] == [
+        str(0xA700)]
+    assert wants_xml("application/dicom+xml") and not wants_xml("application/dicom+json, application/dicom+xml")
+    assert not wants_xml("") and not wants_xml("*/*")
