@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 import aiohttp
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from routing.dicom.part10 import SOP_CLASS, SOP_INSTANCE, Identity, Part10Error, Part10Scanner
 from routing.dicom.uids import shown, uid_problem
@@ -115,7 +116,8 @@ class Stow:
         except TimeoutError:
             return self._refused(408, f"no body bytes for {ctx.network.network_timeout_seconds:.0f}s")
         except (ValueError, AssertionError, LookupError, aiohttp.ClientPayloadError, asyncio.IncompleteReadError,
-                ConnectionError) as exc:  # what aiohttp's multipart reader raises on a malformed body
+                ConnectionError, HttpProcessingError) as exc:  # aiohttp's multipart reader on a malformed body
+            # (HttpProcessingError: a part's header line past 8190 bytes, LineTooLong)
             return self._refused(400, f"malformed multipart body: {type(exc).__name__}: {exc}"[:300])
         except BaseException:  # the client went away (cancelled): nothing it started may succeed
             for upload in self.uploads.values():

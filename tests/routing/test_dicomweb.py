@@ -220,7 +220,8 @@ def test_a_part_the_backend_cannot_store_is_the_only_one_failed_whatever_its_htt
     ('multipart/related; type="application/dicom+json"; boundary=x', b"--x--\r\n", 415),
     ('multipart/related; type="application/dicom"', b"--x--\r\n", 400),
     ('multipart/related; type="application/dicom"; boundary=x', b"--x--\r\n", 400),
-], ids=["not-multipart", "json-parts", "no-boundary", "no-part"])
+    ('multipart/related; type="application/dicom"; boundary=x', b"--x\r\nContent-Type: " + b"A" * 100_000, 400),
+], ids=["not-multipart", "json-parts", "no-boundary", "no-part", "endless-part-header"])
 def test_a_body_synthiq_does_not_relay_is_refused_with_its_status(pool, content_type, body, status):
     _, _, _, base, _ = pool
     answer = _session().post(f"{base}/studies", data=body, headers={"Content-Type": content_type}, timeout=30)
