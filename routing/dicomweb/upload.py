@@ -56,6 +56,7 @@ class Upload:
         self.started = time.perf_counter()
         self._queue: asyncio.Queue[bytes | BaseException] = asyncio.Queue(maxsize=QUEUE_CHUNKS)
         self._parts = 0
+        self.stalled = ""
         self.task: asyncio.Task[Answer] = asyncio.ensure_future(self._post())
         self.task.add_done_callback(self._drain)
 
@@ -69,21 +70,35 @@ class Upload:
         return await self.put(lead + f"--{self.boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode())
 
     async def put(self, data: bytes | memoryview) -> bool:
-        """Queue bytes of the body; False once the backend's request has ended."""
+        """Queue bytes of the body; False once the backend's request has ended. A backend
+        that takes nothing for the read timeout is cut (the client's body is not held
+        waiting on it, and its other studies go on)."""
         if self.task.done():
             return False
         if not data:
             return True
         self.nbytes += len(data)
-        await self._queue.put(bytes(data))
+        return await self._queued(bytes(data))
+
+    async def _queued(self, item: bytes | BaseException) -> bool:
+        stall = self.timeout.sock_read or 600.0
+        try:
+            await asyncio.wait_for(self._queue.put(item), stall)
+        except TimeoutError:
+            self.stalled = f"the backend took nothing of the body for {stall:.0f}s"
+            self.task.cancel()
+            return False
         return not self.task.done()
 
     async def finish(self) -> Answer:
         """End the body and wait for the backend's answer."""
         await self.put(f"\r\n--{self.boundary}--\r\n".encode())
         if not self.task.done():
-            await self._queue.put(_END)
-        return await self.task
+            await self._queued(_END)
+        await asyncio.wait({self.task})
+        if self.task.cancelled():
+            return Answer(None, b"", self.stalled or "cut")
+        return self.task.result()
 
     def abort(self) -> None:
         """Cut the body: the backend sees a request that never ends well, and stores nothing."""
