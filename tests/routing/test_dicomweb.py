@@ -409,3 +409,7 @@ def test_a_bound_study_whose_node_is_down_fails_and_never_goes_to_another_node(p
     assert all(suid not in json.dumps(_holders({n: o}, suid)) for n, o in orthancs.items()
                if f"node-{n}" != bound)
     assert _session().get(f"{base}/studies/{suid}", timeout=30).status_code == 502
+    # A query fanned out says which backend it did not hear from, and answers with the others'.
+    answer = _session().get(f"{base}/studies", timeout=30)
+    assert answer.status_code == 200 and f'299 SynthIQ "backend {bound} not reached' in answer.headers["Warning"]
+    assert suid not in {s["0020000D"]["Value"][0] for s in answer.json()}
