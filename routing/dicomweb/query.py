@@ -76,18 +76,20 @@ async def qido(ctx: Context, request: web.Request, segments: list[str]) -> web.S
     answers = await asyncio.gather(*(backend_query(ctx, request, b, path, params) for b in asked))
     key = LEVEL_KEYS[segments[-1]]
     base = ctx.client_base(request)
-    merged: list[dict[str, Any]] = []
-    seen: set[str] = set()
+    # uid -> (backend, object) per backend that has it, in the order first seen.
+    found: dict[str, list[tuple[WebBackend, dict[str, Any]]]] = {}
     for backend, (objects, problem) in zip(asked, answers, strict=True):
         if problem:
             warnings.append(f"backend {backend.id} {problem}")
             continue
         for obj in objects:
             uid = _value(obj.get(key))
-            if not isinstance(uid, str) or uid in seen:
-                continue  # the same object on another backend (a study split across nodes)
-            seen.add(uid)
-            merged.append(_rewritten(obj, base + backend.root, base + ctx.pool.base_path))
+            if isinstance(uid, str):
+                found.setdefault(uid, []).append((backend, obj))
+    merged = []
+    for copies in found.values():
+        backend, obj = copies[0] if len(copies) == 1 else await _bound_copy(ctx, copies)
+        merged.append(_rewritten(obj, base + backend.root, base + ctx.pool.base_path))
     page = merged[offset:offset + limit if limit is not None else None]
     headers = {"Warning": ", ".join(f'299 SynthIQ "{w}"' for w in warnings)} if warnings else {}
     logger.info("QIDO-RS pool=%s source_ip=%s path=%r fanned out to %d backend(s): %d match(es), %d returned%s "
@@ -96,6 +98,15 @@ async def qido(ctx: Context, request: web.Request, segments: list[str]) -> web.S
     ctx.relay.telemetry.operation(service=SERVICE, status=0xA700 if warnings else 0x0000)
     return web.Response(status=200, body=json.dumps(page).encode(), content_type="application/dicom+json",
                         headers=headers)
+
+
+async def _bound_copy(ctx: Context, copies: list[tuple[WebBackend, dict[str, Any]]]) -> tuple[WebBackend,
+                                                                                              dict[str, Any]]:
+    """Of the same object found on several backends (a study split across nodes), the copy
+    of the backend its study is bound to, else the first (in the pool's order)."""
+    study = _value(copies[0][1].get(LEVEL_KEYS["studies"]))
+    bound = await study_bound(ctx, study) if isinstance(study, str) and not uid_problem(study) else None
+    return next(((b, o) for b, o in copies if b.id == bound), copies[0])
 
 
 async def backend_query(ctx: Context, request: web.Request, backend: WebBackend, path: str,

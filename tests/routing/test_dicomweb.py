@@ -304,6 +304,21 @@ def test_qido_through_synthiq_returns_what_the_three_nodes_hold_once(pool):
     assert len(uids) == len(set(uids)) and set(uids) == direct and split in direct
     page = client.search_for_studies(limit=2, offset=1)
     assert [s["0020000D"]["Value"][0] for s in page] == uids[1:3]
+    # The same study on two nodes, bound to the later one in the pool's order: the merged
+    # answer is the bound node's object (2 instances there), not the first node's (1).
+    import datetime as dt
+
+    from affinity.models import Binding
+
+    bound_split, bound_paths = write_study(cluster.tmp / "bound-split", count=2, patient_id="BOUNDSPLIT")
+    now = dt.datetime.now(dt.UTC)
+    Binding.objects.create(pool_id="main", study_uid=bound_split, backend_id="node-c", first_seen_utc=now,
+                           last_seen_utc=now)
+    for n, paths in (("a", bound_paths[:1]), ("c", bound_paths)):
+        assert send_files(orthancs[n].dicom_port, paths, called_ae=orthancs[n].ae_title,
+                          calling_ae="STORESCU")[0].status == 0
+    [merged] = client.search_for_studies(search_filters={"PatientID": "BOUNDSPLIT"}, fields=["00201208"])
+    assert merged["00201208"]["Value"] == [2]
     # A query naming one bound study goes to its node: its instances, all of them.
     [(suid, _)] = [(s, p) for s, p in [write_study(cluster.tmp / "qido-one", count=3, patient_id="QIDO1")]]
     assert _stow(base, sorted((cluster.tmp / "qido-one").glob("*.dcm"))).status_code == 200
