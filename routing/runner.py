@@ -117,6 +117,19 @@ def _close_listeners_gone(sockets: dict[str, socket.socket], *, old: Config, new
         sockets.pop(pool_id).close()
 
 
+def dicom_web_changed(*, old: Config, new: Config) -> list[str]:
+    """Pools whose DICOMweb settings (the front door, or a backend's URL or credentials) a
+    reload changed: the DICOMweb listeners keep what they started with until a restart."""
+    def view(config: Config) -> dict[str, tuple[Any, ...]]:
+        return {p.id: (p.dicom_web, p.dicom_web_host, tuple(
+            (b.id, b.enabled, b.dicom_web_url, b.dicom_web_username, b.dicom_web_password) for b in p.backends))
+            for p in config.pools}
+
+    with_dicom_web = {p.id for config in (old, new) for p in config.pools if p.dicom_web}
+    before, after = view(old), view(new)
+    return sorted(pool_id for pool_id in with_dicom_web if before.get(pool_id) != after.get(pool_id))
+
+
 def raise_open_files_limit() -> None:
     """1,000+ sockets pass the common soft limit of 1,024 open files, after which asyncio
     stops accepting for a second at a time: raise the soft limit to the hard one."""
@@ -456,6 +469,8 @@ class ProxyRunner:
             logger.info("reload: %s unchanged", self.config_path)
             return None
         config_sync(config=new)
+        for pool_id in dicom_web_changed(old=self.config, new=new):
+            logger.warning("reload: pool %s: DICOMweb settings changed; they apply at the next restart", pool_id)
         pool_ids = [p.id for p in new.pools]
         self.heartbeat_policy = HeartbeatPolicy(new.heartbeat_interval_seconds, new.heartbeat_timeout_seconds,
                                                 new.study_cache_window_hours)
