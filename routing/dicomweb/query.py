@@ -55,6 +55,12 @@ def _number(query: Any, key: str) -> int | None:
 
 
 async def qido(ctx: Context, request: web.Request, segments: list[str]) -> web.StreamResponse:
+    for uid in segments[1::2]:  # studies/{uid}/series/{uid}/instances: the UIDs in the path
+        problem = uid_problem(uid)
+        if problem:
+            logger.warning("QIDO-RS pool=%s source_ip=%s: path %r refused: UID invalid: %s", ctx.pool.id,
+                           source_ip(request), "/".join(segments)[:200], problem)
+            return web.Response(status=400, text=f"UID in the path invalid: {problem}\n")
     path = "/".join(segments)
     study = query_study(segments, request.query)
     if study is not None:

@@ -372,6 +372,9 @@ def test_wado_of_an_unbound_study_is_served_by_the_node_that_holds_it(pool):
     assert through.status_code == 200 and len(_parts(through)) == 1
     assert _session().get(f"{base}/studies/1.2.3.999999", timeout=30).status_code == 404
     assert _session().get(f"{base}/studies/1.2.x", timeout=30).status_code == 400
+    # A path that is not UIDs is refused before any backend sees it.
+    assert _session().get(f"{base}/studies/1.2.x/series", timeout=30).status_code == 400
+    assert _session().get(f"{base}/studies/{suid}/series/%2E%2E/instances", timeout=30).status_code == 400
 
 
 # -- credentials --------------------------------------------------------------------------------
