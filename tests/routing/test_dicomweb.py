@@ -411,6 +411,36 @@ def test_dicomweb_is_counted_by_service_in_metrics(pool):
     wait_for(counted, timeout=15, what="the DICOMweb operations in /metrics")
 
 
+def test_the_front_door_over_tls_without_stored_credentials(pool, tmp_path):
+    """DicomWeb.Tls: HTTPS on the front door (a second runproxy on the same nodes, this pool
+    with no stored credentials, so no SynthIQ login: the client's Authorization passes)."""
+    from tests.routing.test_tls import _pki
+
+    cluster, _, orthancs, _, _ = pool
+    pki = _pki(tmp_path)
+    backends = [{"Id": f"node-{n}", "AeTitle": o.ae_title, "Host": "127.0.0.1", "Port": o.dicom_port,
+                 "Health": {"Mode": "liveness", "Probe": "echo"}, "DicomWebUrl": f"{o.url}/dicom-web"}
+                for n, o in orthancs.items()]
+    web_port = free_port()
+    tls = {"Certificate": pki["proxy.pem"], "Key": pki["proxy.key"]}
+    cluster.proxy(cluster.config(backends, HeartbeatTimeoutSeconds=600,
+                                 pool={"DicomWeb": {"Port": web_port, "BasePath": "/web", "Tls": tls}}),
+                  name="runproxy-tls")
+    base = f"https://127.0.0.1:{web_port}/web"
+    suid, paths = write_study(cluster.tmp / "tls", count=1, patient_id="TLS")
+    session = requests.Session()
+    session.verify, session.trust_env = pki["ca.pem"], False  # REQUESTS_CA_BUNDLE would win otherwise
+    answer = _stow(base, paths, session=session)
+    assert answer.status_code == 200, answer.text
+    # The node builds its URLs from Forwarded (https, SynthIQ's host) and its own root, which
+    # SynthIQ rewrites to its BasePath.
+    assert _sequence(answer.json(), "00081199")[0]["00081190"]["Value"][0].startswith(f"{base}/studies/{suid}/")
+    assert _holders(orthancs, suid) == {binding_of(suid): 1}
+    assert session.get(f"{base}/studies?PatientID=TLS", timeout=10).json()[0]["0020000D"]["Value"] == [suid]
+    with pytest.raises(requests.exceptions.ConnectionError):
+        requests.get(f"http://127.0.0.1:{web_port}/web/studies", timeout=5)
+
+
 # -- last: a node goes down ---------------------------------------------------------------------
 
 def test_a_bound_study_whose_node_is_down_fails_and_never_goes_to_another_node(pool):
