@@ -1,7 +1,8 @@
 """A client's GET relayed to one backend and its answer streamed back as it comes: status,
 content headers and body bytes unchanged (the body is never decoded: byte-exact, memory
-bounded by one chunk). A redirect is never followed, nor passed on (it would name the
-backend)."""
+bounded by one chunk) — but for a JSON answer of a backend whose root path differs from
+BasePath, whose URLs are rewritten to SynthIQ's. A redirect is never followed, nor passed on
+(it would name the backend)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,9 @@ from routing.dicomweb.context import PASSED_RESPONSE_HEADERS, Context, WebBacken
 logger = logging.getLogger("synthiq.routing")
 
 CHUNK = 64 * 1024
+JSON_TYPES = ("application/dicom+json", "application/json")
+# A JSON answer (metadata, a query) is held this much at most to rewrite the URLs in it.
+REWRITE_LIMIT = 64 * 1024 * 1024
 
 
 def backend_url(backend: WebBackend, path: str, query_string: str) -> str:
@@ -27,7 +31,10 @@ async def relay_get(ctx: Context, request: web.Request, backend: WebBackend, pat
     started = time.perf_counter()
     url = backend_url(backend, path, request.query_string)
     headers = ctx.headers(request, backend)
-    headers["Accept-Encoding"] = request.headers.get("Accept-Encoding", "identity")
+    # Where the backend's root differs from BasePath, the URLs in its JSON answers are rewritten
+    # (so they must come uncompressed); anything else passes as it comes, compressed or not.
+    rewrite = backend.root != ctx.pool.base_path
+    headers["Accept-Encoding"] = "identity" if rewrite else request.headers.get("Accept-Encoding", "identity")
     nbytes = 0
     try:
         async with ctx.session.request(request.method, url, headers=headers, timeout=ctx.timeout,
@@ -42,6 +49,16 @@ async def relay_get(ctx: Context, request: web.Request, backend: WebBackend, pat
                 if name in answer.headers:
                     response.headers[name] = answer.headers[name]
             await response.prepare(request)
+            if rewrite and answer.content_type in JSON_TYPES:
+                body = await answer.content.read(REWRITE_LIMIT + 1)
+                if len(body) <= REWRITE_LIMIT:
+                    base = ctx.client_base(request)
+                    body = body.replace(f"{base}{backend.root}/".encode(), f"{base}{ctx.pool.base_path}/".encode())
+                else:
+                    logger.warning("%s pool=%s study=%s backend=%s: a JSON answer over %d bytes passes with the "
+                                   "backend's URLs", service, ctx.pool.id, study_uid, backend.id, REWRITE_LIMIT)
+                nbytes += len(body)
+                await response.write(body)
             async for chunk in answer.content.iter_chunked(CHUNK):
                 nbytes += len(chunk)
                 await response.write(chunk)

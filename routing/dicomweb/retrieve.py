@@ -44,7 +44,8 @@ def wado_path_problem(segments: list[str]) -> str | None:
         return None
     if rest[0] in _LEAVES and len(rest) == 1:
         return None
-    if rest[0] == "bulkdata" and all(re.fullmatch(r"[0-9A-Fa-f]{8}|[0-9]{1,6}", s) for s in rest[1:]) \
+    # Bulk data by tag path (Orthanc's plugin names it "bulk": its BulkDataURIs point there).
+    if rest[0] in ("bulkdata", "bulk") and all(re.fullmatch(r"[0-9A-Fa-f]{8}|[0-9]{1,6}", s) for s in rest[1:]) \
             and len(rest) <= 64:
         return None
     return "unknown resource"

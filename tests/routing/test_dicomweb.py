@@ -437,6 +437,11 @@ def test_the_front_door_over_tls_without_stored_credentials(pool, tmp_path):
     assert _sequence(answer.json(), "00081199")[0]["00081190"]["Value"][0].startswith(f"{base}/studies/{suid}/")
     assert _holders(orthancs, suid) == {binding_of(suid): 1}
     assert session.get(f"{base}/studies?PatientID=TLS", timeout=10).json()[0]["0020000D"]["Value"] == [suid]
+    # Metadata from the node: its bulk data URLs name SynthIQ's BasePath, and they work.
+    [metadata] = session.get(f"{base}/studies/{suid}/metadata", timeout=10).json()
+    bulk = metadata["7FE00010"]["BulkDataURI"]
+    assert bulk.startswith(f"{base}/studies/{suid}/"), bulk
+    assert session.get(bulk, timeout=10).status_code == 200
     with pytest.raises(requests.exceptions.ConnectionError):
         requests.get(f"http://127.0.0.1:{web_port}/web/studies", timeout=5)
 
