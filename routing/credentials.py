@@ -31,7 +31,7 @@ def credentials_check(authorization: str, source_ip: str) -> str | None:
         # locked-out address is refused without a lookup.
         if token_locked_out(address=source_ip):
             return None
-        token = Token.objects.select_related("user").filter(key=value[:40]).first()
+        token = Token.objects.select_related("user").filter(key=value).first() if len(value) <= 40 else None
         if token is None or not token.user.is_active:
             token_failure_record(address=source_ip)
             return None

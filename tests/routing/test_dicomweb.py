@@ -386,6 +386,7 @@ def test_with_stored_credentials_clients_must_authenticate(pool):
     answer = requests.get(f"{base}/studies", headers={"Authorization": f"Basic {wrong}"}, timeout=10)
     assert answer.status_code == 401 and answer.headers["WWW-Authenticate"].startswith("Basic")
     assert requests.get(f"{base}/studies", headers={"Authorization": "Token nope"}, timeout=10).status_code == 401
+    assert requests.get(f"{base}/studies", headers={"Authorization": f"Token {token}x"}, timeout=10).status_code == 401
     assert requests.get(f"{base}/studies", headers={"Authorization": f"Token {token}"}, timeout=10).status_code == 200
     assert requests.get(f"{base}/studies", auth=(USER, PASSWORD), timeout=10).status_code == 200
 
