@@ -114,6 +114,11 @@ class BackendConfig(Model):
     tls: TlsConfig | None = None
     # The token the backend uses to report storage commitment over HTTP.
     commitment_token: Annotated[str, Field(min_length=16)] | None = None
+    # DICOMweb: the backend's base URL (STOW-RS, QIDO-RS and WADO-RS are under it) and the
+    # Basic credentials SynthIQ uses there; required when the pool has DicomWeb.
+    dicom_web_url: HttpUrl | None = None
+    dicom_web_username: Annotated[str, Field(min_length=1)] | None = None
+    dicom_web_password: Annotated[str, Field(min_length=1)] | None = None
 
 
 class ServicesConfig(Model):
@@ -135,6 +140,26 @@ class CommitmentRequesterConfig(Model):
     port: Port
 
 
+def _base_path(value: str) -> str:
+    if not value.startswith("/") or value.endswith("/") and value != "/" or "//" in value or not value.isascii() \
+            or any(c in value for c in "?#% ") or len(value) > 200:
+        raise PydanticCustomError("base_path", "must be an absolute path like /dicom-web (no trailing slash)")
+    return "" if value == "/" else value
+
+
+class DicomWebConfig(Model):
+    """A pool's DICOMweb front door (STOW-RS, QIDO-RS, WADO-RS) on its own port."""
+
+    port: Port
+    host: Annotated[str, Field(min_length=1)] | None = None  # None: the pool's Host
+    base_path: Annotated[str, AfterValidator(_base_path)] = "/dicom-web"
+    tls: TlsConfig | None = None
+    # A STOW-RS body longer than this is refused (413) and its requests to the backends are
+    # cut. Memory does not grow with it (bodies are streamed): it bounds the disk and time one
+    # request may take. 8 GiB: past any single study a modality or uploader sends at once.
+    max_body_bytes: Annotated[int, Field(ge=1024)] = 8 << 30
+
+
 class PoolConfig(Model):
     id: Slug
     ae_title: AeTitle
@@ -150,6 +175,11 @@ class PoolConfig(Model):
     tls: TlsConfig | None = None
     services: ServicesConfig = ServicesConfig()
     commitment_requesters: tuple[CommitmentRequesterConfig, ...] = ()
+    dicom_web: DicomWebConfig | None = None
+
+    @property
+    def dicom_web_host(self) -> str:
+        return (self.dicom_web.host if self.dicom_web and self.dicom_web.host else None) or self.host
 
 
 class NetworkConfig(Model):
@@ -260,7 +290,7 @@ class Config(Model):
 
 # Keys whose values are secrets, in the file's spelling: a diff or an error says that
 # one changed or is wrong, never what it holds.
-SECRET_KEYS = frozenset({"CommitmentToken", "Password"})
+SECRET_KEYS = frozenset({"CommitmentToken", "Password", "DicomWebPassword"})
 
 DEFAULTS = {name: field.default for name, field in Config.model_fields.items()
             if name not in ("pools", "audit") and not isinstance(field.default, Model)}
@@ -352,6 +382,7 @@ def _cross_checks(config: Config) -> list[str]:
             errors.append(f"Pools[{i}].Port: port {pool.port} used by another pool")
         pools.add(pool.id)
         ports.add(pool.port)
+        errors += _dicom_web_errors(pool, where=f"Pools[{i}]", ports=ports)
         requesters = [r.ae_title for r in pool.commitment_requesters]
         for k, ae_title in enumerate(requesters):
             if ae_title in requesters[:k]:
@@ -370,6 +401,23 @@ def _cross_checks(config: Config) -> list[str]:
                                   f"{tokens[backend.commitment_token]!r} (each backend needs its own)")
                 tokens.setdefault(backend.commitment_token, backend.id)
             errors += _health_credentials_errors(backend.health, where=f"{where}.Health")
+    return errors
+
+
+def _dicom_web_errors(pool: PoolConfig, *, where: str, ports: set[int]) -> list[str]:
+    """A pool's DICOMweb port is its own, and each of its backends has a DICOMweb URL;
+    stored credentials come as a pair."""
+    errors = []
+    if pool.dicom_web is not None:
+        if pool.dicom_web.port in ports:
+            errors.append(f"{where}.DicomWeb.Port: port {pool.dicom_web.port} used by another listener")
+        ports.add(pool.dicom_web.port)
+    for j, backend in enumerate(pool.backends):
+        if pool.dicom_web is not None and backend.dicom_web_url is None:
+            errors.append(f"{where}.Backends[{j}].DicomWebUrl: required (the pool has DicomWeb)")
+        if (backend.dicom_web_username is None) != (backend.dicom_web_password is None):
+            errors.append(f"{where}.Backends[{j}].DicomWebUsername: DicomWebUsername and DicomWebPassword "
+                          "go together")
     return errors
 
 

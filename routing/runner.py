@@ -42,8 +42,11 @@ from pools.config import Config, ConfigError, PoolConfig, TlsConfig, config_load
 from pools.services import config_sync
 from routing import audit, logqueue, readiness
 from routing.commitments import DatabaseCommitmentStore, commitments_purge
+from routing.credentials import credentials_check
 from routing.dicom import netopts
 from routing.dicom.services import SERVICE_CLASSES, VERIFICATION
+from routing.dicomweb.context import WebBackend, WebPool
+from routing.dicomweb.server import DicomWebServer
 from routing.relay.quota import AddressCounts
 from routing.relay.server import NetworkSettings, PoolListener, Relay
 from routing.router import Router
@@ -76,20 +79,33 @@ def parse_http(value: str) -> tuple[str, int]:
     return host, int(port)
 
 
-def bind_listener(pool: PoolConfig) -> socket.socket:
-    """The pool's listening socket, bound without SO_REUSEPORT: a port that another
-    process (a stale runproxy, a PACS) holds is an error here, never a silent share."""
-    family = socket.AF_INET6 if ":" in pool.host else socket.AF_INET
+def bind_listener(pool: PoolConfig, *, dicom_web: bool = False) -> socket.socket:
+    """The pool's listening socket (or its DICOMweb one), bound without SO_REUSEPORT: a
+    port that another process (a stale runproxy, a PACS) holds is an error here, never a
+    silent share."""
+    host, port = (pool.dicom_web_host, pool.dicom_web.port) if dicom_web and pool.dicom_web else (pool.host, pool.port)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT only; not REUSEPORT
     try:
-        sock.bind((pool.host, pool.port))
+        sock.bind((host, port))
         sock.listen(1024)
     except OSError as exc:
         sock.close()
-        raise StartupError(f"pool {pool.id}: cannot listen on {pool.host}:{pool.port}: {exc.strerror or exc}") from None
+        what = "DICOMweb: " if dicom_web else ""
+        raise StartupError(f"pool {pool.id}: {what}cannot listen on {host}:{port}: {exc.strerror or exc}") from None
     sock.setblocking(False)
     return sock
+
+
+def web_pool(pool: PoolConfig) -> WebPool:
+    """The DICOMweb front door's view of a pool with DicomWeb (the config requires a URL per backend)."""
+    assert pool.dicom_web is not None
+    return WebPool(pool.id, pool.dicom_web_host, pool.dicom_web.port, pool.dicom_web.base_path,
+                   tuple(WebBackend(b.id, (b.dicom_web_url or "").rstrip("/"), b.dicom_web_username,
+                                    b.dicom_web_password) for b in pool.backends if b.enabled),
+                   tls=_server_tls(pool.dicom_web.tls) if pool.dicom_web.tls else None,
+                   max_body_bytes=pool.dicom_web.max_body_bytes)
 
 
 def _close_listeners_gone(sockets: dict[str, socket.socket], *, old: Config, new: Config) -> None:
@@ -99,6 +115,19 @@ def _close_listeners_gone(sockets: dict[str, socket.socket], *, old: Config, new
     kept = {p.id: (p.host, p.port) for p in new.pools}
     for pool_id in [pool_id for pool_id in sockets if kept.get(pool_id) != was.get(pool_id)]:
         sockets.pop(pool_id).close()
+
+
+def dicom_web_changed(*, old: Config, new: Config) -> list[str]:
+    """Pools whose DICOMweb settings (the front door, or a backend's URL or credentials) a
+    reload changed: the DICOMweb listeners keep what they started with until a restart."""
+    def view(config: Config) -> dict[str, tuple[Any, ...]]:
+        return {p.id: (p.dicom_web, p.dicom_web_host, tuple(
+            (b.id, b.enabled, b.dicom_web_url, b.dicom_web_username, b.dicom_web_password) for b in p.backends))
+            for p in config.pools}
+
+    with_dicom_web = {p.id for config in (old, new) for p in config.pools if p.dicom_web}
+    before, after = view(old), view(new)
+    return sorted(pool_id for pool_id in with_dicom_web if before.get(pool_id) != after.get(pool_id))
 
 
 def raise_open_files_limit() -> None:
@@ -163,6 +192,7 @@ class ProxyRunner:
         # A worker: listening sockets its parent handed over for pools a reload added.
         self.handed: dict[str, socket.socket] = {}
         self.audit = audit.NULL_TRAIL  # this process's audit trail (routing.audit), started by run()
+        self.web_sockets: dict[str, socket.socket] = {}  # DICOMweb listeners, bound in run()
 
     def run(self, *, workers: int, http: str | None) -> None:
         """Start up (see the module docstring) and serve until SIGTERM/SIGINT."""
@@ -176,6 +206,9 @@ class ProxyRunner:
         config_sync(config=self.config)
         self.pool_ids = [p.id for p in self.config.pools]
         sockets = {p.id: bind_listener(p) for p in self.config.pools}
+        # DICOMweb listeners: bound once here too, inherited by the workers. A reload does not
+        # add, move or remove them (a restart does).
+        self.web_sockets = {p.id: bind_listener(p, dicom_web=True) for p in self.config.pools if p.dicom_web}
         readiness.register([readiness.Listener(p.id, p.ae_title, p.host, p.port, p.tls is not None)
                             for p in self.config.pools])
         self.network = NetworkSettings(**self.config.network.model_dump())
@@ -394,6 +427,9 @@ class ProxyRunner:
                            syntax_ranks={pool_id: a.ranks for pool_id, a in self.abilities.items()},
                            commitments=DatabaseCommitmentStore())
         await self.relay.start(sockets)
+        self.dicomweb = DicomWebServer(pools=[web_pool(p) for p in self.config.pools if p.id in self.web_sockets],
+                                       relay=self.relay, network=self.network, check=credentials_check)
+        await self.dicomweb.start(self.web_sockets)
         ready()
         chores = [self._every(REFRESH_SECONDS, executor, self.refresh),
                   self._every(PUBLISH_SECONDS, executor, self.publish)]
@@ -406,6 +442,7 @@ class ProxyRunner:
         finally:
             for task in tasks:
                 task.cancel()
+            await self.dicomweb.stop()
             await self.relay.stop(grace_seconds=self.grace_seconds)
             self.router.stop()
             await loop.run_in_executor(executor, self.bindings.flush)
@@ -443,6 +480,8 @@ class ProxyRunner:
             logger.info("reload: %s unchanged", self.config_path)
             return None
         config_sync(config=new)
+        for pool_id in dicom_web_changed(old=self.config, new=new):
+            logger.warning("reload: pool %s: DICOMweb settings changed; they apply at the next restart", pool_id)
         pool_ids = [p.id for p in new.pools]
         self.heartbeat_policy = HeartbeatPolicy(new.heartbeat_interval_seconds, new.heartbeat_timeout_seconds,
                                                 new.study_cache_window_hours)

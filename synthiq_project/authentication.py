@@ -44,6 +44,11 @@ def token_failure_record(*, address: str) -> int:
     return failures
 
 
+def token_locked_out(*, address: str) -> bool:
+    """Whether the address is locked out of token checks (too many bad tokens lately)."""
+    return cache.get(_lockout_key(address)) is not None
+
+
 @contextmanager
 def token_guessing_guard(request: HttpRequest) -> Iterator[None]:
     """Around a token check: refuse a locked-out address at once (429), count a failure.

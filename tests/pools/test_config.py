@@ -122,3 +122,55 @@ def test_audit_is_off_without_its_block_and_its_port_follows_the_transport(tmp_p
 ])
 def test_an_invalid_audit_block_names_its_key(audit, expected):
     assert expected in _errors(lambda d: d.update(Audit=audit))
+
+
+# -- DICOMweb ------------------------------------------------------------------------------
+
+def _with_dicom_web(data, **dicom_web):
+    data["Pools"][0]["DicomWeb"] = {"Port": 8080} | dicom_web
+    for n, backend in enumerate(data["Pools"][0]["Backends"]):
+        backend["DicomWebUrl"] = f"http://10.0.0.1{n + 1}:8042/dicom-web"
+
+
+def test_dicom_web_is_off_unless_configured_and_takes_its_defaults_from_the_pool():
+    assert config_parse(data=GOOD).pools[0].dicom_web is None
+    data = copy.deepcopy(GOOD)
+    data["Pools"][0]["Host"] = "10.0.0.5"
+    _with_dicom_web(data)
+    pool = config_parse(data=data).pools[0]
+    assert (pool.dicom_web.port, pool.dicom_web.base_path, pool.dicom_web.tls) == (8080, "/dicom-web", None)
+    assert pool.dicom_web.max_body_bytes == 8 << 30
+    assert pool.dicom_web_host == "10.0.0.5"
+    assert pool.backends[0].dicom_web_url == "http://10.0.0.11:8042/dicom-web"
+
+
+@pytest.mark.parametrize("mutate, expected", [
+    (lambda d: (_with_dicom_web(d), d["Pools"][0]["Backends"][1].pop("DicomWebUrl")),
+     "Pools[0].Backends[1].DicomWebUrl: required (the pool has DicomWeb)"),
+    (lambda d: (_with_dicom_web(d), d["Pools"][0]["DicomWeb"].pop("Port")), "Pools[0].DicomWeb.Port: required"),
+    (lambda d: _with_dicom_web(d, Port=11112), "Pools[0].DicomWeb.Port: port 11112 used by another listener"),
+    (lambda d: _with_dicom_web(d, BasePath="dicom-web/"), "Pools[0].DicomWeb.BasePath: must be an absolute path"),
+    (lambda d: _with_dicom_web(d, Tls={"Certificate": "/nonexistent.pem"}),
+     "Pools[0].DicomWeb.Tls.Certificate: file not found"),
+    (lambda d: d["Pools"][0]["Backends"][0].update(DicomWebUrl="ftp://x/dicom-web"),
+     "Pools[0].Backends[0].DicomWebUrl: must be an http:// or https:// URL"),
+    (lambda d: d["Pools"][0]["Backends"][0].update(DicomWebUrl="http://u:p@x:8042/dicom-web"),
+     "Pools[0].Backends[0].DicomWebUrl: credentials inside the URL"),
+    (lambda d: d["Pools"][0]["Backends"][0].update(DicomWebUsername="synthiq"),
+     "Pools[0].Backends[0].DicomWebUsername: DicomWebUsername and DicomWebPassword go together"),
+])
+def test_dicom_web_errors_name_their_key(mutate, expected):
+    assert any(e.startswith(expected) for e in _errors(mutate)), _errors(mutate)
+
+
+def test_a_dicom_web_password_is_never_echoed():
+    errors = _errors(lambda d: d["Pools"][0]["Backends"][0].update(DicomWebPassword=12345678))
+    assert errors == ["Pools[0].Backends[0].DicomWebPassword: expected a string, got a number"]
+    old = copy.deepcopy(GOOD)
+    old["Pools"][0]["Backends"][0].update(DicomWebUsername="synthiq", DicomWebPassword="hunter2-old")
+    new = copy.deepcopy(old)
+    new["Pools"][0]["Backends"][0]["DicomWebPassword"] = "hunter2-new"
+    from pools.config import differences
+
+    assert differences(config_parse(data=old), config_parse(data=new)) == [
+        "Pools[main].Backends[node-a].DicomWebPassword: changed"]

@@ -155,3 +155,24 @@ def test_a_reload_changing_a_token_and_a_password_logs_neither_and_files_stay_pr
     written = [p for p in [*var.rglob("*"), proxy.process.log_path] if p.is_file()]
     assert written
     assert not [p for p in written if p.stat().st_mode & (stat.S_IRWXG | stat.S_IRWXO)], "readable by others"
+
+
+def test_a_reload_that_changes_dicom_web_settings_is_named_for_a_restart():
+    import copy
+
+    from pools.config import config_parse
+    from routing.runner import dicom_web_changed
+    from tests.pools.test_config import GOOD, _with_dicom_web
+
+    old = copy.deepcopy(GOOD)
+    _with_dicom_web(old)
+    same, url, creds, off = (copy.deepcopy(old) for _ in range(4))
+    same["Pools"][0]["Backends"][0]["Weight"] = 3  # not a DICOMweb setting
+    url["Pools"][0]["Backends"][1]["DicomWebUrl"] = "http://10.0.0.99:8042/dicom-web"
+    creds["Pools"][0]["Backends"][0].update(DicomWebUsername="u", DicomWebPassword="p")
+    off["Pools"][0].pop("DicomWeb")
+    before = config_parse(data=old)
+    assert dicom_web_changed(old=before, new=config_parse(data=same)) == []
+    for changed in (url, creds, off):
+        assert dicom_web_changed(old=before, new=config_parse(data=changed)) == ["main"]
+    assert dicom_web_changed(old=config_parse(data=GOOD), new=config_parse(data=GOOD)) == []
