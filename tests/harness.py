@@ -87,6 +87,11 @@ class ProxyHandle:
                         timeout=10, what="the workers")
 
 
+# The demo starts three simulated backends and runproxy (with its probes): seconds on a quiet
+# host, but a loaded CI host can take most of a minute.
+DEMO_START_SECONDS = 90
+
+
 @dataclass
 class Cluster:
     """Factory for the processes of one test; everything it started stops with it."""
@@ -137,8 +142,8 @@ class Cluster:
         m.start()
         return ProxyHandle(pool["Port"], pool["AeTitle"], path, m, http_port)
 
-    def process(self, name: str, argv: list[str], *, ready: str | None = None) -> Managed:
-        return self._managed(name, argv, ready).start()
+    def process(self, name: str, argv: list[str], *, ready: str | None = None, timeout: float = 30) -> Managed:
+        return self._managed(name, argv, ready).start(timeout=timeout)
 
     def stop_all(self) -> None:
         # Everything is told to stop first, then waited for: Orthancs take seconds each.

@@ -86,8 +86,10 @@ def test_outside_the_window_the_instance_fails_with_a701(cluster, tmp_path):
     took = time.monotonic() - started
     assert sent.status == 0xA701 and "node-a" in sent.comment
     assert 1.8 < took < 10
-    # One line when it starts failing, one when the hold starts, one when it gives up: not one
-    # per retry (the hold retries every half second).
+    # One line when it starts failing, one when the hold starts, one when it gives up, and the
+    # C-STORE's verdict with every id: not one per retry (the hold retries every half second).
+    wait_for(lambda: "C-STORE failed pool=main" in proxy.process.log(), timeout=10, what="the verdict line")
     log = proxy.process.log()
-    assert log.count(" ERROR ") == 2, log
+    assert log.count(" ERROR ") == 3, log
     assert "still unreachable after 2s held" in log
+    assert f"C-STORE failed pool=main calling_ae=MODALITY source_ip=127.0.0.1 study={suid} " in log

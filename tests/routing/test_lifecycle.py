@@ -12,7 +12,7 @@ import requests
 
 from routing.simulators.synthetic import write_study
 from synthiq_project.version import VERSION
-from tests.harness import PYTHON, ROOT, free_port, require_tool, send_files, wait_for
+from tests.harness import DEMO_START_SECONDS, PYTHON, ROOT, free_port, require_tool, send_files, wait_for
 
 
 def test_sigterm_during_a_transfer_finishes_it_releases_outbound_and_exits_zero(cluster, tmp_path):
@@ -56,7 +56,7 @@ def test_the_demo_starts_and_a_study_sent_with_storescu_lands_on_a_simulated_bac
         "demo",
         [PYTHON, "manage.py", "demo", "--dicom-port", str(dicom_port), "--http", f"127.0.0.1:{http_port}",
          "--backend-base-port", str(base)],
-        ready="runproxy ready",
+        ready="runproxy ready", timeout=DEMO_START_SECONDS,
     )
     assert "log in as 'admin'" in demo.log()
     assert f"SynthIQ {VERSION} starting" in demo.log()

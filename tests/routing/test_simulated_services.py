@@ -30,6 +30,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 from routing.dicom.services import PASSED
 from routing.simulators.synthetic import write_study
 from tests.harness import (
+    DEMO_START_SECONDS,
     PYTHON,
     ROOT,
     Cluster,
@@ -422,7 +423,7 @@ def test_the_readme_quick_start_lines_work_against_the_demo(cluster, tmp_path):
             "demo", [PYTHON, "manage.py", "demo", "--dicom-port", str(dicom_port), "--http", f"127.0.0.1:{http_port}",
                      "--backend-base-port", str(base), "--move-destination", f"MOVESCU=127.0.0.1:{move_port}",
                      "--commitment-requester", request_addr],
-            ready="runproxy ready")
+            ready="runproxy ready", timeout=DEMO_START_SECONDS)
         _readme_lines_against(demo, dicom_port, http_port, move_port, requester, tmp_path)
     finally:
         requester.stop()
