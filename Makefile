@@ -67,8 +67,12 @@ test-sqlite: deps
 test-postgres: deps
 	SYNTHIQ_TEST_DB=postgresql $(PY) -m pytest -m postgres $(XDIST) $(PYTEST_ARGS)
 
+# W1-W5 side by side (W2 also with the study ledger's background verifier active), then the
+# ledger's adoption of 100,000 studies into SQLite and PostgreSQL (bench/adopt.py).
+ADOPT_ARGS ?= $(if $(findstring --quick,$(BENCH_ARGS)),--quick,)
 bench: setup
-	$(PY) -m bench.run $(BENCH_ARGS)
+	$(PY) -m bench.run --verify $(BENCH_ARGS)
+	$(PY) -m bench.adopt $(ADOPT_ARGS)
 
 # The fault campaign (docs/reliability.md): >= 1,200 ledgered C-STOREs under faults and
 # 20 runproxy restarts, 10,000 hypothesis PDU sequences against a live runproxy, and the

@@ -26,6 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from django.db import connection
 from tqdm import tqdm
 
 from affinity import scu, selectors, services
@@ -273,14 +274,23 @@ class Adopter:
     def _verify_several(self, uids: list[str]) -> None:
         """Studies found on several backends are verified now: split or whole."""
         everywhere = self.settings.model_copy(update={"check_other_backends": True})
-        for uid in uids:
-            binding = selectors.binding_of_study_in_pool(pool_id=self.pool_id, study_uid=uid)
-            if binding is None:
-                continue
-            found = binding_verify(binding=binding, peers=self.peers, ask=self.ask, settings=everywhere,
-                                   instance_level=True)
-            if found is not None and found.verdict == "split":
-                self.report.split.append(f"study {uid} bound to {binding.backend_id}; held {found.held}")
+
+        def one(uid: str) -> str | None:
+            try:
+                binding = selectors.binding_of_study_in_pool(pool_id=self.pool_id, study_uid=uid)
+                if binding is None:
+                    return None
+                found = binding_verify(binding=binding, peers=self.peers, ask=self.ask, settings=everywhere,
+                                       instance_level=True)
+                if found is not None and found.verdict == "split":
+                    return f"study {uid} bound to {binding.backend_id}; held {found.held}"
+                return None
+            finally:
+                connection.close()  # this thread's own connection: the threads end with the call
+
+        # As many at once as Concurrency allows (the rate limit per backend still holds).
+        with ThreadPoolExecutor(max_workers=self.settings.concurrency, thread_name_prefix="adopt-verify") as pool:
+            self.report.split += [line for line in pool.map(one, uids) if line]
 
     # -- from a CSV export -------------------------------------------------------------------
     def run_csv(self, path: Path) -> Report:

@@ -42,6 +42,11 @@ from routing.simulators.processes import ROOT, Managed, free_port, port_open, wa
 PYTHON = str(ROOT / ".venv" / "bin" / "python") if (ROOT / ".venv" / "bin" / "python").exists() else sys.executable
 PG_ADMIN_URL = os.environ.get("SYNTHIQ_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 PATHS = ("direct", "haproxy", "synthiq")
+# --verify: SynthIQ again, side by side, with the study ledger's background verifier judging
+# each study a second after it goes quiet (Reconciliation.QuietSeconds 1).
+VERIFY_PATH = "synthiq+verify"
+VERIFY_QUIET_SECONDS = 1
+VERIFY_CATCH_UP_SECONDS = 60
 
 
 @dataclass(frozen=True)
@@ -239,6 +244,9 @@ class Bench:
             config["Audit"] = {"Host": host, "Port": int(port), "Transport": "udp"}
         self.proxy_config = self.tmp / "synthiq.json"
         self.proxy_config.write_text(json.dumps(config, indent=2))
+        self.verify_config = self.tmp / "synthiq-verify.json"
+        self.verify_config.write_text(json.dumps(config | {"Reconciliation": {"QuietSeconds": VERIFY_QUIET_SECONDS}},
+                                                 indent=2))
         # Load the config (runproxy syncs it too) and mark the backends healthy, as a
         # heartbeat round would, so SynthIQ balances new studies by load.
         subprocess.run([PYTHON, "-c", _HEALTHY_SCRIPT, str(self.proxy_config)], cwd=ROOT, env=self.env, check=True)
@@ -267,9 +275,10 @@ backend pacs
         wait_port(self.haproxy_port)
         self.haproxy_version = subprocess.run([exe, "-v"], capture_output=True, text=True).stdout.splitlines()[0]
 
-    def start_synthiq(self, run_id: str) -> Managed:
+    def start_synthiq(self, run_id: str, *, verify: bool = False) -> Managed:
         subprocess.run([PYTHON, "-c", _RESET_SCRIPT], cwd=ROOT, env=self.env, check=True)
-        argv = [PYTHON, "manage.py", "runproxy", "--config", str(self.proxy_config), "--no-http"]
+        config = self.verify_config if verify else self.proxy_config
+        argv = [PYTHON, "manage.py", "runproxy", "--config", str(config), "--no-http"]
         if self.args.workers > 1:
             argv += ["--workers", str(self.args.workers)]
         return self.managed(f"runproxy-{run_id}", argv, "runproxy ready")
@@ -357,17 +366,24 @@ backend pacs
         elif path == "haproxy":
             result = self.load(workload, data, self.haproxy_port, "SYNTHIQ", out)
         else:
-            proxy = self.start_synthiq(f"{workload.name}-{run}")
+            verify = path == VERIFY_PATH
+            proxy = self.start_synthiq(f"{workload.name}-{run}{'-verify' if verify else ''}", verify=verify)
             prof = self.start_profiler(proxy, f"{workload.name}-{run}")
             try:
                 idle = process_figures(proxy)["cpu_s"]
                 result = self.load(workload, data, self.proxy_port, "SYNTHIQ", out)
                 result |= process_figures(proxy)
                 result["cpu_s"] -= idle  # what the workload cost, not the start-up
+                if verify:
+                    result |= self.verification(workload.studies)
             finally:
                 self.stop_profiler(prof)
                 proxy.stop()
                 self.started.remove(proxy)
+        if "verified_at_end" in result:
+            log(f"{workload.name} {path} run {run}: verified {result['verified_at_end']}/{workload.studies} studies "
+                f"when the load ended, {result['verified']} within {result['verify_catch_up_s']:.1f} s after it; "
+                f"verdicts {result['verdicts']}")
         log(
             f"{workload.name} {path:8s} run {run}: {result['wall_s']:.2f} s, "
             f"{result['instances_per_s']:.1f} inst/s, {result['mb_per_s']:.1f} MB/s, failed {result['failed']}, "
@@ -377,12 +393,36 @@ backend pacs
         )
         return result
 
+    def verification(self, studies: int) -> dict[str, Any]:
+        """What the background verifier judged by the end of the load, and how long after it
+        every study had a verdict (or VERIFY_CATCH_UP_SECONDS, if not)."""
+        def verdicts() -> dict[str, int]:
+            out = subprocess.run([PYTHON, "-c", _VERDICTS_SCRIPT], cwd=ROOT, env=self.env, check=True,
+                                 capture_output=True, text=True).stdout
+            return json.loads(out)
+
+        started = time.monotonic()
+        at_end = verdicts()
+        now = at_end
+        while sum(n for v, n in now.items() if v != "unverified") < studies and \
+                time.monotonic() - started < VERIFY_CATCH_UP_SECONDS:
+            time.sleep(0.5)
+            now = verdicts()
+        verified_at_end = sum(n for v, n in at_end.items() if v != "unverified")
+        return {"verified_at_end": verified_at_end, "verified": sum(n for v, n in now.items() if v != "unverified"),
+                # 0: every study had its verdict when the load ended (the first count is not waited for).
+                "verify_catch_up_s": 0.0 if verified_at_end >= studies else time.monotonic() - started,
+                "verdicts": now}
+
     # -- the whole run ----------------------------------------------------------------
     def run(self) -> dict[str, Any]:
         workloads = [
             w for w in (QUICK if self.args.quick else FULL) if not self.args.workloads or w.name in self.args.workloads
         ]
         paths = [p for p in PATHS if not self.args.paths or p in self.args.paths]
+        verify = set(self.args.verify or ["W2"]) if self.args.verify is not None else set()
+        if verify:
+            paths.append(VERIFY_PATH)
         data = {}
         for w in workloads:
             data[w.name] = self.tmp / "data" / ("quick-" if self.args.quick else "") / (w.data or w.name)
@@ -393,7 +433,8 @@ backend pacs
         for run in range(1, self.args.runs + 1):
             for w in workloads:
                 for p in paths:
-                    raw[w.name][p].append(self.measure(w, p, run, data[w.name]))
+                    if p != VERIFY_PATH or w.name in verify:
+                        raw[w.name][p].append(self.measure(w, p, run, data[w.name]))
         rows = summarize(workloads, paths, raw)
         db = {} if self.args.no_db else self.db_benchmarks()
         return {
@@ -455,6 +496,15 @@ for pool in config.pools:
             "healthy": True, "load": 0.0, "capacity": 50, "last_ok_utc": now, "last_check_utc": now})
 """
 
+# The study ledger's verdicts of the bindings of this run: {verdict: bindings}.
+_VERDICTS_SCRIPT = """
+import json, django
+django.setup()
+from django.db.models import Count
+from affinity.models import Binding
+print(json.dumps(dict(Binding.objects.values_list("verdict").annotate(n=Count("id")))))
+"""
+
 # Every run starts cold: no bindings, so every study takes the full routing path.
 _RESET_SCRIPT = """
 import django
@@ -473,6 +523,8 @@ def summarize(workloads: list[Workload], paths: list[str], raw) -> list[dict[str
         direct_wall = statistics.median(r["wall_s"] for r in direct) if direct else None
         for p in paths:
             runs = raw[w.name][p]
+            if not runs:  # the verifier's path runs only the workloads --verify names
+                continue
             walls = [r["wall_s"] for r in runs]
             wall = statistics.median(walls)
             mid = min(runs, key=lambda r: abs(r["wall_s"] - wall))
@@ -495,6 +547,8 @@ def summarize(workloads: list[Workload], paths: list[str], raw) -> list[dict[str
                     "failed": sum(r["failed"] for r in runs),
                 }
             )
+            if "verified" in mid:
+                rows[-1] |= {k: mid[k] for k in ("verified_at_end", "verified", "verify_catch_up_s", "verdicts")}
     return rows
 
 
@@ -544,6 +598,12 @@ def table(result: dict[str, Any]) -> str:
                 ]
             )
         )
+    for r in result["rows"]:
+        if "verified" in r:
+            lines.append(
+                f"\n{r['workload']} {r['path']}: background verifier (QuietSeconds {VERIFY_QUIET_SECONDS}) judged "
+                f"{r['verified_at_end']}/{r['studies']} studies by the end of the load and {r['verified']} within "
+                f"{r['verify_catch_up_s']:.1f} s after it; verdicts {r['verdicts']}")
     db = result.get("db") or {}
     for kind, d in db.items():
         if "error" in d:
@@ -577,6 +637,10 @@ def main() -> int:
     parser.add_argument("--audit-udp", metavar="HOST:PORT",
                         help="SynthIQ sends its audit messages over UDP to HOST:PORT (a local rsyslog, say): run "
                              "once with and once without to see what audit costs")
+    parser.add_argument("--verify", nargs="*", metavar="W",
+                        help=f"also run these workloads (default W2) through SynthIQ with the background verifier "
+                             f"active ({VERIFY_PATH}, Reconciliation.QuietSeconds {VERIFY_QUIET_SECONDS}), side by "
+                             f"side with the other paths, and report the studies verified")
     parser.add_argument("--no-db", action="store_true", help="skip routing-latency and affinity-write figures")
     parser.add_argument("--tmp-dir", help="work here (generated data is reused between runs)")
     parser.add_argument("--keep-tmp", action="store_true")

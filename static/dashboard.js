@@ -189,6 +189,46 @@
       : [el("tr", {}, el("td", { colSpan: 6, class: "empty" }, "No failed operations recorded."))]));
   }
 
+  // -- the study ledger's verdicts ----------------------------------------------------
+  const VERDICT_MEANING = {
+    whole: "its backend holds every instance SynthIQ relayed and every instance any other backend holds",
+    split: "another backend holds an instance its backend lacks: consolidate it",
+    missing: "an instance SynthIQ relayed and a backend acknowledged is on no backend",
+    unverified: "not quiet yet, or no backend could be asked",
+  };
+
+  function verdictTag(entry) {
+    const v = entry.verdict;
+    return el("span", { class: "verdict " + v, "data-verdict": v, title: VERDICT_MEANING[v] || "" }, v);
+  }
+
+  function heldText(held) {
+    const parts = Object.entries(held || {}).sort(([a], [b]) => (a < b ? -1 : 1)).map(([b, n]) => b + " " + fmtInt(n));
+    return parts.length ? parts.join(", ") : "–";
+  }
+
+  function verifiedCell(entry) {
+    return entry.verified_utc ? timeCell(entry.verified_utc) : el("td", { class: "muted" }, "not yet");
+  }
+
+  function notWhole(page) {
+    const rows = page.results.map((s) => el("tr", { "data-study": s.study_uid, "data-verdict": s.verdict },
+      el("td", { class: "mono uid", title: s.study_uid, "data-field": "study" }, s.study_uid),
+      el("td", { "data-field": "verdict" }, verdictTag(s)),
+      el("td", { "data-field": "pool" }, s.pool),
+      el("td", { "data-field": "backend" }, el("b", {}, s.backend)),
+      el("td", { class: "num", "data-field": "acknowledged" }, fmtInt(s.acknowledged)),
+      el("td", { class: "mono", "data-field": "held" }, heldText(s.held)),
+      verifiedCell(s)));
+    $("#not-whole").replaceChildren(...(rows.length ? rows
+      : [el("tr", {}, el("td", { colSpan: 7, class: "empty" }, "No study found split or missing."))]));
+    $("#not-whole-hint").textContent = page.count
+      ? fmtInt(page.count) + (page.count === 1 ? " study" : " studies") +
+        (page.count > page.results.length ? ", the first " + page.results.length + " shown" : "") +
+        " · all of them: GET /api/studies?verdict=split|missing"
+      : "verified: split over backends, or missing an instance SynthIQ relayed (docs/ledger.md)";
+  }
+
   // -- rejected associations ---------------------------------------------------------
   function rejections(list) {
     const rows = list.map((r) => el("tr", { "data-reason": r.reason, "data-source": r.source_ip,
@@ -408,6 +448,19 @@
   }
 
   // -- study lookup -----------------------------------------------------------------
+  function ledgerCells(entry) {
+    if (!entry) {
+      return [el("td", { "data-field": "verdict", class: "muted" }, "unknown"), el("td", { class: "num" }, "–"),
+        el("td", { "data-field": "held" }, "–")];
+    }
+    return [
+      el("td", { "data-field": "verdict", title: entry.verified_utc ? "verified " + fmtTime(entry.verified_utc) +
+        " UTC · " + age(entry.verified_utc) : "not verified yet" }, verdictTag(entry)),
+      el("td", { class: "num", "data-field": "acknowledged" }, fmtInt(entry.acknowledged)),
+      el("td", { class: "mono", "data-field": "held" }, heldText(entry.held)),
+    ];
+  }
+
   async function lookupStudy(event) {
     event.preventDefault();
     const uid = $("#study-uid").value.trim();
@@ -432,6 +485,14 @@
     }
     // An exact match first; a prefix may match other studies too.
     const results = [...page.results].sort((a, b) => (b.study_uid === uid) - (a.study_uid === uid));
+    // The ledger's verdict of each study found, by pool (a study absent from the ledger: none).
+    const ledger = {};
+    await Promise.all([...new Set(results.map((r) => r.study_uid))].map(async (studyUid) => {
+      try {
+        const study = await getJSON("/api/studies/" + encodeURIComponent(studyUid));
+        for (const entry of study.pools) ledger[studyUid + " " + entry.pool] = entry;
+      } catch (err) { /* not in the ledger (404) or not reachable: shown as unknown */ }
+    }));
     const rows = results.map((r) => el("tr", { "data-study": r.study_uid, class: r.study_uid === uid ? "exact" : "" },
       el("td", { class: "mono uid", title: r.study_uid }, r.study_uid),
       el("td", {}, r.pool),
@@ -441,11 +502,13 @@
       el("td", { title: r.last_seen_utc }, fmtTime(r.last_seen_utc) + " · " + age(r.last_seen_utc)),
       el("td", { "data-field": "commitment" }, r.committed
         ? el("span", { class: "tag on" }, "committed " + age(r.committed_utc))
-        : el("span", { class: "tag off" }, "not committed"))));
+        : el("span", { class: "tag off" }, "not committed")),
+      ledgerCells(ledger[r.study_uid + " " + r.pool])));
     out.replaceChildren(...[
       el("table", { class: "grid" },
         el("thead", {}, el("tr", {}, ["Study Instance UID", "Pool", "Backend", "Instances", "First seen (UTC)",
-          "Last seen (UTC)", "Commitment"].map((h) => el("th", { class: h === "Instances" ? "num" : "" }, h)))),
+          "Last seen (UTC)", "Commitment", "Verdict", "Acknowledged", "Held (by backend)"].map(
+          (h) => el("th", { class: h === "Instances" || h === "Acknowledged" ? "num" : "" }, h)))),
         el("tbody", {}, rows)),
       page.count > results.length
         ? el("p", { class: "sub" }, page.count + " studies begin with this; the 10 seen most recently are shown.")
@@ -461,9 +524,9 @@
   async function refresh() {
     clearTimeout(timer);
     try {
-      const [status, poolList, activity, failed, rejected] = await Promise.all([
+      const [status, poolList, activity, failed, rejected, exceptions] = await Promise.all([
         getJSON("/api/status"), getJSON("/api/pools"), getJSON("/api/activity?limit=25"),
-        getJSON("/api/failures?limit=25"), getJSON("/api/rejections?limit=25"),
+        getJSON("/api/failures?limit=25"), getJSON("/api/rejections?limit=25"), getJSON("/api/studies?page_size=25"),
       ]);
       lastStatus = status;
       lastPools = poolList;
@@ -474,6 +537,7 @@
       services(poolList);
       failures(failed.results);
       rejections(rejected.results);
+      notWhole(exceptions);
       strip(status, poolList);
       pools(poolList);
       rateCharts(status);
