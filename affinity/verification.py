@@ -31,6 +31,7 @@ from affinity import scu, selectors, services
 from affinity.models import Binding, Verdict
 from pools import selectors as pool_selectors
 from pools.config import ReconciliationConfig
+from pools.selectors import reconciliation_settings
 
 logger = logging.getLogger("synthiq.affinity")
 
@@ -119,6 +120,15 @@ def pool_peers(*, pool_id: str) -> tuple[str, dict[str, scu.Peer]]:
     peers = {b.id: scu.Peer(b.id, b.ae_title, b.host, b.port, b.client_tls)
              for b in pool_selectors.backends_of_pool(pool_id=pool_id) if b.enabled}
     return pool.ae_title, peers
+
+
+def pool_asking(*, pool_id: str) -> tuple[ReconciliationConfig, dict[str, scu.Peer], Asker]:
+    """What a ledger command needs to ask a pool's backends: the Reconciliation settings, the
+    enabled backends as peers, and an Asker at the configured rate. Raises ConfigError or
+    LookupError (no such pool)."""
+    settings = reconciliation_settings()
+    calling_ae, peers = pool_peers(pool_id=pool_id)
+    return settings, peers, Asker(calling_ae, scu.RateLimit(settings.max_queries_per_second))
 
 
 def binding_verify(*, binding: Binding, peers: dict[str, scu.Peer], ask: Asker, settings: ReconciliationConfig,

@@ -227,8 +227,7 @@ class Commitments:
     async def action(self, context_id: int, command: commands.Command) -> None:
         assoc, relay = self.assoc, self.assoc.relay
         ts = assoc.transfer_syntax(context_id)
-        read = await self._read(context_id, command, ts)
-        if read is None:
+        if (read := await self._read(context_id, command, ts)) is None:
             return
         data, info = read
         references = info.references
@@ -401,9 +400,7 @@ class Commitments:
     # -- N-EVENT-REPORT arriving at SynthIQ ----------------------------------------------------
     async def event_report(self, context_id: int, command: commands.Command) -> None:
         assoc, relay = self.assoc, self.assoc.relay
-        ts = assoc.transfer_syntax(context_id)
-        read = await self._read(context_id, command, ts)
-        if read is None:
+        if (read := await self._read(context_id, command, assoc.transfer_syntax(context_id))) is None:
             return
         data, info = read
         uid = info.transaction_uid

@@ -6,12 +6,11 @@ from __future__ import annotations
 
 from django.core.management.base import BaseCommand, CommandError
 
-from affinity import scu, selectors
+from affinity import selectors
 from affinity.consolidation import binding_consolidate
 from affinity.models import Verdict
-from affinity.verification import Asker, pool_peers
+from affinity.verification import pool_asking
 from pools.config import ConfigError
-from pools.selectors import reconciliation_settings
 from routing.dicom.uids import shown, uid_problem
 
 
@@ -29,11 +28,9 @@ class Command(BaseCommand):
         if bool(study_uids) == bool(all_split):
             raise CommandError("name the studies, or --all-split")
         try:
-            settings = reconciliation_settings()
-            calling_ae, peers = pool_peers(pool_id=pool)
+            settings, peers, ask = pool_asking(pool_id=pool)
         except (ConfigError, LookupError) as exc:
             raise CommandError(str(exc)) from None
-        ask = Asker(calling_ae, scu.RateLimit(settings.max_queries_per_second))
         if all_split:
             bindings = selectors.bindings_of_pool(pool_id=pool, verdict=Verdict.SPLIT)
         else:

@@ -5,10 +5,9 @@ from __future__ import annotations
 
 from django.core.management.base import BaseCommand, CommandError
 
-from affinity import scu, selectors
-from affinity.verification import Asker, binding_verify, pool_peers
+from affinity import selectors
+from affinity.verification import binding_verify, pool_asking
 from pools.config import ConfigError
-from pools.selectors import reconciliation_settings
 from routing.dicom.uids import shown, uid_problem
 
 
@@ -24,11 +23,9 @@ class Command(BaseCommand):
         if bool(study_uids) == bool(all):
             raise CommandError("name the studies, or --all")
         try:
-            settings = reconciliation_settings()
-            calling_ae, peers = pool_peers(pool_id=pool)
+            settings, peers, ask = pool_asking(pool_id=pool)
         except (ConfigError, LookupError) as exc:
             raise CommandError(str(exc)) from None
-        ask = Asker(calling_ae, scu.RateLimit(settings.max_queries_per_second))
         wanted = None
         if not all:
             for uid in study_uids:
