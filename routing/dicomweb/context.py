@@ -29,6 +29,8 @@ PASSED_REQUEST_HEADERS = ("Accept", "Accept-Charset", "Content-Type")
 # Headers of a backend's response passed back (hop-by-hop ones and cookies never are).
 PASSED_RESPONSE_HEADERS = ("Content-Type", "Content-Location", "Warning", "Content-Encoding", "Content-Language")
 
+# The request key under which the authenticated client's user name is kept.
+USER = "synthiq.user"
 # (the client's Authorization header, the client's address) -> the user name, or None. Blocking
 # (it reads the database): always called on the executor.
 CredentialCheck = Callable[[str, str], "str | None"]
@@ -113,6 +115,11 @@ class Context:
 
     async def run_blocking(self, fn: Callable[..., object], *args: object) -> object:
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
+
+
+def client_user(request: web.Request) -> str:
+    """The user name the client authenticated as to SynthIQ, or "" (not asked to)."""
+    return str(request.get(USER, ""))
 
 
 def source_ip(request: web.Request) -> str:

@@ -26,6 +26,14 @@ def backend_url(backend: WebBackend, path: str, query_string: str) -> str:
     return f"{backend.url}/{path}" + (f"?{query_string}" if query_string else "")
 
 
+def relayed_outcome(status: int | None, backend: WebBackend) -> tuple[bool, str]:
+    """For the audit trail: whether a relayed GET succeeded (the status SynthIQ answered, or
+    None when the answer was cut off), and if not, why."""
+    if status is None:
+        return False, f"answer of backend {backend.id} cut off"
+    return 200 <= status < 300, "" if 200 <= status < 300 else f"answered HTTP {status}"
+
+
 async def relay_get(ctx: Context, request: web.Request, backend: WebBackend, path: str, *,
                     service: str, study_uid: str) -> web.StreamResponse:
     started = time.perf_counter()
