@@ -117,6 +117,19 @@ class Context:
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
 
 
+async def read_bounded(stream: aiohttp.StreamReader, limit: int) -> bytes:
+    """A body to its end, or its first ``limit + 1`` bytes when it is longer. (aiohttp's
+    ``read(n)`` returns what has arrived, which for a body of several TCP segments is only
+    its beginning.)"""
+    body = bytearray()
+    while len(body) <= limit:
+        chunk = await stream.read(limit + 1 - len(body))
+        if not chunk:
+            break
+        body += chunk
+    return bytes(body)
+
+
 def client_user(request: web.Request) -> str:
     """The user name the client authenticated as to SynthIQ, or "" (not asked to)."""
     return str(request.get(USER, ""))

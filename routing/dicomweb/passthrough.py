@@ -12,7 +12,7 @@ import time
 import aiohttp
 from aiohttp import web
 
-from routing.dicomweb.context import PASSED_RESPONSE_HEADERS, Context, WebBackend, source_ip
+from routing.dicomweb.context import PASSED_RESPONSE_HEADERS, Context, WebBackend, read_bounded, source_ip
 
 logger = logging.getLogger("synthiq.routing")
 
@@ -58,7 +58,7 @@ async def relay_get(ctx: Context, request: web.Request, backend: WebBackend, pat
                     response.headers[name] = answer.headers[name]
             await response.prepare(request)
             if rewrite and answer.content_type in JSON_TYPES:
-                body = await answer.content.read(REWRITE_LIMIT + 1)
+                body = await read_bounded(answer.content, REWRITE_LIMIT)
                 if len(body) <= REWRITE_LIMIT:
                     base = ctx.client_base(request)
                     body = body.replace(f"{base}{backend.root}/".encode(), f"{base}{ctx.pool.base_path}/".encode())

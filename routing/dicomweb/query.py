@@ -16,7 +16,7 @@ import aiohttp
 from aiohttp import web
 
 from routing.dicom.uids import uid_problem
-from routing.dicomweb.context import Context, WebBackend, client_user, source_ip
+from routing.dicomweb.context import Context, WebBackend, client_user, read_bounded, source_ip
 from routing.dicomweb.passthrough import backend_url, relay_get, relayed_outcome
 from routing.dicomweb.placing import study_bound
 
@@ -140,7 +140,7 @@ async def backend_query(ctx: Context, request: web.Request, backend: WebBackend,
                 return [], ""
             if answer.status != 200:
                 return [], f"answered HTTP {answer.status}"
-            body = await answer.content.read(ANSWER_LIMIT + 1)
+            body = await read_bounded(answer.content, ANSWER_LIMIT)
     except (aiohttp.ClientError, TimeoutError, OSError) as exc:
         return [], f"not reached ({type(exc).__name__})"
     if len(body) > ANSWER_LIMIT:
