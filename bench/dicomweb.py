@@ -103,7 +103,7 @@ class DicomWebBench:
     def setup(self) -> None:
         from routing.simulators.synthetic import write_study
 
-        data = self.tmp / "w1"
+        data = self.tmp / f"w1-{self.args.instances}"  # kept for the next run with --tmp-dir
         if not (data / ".complete").exists():
             shutil.rmtree(data, ignore_errors=True)
             write_study(data / "study", count=self.args.instances, rows=512, columns=512, patient_id="BENCH0000")
@@ -192,8 +192,8 @@ backend pacs
 
     def bodies(self, variant: str) -> Iterator[tuple[Any, int]]:
         if variant == "one request":
-            with self.whole.open("rb") as body:
-                yield body, self.whole.stat().st_size
+            with self.whole.open("rb") as whole:  # sent from disk in BLOCK pieces
+                yield whole, self.whole.stat().st_size
             return
         tail = f"--{self.boundary}--\r\n".encode()
         for path in self.files:
