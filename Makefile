@@ -73,6 +73,7 @@ ADOPT_ARGS ?= $(if $(findstring --quick,$(BENCH_ARGS)),--quick,)
 bench: setup
 	$(PY) -m bench.run --verify $(BENCH_ARGS)
 	$(PY) -m bench.adopt $(ADOPT_ARGS)
+	$(PY) -m bench.dicomweb $(if $(findstring --quick,$(BENCH_ARGS)),--quick) $(DICOMWEB_BENCH_ARGS)
 
 # The fault campaign (docs/reliability.md): >= 1,200 ledgered C-STOREs under faults and
 # 20 runproxy restarts, 10,000 hypothesis PDU sequences against a live runproxy, and the

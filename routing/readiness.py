@@ -1,4 +1,5 @@
-"""Readiness (``/readyz``): does every pool's DICOM listener answer an association?
+"""Readiness (``/readyz``): does every pool's DICOM listener answer an association, and
+every pool's DICOMweb listener an HTTP request?
 
 Checked the way a DICOM-aware balancer or keepalived would: an A-ASSOCIATE-RQ for
 Verification to each listener, within a short deadline. An A-ASSOCIATE-AC (released at
@@ -12,12 +13,18 @@ process serving apart from runproxy falls back to the enabled pools in the datab
 listener is checked through an unverified TLS handshake first; one that requires a client
 certificate answers the handshake with an alert, which counts as answering.
 
+A DICOMweb listener is asked ``GET {BasePath}/`` (HTTPS, unverified, when it has TLS): any
+HTTP answer is ready (a 404, or a 401 where clients must authenticate: nothing reaches a
+backend) but a 503 (runproxy stopping, or the per-address limit reached); a refused
+connection, silence or something that is not HTTP is not.
+
 The result is kept for a second and shared by concurrent requests (``check_all``), so a
 flood of /readyz requests cannot become a flood of associations.
 """
 
 from __future__ import annotations
 
+import http.client
 import logging
 import socket
 import ssl
@@ -44,6 +51,9 @@ class Listener:
     host: str
     port: int
     tls: bool = False
+    # "DICOM" (an association is asked for) or "DICOMweb" (an HTTP request, under base_path).
+    service: str = "DICOM"
+    base_path: str = ""
 
 
 _registered: list[Listener] | None = None
@@ -90,6 +100,8 @@ def check(listener: Listener, *, timeout: float = CHECK_TIMEOUT_SECONDS) -> str:
     reason is served unauthenticated): the detail, an exception's text, goes to the log."""
     host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(listener.host, listener.host)
     where = f"{host}:{listener.port}"
+    if listener.service == "DICOMweb":
+        return _check_http(listener, host, timeout=timeout)
     try:
         with socket.create_connection((host, listener.port), timeout=timeout) as raw_sock:
             raw_sock.settimeout(timeout)
@@ -124,6 +136,34 @@ def check(listener: Listener, *, timeout: float = CHECK_TIMEOUT_SECONDS) -> str:
     except OSError as exc:
         logger.warning("readyz pool=%s listener=%s did not answer: %r", listener.pool_id, where, exc)
         return f"pool {listener.pool_id}: listener did not answer"
+
+
+def _check_http(listener: Listener, host: str, *, timeout: float) -> str:
+    where = f"{host}:{listener.port}"
+    connection: http.client.HTTPConnection
+    if listener.tls:
+        context = ssl.create_default_context()
+        context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+        connection = http.client.HTTPSConnection(host, listener.port, timeout=timeout, context=context)
+    else:
+        connection = http.client.HTTPConnection(host, listener.port, timeout=timeout)
+    try:
+        connection.request("GET", f"{listener.base_path}/", headers={"User-Agent": CHECK_AE_TITLE,
+                                                                      "Connection": "close"})
+        answer = connection.getresponse()
+        answer.read(64 * 1024)
+        if answer.status == 503:
+            logger.warning("readyz pool=%s DICOMweb listener=%s answered 503", listener.pool_id, where)
+            return f"pool {listener.pool_id}: DICOMweb listener answered 503 (stopping or busy)"
+        return ""
+    except TimeoutError:
+        logger.warning("readyz pool=%s DICOMweb listener=%s no answer within %.0fs", listener.pool_id, where, timeout)
+        return f"pool {listener.pool_id}: DICOMweb listener: no answer to an HTTP request within {timeout:.0f}s"
+    except (OSError, http.client.HTTPException) as exc:
+        logger.warning("readyz pool=%s DICOMweb listener=%s did not answer HTTP: %r", listener.pool_id, where, exc)
+        return f"pool {listener.pool_id}: DICOMweb listener did not answer HTTP"
+    finally:
+        connection.close()
 
 
 @dataclass(frozen=True)

@@ -209,8 +209,12 @@ class ProxyRunner:
         # DICOMweb listeners: bound once here too, inherited by the workers. A reload does not
         # add, move or remove them (a restart does).
         self.web_sockets = {p.id: bind_listener(p, dicom_web=True) for p in self.config.pools if p.dicom_web}
+        # The DICOMweb listeners are those bound here (a reload does not change them).
+        self.web_listeners = [readiness.Listener(p.id, p.ae_title, p.dicom_web_host, p.dicom_web.port,
+                                                 p.dicom_web.tls is not None, "DICOMweb", p.dicom_web.base_path)
+                              for p in self.config.pools if p.dicom_web is not None]
         readiness.register([readiness.Listener(p.id, p.ae_title, p.host, p.port, p.tls is not None)
-                            for p in self.config.pools])
+                            for p in self.config.pools] + self.web_listeners)
         self.network = NetworkSettings(**self.config.network.model_dump())
         self.heartbeat_policy = HeartbeatPolicy(self.config.heartbeat_interval_seconds,
                                                 self.config.heartbeat_timeout_seconds,
@@ -491,7 +495,7 @@ class ProxyRunner:
             self.verifier.update(pool_ids=pool_ids, settings=new.reconciliation,
                                  heartbeat_timeout=new.heartbeat_timeout_seconds)
         readiness.register([readiness.Listener(p.id, p.ae_title, p.host, p.port, p.tls is not None)
-                            for p in new.pools])
+                            for p in new.pools] + self.web_listeners)
         logger.warning("reload: %s: %s", self.config_path, "; ".join(changes))
         self.audit.reloaded(path=self.config_path, changes=changes, ok=True)
         if any(line.startswith("Audit") for line in changes):

@@ -206,6 +206,20 @@ def query(*, when: dt.datetime, source: Source, requestor: Participant, responde
                     objects=[query_object])
 
 
+def web_query(*, when: dt.datetime, source: Source, requestor: Participant, responder: Participant, resource: str,
+              query: str, outcome: str = SUCCESS, description: str = "") -> bytes:
+    """110112 for QIDO-RS: no SOP class and no data set to name, so the object is the
+    resource queried (its URL path, as a URI) and ParticipantObjectQuery the query string
+    itself, base64, with its encoding as a ParticipantObjectDetail (PS3.15 A.5.3.10 leaves
+    a non-DIMSE query to be named so)."""
+    query_object = _object(id_type=ID_URI, object_id=resource, type_code="2", role="3",
+                           query=query.encode("utf-8", "replace"), details=[("QueryEncoding", "UTF-8")])
+    return _message(event=QUERY, outcome=outcome, when=when, source=source, description=description,
+                    participants=[replace(requestor, role=ROLE_SOURCE, requestor=True),
+                                  replace(responder, role=ROLE_DESTINATION)],
+                    objects=[query_object])
+
+
 def begin_transferring(*, when: dt.datetime, source: Source, requestor: Participant, sender: Participant,
                        receiver: Participant, study_uids: Sequence[str], patient_id: str = "",
                        outcome: str = SUCCESS, description: str = "") -> bytes:

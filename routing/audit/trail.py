@@ -25,6 +25,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from routing.audit import messages as m
 from routing.audit.transport import AuditSender
@@ -78,7 +79,7 @@ class NullTrail:
     enabled = False
     start = stop = application_started = application_stopped = stored = association_ended = _nothing
     query_retrieve = rejected = association_rejected = reloaded = restricted_function = _nothing
-    user_authentication = _nothing
+    user_authentication = web_stored = web_query = web_retrieved = _nothing
 
     def stats(self) -> dict[str, int]:
         return {}
@@ -210,6 +211,58 @@ class AuditTrail:
         self._emit(lambda: m.begin_transferring(when=when, source=self.source, requestor=requestor, sender=sender,
                                                 receiver=receiver, study_uids=studies, patient_id=patient_id,
                                                 outcome=outcome, description=text), when)
+
+    # -- DICOMweb: STOW-RS (110104), QIDO-RS (110112), WADO-RS (110102) ----------------------------
+    # The client is named by its address, and by the user name it authenticated as to SynthIQ
+    # when the pool asks it to (stored backend credentials); a backend by its DICOMweb URL.
+    @staticmethod
+    def _web_client(address: str, user: str) -> m.Participant:
+        return m.Participant(user_id=user or address, requestor=True, address=address, user_name=user)
+
+    @staticmethod
+    def _web_backend(backend_id: str, url: str) -> m.Participant:
+        return m.Participant(user_id=url or backend_id, address=urlsplit(url).hostname or "")
+
+    def web_stored(self, *, address: str, user: str, backend_id: str, backend_url: str, study_uid: str,
+                   patient_id: str, patient_name: str, sop_classes: dict[str, int], failed: int,
+                   description: str = "") -> None:
+        """110104 for the part of one STOW-RS request that went to one backend for one study
+        and patient (the caller groups; here nothing is counted)."""
+        when = _now()
+        sender, receiver = self._web_client(address, user), self._web_backend(backend_id, backend_url)
+        relay = m.Participant(user_id=self.application, address=self.hostname)
+        total = sum(sop_classes.values())
+        outcome = m.SUCCESS if not failed else m.SERIOUS_FAILURE if failed >= total else m.MINOR_FAILURE
+        text = "; ".join(t for t in (f"{failed} of {total} instance(s) failed" if failed else "", description) if t)
+        classes = dict(sop_classes)
+        self._emit(lambda: m.instances_transferred(when=when, source=self.source, sender=sender, receiver=receiver,
+                                                   relay=relay, study_uid=study_uid, sop_classes=classes,
+                                                   patient_id=patient_id, patient_name=patient_name[:324],
+                                                   outcome=outcome, description=text[:4000]), when)
+
+    def web_query(self, *, address: str, user: str, resource: str, query: str, ok: bool, text: str = "") -> None:
+        """110112 for a QIDO-RS request: the resource path and the query string as asked."""
+        when = _now()
+        requestor = self._web_client(address, user)
+        responder = m.Participant(user_id=self.application, address=self.hostname)
+        data = query.encode("utf-8", "replace")
+        if len(data) > QUERY_AUDIT_BYTES:
+            text = (f"{text}; " if text else "") + f"query cut to its first {QUERY_AUDIT_BYTES} of {len(data)} bytes"
+            query = data[:QUERY_AUDIT_BYTES].decode("utf-8", "replace")
+        self._emit(lambda: m.web_query(when=when, source=self.source, requestor=requestor, responder=responder,
+                                       resource=resource, query=query, outcome=m.SUCCESS if ok else m.MINOR_FAILURE,
+                                       description=text), when)
+
+    def web_retrieved(self, *, address: str, user: str, backend_id: str, backend_url: str, study_uid: str,
+                      resource: str, ok: bool, text: str = "") -> None:
+        """110102 for a WADO-RS request, as for a C-GET: the backend sends, the client (the
+        requestor) receives. The Patient ID is not known: the answer streams through unread."""
+        when = _now()
+        requestor, sender = self._web_client(address, user), self._web_backend(backend_id, backend_url)
+        text = "; ".join(t for t in (f"WADO-RS {resource[:1000]}", text) if t)
+        self._emit(lambda: m.begin_transferring(when=when, source=self.source, requestor=requestor, sender=sender,
+                                                receiver=requestor, study_uids=[study_uid], outcome=m.SUCCESS if ok
+                                                else m.MINOR_FAILURE, description=text), when)
 
     # -- Security Alert (110113) ----------------------------------------------------------------
     def rejected(self, assoc: Any, reason: str, text: str, calling_ae: str = "", called_ae: str = "") -> None:

@@ -9,7 +9,7 @@ import logging
 
 from aiohttp import web
 
-from routing.dicomweb.context import Context, source_ip
+from routing.dicomweb.context import USER, Context, source_ip
 
 logger = logging.getLogger("synthiq.routing")
 
@@ -24,6 +24,8 @@ async def client_authorized(ctx: Context, request: web.Request) -> bool:
     user = None
     if header and len(header) <= MAX_AUTHORIZATION and ctx.check is not None:
         user = await ctx.run_blocking(ctx.check, header, source_ip(request))
+        if user is not None:
+            request[USER] = user  # the audit trail names the client by it
     if user is None:
         logger.warning("DICOMweb unauthorized pool=%s source_ip=%s %s %r: %s", ctx.pool.id, source_ip(request),
                        request.method, request.path[:200], "bad credentials" if header else "no credentials")

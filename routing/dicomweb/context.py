@@ -29,6 +29,8 @@ PASSED_REQUEST_HEADERS = ("Accept", "Accept-Charset", "Content-Type")
 # Headers of a backend's response passed back (hop-by-hop ones and cookies never are).
 PASSED_RESPONSE_HEADERS = ("Content-Type", "Content-Location", "Warning", "Content-Encoding", "Content-Language")
 
+# The request key under which the authenticated client's user name is kept.
+USER = "synthiq.user"
 # (the client's Authorization header, the client's address) -> the user name, or None. Blocking
 # (it reads the database): always called on the executor.
 CredentialCheck = Callable[[str, str], "str | None"]
@@ -113,6 +115,24 @@ class Context:
 
     async def run_blocking(self, fn: Callable[..., object], *args: object) -> object:
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
+
+
+async def read_bounded(stream: aiohttp.StreamReader, limit: int) -> bytes:
+    """A body to its end, or its first ``limit + 1`` bytes when it is longer. (aiohttp's
+    ``read(n)`` returns what has arrived, which for a body of several TCP segments is only
+    its beginning.)"""
+    body = bytearray()
+    while len(body) <= limit:
+        chunk = await stream.read(limit + 1 - len(body))
+        if not chunk:
+            break
+        body += chunk
+    return bytes(body)
+
+
+def client_user(request: web.Request) -> str:
+    """The user name the client authenticated as to SynthIQ, or "" (not asked to)."""
+    return str(request.get(USER, ""))
 
 
 def source_ip(request: web.Request) -> str:

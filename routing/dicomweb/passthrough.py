@@ -12,7 +12,7 @@ import time
 import aiohttp
 from aiohttp import web
 
-from routing.dicomweb.context import PASSED_RESPONSE_HEADERS, Context, WebBackend, source_ip
+from routing.dicomweb.context import PASSED_RESPONSE_HEADERS, Context, WebBackend, read_bounded, source_ip
 
 logger = logging.getLogger("synthiq.routing")
 
@@ -24,6 +24,14 @@ REWRITE_LIMIT = 64 * 1024 * 1024
 
 def backend_url(backend: WebBackend, path: str, query_string: str) -> str:
     return f"{backend.url}/{path}" + (f"?{query_string}" if query_string else "")
+
+
+def relayed_outcome(status: int | None, backend: WebBackend) -> tuple[bool, str]:
+    """For the audit trail: whether a relayed GET succeeded (the status SynthIQ answered, or
+    None when the answer was cut off), and if not, why."""
+    if status is None:
+        return False, f"answer of backend {backend.id} cut off"
+    return 200 <= status < 300, "" if 200 <= status < 300 else f"answered HTTP {status}"
 
 
 async def relay_get(ctx: Context, request: web.Request, backend: WebBackend, path: str, *,
@@ -50,7 +58,7 @@ async def relay_get(ctx: Context, request: web.Request, backend: WebBackend, pat
                     response.headers[name] = answer.headers[name]
             await response.prepare(request)
             if rewrite and answer.content_type in JSON_TYPES:
-                body = await answer.content.read(REWRITE_LIMIT + 1)
+                body = await read_bounded(answer.content, REWRITE_LIMIT)
                 if len(body) <= REWRITE_LIMIT:
                     base = ctx.client_base(request)
                     body = body.replace(f"{base}{backend.root}/".encode(), f"{base}{ctx.pool.base_path}/".encode())

@@ -16,8 +16,8 @@ import aiohttp
 from aiohttp import web
 
 from routing.dicom.uids import uid_problem
-from routing.dicomweb.context import Context, WebBackend, source_ip
-from routing.dicomweb.passthrough import backend_url, relay_get
+from routing.dicomweb.context import Context, WebBackend, client_user, read_bounded, source_ip
+from routing.dicomweb.passthrough import backend_url, relay_get, relayed_outcome
 from routing.dicomweb.placing import study_bound
 
 logger = logging.getLogger("synthiq.routing")
@@ -67,10 +67,17 @@ async def qido(ctx: Context, request: web.Request, segments: list[str]) -> web.S
         bound = await study_bound(ctx, study)
         backend = ctx.pool.backend(bound) if bound else None
         if backend is not None:
-            return await relay_get(ctx, request, backend, path, service=SERVICE, study_uid=study)
+            status: int | None = None
+            try:
+                response = await relay_get(ctx, request, backend, path, service=SERVICE, study_uid=study)
+                status = response.status
+            finally:
+                _audit(ctx, request, path, *relayed_outcome(status, backend))
+            return response
     try:
         limit, offset = _number(request.query, "limit"), _number(request.query, "offset") or 0
     except QueryError as exc:
+        _audit(ctx, request, path, False, str(exc))
         return web.Response(status=400, text=f"{exc}\n")
     healthy = set(ctx.relay.placement.healthy_backends(ctx.pool.id))
     asked = [b for b in ctx.pool.backends if b.id in healthy]
@@ -102,8 +109,15 @@ async def qido(ctx: Context, request: web.Request, segments: list[str]) -> web.S
                 "seconds=%.3f", ctx.pool.id, source_ip(request), path[:200], len(asked), len(merged), len(page),
                 f" ({'; '.join(warnings)})" if warnings else "", time.perf_counter() - started)
     ctx.relay.telemetry.operation(service=SERVICE, status=0xA700 if warnings else 0x0000)
+    _audit(ctx, request, path, not warnings, "; ".join(warnings))
     return web.Response(status=200, body=json.dumps(page).encode(), content_type="application/dicom+json",
                         headers=headers)
+
+
+def _audit(ctx: Context, request: web.Request, path: str, ok: bool, text: str) -> None:
+    ctx.relay.telemetry.audit.web_query(address=source_ip(request), user=client_user(request),
+                                        resource=f"{ctx.pool.base_path}/{path}", query=request.query_string,
+                                        ok=ok, text=text)
 
 
 async def _bound_copy(ctx: Context, copies: list[tuple[WebBackend, dict[str, Any]]]) -> tuple[WebBackend,
@@ -126,7 +140,7 @@ async def backend_query(ctx: Context, request: web.Request, backend: WebBackend,
                 return [], ""
             if answer.status != 200:
                 return [], f"answered HTTP {answer.status}"
-            body = await answer.content.read(ANSWER_LIMIT + 1)
+            body = await read_bounded(answer.content, ANSWER_LIMIT)
     except (aiohttp.ClientError, TimeoutError, OSError) as exc:
         return [], f"not reached ({type(exc).__name__})"
     if len(body) > ANSWER_LIMIT:

@@ -12,8 +12,8 @@ import re
 from aiohttp import web
 
 from routing.dicom.uids import uid_problem
-from routing.dicomweb.context import Context, source_ip
-from routing.dicomweb.passthrough import relay_get
+from routing.dicomweb.context import Context, client_user, source_ip
+from routing.dicomweb.passthrough import relay_get, relayed_outcome
 from routing.dicomweb.placing import study_bound
 from routing.dicomweb.query import backend_query
 
@@ -66,7 +66,16 @@ async def wado(ctx: Context, request: web.Request, segments: list[str]) -> web.S
             logger.info("WADO-RS pool=%s source_ip=%s study=%s: on no healthy backend", ctx.pool.id,
                         source_ip(request), study)
             return web.Response(status=404, text="study not found on any healthy backend\n")
-    return await relay_get(ctx, request, backend, "/".join(segments), service=SERVICE, study_uid=study)
+    path, status = "/".join(segments), None
+    try:
+        response = await relay_get(ctx, request, backend, path, service=SERVICE, study_uid=study)
+        status = response.status
+    finally:
+        ok, text = relayed_outcome(status, backend)
+        ctx.relay.telemetry.audit.web_retrieved(
+            address=source_ip(request), user=client_user(request), backend_id=backend.id, backend_url=backend.url,
+            study_uid=study, resource=f"{ctx.pool.base_path}/{path}", ok=ok, text=text)
+    return response
 
 
 async def _find(ctx: Context, request: web.Request, study: str):  # type: ignore[no-untyped-def]

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 
 import aiohttp
@@ -22,7 +23,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 
 from routing.dicom.part10 import SOP_CLASS, SOP_INSTANCE, Identity, Part10Error, Part10Scanner
 from routing.dicom.uids import shown, uid_problem
-from routing.dicomweb.context import Context, source_ip
+from routing.dicomweb.context import Context, client_user, source_ip
 from routing.dicomweb.placing import study_place
 from routing.dicomweb.store_response import (
     CANNOT_UNDERSTAND,
@@ -37,6 +38,7 @@ logger = logging.getLogger("synthiq.routing")
 SERVICE = "STOW-RS"
 CHUNK = 64 * 1024
 MAX_BOUNDARY = 70  # RFC 2046 5.1.1
+PATIENT_NAME = 0x00100010
 # The Part 10 preamble and meta held besides the data set's header bytes.
 META_HOLD = 64 * 1024
 
@@ -89,6 +91,8 @@ class Stow:
         self.ctx, self.request, self.study_uid = ctx, request, study_uid
         self.source_ip = source_ip(request)
         self.uploads: dict[str, Upload] = {}
+        # SOP Instance UID -> (Patient ID, Patient's Name) of each part forwarded, for the audit trail.
+        self.patients: dict[str, tuple[str, str]] = {}
         self.parts: list[_Part] = []
         self.nbytes = 0
 
@@ -208,6 +212,8 @@ class Stow:
                 backend.id, suid, f"{backend.url}/studies", self.ctx.headers(self.request, backend, body=True),
                 self.ctx.session, self.ctx.timeout)
         entry.upload = upload
+        self.patients[identity.sop_instance_uid.rstrip("\x00 ")] = (identity.header.patient_id,
+                                                                   identity.header.get(PATIENT_NAME))
         upload.sent.append(Sent(identity.sop_class_uid.rstrip("\x00 "), identity.sop_instance_uid.rstrip("\x00 ")))
         await upload.begin_part()
         for chunk in held:
@@ -242,6 +248,7 @@ class Stow:
                 for sent in upload.sent:
                     response.fail(sop_class_uid=sent.sop_class_uid, sop_instance_uid=sent.sop_instance_uid,
                                   reason=OUT_OF_RESOURCES)
+                self._audit(upload, backend.url, stored=set(), description=f"backend not reached ({answer.error})")
                 continue
             before = len(response.referenced)
             problems = response.merge(answer=answer.body, sent=upload.sent,
@@ -251,6 +258,8 @@ class Stow:
                 self.ctx.relay.placement.note_instance(
                     pool_id=self.ctx.pool.id, sop_instance_uid=item["00081155"]["Value"][0],
                     backend_id=upload.backend_id, study_uid=upload.study_uid)
+            self._audit(upload, backend.url, stored={item["00081155"]["Value"][0] for item in stored},
+                        description=f"backend answered HTTP {answer.status}")
             log = logger.info if not problems and len(stored) == len(upload.sent) else logger.warning
             log("STOW-RS pool=%s source_ip=%s study=%s backend=%s: HTTP %d, %d of %d stored%s bytes=%d seconds=%.3f",
                 self.ctx.pool.id, self.source_ip, upload.study_uid, upload.backend_id, answer.status, len(stored),
@@ -261,3 +270,22 @@ class Stow:
             reason = item.get("00081197", {}).get("Value", [OUT_OF_RESOURCES])[0]
             self.ctx.relay.telemetry.operation(service=SERVICE, status=reason if isinstance(reason, int) else 0x0110)
         return response
+
+    def _audit(self, upload: Upload, backend_url: str, *, stored: set[str], description: str) -> None:
+        """One 110104 per patient of the study this request sent to the backend (one, but
+        for a study whose parts disagree on the patient)."""
+        audit = self.ctx.relay.telemetry.audit
+        if not audit.enabled:
+            return
+        classes: dict[tuple[str, str], Counter[str]] = {}
+        failed: Counter[tuple[str, str]] = Counter()
+        for sent in upload.sent:
+            patient = self.patients.get(sent.sop_instance_uid, ("", ""))
+            classes.setdefault(patient, Counter())[sent.sop_class_uid] += 1
+            failed[patient] += sent.sop_instance_uid not in stored
+        user = client_user(self.request)
+        for (patient_id, patient_name), counts in classes.items():
+            audit.web_stored(address=self.source_ip, user=user, backend_id=upload.backend_id, backend_url=backend_url,
+                             study_uid=upload.study_uid, patient_id=patient_id, patient_name=patient_name,
+                             sop_classes=dict(counts), failed=failed[(patient_id, patient_name)],
+                             description=description if failed[(patient_id, patient_name)] else "")

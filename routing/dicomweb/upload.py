@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 import aiohttp
 
+from routing.dicomweb.context import read_bounded
 from routing.dicomweb.store_response import RESPONSE_LIMIT, Sent
 
 logger = logging.getLogger("synthiq.routing")
@@ -130,7 +131,7 @@ class Upload:
         try:
             async with self.session.post(self.url, data=self._body(), headers=headers, timeout=self.timeout,
                                          allow_redirects=False) as response:
-                body = await response.content.read(RESPONSE_LIMIT + 1)
+                body = await read_bounded(response.content, RESPONSE_LIMIT)
                 if len(body) > RESPONSE_LIMIT:
                     return Answer(response.status, b"", f"answer longer than {RESPONSE_LIMIT} bytes")
                 return Answer(response.status, body)

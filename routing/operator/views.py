@@ -32,7 +32,8 @@ def dashboard(request: HttpRequest) -> HttpResponse:
 @never_cache
 def readyz(request: HttpRequest) -> JsonResponse:
     """Unauthenticated, like /healthz, for the balancer or keepalived in front: 200 while
-    every pool's DICOM listener answers an association, 503 otherwise, with the reasons.
+    every pool's DICOM listener answers an association and its DICOMweb listener (if any) an
+    HTTP request, 503 otherwise, with the reasons.
     The database's state is in the body but does not decide (SynthIQ routes without it).
     The body carries generic reasons only, never an exception's text: that goes to the log."""
     global _database_error_logged
@@ -59,8 +60,8 @@ def readyz(request: HttpRequest) -> JsonResponse:
                                 status=503)
     pools = []
     for listener, why in zip(listeners, readiness.check_all(listeners), strict=True):
-        pools.append({"pool": listener.pool_id, "address": f"{listener.host}:{listener.port}",
-                      "accepting": not why, "reason": why})
+        pools.append({"pool": listener.pool_id, "service": listener.service,
+                      "address": f"{listener.host}:{listener.port}", "accepting": not why, "reason": why})
     ready = bool(pools) and all(p["accepting"] for p in pools)
     return JsonResponse({"status": "ready" if ready else "not ready", "pools": pools, "database": database},
                         status=200 if ready else 503)

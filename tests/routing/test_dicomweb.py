@@ -133,6 +133,17 @@ def _assert_whole_and_exact(orthancs, suid: str, paths: list[Path]) -> str:
 
 # -- STOW-RS ----------------------------------------------------------------------------------
 
+def test_a_store_response_of_many_segments_is_read_whole(pool):
+    """300 instances in one request: the backend's answer (tens of KB) comes in several TCP
+    segments; every instance is reported stored, none lost to a store response read short."""
+    cluster, _, orthancs, base, _ = pool
+    suid, paths = write_study(cluster.tmp / "many", count=300, rows=8, columns=8, patient_id="MANY")
+    answer = _stow(base, paths)
+    assert answer.status_code == 200, answer.text[:300]
+    assert sorted(_sop(i) for i in _sequence(answer.json(), "00081199")) == sorted(p.stem for p in paths)
+    assert _holders(orthancs, suid) == {binding_of(suid): 300}
+
+
 def test_a_study_sent_half_by_c_store_and_half_by_stow_lands_whole_on_one_node(pool):
     from tests.harness import send_files
 
