@@ -399,6 +399,8 @@ defaults
             "--format",
             "raw",
             "--threads",
+            # Sample without stopping runproxy: the blocking default stretched W4's wall 5x.
+            "--nonblocking",
             "-o",
             str(out),
         ]
@@ -728,7 +730,8 @@ def main() -> int:
         nargs="?",
         const="cpu",
         choices=["cpu", "idle"],
-        help="py-spy record runproxy during SynthIQ runs (collapsed stacks in the tmp dir); "
+        help="py-spy record runproxy during SynthIQ runs (collapsed stacks in profiles/ beside --out; "
+        "bench/stacks.py reads them); "
         "'idle' also samples waiting threads",
     )
     parser.add_argument("--no-db", action="store_true", help="skip routing-latency and affinity-write figures")
