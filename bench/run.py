@@ -1,13 +1,26 @@
-"""The performance benchmarks (docs/performance.md): W1-W5 through three paths side by side in one run.
+"""The performance benchmarks (docs/performance.md): W1-W5 and the TLS pair through three paths side by side.
 
-Paths: direct to one simulated backend, HAProxy (TCP mode, round-robin over the three
-backends) and SynthIQ (runproxy) over the same three backends, all in discard mode.
+Paths: direct to one backend, HAProxy (TCP mode, round-robin over the three backends) and
+SynthIQ (runproxy) over the same three backends. Two kinds of backends, three of each:
+
+* ``fast`` (the figure of record): DCMTK ``storescp --fork --ignore -pdu 131072`` with
+  TCP_NODELAY=1 in its environment, as a real PACS node ingests: the backend is not the
+  bottleneck, so the relay's own cost shows.
+* ``sim``: the simulated Python backends (``runbackend``) in discard mode, which count
+  what they hold (split studies, lost instances) but are slower than the relay.
+
+The TLS pair (W1-TLS, W4-TLS) runs W1 and W4 with mutual TLS on both sides behind three more
+fast backends speaking TLS: storescu with a client certificate, HAProxy terminating and
+re-originating TLS, SynthIQ's pool and backend TLS; a throwaway CA is made with openssl.
+
 Senders are DCMTK's storescu (``loadtest --sender storescu``): with TCP_NODELAY=1 in its
 environment for W1-W4 (the fair ceiling), with its default sockets (Nagle on, as most
-modality stacks ship) for W5. Each (workload, path) runs ``--runs`` times, interleaved so
-that the three paths see the same machine load; the table shows medians and the ratios
-to HAProxy and to direct. Then the routing-decision latency and the binding-claim rate
-are measured on SQLite and PostgreSQL (bench/dbbench.py).
+modality stacks ship) for W5. Each (workload, backends, path) runs ``--runs`` times,
+interleaved so that the three paths see the same machine load; the table shows medians,
+the ratios to HAProxy and to direct, and the CPU-seconds runproxy and HAProxy spent per GB
+and per 1,000 instances (utime + stime of their processes before and after each run).
+Then the routing-decision latency and the binding-claim rate are measured on SQLite and
+PostgreSQL (bench/dbbench.py).
 
 Run from the repository root, as a module of the ``bench`` package:
 
@@ -42,11 +55,13 @@ from routing.simulators.processes import ROOT, Managed, free_port, port_open, wa
 PYTHON = str(ROOT / ".venv" / "bin" / "python") if (ROOT / ".venv" / "bin" / "python").exists() else sys.executable
 PG_ADMIN_URL = os.environ.get("SYNTHIQ_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 PATHS = ("direct", "haproxy", "synthiq")
+KINDS = ("fast", "sim")
 # --verify: SynthIQ again, side by side, with the study ledger's background verifier judging
 # each study a second after it goes quiet (Reconciliation.QuietSeconds 1).
 VERIFY_PATH = "synthiq+verify"
 VERIFY_QUIET_SECONDS = 1
 VERIFY_CATCH_UP_SECONDS = 60
+STORESCP_MAX_PDU = 131072  # the largest DCMTK accepts (its default is 16384)
 
 
 @dataclass(frozen=True)
@@ -62,9 +77,11 @@ class Workload:
     big_bytes: int = 0  # one streamed instance of this many pixel bytes instead
     nagle: bool = False  # senders keep their default sockets (no TCP_NODELAY)
     data: str = ""  # share another workload's generated files
+    tls: bool = False  # mutual TLS on both sides (fast backends only)
 
     def describe(self) -> str:
         sockets = ", senders' default sockets (Nagle on)" if self.nagle else ""
+        sockets += ", mutual TLS both sides" if self.tls else ""
         if self.big_bytes:
             return f"1 instance of {self.big_bytes / 2**20:.0f} MiB{sockets}"
         size = self.rows * self.columns * 2
@@ -80,6 +97,8 @@ FULL = [
     Workload("W3", "tomo", 1, 1, 0, 0, 1, 1, big_bytes=1 << 30),
     Workload("W4", "small objects", 4, 1250, 44, 44, 4, 1),
     Workload("W5", "Nagle-bound modalities", 4, 1250, 44, 44, 4, 1, nagle=True, data="W4"),
+    Workload("W1-TLS", "one CT over TLS", 1, 500, 512, 512, 1, 1, data="W1", tls=True),
+    Workload("W4-TLS", "small objects over TLS", 4, 1250, 44, 44, 4, 1, data="W4", tls=True),
 ]
 QUICK = [
     Workload("W1", "one CT", 1, 100, 512, 512, 1, 1),
@@ -87,6 +106,8 @@ QUICK = [
     Workload("W3", "tomo", 1, 1, 0, 0, 1, 1, big_bytes=128 << 20),
     Workload("W4", "small objects", 4, 250, 44, 44, 4, 1),
     Workload("W5", "Nagle-bound modalities", 4, 100, 44, 44, 4, 1, nagle=True),
+    Workload("W1-TLS", "one CT over TLS", 1, 100, 512, 512, 1, 1, data="W1", tls=True),
+    Workload("W4-TLS", "small objects over TLS", 4, 250, 44, 44, 4, 1, data="W4", tls=True),
 ]
 
 
@@ -147,19 +168,59 @@ def peak_rss_mb(process: psutil.Process) -> float:
     return 0.0
 
 
+def cpu_seconds(processes: list[psutil.Process]) -> float:
+    """utime + stime of ``processes`` so far (/proc/<pid>/stat), those that still run."""
+    total = 0.0
+    for process in processes:
+        try:
+            times = process.cpu_times()
+            total += times.user + times.system
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            pass
+    return total
+
+
+def group(workload: str, kind: str) -> str:
+    """A row group of the table: a workload behind one kind of backends."""
+    return f"{workload} {kind}"
+
+
+def make_pki(directory: Path) -> dict[str, str]:
+    """A throwaway CA and three certificates it signs (SynthIQ / HAProxy, the backends, the
+    senders), for 127.0.0.1: mutual TLS for the TLS workloads."""
+    openssl = shutil.which("openssl") or "/usr/bin/openssl"
+    directory.mkdir(parents=True, exist_ok=True)
+
+    def run(*argv: str) -> None:
+        subprocess.run([openssl, *argv], check=True, capture_output=True, cwd=directory)
+
+    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem",
+        "-days", "2", "-subj", "/CN=SynthIQ bench CA")
+    (directory / "ext.cnf").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    for name in ("proxy", "pacs", "sender"):
+        run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.csr",
+            "-subj", f"/CN={name}")
+        run("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+            "-out", f"{name}.pem", "-days", "2", "-extfile", "ext.cnf")
+    # HAProxy wants certificate and key in one file.
+    bundle = (directory / "proxy.pem").read_text() + (directory / "proxy.key").read_text()
+    (directory / "proxy.bundle").write_text(bundle)
+    names = ("ca.pem", "proxy.pem", "proxy.key", "proxy.bundle", "pacs.pem", "pacs.key", "sender.pem", "sender.key")
+    return {n: str(directory / n) for n in names}
+
+
 def process_figures(managed: Managed) -> dict[str, float]:
     """Peak RSS of the largest runproxy process, the sum of their PSS now (workers share
     pages with the parent; PSS counts each shared page once across them), and the CPU
     seconds they used so far."""
     processes = runproxy_processes(managed)
-    pss = cpu = 0.0
+    pss = 0.0
     for process in processes:
         try:
             pss += process.memory_full_info().pss / 2**20
-            times = process.cpu_times()
-            cpu += times.user + times.system
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             pass
+    cpu = cpu_seconds(processes)
     return {"peak_rss_mb": max((peak_rss_mb(p) for p in processes), default=0.0), "pss_sum_mb": pss,
             "cpu_s": cpu, "processes": len(processes)}
 
@@ -179,7 +240,10 @@ class Bench:
         self.env.pop("CELERY_BROKER_URL", None)
         self.env.pop("SYNTHIQ_CONFIG", None)
         self.started: list[Managed] = []
-        self.backends: list[dict[str, Any]] = []
+        # kind -> {"backends": [...], "haproxy_port": int, "pool_port": int}
+        self.sets: dict[str, dict[str, Any]] = {}
+        self.pki: dict[str, str] = {}
+        self.haproxy: Managed | None = None
 
     def managed(self, name: str, argv: list[str], ready: str | None) -> Managed:
         m = Managed(name, argv, self.env, self.tmp / "logs" / f"{name}.log", ready)
@@ -192,52 +256,36 @@ class Bench:
         self.started = []
 
     # -- set-up -----------------------------------------------------------------------
-    def setup(self) -> None:
+    def setup(self, kinds: list[str]) -> None:
+        """Start the backends of ``kinds`` (three of each), one HAProxy with a frontend per
+        kind, and write one SynthIQ config with a pool per kind."""
         subprocess.run([PYTHON, "manage.py", "migrate", "-v0"], cwd=ROOT, env=self.env, check=True)
-        for letter in "abc":
-            port, http_port = free_port(), free_port()
-            ae = f"NODE{letter.upper()}"
-            self.managed(
-                f"backend-{letter}",
-                [
-                    PYTHON,
-                    "manage.py",
-                    "runbackend",
-                    "--ae-title",
-                    ae,
-                    "--port",
-                    str(port),
-                    "--http-port",
-                    str(http_port),
-                ],
-                "runbackend ready",
-            )
-            self.backends.append(
-                {
-                    "Id": f"node-{letter}",
-                    "AeTitle": ae,
-                    "Host": "127.0.0.1",
-                    "Port": port,
-                    "Health": {"Mode": "native", "Url": f"http://127.0.0.1:{http_port}/api/health"},
-                    "url": f"http://127.0.0.1:{http_port}",
-                }
-            )
+        if "tls" in kinds:
+            self.pki = make_pki(self.tmp / "pki")
+        for kind in kinds:
+            backends = self.start_sim_backends() if kind == "sim" else self.start_storescps(kind)
+            self.sets[kind] = {"backends": backends}
         self.start_haproxy()
-        self.proxy_port = free_port()
+        pools = []
+        for kind, backend_set in self.sets.items():
+            backend_set["pool_port"] = free_port()
+            pool: dict[str, Any] = {
+                "Id": kind,
+                "AeTitle": "SYNTHIQ",
+                "Host": "127.0.0.1",
+                "Port": backend_set["pool_port"],
+                "Backends": [{k: v for k, v in b.items() if k != "url"} for b in backend_set["backends"]],
+            }
+            if kind == "tls":
+                pool["Tls"] = {"Certificate": self.pki["proxy.pem"], "Key": self.pki["proxy.key"],
+                               "CA": self.pki["ca.pem"], "RequireClientCertificate": True}
+            pools.append(pool)
         config = {
             "HeartbeatIntervalSeconds": 5,
             # No heartbeat runs in the bench: the health rows written below stay valid.
             "HeartbeatTimeoutSeconds": 86400,
             "Network": {"MaxPduBytes": self.args.max_pdu},
-            "Pools": [
-                {
-                    "Id": "main",
-                    "AeTitle": "SYNTHIQ",
-                    "Host": "127.0.0.1",
-                    "Port": self.proxy_port,
-                    "Backends": [{k: v for k, v in b.items() if k != "url"} for b in self.backends],
-                }
-            ],
+            "Pools": pools,
         }
         if self.args.audit_udp:  # audit on: the same run compared with one without it (W4 side by side)
             host, _, port = self.args.audit_udp.rpartition(":")
@@ -251,28 +299,90 @@ class Bench:
         # heartbeat round would, so SynthIQ balances new studies by load.
         subprocess.run([PYTHON, "-c", _HEALTHY_SCRIPT, str(self.proxy_config)], cwd=ROOT, env=self.env, check=True)
 
+    def start_sim_backends(self) -> list[dict[str, Any]]:
+        backends = []
+        for letter in "abc":
+            port, http_port = free_port(), free_port()
+            ae = f"NODE{letter.upper()}"
+            self.managed(
+                f"backend-{letter}",
+                [PYTHON, "manage.py", "runbackend", "--ae-title", ae, "--port", str(port),
+                 "--http-port", str(http_port)],
+                "runbackend ready",
+            )
+            backends.append(
+                {
+                    "Id": f"node-{letter}",
+                    "AeTitle": ae,
+                    "Host": "127.0.0.1",
+                    "Port": port,
+                    "Health": {"Mode": "native", "Url": f"http://127.0.0.1:{http_port}/api/health"},
+                    "url": f"http://127.0.0.1:{http_port}",
+                }
+            )
+        return backends
+
+    def start_storescps(self, kind: str) -> list[dict[str, Any]]:
+        """Three DCMTK storescp, one child per association, discarding what they receive,
+        Nagle off (TCP_NODELAY=1: DCMTK leaves it on otherwise) and the largest max PDU."""
+        exe = shutil.which("storescp") or "/usr/bin/storescp"
+        env = self.env | {"TCP_NODELAY": "1"}
+        backends = []
+        for letter in "abc":
+            port = free_port()
+            ae = f"{kind.upper()}{letter.upper()}"
+            argv = [exe, "--fork", "--ignore", "-pdu", str(STORESCP_MAX_PDU), "--aetitle", ae]
+            if kind == "tls":
+                argv += ["+tls", self.pki["pacs.key"], self.pki["pacs.pem"], "+cf", self.pki["ca.pem"]]
+            argv.append(str(port))
+            m = Managed(f"storescp-{kind}-{letter}", argv, env, self.tmp / "logs" / f"storescp-{kind}-{letter}.log")
+            self.started.append(m)
+            m.start()
+            wait_port(port)
+            backend: dict[str, Any] = {"Id": f"{kind}-{letter}", "AeTitle": ae, "Host": "127.0.0.1", "Port": port,
+                                       "Health": {"Mode": "liveness", "Probe": "tcp"}}
+            if kind == "tls":
+                backend["Tls"] = {"CA": self.pki["ca.pem"], "Certificate": self.pki["proxy.pem"],
+                                  "Key": self.pki["proxy.key"]}
+            backends.append(backend)
+        return backends
+
     def start_haproxy(self) -> None:
+        """One HAProxy, a frontend per kind of backends: TCP, round-robin; for ``tls`` it
+        terminates the sender's TLS (client certificate required) and re-originates TLS to
+        the backends with its own client certificate."""
         exe = shutil.which("haproxy") or "/usr/sbin/haproxy"
-        self.haproxy_port = free_port()
-        servers = "\n".join(f"    server {b['Id']} 127.0.0.1:{b['Port']}" for b in self.backends)
+        sections = []
+        for kind, backend_set in self.sets.items():
+            backend_set["haproxy_port"] = port = free_port()
+            bind = f"127.0.0.1:{port}"
+            server_tls = ""
+            if kind == "tls":
+                bind += f" ssl crt {self.pki['proxy.bundle']} ca-file {self.pki['ca.pem']} verify required"
+                server_tls = f" ssl verify required ca-file {self.pki['ca.pem']} crt {self.pki['proxy.bundle']}"
+            servers = "\n".join(
+                f"    server {b['Id']} 127.0.0.1:{b['Port']}{server_tls}" for b in backend_set["backends"]
+            )
+            sections.append(f"""frontend dicom-{kind}
+    bind {bind}
+    default_backend pacs-{kind}
+backend pacs-{kind}
+    balance roundrobin
+{servers}
+""")
         cfg = self.tmp / "haproxy.cfg"
-        cfg.write_text(f"""global
+        cfg.write_text("""global
     maxconn 2000
 defaults
     mode tcp
     timeout connect 5s
     timeout client 1h
     timeout server 1h
-frontend dicom
-    bind 127.0.0.1:{self.haproxy_port}
-    default_backend pacs
-backend pacs
-    balance roundrobin
-{servers}
-""")
+""" + "".join(sections))
         subprocess.run([exe, "-c", "-q", "-f", str(cfg)], check=True)
-        self.managed("haproxy", [exe, "-db", "-f", str(cfg)], None)
-        wait_port(self.haproxy_port)
+        self.haproxy = self.managed("haproxy", [exe, "-db", "-f", str(cfg)], None)
+        for backend_set in self.sets.values():
+            wait_port(backend_set["haproxy_port"])
         self.haproxy_version = subprocess.run([exe, "-v"], capture_output=True, text=True).stdout.splitlines()[0]
 
     def start_synthiq(self, run_id: str, *, verify: bool = False) -> Managed:
@@ -287,8 +397,8 @@ backend pacs
         """py-spy attached to runproxy, collapsed stacks (flamegraph.pl / speedscope input)."""
         if not self.args.profile:
             return None
-        out = self.tmp / "profiles" / f"{run_id}.txt"
-        out.parent.mkdir(exist_ok=True)
+        out = self.args.out.parent / "profiles" / f"{run_id}.txt"
+        out.parent.mkdir(parents=True, exist_ok=True)
         assert proxy.proc is not None
         argv = [
             str(ROOT / ".venv" / "bin" / "py-spy"),
@@ -301,6 +411,8 @@ backend pacs
             "--format",
             "raw",
             "--threads",
+            # Sample without stopping runproxy: the blocking default stretched W4's wall 5x.
+            "--nonblocking",
             "-o",
             str(out),
         ]
@@ -322,7 +434,8 @@ backend pacs
                 prof.kill()
 
     # -- one measurement --------------------------------------------------------------
-    def load(self, workload: Workload, data: Path, port: int, called_ae: str, out: Path) -> dict[str, Any]:
+    def load(self, workload: Workload, kind: str, data: Path, port: int, called_ae: str,
+             out: Path) -> dict[str, Any]:
         argv = [
             PYTHON,
             "manage.py",
@@ -337,7 +450,6 @@ backend pacs
             str(workload.associations),
             "--split",
             str(workload.split),
-            "--reset-holdings",
             "--json",
             str(out),
             "--no-progress",
@@ -346,32 +458,45 @@ backend pacs
         ]
         if workload.nagle:
             argv.append("--nagle")
-        for b in self.backends:
-            argv += ["--backend-url", b["url"]]
+        if kind == "tls":
+            argv += ["--tls", self.pki["sender.key"], self.pki["sender.pem"], self.pki["ca.pem"]]
+        if kind == "sim":
+            # The simulated backends count what they hold: failed and split from there.
+            argv.append("--reset-holdings")
+            for b in self.sets[kind]["backends"]:
+                argv += ["--backend-url", b["url"]]
         proc = subprocess.run(argv, cwd=ROOT, env=self.env, capture_output=True, text=True)
         if not out.exists():
             raise RuntimeError(f"loadtest failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
         result = json.loads(out.read_text())
-        # storescu reports per association, not per instance: what the backends hold decides.
-        result["failed"] = max(result["failed"], result["instances"] - result.get("instances_held", 0))
+        # storescu reports per association, not per instance: what the backends hold decides
+        # (storescp --ignore holds nothing: there, storescu's exit status decides).
+        if "instances_held" in result:
+            result["failed"] = max(result["failed"], result["instances"] - result["instances_held"])
         if proc.returncode:
             log(f"loadtest reported failures: {proc.stderr.strip()[-400:]}")
         return result
 
-    def measure(self, workload: Workload, path: str, run: int, data: Path) -> dict[str, Any]:
-        out = self.tmp / "results" / f"{workload.name}-{path}-{run}.json"
+    def measure(self, workload: Workload, kind: str, path: str, run: int, data: Path) -> dict[str, Any]:
+        out = self.tmp / "results" / f"{workload.name}-{kind}-{path}-{run}.json"
         out.parent.mkdir(exist_ok=True)
+        backend_set = self.sets[kind]
         if path == "direct":
-            result = self.load(workload, data, self.backends[0]["Port"], "NODEA", out)
+            first = backend_set["backends"][0]
+            result = self.load(workload, kind, data, first["Port"], first["AeTitle"], out)
         elif path == "haproxy":
-            result = self.load(workload, data, self.haproxy_port, "SYNTHIQ", out)
+            assert self.haproxy is not None and self.haproxy.proc is not None
+            before = cpu_seconds([psutil.Process(self.haproxy.proc.pid)])
+            result = self.load(workload, kind, data, backend_set["haproxy_port"], "SYNTHIQ", out)
+            result["cpu_s"] = cpu_seconds([psutil.Process(self.haproxy.proc.pid)]) - before
         else:
             verify = path == VERIFY_PATH
-            proxy = self.start_synthiq(f"{workload.name}-{run}{'-verify' if verify else ''}", verify=verify)
-            prof = self.start_profiler(proxy, f"{workload.name}-{run}")
+            run_id = f"{workload.name}-{kind}-{run}{'-verify' if verify else ''}"
+            proxy = self.start_synthiq(run_id, verify=verify)
+            prof = self.start_profiler(proxy, run_id)
             try:
                 idle = process_figures(proxy)["cpu_s"]
-                result = self.load(workload, data, self.proxy_port, "SYNTHIQ", out)
+                result = self.load(workload, kind, data, backend_set["pool_port"], "SYNTHIQ", out)
                 result |= process_figures(proxy)
                 result["cpu_s"] -= idle  # what the workload cost, not the start-up
                 if verify:
@@ -385,11 +510,12 @@ backend pacs
                 f"when the load ended, {result['verified']} within {result['verify_catch_up_s']:.1f} s after it; "
                 f"verdicts {result['verdicts']}")
         log(
-            f"{workload.name} {path:8s} run {run}: {result['wall_s']:.2f} s, "
+            f"{workload.name} {kind:4s} {path:8s} run {run}: {result['wall_s']:.2f} s, "
             f"{result['instances_per_s']:.1f} inst/s, {result['mb_per_s']:.1f} MB/s, failed {result['failed']}, "
             f"split {result.get('studies_split')}"
+            + (f", CPU {result['cpu_s']:.2f} s" if "cpu_s" in result else "")
             + (f", peak RSS {result['peak_rss_mb']:.0f} MB, PSS {result['pss_sum_mb']:.0f} MB over "
-               f"{result['processes']} process(es), CPU {result['cpu_s']:.2f} s" if "peak_rss_mb" in result else "")
+               f"{result['processes']} process(es)" if "peak_rss_mb" in result else "")
         )
         return result
 
@@ -423,26 +549,34 @@ backend pacs
         verify = set(self.args.verify or ["W2"]) if self.args.verify is not None else set()
         if verify:
             paths.append(VERIFY_PATH)
+        chosen = self.args.backends or list(KINDS)
+        # The TLS pair runs behind fast backends that speak TLS, whatever --backends says.
+        plan = {w.name: (["tls"] if w.tls else [k for k in KINDS if k in chosen]) for w in workloads}
+        kinds = [k for k in ("fast", "sim", "tls") if any(k in ks for ks in plan.values())]
         data = {}
         for w in workloads:
             data[w.name] = self.tmp / "data" / ("quick-" if self.args.quick else "") / (w.data or w.name)
             log(f"generating {w.name} ({w.describe()}) in {data[w.name]}")
             generate(w, data[w.name])
-        self.setup()
-        raw: dict[str, dict[str, list[dict[str, Any]]]] = {w.name: {p: [] for p in paths} for w in workloads}
+        self.setup(kinds)
+        raw: dict[str, dict[str, list[dict[str, Any]]]] = {
+            group(w.name, k): {p: [] for p in paths} for w in workloads for k in plan[w.name]
+        }
         for run in range(1, self.args.runs + 1):
             for w in workloads:
-                for p in paths:
-                    if p != VERIFY_PATH or w.name in verify:
-                        raw[w.name][p].append(self.measure(w, p, run, data[w.name]))
-        rows = summarize(workloads, paths, raw)
+                for k in plan[w.name]:
+                    for p in paths:
+                        if p != VERIFY_PATH or (w.name in verify and k == "sim"):  # the verifier asks by C-FIND
+                            raw[group(w.name, k)][p].append(self.measure(w, k, p, run, data[w.name]))
+        rows = summarize(list(raw), paths, raw)
         db = {} if self.args.no_db else self.db_benchmarks()
         return {
             "when_utc": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             "machine": machine(),
             "haproxy": getattr(self, "haproxy_version", None),
             "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(self.args).items()},
-            "workloads": {w.name: {"title": w.title, "shape": w.describe()} for w in workloads},
+            "workloads": {w.name: {"title": w.title, "shape": w.describe(), "backends": plan[w.name]}
+                          for w in workloads},
             "rows": rows,
             "db": db,
             "raw": raw,
@@ -514,41 +648,59 @@ Binding.objects.all().delete()
 """
 
 
-def summarize(workloads: list[Workload], paths: list[str], raw) -> list[dict[str, Any]]:
+def summarize(groups: list[str], paths: list[str], raw) -> list[dict[str, Any]]:
     rows = []
-    for w in workloads:
-        ha = raw[w.name].get("haproxy")
+    for g in groups:
+        workload, kind = g.split(" ")
+        ha = raw[g].get("haproxy")
         ha_wall = statistics.median(r["wall_s"] for r in ha) if ha else None
-        direct = raw[w.name].get("direct")
+        direct = raw[g].get("direct")
         direct_wall = statistics.median(r["wall_s"] for r in direct) if direct else None
+        cpu_per_gb: dict[str, float] = {}
+        group_rows: list[dict[str, Any]] = []
         for p in paths:
-            runs = raw[w.name][p]
+            runs = raw[g][p]
             if not runs:  # the verifier's path runs only the workloads --verify names
                 continue
             walls = [r["wall_s"] for r in runs]
             wall = statistics.median(walls)
             mid = min(runs, key=lambda r: abs(r["wall_s"] - wall))
-            rows.append(
-                {
-                    "workload": w.name,
-                    "path": p,
-                    "wall_s": wall,
-                    "walls": walls,
-                    "instances": mid["instances"],
-                    "instances_per_s": mid["instances"] / wall,
-                    "mb_per_s": mid["bytes"] / wall / 1e6,
-                    "latency_ms": mid["latency_ms"],
-                    "ratio_to_haproxy": wall / ha_wall if ha_wall else None,
-                    "ratio_to_direct": wall / direct_wall if direct_wall else None,
-                    "peak_rss_mb": max((r["peak_rss_mb"] for r in runs if "peak_rss_mb" in r), default=None),
-                    "pss_sum_mb": max((r["pss_sum_mb"] for r in runs if "pss_sum_mb" in r), default=None),
-                    "studies_split": max((r.get("studies_split") or 0) for r in runs),
-                    "studies": mid["studies"],
-                    "failed": sum(r["failed"] for r in runs),
-                }
-            )
+            row: dict[str, Any] = {
+                "workload": workload,
+                "backends": kind,
+                "path": p,
+                "wall_s": wall,
+                "walls": walls,
+                "instances": mid["instances"],
+                "instances_per_s": mid["instances"] / wall,
+                "mb_per_s": mid["bytes"] / wall / 1e6,
+                "latency_ms": mid["latency_ms"],
+                "ratio_to_haproxy": wall / ha_wall if ha_wall else None,
+                "ratio_to_direct": wall / direct_wall if direct_wall else None,
+                "peak_rss_mb": max((r["peak_rss_mb"] for r in runs if "peak_rss_mb" in r), default=None),
+                "pss_sum_mb": max((r["pss_sum_mb"] for r in runs if "pss_sum_mb" in r), default=None),
+                "studies_split": max((r.get("studies_split") or 0) for r in runs) if kind == "sim" else None,
+                "studies": mid["studies"],
+                "failed": sum(r["failed"] for r in runs),
+                "cpu_s": None,
+                "cpu_s_per_gb": None,
+                "cpu_s_per_1000": None,
+                "cpu_ratio_to_haproxy": None,
+            }
+            cpus = [r["cpu_s"] for r in runs if "cpu_s" in r]
+            if cpus:
+                # Median over the runs, per GB (10^9 bytes of DICOM files) and per 1,000 instances.
+                cpu = statistics.median(cpus)
+                row["cpu_s"] = cpu
+                row["cpu_s_per_gb"] = cpu_per_gb[p] = cpu / (mid["bytes"] / 1e9)
+                row["cpu_s_per_1000"] = cpu / (mid["instances"] / 1000)
             if "verified" in mid:
-                rows[-1] |= {k: mid[k] for k in ("verified_at_end", "verified", "verify_catch_up_s", "verdicts")}
+                row |= {k: mid[k] for k in ("verified_at_end", "verified", "verify_catch_up_s", "verdicts")}
+            group_rows.append(row)
+        rows += group_rows
+        for row in group_rows:
+            if row["cpu_s_per_gb"] is not None and cpu_per_gb.get("haproxy"):
+                row["cpu_ratio_to_haproxy"] = row["cpu_s_per_gb"] / cpu_per_gb["haproxy"]
     return rows
 
 
@@ -577,23 +729,32 @@ def vm_line(path: str, key: str) -> int:
 
 
 def table(result: dict[str, Any]) -> str:
-    head = ("workload", "path", "wall s", "inst/s", "MB/s", "x HAProxy", "x direct", "peak RSS MB", "PSS sum MB",
-            "split", "failed")
+    head = ("workload", "backends", "path", "wall s", "inst/s", "MB/s", "x HAProxy", "x direct", "CPU s",
+            "CPU s/GB", "CPU s/1k inst", "CPU x HAProxy", "peak RSS MB", "PSS sum MB", "split", "failed")
+
+    def num(value: float | None, fmt: str) -> str:
+        return "-" if value is None else format(value, fmt)
+
     lines = [" | ".join(head), " | ".join("---" for _ in head)]
     for r in result["rows"]:
         lines.append(
             " | ".join(
                 [
                     r["workload"],
+                    r["backends"],
                     r["path"],
                     f"{r['wall_s']:.2f}",
                     f"{r['instances_per_s']:.1f}",
                     f"{r['mb_per_s']:.1f}",
-                    f"{r['ratio_to_haproxy']:.2f}" if r["ratio_to_haproxy"] else "-",
-                    f"{r['ratio_to_direct']:.2f}" if r["ratio_to_direct"] else "-",
-                    f"{r['peak_rss_mb']:.0f}" if r["peak_rss_mb"] is not None else "-",
-                    f"{r['pss_sum_mb']:.0f}" if r["pss_sum_mb"] is not None else "-",
-                    f"{r['studies_split']}/{r['studies']}",
+                    num(r["ratio_to_haproxy"], ".2f"),
+                    num(r["ratio_to_direct"], ".2f"),
+                    num(r["cpu_s"], ".2f"),
+                    num(r["cpu_s_per_gb"], ".2f"),
+                    num(r["cpu_s_per_1000"], ".3f"),
+                    num(r["cpu_ratio_to_haproxy"], ".1f"),
+                    num(r["peak_rss_mb"], ".0f"),
+                    num(r["pss_sum_mb"], ".0f"),
+                    "-" if r["studies_split"] is None else f"{r['studies_split']}/{r['studies']}",
                     str(r["failed"]),
                 ]
             )
@@ -624,6 +785,9 @@ def main() -> int:
     parser.add_argument("--runs", type=int, help="runs per (workload, path); default 3 (1 with --quick)")
     parser.add_argument("--workloads", nargs="*", help="e.g. W1 W3 (default: all)")
     parser.add_argument("--paths", nargs="*", choices=PATHS, help="default: all three")
+    parser.add_argument("--backends", nargs="*", choices=KINDS,
+                        help="fast (storescp, the figure of record), sim (simulated Python backends); default both. "
+                        "The TLS pair always runs behind fast backends speaking TLS")
     parser.add_argument("--max-pdu", type=int, default=262144, help="Network.MaxPduBytes of SynthIQ")
     parser.add_argument("--workers", type=int, default=1, help="runproxy --workers")
     parser.add_argument(
@@ -631,7 +795,8 @@ def main() -> int:
         nargs="?",
         const="cpu",
         choices=["cpu", "idle"],
-        help="py-spy record runproxy during SynthIQ runs (collapsed stacks in the tmp dir); "
+        help="py-spy record runproxy during SynthIQ runs (collapsed stacks in profiles/ beside --out; "
+        "bench/stacks.py reads them); "
         "'idle' also samples waiting threads",
     )
     parser.add_argument("--audit-udp", metavar="HOST:PORT",
@@ -640,7 +805,8 @@ def main() -> int:
     parser.add_argument("--verify", nargs="*", metavar="W",
                         help=f"also run these workloads (default W2) through SynthIQ with the background verifier "
                              f"active ({VERIFY_PATH}, Reconciliation.QuietSeconds {VERIFY_QUIET_SECONDS}), side by "
-                             f"side with the other paths, and report the studies verified")
+                             f"side with the other paths, behind the simulated backends, and report the studies "
+                             f"verified")
     parser.add_argument("--no-db", action="store_true", help="skip routing-latency and affinity-write figures")
     parser.add_argument("--tmp-dir", help="work here (generated data is reused between runs)")
     parser.add_argument("--keep-tmp", action="store_true")

@@ -223,10 +223,11 @@ class PynetdicomSender:
 class StorescuSender:
     """DCMTK's storescu, one process (and association) per batch; no per-instance latency.
     With ``nagle`` it keeps DCMTK's default sockets (Nagle on, as most modality stacks
-    ship); otherwise TCP_NODELAY=1 in its environment (the fair ceiling)."""
+    ship); otherwise TCP_NODELAY=1 in its environment (the fair ceiling). With ``tls``
+    (key, certificate, CA file) it speaks DICOM TLS and presents that client certificate."""
 
     def __init__(self, *, exe: str, host: str, port: int, called_ae: str, calling_ae: str, max_pdu: int,
-                 tally: Tally, nagle: bool = False):
+                 tally: Tally, nagle: bool = False, tls: tuple[str, str, str] | None = None):
         self.argv = [
             exe,
             "-aet",
@@ -236,9 +237,11 @@ class StorescuSender:
             "-R",
             "--max-pdu",
             str(min(max_pdu, 131072)),
-            host,
-            str(port),
         ]
+        if tls:
+            key, cert, ca = tls
+            self.argv += ["+tls", key, cert, "+cf", ca]
+        self.argv += [host, str(port)]
         self.tally = tally
         self.env = {k: v for k, v in os.environ.items() if k != "TCP_NODELAY"}
         if not nagle:
@@ -327,6 +330,7 @@ def load_run(
     backend_urls: list[str],
     reset_holdings: bool,
     progress: bool,
+    tls: tuple[str, str, str] | None = None,
 ) -> dict[str, Any]:
     """Send ``studies`` and return the summary (what ``summary_text`` prints and --json writes)."""
     if backend_urls and reset_holdings:
@@ -339,8 +343,10 @@ def load_run(
 
         def make_sender(tally: Tally) -> Sender:
             return StorescuSender(exe=exe, host=host, port=port, called_ae=called_ae, calling_ae=calling_ae,
-                                  max_pdu=max_pdu, tally=tally, nagle=nagle)
+                                  max_pdu=max_pdu, tally=tally, nagle=nagle, tls=tls)
     else:
+        if tls:
+            raise SimulatorError("TLS: only with --sender storescu")
         contexts = file_contexts([p for paths in studies.values() for p in paths])
 
         def make_sender(tally: Tally) -> Sender:

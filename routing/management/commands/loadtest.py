@@ -35,6 +35,8 @@ class Command(BaseCommand):
         )
         parser.add_argument("--nagle", action="store_true",
                             help="storescu: keep DCMTK's default sockets (Nagle on) instead of TCP_NODELAY=1")
+        parser.add_argument("--tls", nargs=3, metavar=("KEY", "CERT", "CA"),
+                            help="storescu: DICOM TLS with this client key and certificate, trusting this CA")
         parser.add_argument("--max-pdu", type=int, default=262144, help="largest PDU this side accepts")
         parser.add_argument(
             "--backend-url",
@@ -70,6 +72,7 @@ class Command(BaseCommand):
                     backend_urls=o["backend_url"],
                     reset_holdings=o["reset_holdings"],
                     progress=not o["no_progress"],
+                    tls=tuple(o["tls"]) if o["tls"] else None,
                 )
         except SimulatorError as exc:
             raise CommandError(str(exc)) from exc
