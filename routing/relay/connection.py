@@ -70,8 +70,6 @@ class PduConnection(asyncio.BufferedProtocol):
         # chunk is passed on as a view, with no copy. A chunk starts small (an idle or
         # dripping connection costs little) and doubles while reads fill it (bulk data).
         self._chunk: memoryview | None = None
-        # The chunk retired before the current one, reused once nothing refers to it.
-        self._spare: bytearray | None = None
         self._filled = 0
         self._chunk_size = CHUNK_MIN
         self._discarding = False
@@ -97,21 +95,10 @@ class PduConnection(asyncio.BufferedProtocol):
     def get_buffer(self, sizehint: int) -> memoryview:
         chunk = self._chunk
         if chunk is None or len(chunk) - self._filled < CHUNK_TAIL:
-            self._chunk = chunk = memoryview(self._next_chunk(chunk))
+            # Never written to again once filled: views of it may be queued for writing.
+            self._chunk = chunk = memoryview(bytearray(self._chunk_size))
             self._filled = 0
         return chunk[self._filled:]
-
-    def _next_chunk(self, retired: memoryview | None) -> bytearray:
-        """A chunk to read into. A filled chunk is never written to while anything may still
-        read it (views of it may be queued for writing, held for routing or framed but not
-        yet taken): the chunk retired before this one is reused only once no view of it is
-        left, and then without zero-filling a buffer that is about to be overwritten;
-        otherwise a new one is allocated. So a connection keeps at most two chunks."""
-        spare = self._spare
-        self._spare = retired.obj if retired is not None and isinstance(retired.obj, bytearray) else None
-        if spare is not None and len(spare) == self._chunk_size and _unshared(spare):
-            return spare
-        return bytearray(self._chunk_size)
 
     def buffer_updated(self, nbytes: int) -> None:
         assert self._chunk is not None
@@ -274,17 +261,6 @@ class PduConnection(asyncio.BufferedProtocol):
     def abort_transport(self) -> None:
         if self.transport is not None:
             self.transport.abort()
-
-
-def _unshared(buffer: bytearray) -> bool:
-    """Whether no view of ``buffer`` exists any more: a bytearray that has exported a
-    buffer (a memoryview, or a slice of one, anywhere) cannot be resized."""
-    try:
-        buffer.pop()
-    except BufferError:
-        return False
-    buffer.append(0)  # back to its length, within its allocation: no copy, no zeroing
-    return True
 
 
 async def _within(waiter: asyncio.Future[None], timeout: float | None, message: str) -> None:
