@@ -16,16 +16,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from pydicom.dataset import Dataset
-from pynetdicom import _config
 
 from routing.dicom import client, services, status
 from routing.dicom.uids import shown, uid_problem
 
 logger = logging.getLogger("synthiq.affinity")
-
-# pynetdicom formats every C-FIND response identifier for its INFO log whatever the log
-# level: a fifth of adopt's time over 100,000 studies. What the ledger reads, it logs itself.
-_config.LOG_RESPONSE_IDENTIFIERS = False
 
 # SOP Instance UIDs named by one C-MOVE at most (the identifier stays a few tens of KB).
 MOVE_UIDS_PER_REQUEST = 500
