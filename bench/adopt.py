@@ -40,6 +40,7 @@ from typing import Any
 
 import psutil
 
+from bench.run import bench_env
 from routing.simulators.processes import ROOT, Managed, free_port
 
 PYTHON = str(ROOT / ".venv" / "bin" / "python") if (ROOT / ".venv" / "bin" / "python").exists() else sys.executable
@@ -90,14 +91,7 @@ class AdoptBench:
     def __init__(self, args: argparse.Namespace):
         self.args = args
         self.tmp = Path(tempfile.mkdtemp(prefix="synthiq-bench-adopt-"))
-        self.env = os.environ | {
-            "SYNTHIQ_ALLOW_DEV_KEY": "1",
-            "SYNTHIQ_VAR_DIR": str(self.tmp / "var"),
-            "DJANGO_SETTINGS_MODULE": "synthiq_project.settings",
-            "PYTHONUNBUFFERED": "1",
-        }
-        for name in ("CELERY_BROKER_URL", "SYNTHIQ_CONFIG", "DATABASE_URL"):
-            self.env.pop(name, None)
+        self.env = bench_env(self.tmp, database_url=None)  # a database of its own per run
         self.started: list[Managed] = []
         self.backends: list[dict[str, Any]] = []
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
-import os
 import shutil
 import statistics
 import subprocess
@@ -32,27 +31,12 @@ from typing import Any
 
 import requests
 
-from bench.run import PYTHON, log, machine, peak_rss_mb, runproxy_processes
+from bench.run import HEALTHY_SCRIPT, PYTHON, bench_env, log, machine, peak_rss_mb, runproxy_processes
 from routing.simulators.processes import ROOT, Managed, free_port, port_open, wait_for
 
 PATHS = ("direct", "haproxy", "synthiq")
 VARIANTS = ("one request", "one instance per request")
 BLOCK = 256 * 1024  # the client's send block
-# Load the config and mark the backends healthy, as a heartbeat round would (none runs here).
-HEALTHY_SCRIPT = """
-import datetime as dt, sys, django
-django.setup()
-from pools.config import config_load
-from pools.services import config_sync
-from health.models import BackendHealth
-config = config_load(path=sys.argv[1])
-config_sync(config=config)
-now = dt.datetime.now(dt.UTC)
-for pool in config.pools:
-    for b in pool.backends:
-        BackendHealth.objects.update_or_create(backend_id=b.id, defaults={
-            "healthy": True, "load": 0.0, "capacity": 50, "last_ok_utc": now, "last_check_utc": now})
-"""
 
 
 def plugin_path() -> str:
@@ -76,15 +60,7 @@ class DicomWebBench:
         self.args = args
         self.tmp = Path(args.tmp_dir or tempfile.mkdtemp(prefix="synthiq-bench-dicomweb-"))
         self.tmp.mkdir(parents=True, exist_ok=True)
-        self.env = os.environ | {
-            "DATABASE_URL": f"sqlite:///{self.tmp / 'bench.sqlite3'}",
-            "SYNTHIQ_ALLOW_DEV_KEY": "1",
-            "SYNTHIQ_VAR_DIR": str(self.tmp / "var"),
-            "DJANGO_SETTINGS_MODULE": "synthiq_project.settings",
-            "PYTHONUNBUFFERED": "1",
-        }
-        self.env.pop("CELERY_BROKER_URL", None)
-        self.env.pop("SYNTHIQ_CONFIG", None)
+        self.env = bench_env(self.tmp, database_url=f"sqlite:///{self.tmp / 'bench.sqlite3'}")
         self.started: list[Managed] = []
         self.orthancs: list[dict[str, Any]] = []
         self.proxy: Managed | None = None

@@ -225,20 +225,28 @@ def process_figures(managed: Managed) -> dict[str, float]:
             "cpu_s": cpu, "processes": len(processes)}
 
 
+def bench_env(tmp: Path, *, database_url: str | None) -> dict[str, str]:
+    """The environment of a benchmark's processes: its own var/ (and database, unless the
+    benchmark creates one per run), a throwaway key, no Celery, no ambient config file."""
+    env = os.environ | {
+        "SYNTHIQ_ALLOW_DEV_KEY": "1",
+        "SYNTHIQ_VAR_DIR": str(tmp / "var"),
+        "DJANGO_SETTINGS_MODULE": "synthiq_project.settings",
+        "PYTHONUNBUFFERED": "1",
+    }
+    for name in ("CELERY_BROKER_URL", "SYNTHIQ_CONFIG", "DATABASE_URL"):
+        env.pop(name, None)
+    if database_url is not None:
+        env["DATABASE_URL"] = database_url
+    return env
+
+
 class Bench:
     def __init__(self, args: argparse.Namespace):
         self.args = args
         self.tmp = Path(args.tmp_dir or tempfile.mkdtemp(prefix="synthiq-bench-"))
         self.tmp.mkdir(parents=True, exist_ok=True)
-        self.env = os.environ | {
-            "DATABASE_URL": f"sqlite:///{self.tmp / 'bench.sqlite3'}",
-            "SYNTHIQ_ALLOW_DEV_KEY": "1",
-            "SYNTHIQ_VAR_DIR": str(self.tmp / "var"),
-            "DJANGO_SETTINGS_MODULE": "synthiq_project.settings",
-            "PYTHONUNBUFFERED": "1",
-        }
-        self.env.pop("CELERY_BROKER_URL", None)
-        self.env.pop("SYNTHIQ_CONFIG", None)
+        self.env = bench_env(self.tmp, database_url=f"sqlite:///{self.tmp / 'bench.sqlite3'}")
         self.started: list[Managed] = []
         # kind -> {"backends": [...], "haproxy_port": int, "pool_port": int}
         self.sets: dict[str, dict[str, Any]] = {}
@@ -297,7 +305,7 @@ class Bench:
                                                  indent=2))
         # Load the config (runproxy syncs it too) and mark the backends healthy, as a
         # heartbeat round would, so SynthIQ balances new studies by load.
-        subprocess.run([PYTHON, "-c", _HEALTHY_SCRIPT, str(self.proxy_config)], cwd=ROOT, env=self.env, check=True)
+        subprocess.run([PYTHON, "-c", HEALTHY_SCRIPT, str(self.proxy_config)], cwd=ROOT, env=self.env, check=True)
 
     def start_sim_backends(self) -> list[dict[str, Any]]:
         backends = []
@@ -615,7 +623,7 @@ defaults
         return json.loads(out.read_text())
 
 
-_HEALTHY_SCRIPT = """
+HEALTHY_SCRIPT = """
 import datetime as dt, sys, django
 django.setup()
 from pools.config import config_load
