@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from django.contrib import admin
 
+from routing.counters import Counts, Snapshot, snapshot_of
 from routing.models import FailedOperation, ProxyProcess, RejectedAssociation, RoutingDecision
 
 
@@ -55,12 +56,12 @@ class ProxyProcessAdmin(_ReadOnly):
     list_display = ("id", "started_utc", "updated_utc", "stopped", "received", "cache_size", "db_ok")
     list_filter = ("stopped",)
 
-    def _published(self, obj: ProxyProcess) -> dict:
-        return obj.counters or {}
+    def _published(self, obj: ProxyProcess) -> Snapshot:
+        return snapshot_of(obj.counters)
 
     @admin.display(description="received")
     def received(self, obj: ProxyProcess) -> int:
-        return int((self._published(obj).get("counters") or {}).get("received", 0))
+        return Counts(self._published(obj).get("counters"))["received"]
 
     @admin.display(description="cache size")
     def cache_size(self, obj: ProxyProcess) -> int:

@@ -19,7 +19,9 @@ from django.db import DatabaseError, DataError, IntegrityError, close_old_connec
 from django.db.models import F
 from django.db.models.functions import Greatest
 
+from routing import counters as names
 from routing.audit.trail import NULL_TRAIL
+from routing.counters import Snapshot
 from routing.dicom.services import SERVICE_CLASSES
 from routing.dicom.status import status_class
 from routing.dicom.uids import uid_problem
@@ -29,10 +31,6 @@ from synthiq_project.repeating import Repeating
 logger = logging.getLogger("synthiq.routing")
 
 RECENT_DECISIONS = 200
-# Counter keys of rejected associations: this prefix and the reason (called-ae, calling-ae, ...).
-REJECTED_PREFIX = "rejected."
-# Counter keys of requests refused for an invalid identifier: this prefix, the service, the reason.
-INVALID_PREFIX = "invalid."
 # Upper bounds (seconds) of the forward-latency histogram buckets; one more slot counts
 # everything slower (+Inf). Fixed so that several processes' counts add up bucket by bucket.
 LATENCY_BUCKETS: tuple[float, ...] = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -40,7 +38,6 @@ LATENCY_BUCKETS: tuple[float, ...] = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0
 # settings.SYNTHIQ_RATE_SAMPLE_SECONDS (the same slots in every process, so the web process
 # can add them up), the last RATE_SAMPLES of them: 15 minutes at the default 10 s.
 RATE_SAMPLES = 90
-OK_STATUS_CLASSES = ("success", "warning")
 # Failed operations: at most this many wait in memory for the next publish (the database may
 # be away), and the table keeps the newest FAILURES_KEPT.
 FAILURES_PENDING = 1000
@@ -195,7 +192,7 @@ class Telemetry:
     def operation(self, *, service: str, status: int) -> None:
         """A non-storage operation ended (C-FIND, C-MOVE, C-GET, N-ACTION), by final status class."""
         with self._lock:
-            self.counters[f"service.{service}.{status_class(status)}"] += 1
+            self.counters[names.operation(service, status_class(status))] += 1
 
     def held(self) -> None:
         """An association was held while its study's backend was unreachable."""
@@ -208,7 +205,7 @@ class Telemetry:
         could be read), by reason (called-ae, calling-ae, ...); with the pool, also who and
         from where, for the rejected associations list."""
         with self._lock:
-            self.counters[f"{REJECTED_PREFIX}{reason}"] += 1
+            self.counters[names.rejected(reason)] += 1
             if pool_id:
                 self._rejection(pool_id, reason, source_ip, calling_ae, called_ae, detail)
 
@@ -250,7 +247,7 @@ class Telemetry:
     def invalid_input(self, *, service: str, reason: str) -> None:
         """A request refused for an identifier that is not a valid UID (nothing of it kept)."""
         with self._lock:
-            self.counters[f"{INVALID_PREFIX}{service}.{reason}"] += 1
+            self.counters[names.invalid(service, reason)] += 1
 
     def backend_violation(self, backend_id: str) -> None:
         """A backend's response that did not answer the request (another Message ID, SOP
@@ -265,13 +262,13 @@ class Telemetry:
 
     def routed(self, reason: str) -> None:
         with self._lock:
-            self.counters[f"routed.{reason}"] += 1
+            self.counters[names.routed(reason)] += 1
 
     def decided(self, *, pool_id: str, study_uid: str, backend_id: str, reason: str,
                 calling_ae: str, source_ip: str, modality: str) -> None:
         now = dt.datetime.now(dt.UTC)
         with self._lock:
-            self.counters[f"routed.{reason}"] += 1
+            self.counters[names.routed(reason)] += 1
             self.counters["decisions"] += 1
             self.recent.appendleft(
                 {"at": now.isoformat(), "pool": pool_id, "study_uid": study_uid,
@@ -286,12 +283,12 @@ class Telemetry:
     def forwarded(self, backend_id: str, status: int, seconds: float, *, nbytes: int = 0) -> None:
         """The backend answered a C-STORE whose data set (``nbytes``) was relayed to it."""
         with self._lock:
-            cls = status_class(status)
-            self.counters[f"status.{cls}"] += 1
+            outcome = names.stored(status_class(status))
+            self.counters[outcome] += 1
             self.counters["received"] += 1
             self.counters["bytes"] += nbytes
             b = self._backend(backend_id)
-            b[f"status.{cls}"] += 1
+            b[outcome] += 1
             b["forwarded"] += 1
             b["bytes"] += nbytes
             b["forward_seconds"] += seconds
@@ -303,12 +300,12 @@ class Telemetry:
 
     def forward_failed(self, backend_id: str | None, status: int) -> None:
         with self._lock:
-            cls = status_class(status)
-            self.counters[f"status.{cls}"] += 1
+            outcome = names.stored(status_class(status))
+            self.counters[outcome] += 1
             self.counters["received"] += 1
             self.counters["failed"] += 1
             if backend_id:
-                self._backend(backend_id)[f"status.{cls}"] += 1
+                self._backend(backend_id)[outcome] += 1
 
     def sample(self, *, now: float | None = None) -> None:
         """Record the cumulative counters once per wall-clock slot (the first call in a new
@@ -322,14 +319,13 @@ class Telemetry:
                 "t": slot,
                 "at": now,
                 "received": self.counters["received"],
-                "failed": sum(v for k, v in self.counters.items()
-                              if k.startswith("status.") and k.removeprefix("status.") not in OK_STATUS_CLASSES),
+                "failed": names.Counts(self.counters).failed(),
                 "bytes": self.counters["bytes"],
                 "backends": {k: {"forwarded": v["forwarded"], "bytes": v["bytes"]}
                              for k, v in self.per_backend.items()},
             })
 
-    def snapshot(self) -> dict[str, Any]:
+    def snapshot(self) -> Snapshot:
         with self._lock:
             return {
                 "counters": dict(self.counters),
@@ -341,7 +337,7 @@ class Telemetry:
                 "rates": {"interval_seconds": self.sample_seconds, "samples": list(self.samples)},
             }
 
-    def publish(self, *, extra: dict[str, Any], listeners: list[dict[str, Any]], stopped: bool = False) -> None:
+    def publish(self, *, extra: Snapshot, listeners: list[dict[str, Any]], stopped: bool = False) -> None:
         """Write the decisions made since the last call and this process's counters."""
         with self._lock:
             decisions, self._unwritten = self._unwritten, []

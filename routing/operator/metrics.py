@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import platform
 from collections.abc import Iterator
+from typing import Any
 
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -23,6 +24,8 @@ from prometheus_client.core import (
 from affinity import selectors as affinity_selectors
 from affinity.models import Verdict
 from pools import selectors as pool_selectors
+from routing.counters import OK_STATUS_CLASSES, Counts, Snapshot, is_failure, snapshot_of
+from routing.models import ProxyProcess
 from routing.operator import status as selectors
 from routing.waterfall import TIERS
 from synthiq_project.version import VERSION
@@ -43,6 +46,104 @@ KNOWN_INVALID = (("C-STORE", "study-uid"), ("C-STORE", "sop-instance-uid"),
                  ("N-ACTION", "referenced-uid"), ("N-EVENT-REPORT", "referenced-uid"))
 
 
+_Kind = type[CounterMetricFamily] | type[GaugeMetricFamily] | type[HistogramMetricFamily]
+# Each runproxy process's metrics (key: kind, name, help, labels besides "process"), exported in this order.
+PROCESS_METRICS: dict[str, tuple[_Kind, str, str, tuple[str, ...]]] = {
+    "routed": (CounterMetricFamily, "synthiq_instances_routed", "C-STOREs routed, by routing tier", ("tier",)),
+    "decisions": (CounterMetricFamily, "synthiq_routing_decisions",
+                  "Routing decisions (first instance of a study on an association)", ()),
+    "received": (CounterMetricFamily, "synthiq_instances_received", "C-STOREs received", ()),
+    "responses": (CounterMetricFamily, "synthiq_forward_responses",
+                  "C-STORE outcomes by status class (success, warning, 0xA7xx...)", ("status_class",)),
+    "failures": (CounterMetricFamily, "synthiq_forward_failures",
+                 "C-STOREs that ended in a failure status, by status class", ("status_class",)),
+    "operations": (CounterMetricFamily, "synthiq_operations",
+                   "Query, retrieve and storage commitment operations by service and status class",
+                   ("service", "status_class")),
+    "associations": (CounterMetricFamily, "synthiq_associations", "Inbound associations accepted", ()),
+    "rejected": (CounterMetricFamily, "synthiq_associations_rejected",
+                 "Inbound associations rejected (A-ASSOCIATE-RJ), by reason", ("reason",)),
+    "invalid": (CounterMetricFamily, "synthiq_invalid_requests",
+                "Requests refused for an identifier that is not a valid UID, by service and what was invalid "
+                "(nothing of them is kept)", ("service", "reason")),
+    "violations": (CounterMetricFamily, "synthiq_backend_violations",
+                   "Backend responses that did not answer the request in flight (another Message ID, SOP Class or "
+                   "SOP Instance): failed to the requester, the backend association aborted", ()),
+    "open": (GaugeMetricFamily, "synthiq_open_associations", "Inbound associations open now", ()),
+    "held": (GaugeMetricFamily, "synthiq_held_associations",
+             "Associations held now while their study's backend is unreachable", ()),
+    "holds": (CounterMetricFamily, "synthiq_holds",
+              "Times an association was held while its study's backend was unreachable", ()),
+    "cache": (GaugeMetricFamily, "synthiq_affinity_cache_entries", "Entries in the hot affinity cache", ()),
+    "db_ok": (GaugeMetricFamily, "synthiq_database_ok", "1 when the process can reach the affinity database", ()),
+    "pending": (GaugeMetricFamily, "synthiq_pending_bindings",
+                "Bindings held in memory until the database is back", ()),
+    "listening": (GaugeMetricFamily, "synthiq_listener_accepting",
+                  "1 when the pool's DICOM listener accepts associations", ("pool",)),
+    "latency": (HistogramMetricFamily, "synthiq_forward_latency_seconds",
+                "Time from receiving a C-STORE to the backend's response", ("backend",)),
+    "audit": (CounterMetricFamily, "synthiq_audit_messages",
+              "Audit messages (ATNA) by outcome: sent to the audit record repository, spooled while it was away, "
+              "dropped (queue or spool full); zero when audit is off", ("outcome",)),
+    "audit_spool": (GaugeMetricFamily, "synthiq_audit_spool_bytes",
+                    "Audit messages waiting in the spool file for the repository", ()),
+}
+
+
+def _add_counts(families: dict[str, Any], process: str, counts: Counts) -> None:
+    """The counters of one process. The label sets a dashboard or an alert reads are exported
+    at zero from the start, so rate() sees the first failure (Prometheus: "avoid missing metrics")."""
+    for tier, value in counts.routed(TIERS).items():
+        families["routed"].add_metric([process, tier], value)
+    for key, name in (("decisions", "decisions"), ("received", "received"), ("associations", "associations"),
+                      ("violations", "backend_violations"), ("holds", "held")):
+        families[key].add_metric([process], counts[name])
+    for reason, value in sorted((dict.fromkeys(KNOWN_REJECT_REASONS, 0) | counts.rejected()).items()):
+        families["rejected"].add_metric([process, reason], value)
+    for (service, what), value in sorted((dict.fromkeys(KNOWN_INVALID, 0) | counts.invalid()).items()):
+        families["invalid"].add_metric([process, service, what], value)
+    known = dict.fromkeys((*OK_STATUS_CLASSES, *KNOWN_FAILURE_CLASSES), 0)
+    for cls, value in sorted((known | counts.statuses()).items()):
+        families["responses"].add_metric([process, cls], value)
+        if is_failure(cls):
+            families["failures"].add_metric([process, cls], value)
+    by_service = counts.operations()
+    for service in sorted(set(KNOWN_SERVICES) | set(by_service)):
+        for cls, value in ({"success": 0} | by_service.get(service, {})).items():
+            families["operations"].add_metric([process, service, cls], value)
+
+
+def _add_state(families: dict[str, Any], p: ProxyProcess, snap: Snapshot) -> None:
+    """What one process holds now: open and held associations, cache, database, listeners, audit."""
+    for key, value in (("open", snap.get("open_associations")), ("held", snap.get("held_associations")),
+                       ("cache", snap.get("cache_size")), ("pending", snap.get("pending_bindings"))):
+        families[key].add_metric([p.id], value or 0)
+    families["db_ok"].add_metric([p.id], 0 if snap.get("db_ok") is False else 1)
+    for listener in p.listeners or []:
+        families["listening"].add_metric([p.id, str(listener.get("pool", ""))], 1 if listener.get("accepting") else 0)
+    audit_stats = snap.get("audit") or {}
+    for outcome in ("sent", "spooled", "dropped"):
+        families["audit"].add_metric([p.id, outcome], audit_stats.get(outcome, 0))
+    families["audit_spool"].add_metric([p.id], audit_stats.get("spool_bytes", 0))
+
+
+def _add_latency(latency: HistogramMetricFamily, process: str, snap: Snapshot, backend_ids: list[str]) -> None:
+    """One process's forward-latency histograms: every configured backend has its own, at
+    zero until its first C-STORE."""
+    bounds = snap.get("latency_buckets") or []
+    per_backend = snap.get("backends") or {}
+    zero = [0] * (len(bounds) + 1)
+    for backend_id, counts in sorted((dict.fromkeys(backend_ids, zero) | (snap.get("latency") or {})).items()):
+        if len(counts) != len(bounds) + 1:
+            continue
+        cumulative, buckets = 0, []
+        for bound, count in zip([*map(str, map(float, bounds)), "+Inf"], counts, strict=True):
+            cumulative += count
+            buckets.append((bound, cumulative))
+        total = float((per_backend.get(backend_id) or {}).get("forward_seconds", 0.0))
+        latency.add_metric([process, backend_id], buckets, total)
+
+
 class SynthIQCollector:
     """A prometheus_client collector (anything with ``collect()``)."""
 
@@ -58,134 +159,15 @@ class SynthIQCollector:
         yield from self._backends(now, totals)
         yield self._verdicts()
 
-    def _per_process(self, processes, backend_ids: list[str]) -> Iterator[Metric]:
-        routed = CounterMetricFamily(
-            "synthiq_instances_routed", "C-STOREs routed, by routing tier", labels=["process", "tier"]
-        )
-        decisions = CounterMetricFamily(
-            "synthiq_routing_decisions", "Routing decisions (first instance of a study on an association)",
-            labels=["process"],
-        )
-        received = CounterMetricFamily("synthiq_instances_received", "C-STOREs received", labels=["process"])
-        responses = CounterMetricFamily(
-            "synthiq_forward_responses", "C-STORE outcomes by status class (success, warning, 0xA7xx...)",
-            labels=["process", "status_class"],
-        )
-        failures = CounterMetricFamily(
-            "synthiq_forward_failures", "C-STOREs that ended in a failure status, by status class",
-            labels=["process", "status_class"],
-        )
-        associations = CounterMetricFamily("synthiq_associations", "Inbound associations accepted", labels=["process"])
-        rejected = CounterMetricFamily(
-            "synthiq_associations_rejected", "Inbound associations rejected (A-ASSOCIATE-RJ), by reason",
-            labels=["process", "reason"],
-        )
-        invalid = CounterMetricFamily(
-            "synthiq_invalid_requests", "Requests refused for an identifier that is not a valid UID, by service and "
-            "what was invalid (nothing of them is kept)", labels=["process", "service", "reason"],
-        )
-        violations = CounterMetricFamily(
-            "synthiq_backend_violations", "Backend responses that did not answer the request in flight (another "
-            "Message ID, SOP Class or SOP Instance): failed to the requester, the backend association aborted",
-            labels=["process"],
-        )
-        open_assocs = GaugeMetricFamily(
-            "synthiq_open_associations", "Inbound associations open now", labels=["process"]
-        )
-        cache = GaugeMetricFamily(
-            "synthiq_affinity_cache_entries", "Entries in the hot affinity cache", labels=["process"]
-        )
-        db_ok = GaugeMetricFamily(
-            "synthiq_database_ok", "1 when the process can reach the affinity database", labels=["process"]
-        )
-        pending = GaugeMetricFamily(
-            "synthiq_pending_bindings", "Bindings held in memory until the database is back", labels=["process"]
-        )
-        listening = GaugeMetricFamily(
-            "synthiq_listener_accepting", "1 when the pool's DICOM listener accepts associations",
-            labels=["process", "pool"],
-        )
-        held = GaugeMetricFamily(
-            "synthiq_held_associations", "Associations held now while their study's backend is unreachable",
-            labels=["process"],
-        )
-        held_total = CounterMetricFamily(
-            "synthiq_holds", "Times an association was held while its study's backend was unreachable",
-            labels=["process"],
-        )
-        operations = CounterMetricFamily(
-            "synthiq_operations", "Query, retrieve and storage commitment operations by service and status class",
-            labels=["process", "service", "status_class"],
-        )
-        audit = CounterMetricFamily(
-            "synthiq_audit_messages", "Audit messages (ATNA) by outcome: sent to the audit record repository, "
-            "spooled while it was away, dropped (queue or spool full); zero when audit is off",
-            labels=["process", "outcome"],
-        )
-        audit_spool = GaugeMetricFamily(
-            "synthiq_audit_spool_bytes", "Audit messages waiting in the spool file for the repository",
-            labels=["process"],
-        )
-        latency = HistogramMetricFamily(
-            "synthiq_forward_latency_seconds", "Time from receiving a C-STORE to the backend's response",
-            labels=["process", "backend"],
-        )
+    def _per_process(self, processes: list[ProxyProcess], backend_ids: list[str]) -> Iterator[Metric]:
+        families = {key: kind(name, documentation, labels=["process", *labels])
+                    for key, (kind, name, documentation, labels) in PROCESS_METRICS.items()}
         for p in processes:
-            snap = p.counters or {}
-            counters = snap.get("counters") or {}
-            for tier in TIERS:
-                routed.add_metric([p.id, tier], counters.get(f"routed.{tier}", 0))
-            decisions.add_metric([p.id], counters.get("decisions", 0))
-            received.add_metric([p.id], counters.get("received", 0))
-            associations.add_metric([p.id], counters.get("associations", 0))
-            by_reason = dict.fromkeys(KNOWN_REJECT_REASONS, 0) | selectors.rejected_by_reason(counters)
-            for reason, value in sorted(by_reason.items()):
-                rejected.add_metric([p.id, reason], value)
-            for (service, reason), value in sorted((dict.fromkeys(KNOWN_INVALID, 0)
-                                                    | selectors.invalid_by_reason(counters)).items()):
-                invalid.add_metric([p.id, service, reason], value)
-            violations.add_metric([p.id], counters.get("backend_violations", 0))
-            # The label sets a dashboard or an alert reads are exported at zero from the start,
-            # so rate() sees the first failure (Prometheus: "avoid missing metrics").
-            classes = {f"status.{cls}": 0 for cls in (*selectors.OK_STATUS_CLASSES, *KNOWN_FAILURE_CLASSES)}
-            classes |= {key: value for key, value in counters.items() if key.startswith("status.")}
-            for key, value in sorted(classes.items()):
-                cls = key.removeprefix("status.")
-                responses.add_metric([p.id, cls], value)
-                if cls not in selectors.OK_STATUS_CLASSES:
-                    failures.add_metric([p.id, cls], value)
-            by_service = selectors.operations_by_service(counters)
-            for service in sorted(set(KNOWN_SERVICES) | set(by_service)):
-                for cls, value in ({"success": 0} | by_service.get(service, {})).items():
-                    operations.add_metric([p.id, service, cls], value)
-            open_assocs.add_metric([p.id], snap.get("open_associations") or 0)
-            held.add_metric([p.id], snap.get("held_associations") or 0)
-            held_total.add_metric([p.id], counters.get("held", 0))
-            audit_stats = snap.get("audit") or {}
-            for outcome in ("sent", "spooled", "dropped"):
-                audit.add_metric([p.id, outcome], audit_stats.get(outcome, 0))
-            audit_spool.add_metric([p.id], audit_stats.get("spool_bytes", 0))
-            cache.add_metric([p.id], snap.get("cache_size") or 0)
-            db_ok.add_metric([p.id], 0 if snap.get("db_ok") is False else 1)
-            pending.add_metric([p.id], snap.get("pending_bindings") or 0)
-            for listener in p.listeners or []:
-                listening.add_metric([p.id, str(listener.get("pool", ""))], 1 if listener.get("accepting") else 0)
-            bounds = snap.get("latency_buckets") or []
-            per_backend = snap.get("backends") or {}
-            # Every configured backend has its histogram, at zero until its first C-STORE.
-            zero = [0] * (len(bounds) + 1)
-            for backend_id, counts in sorted((dict.fromkeys(backend_ids, zero) | (snap.get("latency") or {})).items()):
-                if len(counts) != len(bounds) + 1:
-                    continue
-                cumulative, buckets = 0, []
-                for bound, count in zip([*map(str, map(float, bounds)), "+Inf"], counts, strict=True):
-                    cumulative += count
-                    buckets.append((bound, cumulative))
-                total = float((per_backend.get(backend_id) or {}).get("forward_seconds", 0.0))
-                latency.add_metric([p.id, backend_id], buckets, total)
-        yield from (routed, decisions, received, responses, failures, operations, associations, rejected, invalid,
-                    violations, open_assocs,
-                    held, held_total, cache, db_ok, pending, listening, latency, audit, audit_spool)
+            snap = snapshot_of(p.counters)
+            _add_counts(families, p.id, Counts(snap.get("counters")))
+            _add_state(families, p, snap)
+            _add_latency(families["latency"], p.id, snap, backend_ids)
+        yield from families.values()
         build = InfoMetricFamily("synthiq_build", "SynthIQ's version")
         build.add_metric([], {"version": VERSION, "python": platform.python_version()})
         yield build

@@ -21,10 +21,11 @@ from health.models import BackendHealth
 from pools import selectors as pool_selectors
 from pools.config import DEFAULTS
 from pools.models import Backend
+from routing.counters import Counts, failed, routed, snapshot_of
 from routing.dicom import status as dimse
 from routing.models import FailedOperation, ProxyProcess, RejectedAssociation, RoutingDecision
-from routing.telemetry import CONTEXTS_REFUSED, INVALID_PREFIX, OK_STATUS_CLASSES, RATE_SAMPLES, REJECTED_PREFIX
-from routing.waterfall import TIERS
+from routing.telemetry import CONTEXTS_REFUSED, RATE_SAMPLES
+from routing.waterfall import ASSOCIATION_CACHED, TIERS
 from synthiq_project.version import VERSION
 
 # A process that has not published for five publish intervals is gone (crashed or
@@ -126,7 +127,7 @@ def proxy_totals(*, processes: list[ProxyProcess]) -> ProxyTotals:
     older version publish fewer of them."""
     totals = ProxyTotals()
     for p in processes:
-        snap = p.counters or {}
+        snap = snapshot_of(p.counters)
         totals.counters.update({k: v for k, v in (snap.get("counters") or {}).items() if _number(v) is not None})
         for backend_id, counters in (snap.get("backends") or {}).items():
             totals.backends.setdefault(backend_id, Counter()).update(counters)
@@ -159,49 +160,16 @@ def proxy_totals(*, processes: list[ProxyProcess]) -> ProxyTotals:
     return totals
 
 
-def _failed(counters: Counter[str] | dict[str, Any]) -> int:
-    return sum(
-        int(v) for k, v in counters.items()
-        if k.startswith("status.") and k.removeprefix("status.") not in OK_STATUS_CLASSES
-    )
-
-
 def backend_counters(*, counters: Counter[str] | None) -> dict[str, Any]:
-    counters = counters or Counter()
-    forwarded = int(counters.get("forwarded", 0))
-    seconds = float(counters.get("forward_seconds", 0.0))
+    counts = Counts(counters)
+    forwarded = counts["forwarded"]
+    seconds = float((counters or {}).get("forward_seconds", 0.0))
     return {
         "forwarded": forwarded,
-        "failed": _failed(counters),
-        "statuses": {k.removeprefix("status."): int(v) for k, v in sorted(counters.items()) if k.startswith("status.")},
+        "failed": counts.failed(),
+        "statuses": counts.statuses(),
         "mean_forward_ms": round(seconds / forwarded * 1000, 2) if forwarded else None,
     }
-
-
-def operations_by_service(counters: dict[str, Any]) -> dict[str, dict[str, int]]:
-    """Non-storage operations (C-FIND, C-MOVE, C-GET, N-ACTION) by service and final status class."""
-    out: dict[str, dict[str, int]] = {}
-    for key, value in sorted(counters.items()):
-        if key.startswith("service."):
-            service, _, cls = key.removeprefix("service.").rpartition(".")
-            out.setdefault(service, {})[cls] = int(value)
-    return out
-
-
-def invalid_by_reason(counters: dict[str, Any]) -> dict[tuple[str, str], int]:
-    """Requests refused for an invalid identifier, by (service, what was invalid)."""
-    out: dict[tuple[str, str], int] = {}
-    for key, value in sorted(counters.items()):
-        if key.startswith(INVALID_PREFIX):
-            service, _, reason = key.removeprefix(INVALID_PREFIX).partition(".")
-            out[(service, reason)] = int(value)
-    return out
-
-
-def rejected_by_reason(counters: dict[str, Any]) -> dict[str, int]:
-    """Associations rejected (A-ASSOCIATE-RJ) by reason: called-ae, calling-ae, association-limit, ..."""
-    return {k.removeprefix(REJECTED_PREFIX): int(v) for k, v in sorted(counters.items())
-            if k.startswith(REJECTED_PREFIX)}
 
 
 def backend_health_view(
@@ -242,7 +210,7 @@ def pool_services(*, pool_id: str, totals: ProxyTotals, counters: dict[str, Any]
     """A pool's non-storage services: offered (passed to its backends) or not, and why not;
     with the operations counted so far."""
     published = totals.services.get(pool_id)
-    operations = operations_by_service(counters)
+    operations = Counts(counters).operations()
     out = []
     for name, label in SERVICE_LABELS.items():
         seen = (published or {}).get(name) or {}
@@ -261,7 +229,7 @@ def pool_services(*, pool_id: str, totals: ProxyTotals, counters: dict[str, Any]
         out.append({
             "service": name, "label": label, "offered": offered, "known": published is not None, "why": why,
             "operations": sum(classes.values()),
-            "failed": sum(n for cls, n in classes.items() if cls not in OK_STATUS_CLASSES),
+            "failed": failed(classes),
         })
     return out
 
@@ -364,12 +332,12 @@ def rate_series(*, processes: list[ProxyProcess], now: dt.datetime) -> dict[str,
     processes. Each process samples its cumulative counters on the same wall-clock slots
     (routing/telemetry.py); a rate is the difference between two consecutive samples of one
     process over the time between them, credited to the later slot."""
-    interval = max((_number(((p.counters or {}).get("rates") or {}).get("interval_seconds")) or 0.0
+    interval = max((_number((snapshot_of(p.counters).get("rates") or {}).get("interval_seconds")) or 0.0
                     for p in processes), default=0.0) or settings.SYNTHIQ_RATE_SAMPLE_SECONDS
     since = now.timestamp() - interval * RATE_SAMPLES
     points: dict[float, dict[str, Any]] = {}
     for p in processes:
-        samples = ((p.counters or {}).get("rates") or {}).get("samples") or []
+        samples = (snapshot_of(p.counters).get("rates") or {}).get("samples") or []
         for before, after in zip(samples, samples[1:], strict=False):
             seconds = after["at"] - before["at"]
             if seconds <= 0 or after["t"] < since:
@@ -428,28 +396,43 @@ def calling_aes_summary() -> list[dict[str, Any]]:
     return sorted(out.values(), key=lambda r: (-r["last_seen_utc"].timestamp(), r["calling_ae"]))[:CALLING_AES_SHOWN]
 
 
+def _listeners(processes: list[ProxyProcess]) -> list[dict[str, Any]]:
+    """Every DICOM listener the live processes published, and whether it accepts."""
+    return [
+        {"process": p.id, "pool": str(listener.get("pool", "")), "ae_title": str(listener.get("ae_title", "")),
+         "port": listener.get("port"), "accepting": bool(listener.get("accepting"))}
+        for p in processes for listener in p.listeners or []
+    ]
+
+
+def _process_view(process: ProxyProcess) -> dict[str, Any]:
+    snap = snapshot_of(process.counters)
+    return {"id": process.id, "started_utc": process.started_utc, "updated_utc": process.updated_utc,
+            "db_ok": snap.get("db_ok") is not False, "cache_size": int(snap.get("cache_size") or 0),
+            "open_associations": int(snap.get("open_associations") or 0)}
+
+
+def _counters_view(totals: ProxyTotals) -> dict[str, Any]:
+    """The live processes' counters added up, as /api/status shows them."""
+    counts = Counts(totals.counters)
+    statuses = counts.statuses()
+    return {
+        "received": counts["received"], "succeeded": statuses.get("success", 0), "warnings": statuses.get("warning", 0),
+        "failed": counts.failed(), "associations": counts["associations"],
+        "open_associations": totals.open_associations, "decisions": counts["decisions"],
+        "cache_hits": counts[routed(ASSOCIATION_CACHED)], "routed": counts.routed(TIERS), "statuses": statuses,
+        "operations": counts.operations(), "held": counts["held"], "rejected": counts.rejected(),
+    }
+
+
 def status_snapshot(*, now: dt.datetime) -> dict[str, Any]:
     """Everything /api/status reports, aggregated over the live runproxy processes."""
     processes = proxy_processes_live(now=now)
     totals = proxy_totals(processes=processes)
-    c = totals.counters
     pools = pool_selectors.pools_with_backends()
     enabled_pool_ids = [p.id for p in pools if p.enabled]
-
-    listeners = []
-    for p in processes:
-        for listener in p.listeners or []:
-            listeners.append(
-                {
-                    "process": p.id,
-                    "pool": str(listener.get("pool", "")),
-                    "ae_title": str(listener.get("ae_title", "")),
-                    "port": listener.get("port"),
-                    "accepting": bool(listener.get("accepting")),
-                }
-            )
+    listeners = _listeners(processes)
     served = {entry["pool"] for entry in listeners if entry["accepting"]}
-
     rows = health_selectors.backend_health_all()
     backends = [
         {"id": b.id, "pool": pool.id, "health_mode": b.health_mode, "enabled": b.enabled, "draining": b.draining}
@@ -461,42 +444,13 @@ def status_snapshot(*, now: dt.datetime) -> dict[str, Any]:
         "generated_utc": now,
         "version": VERSION,
         "tiers": [{"id": tier, "label": TIER_LABELS[tier]} for tier in TIERS],
-        "processes": [
-            {
-                "id": p.id,
-                "started_utc": p.started_utc,
-                "updated_utc": p.updated_utc,
-                "db_ok": (p.counters or {}).get("db_ok") is not False,
-                "cache_size": int((p.counters or {}).get("cache_size") or 0),
-                "open_associations": int((p.counters or {}).get("open_associations") or 0),
-            }
-            for p in processes
-        ],
+        "processes": [_process_view(p) for p in processes],
         "listeners": listeners,
         "pools_without_listener": [pool_id for pool_id in enabled_pool_ids if pool_id not in served],
-        "counters": {
-            "received": int(c.get("received", 0)),
-            "succeeded": int(c.get("status.success", 0)),
-            "warnings": int(c.get("status.warning", 0)),
-            "failed": _failed(c),
-            "associations": int(c.get("associations", 0)),
-            "open_associations": totals.open_associations,
-            "decisions": int(c.get("decisions", 0)),
-            "cache_hits": int(c.get("routed.association-cached", 0)),
-            "routed": {tier: int(c.get(f"routed.{tier}", 0)) for tier in TIERS},
-            "statuses": {
-                k.removeprefix("status."): int(v) for k, v in sorted(c.items()) if k.startswith("status.")
-            },
-            "operations": operations_by_service(c),
-            "held": int(c.get("held", 0)),
-            "rejected": rejected_by_reason(c),
-        },
+        "counters": _counters_view(totals),
         "cache_size": totals.cache_size,
-        "database": {
-            "ok": not totals.db_errors,
-            "errors": totals.db_errors,
-            "pending_bindings": totals.pending_bindings,
-        },
+        "database": {"ok": not totals.db_errors, "errors": totals.db_errors,
+                     "pending_bindings": totals.pending_bindings},
         "heartbeat": heartbeat_state(now=now, totals=totals, pool_ids=enabled_pool_ids),
         "backends": backends,
         "rates": rate_series(processes=processes, now=now),
