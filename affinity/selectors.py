@@ -5,6 +5,7 @@ import datetime as dt
 from django.db.models import Count, F, Q, QuerySet
 
 from affinity.models import Adoption, AdoptionWindow, Binding, InstanceLocation
+from synthiq_project.queries import filtered
 
 
 def binding_backend(*, pool_id: str, study_uid: str) -> str | None:
@@ -35,15 +36,8 @@ def bindings_search(
     committed: bool | None = None,
 ) -> QuerySet[Binding]:
     """Bindings for the admin API, most recently seen first (stable order for paging)."""
-    qs = Binding.objects.all()
-    if study_uid_prefix:
-        qs = qs.filter(study_uid__startswith=study_uid_prefix)
-    if pool_id:
-        qs = qs.filter(pool_id=pool_id)
-    if backend_id:
-        qs = qs.filter(backend_id=backend_id)
-    if committed is not None:
-        qs = qs.filter(committed_utc__isnull=not committed)
+    qs = filtered(Binding.objects.all(), study_uid__startswith=study_uid_prefix, pool_id=pool_id,
+                  backend_id=backend_id, committed_utc__isnull=None if committed is None else not committed)
     return qs.order_by("-last_seen_utc", "-id")
 
 

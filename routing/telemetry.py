@@ -12,11 +12,12 @@ import threading
 import time
 from bisect import bisect_left
 from collections import Counter, deque
+from collections.abc import Callable
 from typing import Any
 
 from django.conf import settings
 from django.db import DatabaseError, DataError, IntegrityError, close_old_connections, transaction
-from django.db.models import F
+from django.db.models import F, Model
 from django.db.models.functions import Greatest
 
 from routing import counters as names
@@ -80,38 +81,30 @@ def services_view(*, switches: dict[str, bool], passed: set[str],
     return out
 
 
-def _decisions_write(decisions: list[RoutingDecision]) -> None:
-    """Write routing decisions in one statement; if a row's data is refused (DataError,
-    IntegrityError), one by one, dropping and logging the refused rows: one bad row must
+def _rows_write(model: type[Model], rows: list[Model], what: Callable[[Any], str]) -> None:
+    """Write rows in one statement; if a row's data is refused (DataError, IntegrityError),
+    one by one, dropping and logging the refused rows (``what`` names one): one bad row must
     not stop every later publish. A connection failure (other DatabaseError) propagates."""
     try:
         with transaction.atomic():
-            RoutingDecision.objects.bulk_create(decisions)
+            model.objects.bulk_create(rows)
         return
     except (DataError, IntegrityError):
         pass
-    for decision in decisions:
+    for row in rows:
         try:
             with transaction.atomic():
-                decision.save(force_insert=True)
+                row.save(force_insert=True)
         except (DataError, IntegrityError) as exc:
-            logger.error("routing decision pool=%s study=%r backend=%s dropped: %s", decision.pool_id,
-                         decision.study_uid[:80], decision.backend_id, str(exc).splitlines()[0] if str(exc) else exc)
+            logger.error("%s not recorded: %s", what(row), str(exc).splitlines()[0] if str(exc) else exc)
 
 
-def _failures_write(failures: list[FailedOperation]) -> None:
-    """As _decisions_write, for failed operations."""
-    try:
-        with transaction.atomic():
-            FailedOperation.objects.bulk_create(failures)
-    except (DataError, IntegrityError):
-        for failure in failures:
-            try:
-                with transaction.atomic():
-                    failure.save(force_insert=True)
-            except (DataError, IntegrityError) as exc:
-                logger.error("failed operation pool=%s backend=%s status=0x%04X not recorded: %s", failure.pool_id,
-                             failure.backend_id, failure.status, str(exc).splitlines()[0] if str(exc) else exc)
+def _decision_named(d: RoutingDecision) -> str:
+    return f"routing decision pool={d.pool_id} study={d.study_uid[:80]!r} backend={d.backend_id}"
+
+
+def _failure_named(f: FailedOperation) -> str:
+    return f"failed operation pool={f.pool_id} backend={f.backend_id} status=0x{f.status:04X}"
 
 
 def _failures_trim() -> None:
@@ -348,10 +341,10 @@ class Telemetry:
         snapshot = self.snapshot() | extra
         try:
             close_old_connections()
-            _decisions_write(decisions)
+            _rows_write(RoutingDecision, decisions, _decision_named)
             decisions = []  # written: a failure below must not queue them again
             if failures:
-                _failures_write(failures)
+                _rows_write(FailedOperation, failures, _failure_named)
                 failures = []
                 _failures_trim()
             if rejections:

@@ -174,19 +174,8 @@ class HeaderScanner:
             if group == 0xFFFE:  # item / delimiters: no VR, 4-byte length, either encoding
                 (length,) = length_of.unpack_from(buf, pos + 4)
                 pos += 8
-                if tag == ITEM:
-                    if self._depth == 0:
-                        raise HeaderError("item tag (FFFE,E000) outside a sequence")
-                    if length == UNDEFINED:
-                        self._depth += 1
-                        continue
-                elif tag in (ITEM_END, SEQUENCE_END):
-                    if self._depth == 0:
-                        raise HeaderError(f"delimiter ({group:04X},{element:04X}) outside a sequence")
-                    self._depth -= 1
+                if self._item(tag, length):
                     continue
-                else:
-                    raise HeaderError(f"unknown item tag ({group:04X},{element:04X})")
             else:
                 if self._depth == 0 and tag > self.stop:
                     return pos, True
@@ -223,6 +212,22 @@ class HeaderScanner:
                 self._skip = length - (end - pos)
                 return end, False
             pos += length
+
+    def _item(self, tag: int, length: int) -> bool:
+        """An item or a delimiter: True when it has no value to step over."""
+        if tag == ITEM:
+            if self._depth == 0:
+                raise HeaderError("item tag (FFFE,E000) outside a sequence")
+            if length == UNDEFINED:
+                self._depth += 1
+                return True
+            return False
+        if tag in (ITEM_END, SEQUENCE_END):
+            if self._depth == 0:
+                raise HeaderError(f"delimiter ({tag >> 16:04X},{tag & 0xFFFF:04X}) outside a sequence")
+            self._depth -= 1
+            return True
+        raise HeaderError(f"unknown item tag ({tag >> 16:04X},{tag & 0xFFFF:04X})")
 
     def _finish(self) -> Header:
         if self.require is not None and not self.found.get(self.require):

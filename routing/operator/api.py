@@ -23,6 +23,11 @@ from routing.waterfall import DECISION_TIERS
 
 ACTIVITY_DEFAULT_LIMIT = 50
 ACTIVITY_MAX_LIMIT = 500
+# The query parameters the recent-activity lists share.
+LIMIT = OpenApiParameter("limit", OpenApiTypes.INT,
+                         description=f"1-{ACTIVITY_MAX_LIMIT}, default {ACTIVITY_DEFAULT_LIMIT}")
+POOL = OpenApiParameter("pool", OpenApiTypes.STR)
+BACKEND = OpenApiParameter("backend", OpenApiTypes.STR)
 
 
 def _int_param(request: Request, name: str, *, default: int, minimum: int, maximum: int) -> int:
@@ -36,6 +41,10 @@ def _int_param(request: Request, name: str, *, default: int, minimum: int, maxim
     if not minimum <= value <= maximum:
         raise ValidationError({name: f"expected an integer {minimum}-{maximum}"})
     return value
+
+
+def _limit(request: Request) -> int:
+    return _int_param(request, "limit", default=ACTIVITY_DEFAULT_LIMIT, minimum=1, maximum=ACTIVITY_MAX_LIMIT)
 
 
 class StatusView(APIView):
@@ -65,17 +74,13 @@ class ActivityView(APIView):
         operation_id="activity",
         summary="Recent first-instance routing decisions, newest first",
         parameters=[
-            OpenApiParameter(
-                "limit", OpenApiTypes.INT, description=f"1-{ACTIVITY_MAX_LIMIT}, default {ACTIVITY_DEFAULT_LIMIT}"
-            ),
-            OpenApiParameter("pool", OpenApiTypes.STR),
-            OpenApiParameter("backend", OpenApiTypes.STR),
+            LIMIT, POOL, BACKEND,
             OpenApiParameter("tier", OpenApiTypes.STR, enum=list(DECISION_TIERS)),
         ],
         responses=inline_serializer("Activity", {"results": DecisionSerializer(many=True)}),
     )
     def get(self, request: Request) -> Response:
-        limit = _int_param(request, "limit", default=ACTIVITY_DEFAULT_LIMIT, minimum=1, maximum=ACTIVITY_MAX_LIMIT)
+        limit = _limit(request)
         tier = request.query_params.get("tier", "")
         if tier and tier not in DECISION_TIERS:
             raise ValidationError({"tier": f"one of {', '.join(DECISION_TIERS)}"})
@@ -93,16 +98,12 @@ class FailuresView(APIView):
         summary="Recent failed operations (who sent it, the study, the backend, the status and its meaning), "
         "newest first",
         parameters=[
-            OpenApiParameter(
-                "limit", OpenApiTypes.INT, description=f"1-{ACTIVITY_MAX_LIMIT}, default {ACTIVITY_DEFAULT_LIMIT}"
-            ),
-            OpenApiParameter("pool", OpenApiTypes.STR),
-            OpenApiParameter("backend", OpenApiTypes.STR),
+            LIMIT, POOL, BACKEND,
         ],
         responses=inline_serializer("Failures", {"results": FailureSerializer(many=True)}),
     )
     def get(self, request: Request) -> Response:
-        limit = _int_param(request, "limit", default=ACTIVITY_DEFAULT_LIMIT, minimum=1, maximum=ACTIVITY_MAX_LIMIT)
+        limit = _limit(request)
         failures = selectors.failed_operations_recent(
             pool_id=request.query_params.get("pool", ""), backend_id=request.query_params.get("backend", ""),
         )[:limit]
@@ -115,14 +116,11 @@ class RejectionsView(APIView):
         summary="Rejected associations and refused services: who, from where, why, how often; most recently "
         "seen first",
         parameters=[
-            OpenApiParameter(
-                "limit", OpenApiTypes.INT, description=f"1-{ACTIVITY_MAX_LIMIT}, default {ACTIVITY_DEFAULT_LIMIT}"
-            ),
-            OpenApiParameter("pool", OpenApiTypes.STR),
+            LIMIT, POOL,
         ],
         responses=inline_serializer("Rejections", {"results": RejectionSerializer(many=True)}),
     )
     def get(self, request: Request) -> Response:
-        limit = _int_param(request, "limit", default=ACTIVITY_DEFAULT_LIMIT, minimum=1, maximum=ACTIVITY_MAX_LIMIT)
+        limit = _limit(request)
         rows = selectors.rejected_associations_recent(pool_id=request.query_params.get("pool", ""))[:limit]
         return Response({"results": RejectionSerializer([selectors.rejection_view(r) for r in rows], many=True).data})

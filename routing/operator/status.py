@@ -26,6 +26,7 @@ from routing.dicom import status as dimse
 from routing.models import FailedOperation, ProxyProcess, RejectedAssociation, RoutingDecision
 from routing.telemetry import CONTEXTS_REFUSED, RATE_SAMPLES
 from routing.waterfall import ASSOCIATION_CACHED, TIERS
+from synthiq_project.queries import filtered
 from synthiq_project.version import VERSION
 
 # A process that has not published for five publish intervals is gone (crashed or
@@ -462,24 +463,13 @@ def routing_decisions_recent(
     *, pool_id: str = "", backend_id: str = "", reason: str = ""
 ) -> QuerySet[RoutingDecision]:
     """First-instance routing decisions, newest first."""
-    qs = RoutingDecision.objects.all()
-    if pool_id:
-        qs = qs.filter(pool_id=pool_id)
-    if backend_id:
-        qs = qs.filter(backend_id=backend_id)
-    if reason:
-        qs = qs.filter(reason=reason)
+    qs = filtered(RoutingDecision.objects.all(), pool_id=pool_id, backend_id=backend_id, reason=reason)
     return qs.order_by("-at_utc", "-id")
 
 
 def failed_operations_recent(*, pool_id: str = "", backend_id: str = "") -> QuerySet[FailedOperation]:
     """Operations answered with a failure status, newest first (routing.telemetry keeps the last few hundred)."""
-    qs = FailedOperation.objects.all()
-    if pool_id:
-        qs = qs.filter(pool_id=pool_id)
-    if backend_id:
-        qs = qs.filter(backend_id=backend_id)
-    return qs.order_by("-at_utc", "-id")
+    return filtered(FailedOperation.objects.all(), pool_id=pool_id, backend_id=backend_id).order_by("-at_utc", "-id")
 
 
 def failure_view(failure: FailedOperation) -> dict[str, Any]:
@@ -497,10 +487,7 @@ def failure_view(failure: FailedOperation) -> dict[str, Any]:
 
 def rejected_associations_recent(*, pool_id: str = "") -> QuerySet[RejectedAssociation]:
     """Who was turned away, from where and why, most recently seen first."""
-    qs = RejectedAssociation.objects.all()
-    if pool_id:
-        qs = qs.filter(pool_id=pool_id)
-    return qs.order_by("-last_seen_utc", "-id")
+    return filtered(RejectedAssociation.objects.all(), pool_id=pool_id).order_by("-last_seen_utc", "-id")
 
 
 def rejection_view(row: RejectedAssociation) -> dict[str, Any]:
