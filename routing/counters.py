@@ -110,7 +110,7 @@ class Counts:
 
 class Snapshot(TypedDict, total=False):
     """What one runproxy process publishes (``ProxyProcess.counters``): its telemetry
-    (``Telemetry.snapshot``) and the supervisor's state (``ProxyRunner.publish``)."""
+    (``Telemetry.snapshot``) and the supervisor's state (``routing.worker.Worker``)."""
 
     # routing.telemetry.Telemetry
     counters: dict[str, int]
@@ -120,7 +120,7 @@ class Snapshot(TypedDict, total=False):
     latency: dict[str, list[int]]  # backend id -> counts per bucket (one more for +Inf)
     recent: list[dict[str, Any]]
     rates: dict[str, Any]
-    # routing.runner.ProxyRunner
+    # routing.worker.Worker
     cache_size: int
     db_ok: bool
     db_error: str | None

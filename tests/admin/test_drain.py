@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import time
 
-from routing.runner import REFRESH_SECONDS
 from routing.simulators.synthetic import write_study
+from routing.worker import REFRESH_SECONDS
 from tests.admin.support import Api, api_user, healthy
 from tests.harness import placement, send_files
 

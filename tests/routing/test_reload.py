@@ -161,7 +161,7 @@ def test_a_reload_that_changes_dicom_web_settings_is_named_for_a_restart():
     import copy
 
     from pools.config import config_parse
-    from routing.runner import dicom_web_changed
+    from routing.listeners import dicom_web_changed
     from tests.pools.test_config import GOOD, _with_dicom_web
 
     old = copy.deepcopy(GOOD)

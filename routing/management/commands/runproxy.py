@@ -1,4 +1,4 @@
-"""runproxy: every pool's DICOM listener, plus optionally the admin web app (see routing.runner)."""
+"""runproxy: every pool's DICOM listener, plus optionally the admin web app (see routing.supervisor)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
 from pools.config import ConfigError, config_load
-from routing.runner import ProxyRunner, StartupError
+from routing.listeners import StartupError
+from routing.supervisor import Supervisor
 from synthiq_project.version import VERSION
 
 
@@ -38,8 +39,8 @@ class Command(BaseCommand):
         except ConfigError as exc:
             raise CommandError("invalid config, nothing changed:\n  " + "\n  ".join(exc.errors)) from None
         try:
-            ProxyRunner(config=parsed, config_path=config, grace_seconds=grace_seconds,
-                        say=self._say).run(workers=workers, http=http)
+            Supervisor(config=parsed, config_path=config, grace_seconds=grace_seconds,
+                       say=self._say).run(workers=workers, http=http)
         except StartupError as exc:
             raise CommandError(str(exc)) from None
 
