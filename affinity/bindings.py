@@ -17,12 +17,11 @@ from django.core.exceptions import ObjectDoesNotExist
 from django.db import DatabaseError, DataError, IntegrityError, close_old_connections
 
 from affinity import selectors, services
-from affinity.journal import BindingJournal
+from affinity.journal import BindingJournal, Key
 from routing.dicom.uids import shown
 
 logger = logging.getLogger("synthiq.affinity")
 
-Key = tuple[str, str]  # (pool id, study uid)
 DB_RETRY_SECONDS = 1.0
 # Instance locations waiting for the database at most (a long outage must not grow memory).
 INSTANCES_PENDING_LIMIT = 200_000

@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from pynetdicom.presentation import build_context
 
 from routing.dicom import negotiation, pdu
+from routing.dicom.services import VERIFICATION
 
 CHECK_AE_TITLE = "SYNTHIQ-READYZ"
 CHECK_TIMEOUT_SECONDS = 2.0
@@ -69,7 +70,7 @@ def registered() -> list[Listener] | None:
 
 
 def _request(called_ae: str) -> bytes:
-    context = build_context(negotiation.VERIFICATION, negotiation.VERIFICATION_SYNTAXES[0])
+    context = build_context(VERIFICATION, negotiation.VERIFICATION_SYNTAXES[0])
     context.context_id = 1
     rq = negotiation.AssociateRequest(primitive=None, protocol_version=1,  # type: ignore[arg-type]
                                       calling_ae=CHECK_AE_TITLE, called_ae=called_ae,

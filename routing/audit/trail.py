@@ -29,6 +29,9 @@ from urllib.parse import urlsplit
 
 from routing.audit import messages as m
 from routing.audit.transport import AuditSender
+from routing.dicom.commands import C_FIND_RQ, C_GET_RQ, C_MOVE_RQ, MOVE_DESTINATION
+from routing.dicom.scan import PATIENT_ID, PATIENT_NAME, STUDY_UID
+from routing.dicom.status import is_success
 
 logger = logging.getLogger("synthiq.audit")
 
@@ -41,10 +44,6 @@ REFUSAL_AUDIT_SECONDS = 10.0
 # A query data set larger than this is cut to it in the 110112 message (and said so): an
 # audit record repository takes messages of tens of KiB (rsyslog: maxMessageSize).
 QUERY_AUDIT_BYTES = 32 * 1024
-SUCCESS_CODES = frozenset({0x0000, 0xB000, 0xB006, 0xB007})  # success and the C-STORE warnings
-C_FIND, C_GET, C_MOVE = 0x0020, 0x0010, 0x0021
-MOVE_DESTINATION = 0x00000600
-STUDY_UID, PATIENT_ID, PATIENT_NAME = 0x0020000D, 0x00100020, 0x00100010
 
 
 @dataclass
@@ -142,7 +141,7 @@ class AuditTrail:
         if transfer is None:
             transfer = per_assoc[key] = _Transfer(patient_name=header.get(PATIENT_NAME)[:324])
         transfer.sop_classes[sop_class_uid] += 1
-        if status not in SUCCESS_CODES:
+        if not is_success(status):
             transfer.failed += 1
 
     def association_ended(self, assoc: Any) -> None:
@@ -186,7 +185,7 @@ class AuditTrail:
                 backend_nodes.append(m.Participant.node(ae_title=backend.ae_title, address=backend.host))
             except KeyError:
                 backend_nodes.append(m.Participant(user_id=backend_id))
-        if field_ == C_FIND:
+        if field_ == C_FIND_RQ:
             responder = m.Participant(user_id=self.application, ae_titles=(assoc.listener.ae_title,),
                                       address=self.hostname)
             sop_class = command.sop_class_uid
@@ -198,10 +197,10 @@ class AuditTrail:
                                        sop_class_uid=sop_class, identifier=data, transfer_syntax=transfer_syntax,
                                        outcome=outcome, description=text), when)
             return
-        if field_ not in (C_MOVE, C_GET):
+        if field_ not in (C_MOVE_RQ, C_GET_RQ):
             return
         sender = backend_nodes[0] if backend_nodes else self.node
-        if field_ == C_MOVE:
+        if field_ == C_MOVE_RQ:
             receiver = m.Participant(user_id=command.text(MOVE_DESTINATION) or "-",
                                      ae_titles=(command.text(MOVE_DESTINATION) or "-",))
         else:

@@ -34,9 +34,9 @@ from pynetdicom.pdu_primitives import (
 from pynetdicom.presentation import PresentationContext, build_context, negotiate_unrestricted
 
 from routing.dicom.pdu import ProtocolError
+from routing.dicom.services import VERIFICATION
 
 APPLICATION_CONTEXT = "1.2.840.10008.3.1.1.1"
-VERIFICATION = "1.2.840.10008.1.1"
 # SynthIQ's Implementation Class UID: a UUID-derived UID (PS3.5 B.2), fixed for the product.
 IMPLEMENTATION_CLASS_UID = "2.25.247512358916834104837263522309862715431"
 IMPLEMENTATION_VERSION_NAME = "SYNTHIQ_1"
