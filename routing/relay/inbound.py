@@ -33,6 +33,7 @@ from routing.dicom import commands, negotiation, pdu, status, uids
 from routing.dicom.pdu import ProtocolError
 from routing.dicom.scan import Header, HeaderError, HeaderScanner
 from routing.relay.connection import ConnectionClosed, PduConnection, TimedOut
+from routing.relay.failures import LinkLost, OperationFailed, Violation
 from routing.relay.operations import QUERY_RETRIEVE, Operations
 from routing.relay.outbound import BackendLink, OutboundUnavailable
 from routing.relay.stream import MessageStream, PeerAborted, PeerReleaseReply, PeerReleaseRequest
@@ -46,26 +47,6 @@ logger = logging.getLogger("synthiq.routing")
 # After an A-ABORT, how long the peer has to close the connection itself (PS3.8 ARTIM).
 ABORT_LINGER_SECONDS = 2.0
 HOLD_RETRY_SECONDS = 0.5  # how often a held association tries its backend again
-
-
-class _Failed(Exception):
-    """An operation SynthIQ answers itself: the status, its comment, and the backend if any;
-    the elements at fault; whether the rest of the request's data set is still to be read."""
-
-    def __init__(self, code: int, comment: str, backend_id: str | None = None, *,
-                 offending: list[int] | None = None, drop: bool = False):
-        super().__init__(comment)
-        self.status, self.comment, self.backend_id = code, comment, backend_id
-        self.offending, self.drop = offending, drop
-
-
-class _LinkLost(Exception):
-    """The backend's association went away (abort, reset, timeout) mid-operation."""
-
-
-class _Violation(_LinkLost):
-    """The backend's response does not answer the request in flight (another Message ID,
-    SOP Class or SOP Instance): never taken for the request's outcome."""
 
 
 def _logged_uid(value: str) -> str:
@@ -365,22 +346,22 @@ class InboundAssociation:
             try:
                 backend_id = await self._route(header, sop_uid)
                 link = await self._link(backend_id, context_id)
-            except _Failed:
+            except OperationFailed:
                 if not last:  # answer only once the whole request has been read
                     await self._drop_data_set(context_id)
                 raise
             code, answer = await self._forward(link, context_id, command, held, last)
-        except _Failed as failure:
+        except OperationFailed as failure:
             self.failed += 1
             # The verdict, with every id an operator searches by (the lines above say why).
             logger.error("C-STORE failed pool=%s calling_ae=%s source_ip=%s study=%s sop=%s backend=%s: 0x%04X %s",
                          self.pool_id, self.calling_ae, self.source_ip, _logged_uid(study_uid),
-                         _logged_uid(sop_uid), failure.backend_id or "-", failure.status, failure.comment)
-            self.relay.telemetry.forward_failed(failure.backend_id, failure.status)
+                         _logged_uid(sop_uid), failure.backend or "-", failure.status, failure.comment)
+            self.relay.telemetry.forward_failed(failure.backend, failure.status)
             self.relay.telemetry.store_failed(
                 pool_id=self.pool_id, calling_ae=self.calling_ae, source_ip=self.source_ip,
                 study_uid=study_uid, sop_instance_uid=sop_uid,
-                backend_id=failure.backend_id, status=failure.status, comment=failure.comment, by_backend=False)
+                backend_id=failure.backend, status=failure.status, comment=failure.comment, by_backend=False)
             if failure.drop:  # answer only once the whole request has been read
                 await self._drop_data_set(context_id)
             offending = failure.offending or (
@@ -409,7 +390,7 @@ class InboundAssociation:
     def _check_uids(self, header: Header, sop_uid: str, held: list[memoryview], last: bool) -> None:
         """The UIDs this C-STORE is routed and recorded by must be UIDs: anything else is
         refused with 0xC000 before a byte reaches a backend, the database or the journal.
-        Raises _Failed (with the rest of the data set still to be dropped if not ``last``)."""
+        Raises OperationFailed (with the rest of the data set still to be dropped if not ``last``)."""
         for name, reason, tag, value in (("Study Instance UID", "study-uid", 0x0020000D, header.study_uid),
                                          ("SOP Instance UID", "sop-instance-uid", commands.AFFECTED_SOP_INSTANCE_UID,
                                           sop_uid)):
@@ -421,7 +402,7 @@ class InboundAssociation:
             logger.error("pool=%s calling_ae=%s source_ip=%s sop=%s: C-STORE refused with 0xC000: %s %s is %s",
                          self.pool_id, uids.shown(self.calling_ae), self.source_ip, uids.shown(sop_uid), name,
                          uids.shown(value), problem)
-            raise _Failed(status.CANNOT_UNDERSTAND, uids.comment(name, problem), offending=[tag], drop=not last)
+            raise OperationFailed(status.CANNOT_UNDERSTAND, uids.comment(name, problem), offending=[tag], drop=not last)
 
     async def _hold_until_study_uid(self, context_id: int, sop_uid: str) -> tuple[list[memoryview], bool, Header]:
         """Read data set fragments until the Study Instance UID is known; they are held
@@ -450,7 +431,7 @@ class InboundAssociation:
                 await self._drop_data_set(context_id)
             logger.error("pool=%s calling_ae=%s source_ip=%s sop=%s: C-STORE refused with 0x%04X: %s",
                          self.pool_id, self.calling_ae, self.source_ip, uids.shown(sop_uid), code, comment)
-            raise _Failed(code, comment)
+            raise OperationFailed(code, comment)
 
     def transfer_syntax(self, context_id: int) -> str:
         return str(self.contexts[context_id].transfer_syntax[0])
@@ -466,7 +447,7 @@ class InboundAssociation:
             if route.backend_id is None:
                 logger.error("pool=%s calling_ae=%s source_ip=%s study=%s sop=%s: no enabled backend can take it",
                              self.pool_id, self.calling_ae, self.source_ip, suid, sop_uid)
-                raise _Failed(status.OUT_OF_RESOURCES, f"pool {self.pool_id}: no backend available")
+                raise OperationFailed(status.OUT_OF_RESOURCES, f"pool {self.pool_id}: no backend available")
             backend_id = route.backend_id
             self.studies[suid] = backend_id
             if route.cache_hit:
@@ -492,7 +473,7 @@ class InboundAssociation:
         network, relay = self.network, self.relay
         deadline = loop.time() + network.bound_backend_hold_seconds
         if network.bound_backend_hold_seconds <= 0 or relay.held[self.pool_id] >= network.max_held_associations:
-            raise _Failed(first.status, first.comment, backend_id) from None
+            raise OperationFailed(first.status, first.comment, backend_id) from None
         relay.held[self.pool_id] += 1
         relay.telemetry.held()
         logger.warning("pool=%s calling_ae=%s source_ip=%s: %s; holding the association up to %.0fs for it",
@@ -516,7 +497,7 @@ class InboundAssociation:
         logger.error("pool=%s calling_ae=%s source_ip=%s backend=%s: still unreachable after %.0fs held: %s; the "
                      "C-STORE fails with 0x%04X", self.pool_id, self.calling_ae, self.source_ip, backend_id,
                      network.bound_backend_hold_seconds, last.comment, last.status)
-        raise _Failed(last.status, last.comment, backend_id)
+        raise OperationFailed(last.status, last.comment, backend_id)
 
     async def link_to(self, backend_id: str, *, log: bool = True) -> BackendLink:
         """This association's link to ``backend_id``, opened when needed. Raises OutboundUnavailable
@@ -536,7 +517,7 @@ class InboundAssociation:
         return link
 
     async def _link(self, backend_id: str, context_id: int) -> BackendLink:
-        """As link_to, for a C-STORE, riding out a short backend outage. Raises _Failed."""
+        """As link_to, for a C-STORE, riding out a short backend outage. Raises OperationFailed."""
         try:
             link = await self.link_to(backend_id)
         except OutboundUnavailable as exc:
@@ -545,7 +526,7 @@ class InboundAssociation:
             comment = f"backend {backend_id} refused SOP class/syntax"
             logger.error("pool=%s calling_ae=%s: %s (%s in %s)", self.pool_id, self.calling_ae, comment,
                          self.contexts[context_id].abstract_syntax, self.transfer_syntax(context_id))
-            raise _Failed(status.SOP_CLASS_NOT_SUPPORTED, comment, backend_id)
+            raise OperationFailed(status.SOP_CLASS_NOT_SUPPORTED, comment, backend_id)
         return link
 
     async def _forward(self, link: BackendLink, context_id: int, command: commands.Command,
@@ -566,7 +547,7 @@ class InboundAssociation:
                     last = piece.last
                     self.bytes_relayed += piece.size
                     if not link.usable:
-                        raise _LinkLost(f"backend {backend_id} went away mid-instance")
+                        raise LinkLost(f"backend {backend_id} went away mid-instance")
                     if piece.raw is not None:
                         link.conn.write(piece.raw)
                     else:
@@ -574,17 +555,17 @@ class InboundAssociation:
                     if link.conn.write_paused:
                         await self._drain(link)
                 return await self._response(link, command)
-            except _LinkLost as exc:
+            except LinkLost as exc:
                 link.abort()
                 self.links.pop(backend_id, None)
                 logger.error("pool=%s calling_ae=%s sop=%s backend=%s: %s", self.pool_id, uids.shown(self.calling_ae),
                              command.sop_instance_uid, backend_id, exc)
                 if not last:
                     await self._drop_data_set(context_id)
-                if isinstance(exc, _Violation):
+                if isinstance(exc, Violation):
                     self.relay.telemetry.backend_violation(backend_id)
-                    raise _Failed(status.BACKEND_NO_RESPONSE, str(exc), backend_id) from None
-                raise _Failed(status.BACKEND_NO_RESPONSE, f"backend {backend_id} aborted/timed out",
+                    raise OperationFailed(status.BACKEND_NO_RESPONSE, str(exc), backend_id) from None
+                raise OperationFailed(status.BACKEND_NO_RESPONSE, f"backend {backend_id} aborted/timed out",
                               backend_id) from None
         except (PeerAborted, ConnectionClosed, ProtocolError, TimedOut):
             # The modality went away (or broke the protocol) mid-instance: the backend must
@@ -600,11 +581,11 @@ class InboundAssociation:
         try:
             await link.conn.drain(self.network.dimse_timeout_seconds)
         except TimedOut as exc:
-            raise _LinkLost(f"backend stopped reading ({exc})") from None
+            raise LinkLost(f"backend stopped reading ({exc})") from None
         except ConnectionClosed as exc:
-            raise _LinkLost(str(exc)) from None
+            raise LinkLost(str(exc)) from None
         if not link.usable:
-            raise _LinkLost(f"backend {link.backend.id} went away mid-instance")
+            raise LinkLost(f"backend {link.backend.id} went away mid-instance")
 
     async def _response(self, link: BackendLink, command: commands.Command) -> tuple[int, commands.Command]:
         """The backend's C-STORE-RSP for ``command``."""
@@ -614,14 +595,14 @@ class InboundAssociation:
             try:
                 rsp_context, rsp = await link.stream.read_command(max(0.0, deadline - loop.time()))
             except (PeerAborted, ConnectionClosed, TimedOut, ProtocolError, PeerReleaseRequest) as exc:
-                raise _LinkLost(f"no C-STORE response ({type(exc).__name__}: {exc})") from None
+                raise LinkLost(f"no C-STORE response ({type(exc).__name__}: {exc})") from None
             if rsp.field == commands.C_STORE_RSP:
                 mismatch = commands.response_mismatch(command, rsp)
                 if mismatch:
-                    raise _Violation(f"backend {link.backend.id} {mismatch}")
+                    raise Violation(f"backend {link.backend.id} {mismatch}")
                 code = rsp.status
                 if code is None:
-                    raise _LinkLost("C-STORE response without a Status")
+                    raise LinkLost("C-STORE response without a Status")
                 if rsp.has_data_set:
                     await link.stream.skip_data_set(rsp_context, self.network.dimse_timeout_seconds)
                 return code, rsp

@@ -27,6 +27,7 @@ from routing.dicom import commands, pdu, scan, services, status, uids
 from routing.dicom.pdu import ProtocolError
 from routing.relay.commitment import Commitments
 from routing.relay.connection import PduConnection, first_ready
+from routing.relay.failures import LinkLost, OperationFailed, Violation
 from routing.relay.outbound import BackendLink, OutboundUnavailable
 from routing.relay.stream import MessageStream
 
@@ -38,22 +39,6 @@ logger = logging.getLogger("synthiq.routing")
 QUERY_RETRIEVE = (commands.C_FIND_RQ, commands.C_MOVE_RQ, commands.C_GET_RQ)
 # The keys an identifier is read for (all before (0020,000E), where the scan stops).
 IDENTIFIER_TAGS = (0x00080018, scan.QUERY_RETRIEVE_LEVEL, 0x00100020, scan.STUDY_UID, 0x0020000E)
-
-
-class OperationFailed(Exception):
-    """SynthIQ answers the operation itself with ``status``."""
-
-    def __init__(self, code: int, comment: str):
-        super().__init__(comment)
-        self.status, self.comment = code, comment
-
-
-class LinkLost(Exception):
-    """The backend's association went away in the middle of an operation."""
-
-
-class Violation(LinkLost):
-    """The backend's response does not answer the request in flight: never relayed."""
 
 
 # The UID keys of an identifier that routing reads, checked before anything is asked.
