@@ -45,7 +45,7 @@ from pydicom.filereader import read_dataset
 from pydicom.filewriter import write_dataset
 from pynetdicom import evt
 
-from routing.dicom import client, commands, pdu, scan, services, status, uids
+from routing.dicom import client, commands, scan, services, status, uids
 from routing.relay.outbound import BackendAddress
 
 if TYPE_CHECKING:
@@ -266,8 +266,8 @@ class Commitments:
     async def _read(self, context_id: int, command: commands.Command, ts: str) -> tuple[bytes, Information] | None:
         """The request's data set, as read and validated; None when it was answered with a failure."""
         assoc = self.assoc
-        assert assoc.stream is not None
-        data = await assoc.stream.read_data_set(context_id, assoc.network.network_timeout_seconds,
+        assert assoc.peer is not None
+        data = await assoc.peer.stream.read_data_set(context_id, assoc.network.network_timeout_seconds,
                                                 limit=assoc.network.header_hold_bytes)
         try:
             return data, read_information(data, ts)
@@ -392,10 +392,8 @@ class Commitments:
         self.ops.own.add(message_id)
         request = commands.event_report(message_id=message_id, sop_class_uid=services.STORAGE_COMMITMENT_PUSH,
                                         sop_instance_uid=client.STORAGE_COMMITMENT_INSTANCE, event_type=event_type)
-        async with assoc.write_lock:
-            assoc.conn.write(b"".join(
-                pdu.fragments(context_id, request, command=True, last=True, max_pdu=assoc.peer_max_pdu)
-                + pdu.fragments(context_id, _encode(info, ts), command=False, last=True, max_pdu=assoc.peer_max_pdu)))
+        assert assoc.peer is not None
+        await assoc.peer.answer(context_id, request, [_encode(info, ts)])
 
     # -- N-EVENT-REPORT arriving at SynthIQ ----------------------------------------------------
     async def event_report(self, context_id: int, command: commands.Command) -> None:

@@ -36,7 +36,8 @@ from routing.relay.connection import ConnectionClosed, PduConnection, TimedOut
 from routing.relay.failures import LinkLost, OperationFailed, Violation
 from routing.relay.operations import QUERY_RETRIEVE, Operations
 from routing.relay.outbound import BackendLink, OutboundUnavailable
-from routing.relay.stream import MessageStream, PeerAborted, PeerReleaseReply, PeerReleaseRequest
+from routing.relay.peer import ModalityPeer, relay_message
+from routing.relay.stream import PeerAborted, PeerReleaseReply, PeerReleaseRequest
 from routing.waterfall import ASSOCIATION_CACHED
 
 if TYPE_CHECKING:
@@ -81,11 +82,8 @@ class InboundAssociation:
         self.established = False
         self.rq: negotiation.AssociateRequest | None = None
         self.contexts: dict[int, PresentationContext] = {}
-        self.stream: MessageStream | None = None
+        self.peer: ModalityPeer | None = None  # once the association is accepted
         self.ended = asyncio.get_running_loop().create_future()
-        # Whole messages to the modality never interleave (a backend's request relayed from
-        # an idle association may come while an operation's answer is being written).
-        self.write_lock = asyncio.Lock()
         self.operations = Operations(self)
         self.task: asyncio.Task[None] | None = None  # set by the relay
 
@@ -185,7 +183,7 @@ class InboundAssociation:
             self.relay.telemetry.contexts_refused(pool_id=self.pool_id, source_ip=self.source_ip,
                                                   calling_ae=rq.calling_ae, called_ae=rq.called_ae,
                                                   sop_classes=[_sop_class_name(uid) for uid in refused])
-        self.stream = MessageStream(self.conn, self.contexts)
+        self.peer = ModalityPeer(self.conn, self.contexts, rq.max_pdu)
         # The relay counts this association among the established ones from here.
         self.relay.established(self)
         self.established = True
@@ -256,19 +254,19 @@ class InboundAssociation:
 
     # -- serving ------------------------------------------------------------------------
     async def _serve(self) -> str:
-        assert self.stream is not None
+        assert self.peer is not None
         while True:
             # Nothing in flight: the idle limit; a storage commitment report still to come:
             # the network timeout (the association is waiting, not idle).
             waiting = self.operations.reports_awaited > 0
             limit = self.network.network_timeout_seconds if waiting else self.network.idle_timeout_seconds
             try:
-                context_id, command = await self.stream.read_command(limit)
+                context_id, command = await self.peer.stream.read_command(limit)
             except PeerReleaseRequest:
                 await self._release()
                 return "released"
             except TimedOut:
-                if waiting or self.stream.has_input:
+                if waiting or self.peer.stream.has_input:
                     raise
                 logger.info("pool=%s calling_ae=%s source_ip=%s: nothing for %.0fs (Network.IdleTimeoutSeconds); "
                             "closing the association", self.pool_id, self.calling_ae, self.source_ip, limit)
@@ -317,20 +315,14 @@ class InboundAssociation:
             await self._drop_data_set(context_id)
         await self.answer(context_id, commands.response(command, status.UNRECOGNIZED_OPERATION))
 
-    @property
-    def peer_max_pdu(self) -> int:
-        """The largest PDU the modality takes (0: no limit, capped by pdu.fragments)."""
-        return self.rq.max_pdu if self.rq is not None else 0
-
     async def answer(self, context_id: int, raw: bytes | memoryview) -> None:
         """A response of SynthIQ's (or a backend's, already whole) to the modality."""
-        async with self.write_lock:
-            self.conn.write(b"".join(pdu.fragments(context_id, raw, command=True, last=True,
-                                                   max_pdu=self.peer_max_pdu)))
+        assert self.peer is not None
+        await self.peer.answer(context_id, raw)
 
     async def _drop_data_set(self, context_id: int) -> None:
-        assert self.stream is not None
-        await self.stream.skip_data_set(context_id, self.network.network_timeout_seconds)
+        assert self.peer is not None
+        await self.peer.stream.skip_data_set(context_id, self.network.network_timeout_seconds)
 
     # -- C-STORE ------------------------------------------------------------------------
     async def _store(self, context_id: int, command: commands.Command) -> None:
@@ -407,12 +399,12 @@ class InboundAssociation:
     async def _hold_until_study_uid(self, context_id: int, sop_uid: str) -> tuple[list[memoryview], bool, Header]:
         """Read data set fragments until the Study Instance UID is known; they are held
         (bounded by ``hold_bytes``) to be sent once the study is routed."""
-        assert self.stream is not None
+        assert self.peer is not None
         scanner = HeaderScanner(self.transfer_syntax(context_id))
         held: list[memoryview] = []
         size = 0
         while True:
-            piece = await self.stream.next_piece(context_id, self.network.network_timeout_seconds)
+            piece = await self.peer.stream.next_piece(context_id, self.network.network_timeout_seconds)
             held.append(piece.data)
             size += len(piece.data)
             try:
@@ -531,36 +523,22 @@ class InboundAssociation:
 
     async def _forward(self, link: BackendLink, context_id: int, command: commands.Command,
                        held: list[memoryview], last: bool) -> tuple[int, commands.Command]:
-        assert self.stream is not None
+        assert self.peer is not None
         backend_id = link.backend.id
         self.relay.placement.note_sent(backend_id)
         link.claim()
         try:
             try:
-                self.bytes_relayed += sum(len(h) for h in held)
-                link.send_message(context_id, command.raw, held, last)
-                held.clear()
-                await self._drain(link)
-                while not last:
-                    piece = await self.stream.next_piece(context_id, self.network.network_timeout_seconds,
-                                                         pass_whole_up_to=link.max_pdu)
-                    last = piece.last
-                    self.bytes_relayed += piece.size
-                    if not link.usable:
-                        raise LinkLost(f"backend {backend_id} went away mid-instance")
-                    if piece.raw is not None:
-                        link.conn.write(piece.raw)
-                    else:
-                        link.send(context_id, piece.data, command=False, last=last)
-                    if link.conn.write_paused:
-                        await self._drain(link)
+                self.bytes_relayed += await relay_message(
+                    self.peer.stream, link, context_id, command.raw, held, last=last,
+                    timeout=self.network.network_timeout_seconds, drain_timeout=self.network.dimse_timeout_seconds)
                 return await self._response(link, command)
             except LinkLost as exc:
                 link.abort()
                 self.links.pop(backend_id, None)
                 logger.error("pool=%s calling_ae=%s sop=%s backend=%s: %s", self.pool_id, uids.shown(self.calling_ae),
                              command.sop_instance_uid, backend_id, exc)
-                if not last:
+                if self.peer.stream.data_set_unread:
                     await self._drop_data_set(context_id)
                 if isinstance(exc, Violation):
                     self.relay.telemetry.backend_violation(backend_id)
@@ -576,16 +554,6 @@ class InboundAssociation:
         finally:
             if link.usable:
                 link.unclaim(idle_seconds=self.network.outbound_idle_seconds, on_idle=self.link_idle)
-
-    async def _drain(self, link: BackendLink) -> None:
-        try:
-            await link.conn.drain(self.network.dimse_timeout_seconds)
-        except TimedOut as exc:
-            raise LinkLost(f"backend stopped reading ({exc})") from None
-        except ConnectionClosed as exc:
-            raise LinkLost(str(exc)) from None
-        if not link.usable:
-            raise LinkLost(f"backend {link.backend.id} went away mid-instance")
 
     async def _response(self, link: BackendLink, command: commands.Command) -> tuple[int, commands.Command]:
         """The backend's C-STORE-RSP for ``command``."""

@@ -26,10 +26,10 @@ from typing import TYPE_CHECKING
 from routing.dicom import commands, pdu, scan, services, status, uids
 from routing.dicom.pdu import ProtocolError
 from routing.relay.commitment import Commitments
-from routing.relay.connection import PduConnection, first_ready
+from routing.relay.connection import first_ready
 from routing.relay.failures import LinkLost, OperationFailed, Violation
 from routing.relay.outbound import BackendLink, OutboundUnavailable
-from routing.relay.stream import MessageStream
+from routing.relay.peer import relay_message
 
 if TYPE_CHECKING:
     from routing.relay.inbound import InboundAssociation
@@ -71,23 +71,6 @@ def single_uid(value: str) -> str | None:
     return value
 
 
-async def pass_message(src: MessageStream, dst: PduConnection, context_id: int, command: bytes | memoryview,
-                       has_data: bool, *, max_pdu: int, timeout: float | None) -> None:
-    """Relay one message from ``src`` to ``dst``: its command, then its data set piece by
-    piece (whole PDUs when they fit ``max_pdu``), pausing while ``dst`` reads slowly."""
-    dst.write(b"".join(pdu.fragments(context_id, command, command=True, last=True, max_pdu=max_pdu)))
-    while has_data:
-        piece = await src.next_piece(context_id, timeout, pass_whole_up_to=max_pdu)
-        if piece.raw is not None:
-            dst.write(piece.raw)
-        else:
-            dst.write(b"".join(pdu.fragments(context_id, piece.data, command=False, last=piece.last,
-                                             max_pdu=max_pdu)))
-        if dst.write_paused:
-            await dst.drain(timeout)
-        has_data = not piece.last
-
-
 class Operations:
     """The non-storage operations of one inbound association (see the module docstring)."""
 
@@ -108,8 +91,8 @@ class Operations:
     # -- entry points -----------------------------------------------------------------
     async def query_retrieve(self, context_id: int, command: commands.Command) -> None:
         assoc = self.assoc
-        assert assoc.stream is not None
-        data = await assoc.stream.read_data_set(context_id, self.network.network_timeout_seconds,
+        assert assoc.peer is not None
+        data = await assoc.peer.stream.read_data_set(context_id, self.network.network_timeout_seconds,
                                                 limit=self.network.header_hold_bytes)
         service = command.name
         try:
@@ -145,7 +128,7 @@ class Operations:
                 targets, reason = [await self._locate(context_id, keys, level)], "located"
             if not targets:
                 raise OperationFailed(_unavailable_status(command.field), f"pool {assoc.pool_id}: no healthy backend")
-            if assoc.stream.has_input and await self._from_modality(context_id, command, []):
+            if assoc.peer.stream.has_input and await self._from_modality(context_id, command, []):
                 raise OperationFailed(status.CANCEL, "")  # cancelled before any backend was asked
             logger.info("%s pool=%s calling_ae=%s source_ip=%s level=%s study=%s backends=%s reason=%s",
                         service, assoc.pool_id, assoc.calling_ae, assoc.source_ip, level or "-", study or "-",
@@ -180,21 +163,29 @@ class Operations:
         """A response from the modality to a request that came from a backend (or from
         SynthIQ): relay it (or drop it). False if it answers nothing known."""
         assoc = self.assoc
-        assert assoc.stream is not None
+        assert assoc.peer is not None
         message_id = command.responded_to
         if message_id in self.own:
             self.own.discard(message_id)
             if command.has_data_set:
-                await assoc.stream.skip_data_set(context_id, self.network.network_timeout_seconds)
+                await assoc.peer.stream.skip_data_set(context_id, self.network.network_timeout_seconds)
             return True
         link = self.reverse.pop(message_id, None) if message_id is not None else None
         if link is None:
             return False
         if link.usable:
-            await pass_message(assoc.stream, link.conn, context_id, command.raw, command.has_data_set,
-                               max_pdu=link.max_pdu, timeout=self.network.dimse_timeout_seconds)
+            try:
+                await relay_message(assoc.peer.stream, link, context_id, command.raw, [], last=not command.has_data_set,
+                                    timeout=self.network.dimse_timeout_seconds,
+                                    drain_timeout=self.network.dimse_timeout_seconds)
+            except LinkLost as exc:  # that backend's operation is lost; the modality's goes on
+                logger.warning("pool=%s: an answer to backend %s could not be relayed: %s", assoc.pool_id,
+                               link.backend.id, exc)
+                link.abort()
+                if assoc.peer.stream.data_set_unread:
+                    await assoc.peer.stream.skip_data_set(context_id, self.network.network_timeout_seconds)
         elif command.has_data_set:
-            await assoc.stream.skip_data_set(context_id, self.network.network_timeout_seconds)
+            await assoc.peer.stream.skip_data_set(context_id, self.network.network_timeout_seconds)
         return True
 
     async def relay_unsolicited(self, link: BackendLink) -> None:
@@ -242,8 +233,8 @@ class Operations:
 
     async def _exchange(self, link: BackendLink, context_id: int, command: commands.Command, data: bytes) -> int:
         assoc = self.assoc
-        assert assoc.stream is not None
-        link.send_message(context_id, command.raw, [memoryview(data)], last=True)
+        assert assoc.peer is not None
+        link.send_message(context_id, command.raw, [data])
         timeout = self.network.dimse_timeout_seconds
         while True:
             try:
@@ -272,23 +263,25 @@ class Operations:
             self.reverse[message.message_id] = link
         if message.field == commands.N_EVENT_REPORT_RQ:
             self.reports_awaited = max(0, self.reports_awaited - 1)
-        async with assoc.write_lock:
-            await pass_message(link.stream, assoc.conn, context_id, message.raw, message.has_data_set,
-                               max_pdu=assoc.peer_max_pdu, timeout=self.network.dimse_timeout_seconds)
+        assert assoc.peer is not None
+        async with assoc.peer.write_lock:
+            await relay_message(link.stream, assoc.peer, context_id, message.raw, [], last=not message.has_data_set,
+                                timeout=self.network.dimse_timeout_seconds,
+                                drain_timeout=self.network.dimse_timeout_seconds)
 
     async def _from_modality(self, context_id: int, command: commands.Command, links: list[BackendLink]) -> bool:
         """A message from the modality while ``command`` is in flight: a C-CANCEL (passed to
         ``links``; True), or an answer to a backend's request. Anything else breaks the
         one-operation-at-a-time rule."""
         assoc = self.assoc
-        assert assoc.stream is not None
-        message_context, message = await assoc.stream.read_command(self.network.network_timeout_seconds)
+        assert assoc.peer is not None
+        message_context, message = await assoc.peer.stream.read_command(self.network.network_timeout_seconds)
         if message.field == commands.C_CANCEL_RQ and message.responded_to == command.message_id:
             logger.info("%s pool=%s calling_ae=%s: C-CANCEL passed to %s", command.name, assoc.pool_id,
                         assoc.calling_ae, ",".join(link.backend.id for link in links) or "no backend")
             for link in links:
                 if link.usable:
-                    link.send(message_context, message.raw, command=True, last=True)
+                    link.send_message(message_context, message.raw)
             return True
         if not message.is_request and await self.answer_from_modality(message_context, message):
             return False
@@ -311,7 +304,7 @@ class Operations:
                 failures.append(failure.comment)
                 continue
             link.claim()
-            link.send_message(context_id, command.raw, [memoryview(data)], last=True)
+            link.send_message(context_id, command.raw, [data])
             links.append(link)
         key_tag = services.LEVEL_KEYS.get(level, scan.STUDY_UID)
         seen: set[str] = set()
@@ -357,17 +350,13 @@ class Operations:
                             continue  # the same study (series, instance) from another backend
                         seen.add(key)
                         matches += 1
-                        async with assoc.write_lock:
-                            assoc.conn.write(b"".join(
-                                pdu.fragments(reply_context, reply.raw, command=True, last=True,
-                                              max_pdu=assoc.peer_max_pdu)
-                                + pdu.fragments(reply_context, identifier, command=False, last=True,
-                                                max_pdu=assoc.peer_max_pdu)))
+                        assert assoc.peer is not None
+                        await assoc.peer.answer(reply_context, reply.raw, [identifier])
                     elif reply.status not in status.PENDING:
                         active.remove(link)
                         if reply.status not in (status.SUCCESS, status.CANCEL):
                             failures.append(f"backend {link.backend.id} answered 0x{reply.status or 0:04X}")
-                if assoc.stream is not None and assoc.stream.has_input:
+                if assoc.peer is not None and assoc.peer.stream.has_input:
                     cancelled |= await self._from_modality(context_id, command, active)
         finally:
             for link in links:
