@@ -8,6 +8,8 @@ flight. Each handler turns them into its own service's status codes.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 
 class OperationFailed(Exception):
     """An operation SynthIQ answers itself: the status, its comment, and the backend if any;
@@ -27,3 +29,11 @@ class LinkLost(Exception):
 class Violation(LinkLost):
     """The backend's response does not answer the request in flight (another Message ID,
     SOP Class or SOP Instance): never relayed, never taken for the request's outcome."""
+
+
+@dataclass(frozen=True)
+class FailureCodes:
+    """A service's own statuses for SynthIQ's failures (each handler defines its own)."""
+
+    unavailable: int  # no backend could be asked (none healthy, unreachable, not offering the service)
+    lost: int  # the backend went away (or broke the protocol) before its final response
