@@ -29,12 +29,15 @@ from routing.relay.inbound import InboundAssociation
 from routing.relay.server import NetworkSettings, PoolListener, Relay
 from routing.telemetry import Telemetry
 
-# A Study Instance UID that is no UID is the point of one case; pydicom warns as it writes it.
-pytestmark = pytest.mark.filterwarnings("ignore:Invalid value for VR UI")
+# UIDs that are no UIDs, a value longer than its VR allows: the point of some cases; pydicom warns as it writes them.
+pytestmark = [pytest.mark.filterwarnings("ignore:Invalid value for VR UI"),
+              pytest.mark.filterwarnings("ignore:The value length .* exceeds the maximum length")]
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
 MPPS = "1.2.840.10008.3.1.2.3.3"  # Modality Performed Procedure Step: an N-CREATE/N-SET service
-VERIFICATION_CONTEXT, CT_CONTEXT, MPPS_CONTEXT = 1, 3, 5
+STUDY_ROOT_FIND = "1.2.840.10008.5.1.4.1.2.2.1"
+STORAGE_COMMITMENT = "1.2.840.10008.1.20.1"
+VERIFICATION_CONTEXT, CT_CONTEXT, MPPS_CONTEXT, FIND_CONTEXT, COMMITMENT_CONTEXT = 1, 3, 5, 7, 9
 NETWORK = NetworkSettings(
     acse_timeout_seconds=5, dimse_timeout_seconds=5, network_timeout_seconds=5, connect_timeout_seconds=5,
     max_associations=10, max_associations_per_address=None, idle_timeout_seconds=5, max_pdu_bytes=65536,
@@ -92,7 +95,8 @@ def _associate_rq() -> bytes:
     p.calling_ae_title, p.called_ae_title = "CT01", "SYNTHIQ"
     contexts = []
     for context_id, abstract in ((VERIFICATION_CONTEXT, negotiation.VERIFICATION), (CT_CONTEXT, CT),
-                                 (MPPS_CONTEXT, MPPS)):
+                                 (MPPS_CONTEXT, MPPS), (FIND_CONTEXT, STUDY_ROOT_FIND),
+                                 (COMMITMENT_CONTEXT, STORAGE_COMMITMENT)):
         cx = build_context(abstract, [uid.ImplicitVRLittleEndian])
         cx.context_id = context_id
         contexts.append(cx)
@@ -115,11 +119,15 @@ def _data_set(**elements: str) -> bytes:
 
 def _request(field: int, sop_class: str, *, message_id: int = 7, has_data_set: bool = False,
              instance: str | None = None) -> bytes:
+    normalized = field in (commands.N_ACTION_RQ, commands.N_GET_RQ)  # they name the Requested SOP, not the Affected
     elements: dict[int, int | str | bytes | list[int]] = {
-        commands.AFFECTED_SOP_CLASS_UID: sop_class, commands.COMMAND_FIELD: field,
+        commands.REQUESTED_SOP_CLASS_UID if normalized else commands.AFFECTED_SOP_CLASS_UID: sop_class,
+        commands.COMMAND_FIELD: field,
         commands.MESSAGE_ID: message_id, commands.DATA_SET_TYPE: 0x0000 if has_data_set else 0x0101}
     if instance is not None:
-        elements[commands.AFFECTED_SOP_INSTANCE_UID] = instance
+        elements[commands.REQUESTED_SOP_INSTANCE_UID if normalized else commands.AFFECTED_SOP_INSTANCE_UID] = instance
+    if field == commands.N_ACTION_RQ:
+        elements[commands.ACTION_TYPE_ID] = 1
     if field == commands.C_STORE_RQ:
         elements[commands.PRIORITY] = 0
     return commands.encode(elements)
@@ -169,13 +177,14 @@ class Modality:
 Scenario = Callable[[Modality], Awaitable[None]]
 
 
-def _run(scenario: Scenario, handlers: dict[int, Service] | None = None) -> Telemetry:
-    """Associate as a modality, play ``scenario``, release; the association's telemetry."""
+def _run(scenario: Scenario, handlers: dict[int, Service] | None = None, *, release: bool = True) -> Telemetry:
+    """Associate as a modality, play ``scenario``, release (unless the scenario ended the
+    association); the association's telemetry."""
     telemetry = Telemetry(process_id="test")
 
     async def main() -> None:
         listener = PoolListener(id="main", ae_title="SYNTHIQ", host="127.0.0.1", port=0,
-                                services=(negotiation.VERIFICATION, MPPS))
+                                services=(negotiation.VERIFICATION, MPPS, STUDY_ROOT_FIND, STORAGE_COMMITMENT))
         relay = Relay(pools=[listener], network=NETWORK, placement=NoRouting(),  # type: ignore[arg-type]
                       telemetry=telemetry, handlers=handlers or HANDLERS)
         conn = PduConnection(name="pool main inbound", max_length=1 << 20)
@@ -187,8 +196,9 @@ def _run(scenario: Scenario, handlers: dict[int, Service] | None = None) -> Tele
         modality.send(_associate_rq())
         assert (await modality.next_pdu()).type == pdu.A_ASSOCIATE_AC
         await scenario(modality)
-        modality.send(pdu.release_rq())
-        assert (await modality.next_pdu()).type == pdu.A_RELEASE_RP_TYPE
+        if release:
+            modality.send(pdu.release_rq())
+            assert (await modality.next_pdu()).type == pdu.A_RELEASE_RP_TYPE
         conn.connection_lost(None)
         await task
 
@@ -275,3 +285,56 @@ def test_a_dimse_n_service_is_one_handler_in_the_table_and_gets_its_requests():
 
     _run(scenario, {**HANDLERS, commands.N_CREATE_RQ: Service(n_create)})
     assert created == {step: information}
+
+
+def test_a_c_store_whose_study_instance_uid_lies_beyond_the_held_bytes_is_refused_0xc001_once_all_is_read():
+    sop = "1.2.826.0.1.3680043.8.498.4"
+    # (0010,4000) comes before (0020,000D): 200 KB of it push the UID far past the 64 KiB held.
+    data = _data_set(PatientComments="x" * 200_000, StudyInstanceUID="1.2.3.4", SOPInstanceUID=sop)
+
+    async def scenario(modality: Modality) -> None:
+        modality.send_message(CT_CONTEXT, _request(commands.C_STORE_RQ, CT, has_data_set=True, instance=sop), data)
+        _, answer = await modality.next_command()
+        assert (answer.field, answer.status) == (commands.C_STORE_RSP, status.UID_BEYOND_HOLD)
+        assert "64 KiB" in answer.text(commands.ERROR_COMMENT)
+        modality.send_message(VERIFICATION_CONTEXT, _request(commands.C_ECHO_RQ, negotiation.VERIFICATION))
+        _, echo = await modality.next_command()  # the rest of the instance was read: the next request is served
+        assert (echo.field, echo.status) == (commands.C_ECHO_RSP, status.SUCCESS)
+
+    _run(scenario)
+
+
+def test_a_c_find_whose_study_instance_uid_key_is_no_uid_is_refused_0xa900_before_any_backend_is_asked():
+    async def scenario(modality: Modality) -> None:
+        modality.send_message(FIND_CONTEXT, _request(commands.C_FIND_RQ, STUDY_ROOT_FIND, has_data_set=True),
+                              _data_set(QueryRetrieveLevel="STUDY", StudyInstanceUID="1.2.abc"))
+        _, answer = await modality.next_command()
+        assert (answer.field, answer.status) == (commands.C_FIND_RSP, status.IDENTIFIER_DOES_NOT_MATCH)
+        assert "Study Instance UID" in answer.text(commands.ERROR_COMMENT)
+
+    _run(scenario)
+
+
+@pytest.mark.parametrize(("transaction", "expected"), [
+    pytest.param(None, status.PROCESSING_FAILURE, id="unreadable"),
+    pytest.param("1.2.x", status.INVALID_ARGUMENT_VALUE, id="transaction UID not a UID"),
+])
+def test_a_storage_commitment_request_that_cannot_be_used_is_refused_with_the_n_action_status(transaction, expected):
+    information = _data_set(TransactionUID=transaction) if transaction else b"\x08\x00"
+
+    async def scenario(modality: Modality) -> None:
+        modality.send_message(COMMITMENT_CONTEXT, _request(commands.N_ACTION_RQ, STORAGE_COMMITMENT, has_data_set=True,
+                                                           instance="1.2.840.10008.1.20.1.1"), information)
+        _, answer = await modality.next_command()
+        assert (answer.field, answer.status) == (commands.N_ACTION_RSP, expected)
+
+    _run(scenario)
+
+
+def test_a_message_on_a_presentation_context_never_accepted_aborts_the_association():
+    async def scenario(modality: Modality) -> None:
+        modality.send_message(11, _request(commands.C_ECHO_RQ, negotiation.VERIFICATION))
+        got = await modality.next_pdu()
+        assert got.type == pdu.A_ABORT
+
+    _run(scenario, release=False)
