@@ -268,7 +268,7 @@ class Commitments:
         """The request's data set, as read and validated; None when it was answered with a failure."""
         ctx = self.ctx
         data = await ctx.peer.stream.read_data_set(context_id, ctx.network.network_timeout_seconds,
-                                                limit=ctx.network.header_hold_bytes)
+                                                   limit=ctx.network.header_hold_bytes)
         try:
             return data, read_information(data, ts)
         except Unreadable as exc:
@@ -447,7 +447,7 @@ class Commitments:
         unknown = [uid for uid in sops if uid not in where]
         if unknown:
             where.update(await ctx.relay.locate_instances(ctx.pool_id, calling_ae=ctx.calling_ae,
-                                                            sop_uids=unknown))
+                                                          sop_uids=unknown))
         counts: dict[str, int] = defaultdict(int)
         for backend_id in where.values():
             counts[backend_id] += 1

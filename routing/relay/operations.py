@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger("synthiq.routing")
 
 class Operations:
-    """The non-storage operations of one inbound association (see the module docstring)."""
+    """One inbound association's requests relayed to one backend, and its backends' requests (the module docstring)."""
 
     def __init__(self, ctx: Context):
         self.ctx = ctx

@@ -183,8 +183,8 @@ async def _route(ctx: Context, header: Header, sop_uid: str) -> str:
         if route.cache_hit:
             ctx.tally.cache_hits += 1
         ctx.relay.telemetry.decided(pool_id=ctx.pool_id, study_uid=suid, backend_id=backend_id,
-                                 reason=route.reason, calling_ae=ctx.calling_ae, source_ip=ctx.source_ip,
-                                 modality=header.modality)
+                                    reason=route.reason, calling_ae=ctx.calling_ae, source_ip=ctx.source_ip,
+                                    modality=header.modality)
         patient = f" patient_id={header.patient_id}" if ctx.relay.log_patient_id else ""
         logger.info(
             "route pool=%s calling_ae=%s source_ip=%s study=%s sop=%s modality=%s%s backend=%s reason=%s",
@@ -232,7 +232,7 @@ async def _hold_for(ctx: Context, backend_id: str, first: OutboundUnavailable) -
 
 
 async def _link(ctx: Context, backend_id: str, context_id: int) -> BackendLink:
-    """As link_to, for a C-STORE, riding out a short backend outage. Raises OperationFailed."""
+    """The study's link (``Links.to``), riding out a short backend outage. Raises OperationFailed."""
     try:
         link = await ctx.links.to(backend_id)
     except OutboundUnavailable as exc:
@@ -267,7 +267,7 @@ async def _forward(ctx: Context, link: BackendLink, context_id: int, command: co
                 ctx.relay.telemetry.backend_violation(backend_id)
                 raise OperationFailed(status.BACKEND_NO_RESPONSE, str(exc), backend_id) from None
             raise OperationFailed(status.BACKEND_NO_RESPONSE, f"backend {backend_id} aborted/timed out",
-                          backend_id) from None
+                                  backend_id) from None
     except (PeerAborted, ConnectionClosed, ProtocolError, TimedOut):
         # The modality went away (or broke the protocol) mid-instance: the backend must
         # never complete a partial instance.
