@@ -45,7 +45,8 @@ from pydicom.filereader import read_dataset
 from pydicom.filewriter import write_dataset
 from pynetdicom import evt
 
-from routing.dicom import client, commands, pdu, scan, services, status, uids
+from routing.dicom import client, commands, scan, services, status, uids
+from routing.relay.failures import FailureCodes
 from routing.relay.outbound import BackendAddress
 
 if TYPE_CHECKING:
@@ -220,23 +221,23 @@ class Commitments:
 
     def __init__(self, operations: Operations):
         self.ops = operations
-        self.assoc = operations.assoc
+        self.ctx = operations.ctx
         self._next_own_id = 0xFF00
 
     # -- N-ACTION from a requester ------------------------------------------------------------
-    async def action(self, context_id: int, command: commands.Command) -> None:
-        assoc, relay = self.assoc, self.assoc.relay
-        ts = assoc.transfer_syntax(context_id)
+    async def action(self, context_id: int, command: commands.Command, codes: FailureCodes) -> None:
+        ctx, relay = self.ctx, self.ctx.relay
+        ts = ctx.transfer_syntax(context_id)
         if (read := await self._read(context_id, command, ts)) is None:
             return
         data, info = read
         references = info.references
         sops = [uid for _, uid in references]
-        where = await relay.instance_backends(assoc.pool_id, sops)
+        where = await relay.instance_backends(ctx.pool_id, sops)
         unknown = [uid for uid in sops if uid not in where]
         located = 0
         if unknown:
-            found = await relay.locate_instances(assoc.pool_id, calling_ae=assoc.calling_ae, sop_uids=unknown)
+            found = await relay.locate_instances(ctx.pool_id, calling_ae=ctx.calling_ae, sop_uids=unknown)
             located = len(found)
             where.update(found)
         shares: dict[str, list[Reference]] = defaultdict(list)
@@ -245,46 +246,45 @@ class Commitments:
                 shares[where[ref[1]]].append(ref)
         unheld = {uid for uid in sops if uid not in where}
         logger.info("N-ACTION storage commitment pool=%s calling_ae=%s source_ip=%s transaction=%s instances=%d "
-                    "located=%d held-by-none=%d backends=%s", assoc.pool_id, assoc.calling_ae, assoc.source_ip,
+                    "located=%d held-by-none=%d backends=%s", ctx.pool_id, ctx.calling_ae, ctx.source_ip,
                     info.transaction_uid, len(references), located, len(unheld),
                     ",".join(f"{b}:{len(s)}" for b, s in sorted(shares.items())) or "-")
-        transaction = Transaction(info.transaction_uid, assoc.pool_id, assoc.calling_ae, assoc.called_ae,
+        transaction = Transaction(info.transaction_uid, ctx.pool_id, ctx.calling_ae, ctx.called_ae,
                                   merged=len(shares) != 1 or bool(unheld))
         await self._store("open", transaction)
         if not transaction.merged:
-            code = await self.ops.forward(next(iter(shares)), context_id, command, data)
+            code = await self.ops.forward(next(iter(shares)), context_id, command, data, codes)
             if status.is_success(code):
                 self.ops.reports_awaited += 1
             relay.telemetry.operation(service=command.name, status=code)
             self.ops.record_failure(command.name, code, backends=list(shares), by_backend=True)
             return
-        await assoc.answer(context_id, commands.response(command, status.SUCCESS))
+        await ctx.answer(context_id, commands.response(command, status.SUCCESS))
         relay.telemetry.operation(service=command.name, status=status.SUCCESS)
         self.ops.reports_awaited += 1
         relay.spawn(self._gather(context_id, transaction, references, dict(shares), unheld, ts))
 
     async def _read(self, context_id: int, command: commands.Command, ts: str) -> tuple[bytes, Information] | None:
         """The request's data set, as read and validated; None when it was answered with a failure."""
-        assoc = self.assoc
-        assert assoc.stream is not None
-        data = await assoc.stream.read_data_set(context_id, assoc.network.network_timeout_seconds,
-                                                limit=assoc.network.header_hold_bytes)
+        ctx = self.ctx
+        data = await ctx.peer.stream.read_data_set(context_id, ctx.network.network_timeout_seconds,
+                                                   limit=ctx.network.header_hold_bytes)
         try:
             return data, read_information(data, ts)
         except Unreadable as exc:
             if exc.status == status.INVALID_ARGUMENT_VALUE:
-                assoc.relay.telemetry.invalid_input(service=command.name, reason="referenced-uid")
+                ctx.relay.telemetry.invalid_input(service=command.name, reason="referenced-uid")
             logger.error("%s pool=%s calling_ae=%s source_ip=%s: refused with 0x%04X: %s", command.name,
-                         assoc.pool_id, uids.shown(assoc.calling_ae), assoc.source_ip, exc.status, exc.comment)
-            await assoc.answer(context_id, commands.response(command, exc.status, comment=exc.comment))
-            assoc.relay.telemetry.operation(service=command.name, status=exc.status)
+                         ctx.pool_id, uids.shown(ctx.calling_ae), ctx.source_ip, exc.status, exc.comment)
+            await ctx.answer(context_id, commands.response(command, exc.status, comment=exc.comment))
+            ctx.relay.telemetry.operation(service=command.name, status=exc.status)
             self.ops.record_failure(command.name, exc.status, comment=exc.comment, by_backend=False)
             return None
 
     async def _store(self, method: str, *args: object) -> object:
         """A call to the shared store on an executor thread; a database that cannot be
         reached costs the cross-process part (logged), never the operation."""
-        store = self.assoc.relay.commitments
+        store = self.ctx.relay.commitments
         if store is None:
             return None
         try:
@@ -296,12 +296,12 @@ class Commitments:
     async def _gather(self, context_id: int, transaction: Transaction, references: list[Reference],
                       shares: dict[str, list[Reference]], unheld: set[str], ts: str) -> None:
         """Send the shares, gather the reports, send the one merged report."""
-        assoc, relay, loop = self.assoc, self.assoc.relay, asyncio.get_running_loop()
+        ctx, relay, loop = self.ctx, self.ctx.relay, asyncio.get_running_loop()
         uid = transaction.transaction_uid
         reports: list[Report] = []
         refused: list[Report] = []
         try:
-            timeout = assoc.network.acse_timeout_seconds
+            timeout = ctx.network.acse_timeout_seconds
 
             async def send(backend_id: str, share: list[Reference]) -> None:
                 backend = relay.placement.address(backend_id)
@@ -348,7 +348,7 @@ class Commitments:
     async def _report(self, context_id: int, transaction: Transaction, committed: list[Reference],
                       failed: list[Failure], ts: str) -> None:
         """SynthIQ's own report to the requester: to its address, else on its association."""
-        assoc = self.assoc
+        ctx = self.ctx
         info = event_information(transaction.transaction_uid, committed, failed)
         event_type = EVENT_FAILURES_EXIST if failed else EVENT_ALL_COMMITTED
         where = f"{len(committed)} committed, {len(failed)} failed"
@@ -358,7 +358,7 @@ class Commitments:
             log("storage commitment transaction=%s: report (%s) to %s answered 0x%04X", transaction.transaction_uid,
                 where, transaction.requester_ae, code)
             return
-        if assoc.established and assoc.conn.is_open:
+        if ctx.peer.conn.is_open:
             await self._report_here(context_id, event_type, info, ts)
             logger.info("storage commitment transaction=%s: report (%s) sent on %s's association",
                         transaction.transaction_uid, where, transaction.requester_ae)
@@ -371,14 +371,14 @@ class Commitments:
         """Send a report to the requester's configured address on a new association, calling
         as the AE title it called; its status (0x0110 if it could not be reached), or None
         when it has no address."""
-        address = self.assoc.listener.requester(transaction.requester_ae)
+        address = self.ctx.listener.requester(transaction.requester_ae)
         if address is None:
             return None
         peer = BackendAddress(transaction.requester_ae, transaction.requester_ae, *address)
         try:
             code: int = await asyncio.get_running_loop().run_in_executor(None, lambda: client.event_report(
                 peer, calling_ae=transaction.called_ae, event_type=event_type, information=info,
-                timeout=self.assoc.network.acse_timeout_seconds))
+                timeout=self.ctx.network.acse_timeout_seconds))
             return code
         except (OSError, RuntimeError, ValueError) as exc:
             logger.error("storage commitment transaction=%s: requester %s at %s:%d could not be reached: %s",
@@ -387,26 +387,23 @@ class Commitments:
 
     async def _report_here(self, context_id: int, event_type: int, info: Dataset, ts: str) -> None:
         """SynthIQ's N-EVENT-REPORT on the requester's own association (its answer dropped)."""
-        assoc = self.assoc
+        ctx = self.ctx
         message_id = self._next_own_id = (self._next_own_id + 1) & 0xFFFF or 1
         self.ops.own.add(message_id)
         request = commands.event_report(message_id=message_id, sop_class_uid=services.STORAGE_COMMITMENT_PUSH,
                                         sop_instance_uid=client.STORAGE_COMMITMENT_INSTANCE, event_type=event_type)
-        async with assoc.write_lock:
-            assoc.conn.write(b"".join(
-                pdu.fragments(context_id, request, command=True, last=True, max_pdu=assoc.peer_max_pdu)
-                + pdu.fragments(context_id, _encode(info, ts), command=False, last=True, max_pdu=assoc.peer_max_pdu)))
+        await ctx.peer.answer(context_id, request, [_encode(info, ts)])
 
     # -- N-EVENT-REPORT arriving at SynthIQ ----------------------------------------------------
-    async def event_report(self, context_id: int, command: commands.Command) -> None:
-        assoc, relay = self.assoc, self.assoc.relay
-        if (read := await self._read(context_id, command, assoc.transfer_syntax(context_id))) is None:
+    async def event_report(self, context_id: int, command: commands.Command, codes: FailureCodes) -> None:
+        ctx, relay = self.ctx, self.ctx.relay
+        if (read := await self._read(context_id, command, ctx.transfer_syntax(context_id))) is None:
             return
         data, info = read
         uid = info.transaction_uid
         found = await self._store("get", uid)
-        transaction = found if isinstance(found, Transaction) and found.pool_id == assoc.pool_id else None
-        reporter = assoc.listener.backend_called(assoc.calling_ae) or assoc.calling_ae
+        transaction = found if isinstance(found, Transaction) and found.pool_id == ctx.pool_id else None
+        reporter = ctx.listener.backend_called(ctx.calling_ae) or ctx.calling_ae
         code: int | None
         if transaction is not None and transaction.merged:
             await self._store("add_report", uid, Report(reporter, info.references, info.failed))
@@ -416,41 +413,41 @@ class Commitments:
             code = await self.deliver(transaction, event_type, event_information(uid, info.references, info.failed))
             to = transaction.requester_ae
             comment = "" if code is not None else (f"no address for {transaction.requester_ae} in "
-                                                   f"Pools[{assoc.pool_id}].CommitmentRequesters")
+                                                   f"Pools[{ctx.pool_id}].CommitmentRequesters")
             code = status.PROCESSING_FAILURE if code is None else code
             if status.is_success(code):
                 await self._store("close", uid)
         else:
-            backend_id = assoc.called_backend or await self._holder(info)
+            backend_id = ctx.called_backend or await self._holder(info)
             if backend_id is None:
                 code, to = status.PROCESSING_FAILURE, "-"
-                comment = (f"no backend of pool {assoc.pool_id} holds the instances, and called AE title "
-                           f"{assoc.called_ae!r} is no backend's")
+                comment = (f"no backend of pool {ctx.pool_id} holds the instances, and called AE title "
+                           f"{ctx.called_ae!r} is no backend's")
             else:
                 logger.info("N-EVENT-REPORT storage commitment pool=%s calling_ae=%s source_ip=%s transaction=%s "
-                            "instances=%d failed=%d: relayed to backend %s", assoc.pool_id, assoc.calling_ae,
-                            assoc.source_ip, uid, len(info.references), len(info.failed), backend_id)
-                code = await self.ops.forward(backend_id, context_id, command, data)
+                            "instances=%d failed=%d: relayed to backend %s", ctx.pool_id, ctx.calling_ae,
+                            ctx.source_ip, uid, len(info.references), len(info.failed), backend_id)
+                code = await self.ops.forward(backend_id, context_id, command, data, codes)
                 relay.telemetry.operation(service=command.name, status=code)
                 self.ops.record_failure(command.name, code, backends=[backend_id], by_backend=True)
                 return
         log = logger.info if status.is_success(code) else logger.error
         log("N-EVENT-REPORT storage commitment pool=%s calling_ae=%s source_ip=%s transaction=%s instances=%d "
-            "failed=%d: to %s, answered 0x%04X %s", assoc.pool_id, assoc.calling_ae, assoc.source_ip, uid,
+            "failed=%d: to %s, answered 0x%04X %s", ctx.pool_id, ctx.calling_ae, ctx.source_ip, uid,
             len(info.references), len(info.failed), to, code, comment)
-        await assoc.answer(context_id, commands.response(command, code, comment=comment))
+        await ctx.answer(context_id, commands.response(command, code, comment=comment))
         relay.telemetry.operation(service=command.name, status=code)
         self.ops.record_failure(command.name, code, comment=comment, by_backend=False)
 
     async def _holder(self, info: Information) -> str | None:
         """The backend that holds most of a report's instances, known locations first."""
-        assoc = self.assoc
+        ctx = self.ctx
         sops = [uid for _, uid in info.references] + [uid for _, uid, _ in info.failed]
-        where = await assoc.relay.instance_backends(assoc.pool_id, sops)
+        where = await ctx.relay.instance_backends(ctx.pool_id, sops)
         unknown = [uid for uid in sops if uid not in where]
         if unknown:
-            where.update(await assoc.relay.locate_instances(assoc.pool_id, calling_ae=assoc.calling_ae,
-                                                            sop_uids=unknown))
+            where.update(await ctx.relay.locate_instances(ctx.pool_id, calling_ae=ctx.calling_ae,
+                                                          sop_uids=unknown))
         counts: dict[str, int] = defaultdict(int)
         for backend_id in where.values():
             counts[backend_id] += 1

@@ -1,29 +1,17 @@
 """One inbound association, from the modality's connect to its release or abort.
 
 The coroutine ``InboundAssociation.run`` negotiates, then serves one DIMSE operation at
-a time (no asynchronous operations window is granted):
-
-- C-ECHO is answered here.
-- C-STORE: the command and the first data set fragments are held (up to
-  ``hold_bytes``) until the Study Instance UID has been read; the study is routed (a hot
-  cache hit inline, anything else on the router's batching thread, so the loop never
-  waits on the database); the command and the held fragments go to the backend's
-  association, and every further fragment is passed on as it arrives, re-framed to the
-  backend's max PDU when it is smaller than the modality's PDUs. The backend's
-  C-STORE-RSP goes back as the bytes it sent.
-
-Never a false success: the modality gets the backend's status only; anything that goes
-wrong on the way is answered, after the rest of the instance has been read and
-dropped, with SynthIQ's own failure status (``routing.dicom.status``) and a comment
-naming the backend. If the modality aborts mid-instance, the backend's association is
-aborted too, so the backend never completes a partial instance.
+a time (no asynchronous operations window is granted): each request goes to its
+service's handler (``routing.relay.handlers``), given the association's ``Context``; a
+request no handler takes is answered 0x0211, a response goes back to the backend whose
+request it answers. A release from the modality releases the backends first; any other
+end of the association aborts them, so a backend never completes a partial instance.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from typing import TYPE_CHECKING
 
 from pydicom.uid import UID
@@ -31,12 +19,12 @@ from pynetdicom.presentation import PresentationContext
 
 from routing.dicom import commands, negotiation, pdu, status, uids
 from routing.dicom.pdu import ProtocolError
-from routing.dicom.scan import Header, HeaderError, HeaderScanner
 from routing.relay.connection import ConnectionClosed, PduConnection, TimedOut
-from routing.relay.operations import QUERY_RETRIEVE, Operations
-from routing.relay.outbound import BackendLink, OutboundUnavailable
-from routing.relay.stream import MessageStream, PeerAborted, PeerReleaseReply, PeerReleaseRequest
-from routing.waterfall import ASSOCIATION_CACHED
+from routing.relay.context import Context
+from routing.relay.links import Links
+from routing.relay.operations import Operations
+from routing.relay.peer import ModalityPeer
+from routing.relay.stream import PeerAborted, PeerReleaseReply, PeerReleaseRequest
 
 if TYPE_CHECKING:
     from routing.relay.server import PoolListener, Relay
@@ -45,27 +33,6 @@ logger = logging.getLogger("synthiq.routing")
 
 # After an A-ABORT, how long the peer has to close the connection itself (PS3.8 ARTIM).
 ABORT_LINGER_SECONDS = 2.0
-HOLD_RETRY_SECONDS = 0.5  # how often a held association tries its backend again
-
-
-class _Failed(Exception):
-    """An operation SynthIQ answers itself: the status, its comment, and the backend if any;
-    the elements at fault; whether the rest of the request's data set is still to be read."""
-
-    def __init__(self, code: int, comment: str, backend_id: str | None = None, *,
-                 offending: list[int] | None = None, drop: bool = False):
-        super().__init__(comment)
-        self.status, self.comment, self.backend_id = code, comment, backend_id
-        self.offending, self.drop = offending, drop
-
-
-class _LinkLost(Exception):
-    """The backend's association went away (abort, reset, timeout) mid-operation."""
-
-
-class _Violation(_LinkLost):
-    """The backend's response does not answer the request in flight (another Message ID,
-    SOP Class or SOP Instance): never taken for the request's outcome."""
 
 
 def _logged_uid(value: str) -> str:
@@ -92,20 +59,14 @@ class InboundAssociation:
         # A backend's own AE title called (an archive reporting to it): that backend.
         self.called_backend: str | None = None
         self.source_ip = conn.peer[0]
-        self.links: dict[str, BackendLink] = {}
-        self.studies: dict[str, str] = {}  # study uid -> backend, for this association
-        self.rx = self.fwd = self.failed = self.cache_hits = 0
-        self.bytes_relayed = 0  # data set bytes sent to backends (telemetry's MB/s)
+        self.links = Links(open_link=lambda backend_id: relay.open_link(self, backend_id), network=self.network,
+                           spawn=relay.spawn, where=f"pool={self.pool_id} source_ip={self.source_ip}")
         self.busy = False
         self.established = False
         self.rq: negotiation.AssociateRequest | None = None
         self.contexts: dict[int, PresentationContext] = {}
-        self.stream: MessageStream | None = None
+        self.context: Context | None = None  # what the handlers are given, once the association is accepted
         self.ended = asyncio.get_running_loop().create_future()
-        # Whole messages to the modality never interleave (a backend's request relayed from
-        # an idle association may come while an operation's answer is being written).
-        self.write_lock = asyncio.Lock()
-        self.operations = Operations(self)
         self.task: asyncio.Task[None] | None = None  # set by the relay
 
     # -- the whole life -----------------------------------------------------------------
@@ -138,27 +99,26 @@ class InboundAssociation:
             # runproxy is stopping (see Relay.stop): an idle association's backends are
             # released cleanly; one still mid-operation past the grace period is aborted.
             if not self.busy:
-                await self._release_links()
+                await self.links.release_all()
             self._abort_inbound(pdu.REASON_NOT_SPECIFIED)
         except Exception:  # a bug must cost one association, never the worker
             logger.exception("pool=%s calling_ae=%s source_ip=%s: unexpected error; aborting the association",
                              self.pool_id, self.calling_ae, self.source_ip)
             self._abort_inbound(pdu.REASON_NOT_SPECIFIED)
         finally:
-            for link in list(self.links.values()):
-                if outcome != "released":
-                    link.abort()
-            self.links.clear()
+            if outcome != "released":
+                self.links.abort_all()
             if not self.conn.lingering:
                 self.conn.close()
-            if self.established:
+            if self.context is not None:
+                tally = self.context.tally
                 self.relay.telemetry.association_closed()
-                self.relay.telemetry.audit.association_ended(self)
+                self.relay.telemetry.audit.association_ended(self.context)
                 logger.info(
                     "association %s pool=%s calling_ae=%s source_ip=%s rx=%d fwd=%d failed=%d studies=%d "
                     "cache-hits=%d backends=%d",
-                    outcome, self.pool_id, self.calling_ae, self.source_ip, self.rx, self.fwd, self.failed,
-                    len(self.studies), self.cache_hits, len(set(self.studies.values())),
+                    outcome, self.pool_id, self.calling_ae, self.source_ip, tally.rx, tally.fwd, tally.failed,
+                    len(tally.studies), tally.cache_hits, len(set(tally.studies.values())),
                 )
             if not self.ended.done():
                 self.ended.set_result(None)
@@ -204,7 +164,7 @@ class InboundAssociation:
             self.relay.telemetry.contexts_refused(pool_id=self.pool_id, source_ip=self.source_ip,
                                                   calling_ae=rq.calling_ae, called_ae=rq.called_ae,
                                                   sop_classes=[_sop_class_name(uid) for uid in refused])
-        self.stream = MessageStream(self.conn, self.contexts)
+        self.context = self._context(rq)
         # The relay counts this association among the established ones from here.
         self.relay.established(self)
         self.established = True
@@ -274,375 +234,72 @@ class InboundAssociation:
         return None
 
     # -- serving ------------------------------------------------------------------------
+    def _context(self, rq: negotiation.AssociateRequest) -> Context:
+        """What the handlers are given (routing.relay.context), from the accepted association."""
+        self.links.where = f"pool={self.pool_id} calling_ae={self.calling_ae} source_ip={self.source_ip}"
+        context = Context(peer=ModalityPeer(self.conn, self.contexts, rq.max_pdu), links=self.links, relay=self.relay,
+                          network=self.network, listener=self.listener, contexts=self.contexts,
+                          calling_ae=self.calling_ae, called_ae=self.called_ae, source_ip=self.source_ip,
+                          called_backend=self.called_backend)
+        context.operations = operations = Operations(context)
+        self.links.on_request = lambda link: self.relay.spawn(operations.relay_unsolicited(link))
+        return context
+
     async def _serve(self) -> str:
-        assert self.stream is not None
+        context = self.context
+        assert context is not None
         while True:
             # Nothing in flight: the idle limit; a storage commitment report still to come:
             # the network timeout (the association is waiting, not idle).
-            waiting = self.operations.reports_awaited > 0
+            waiting = context.operations.reports_awaited > 0
             limit = self.network.network_timeout_seconds if waiting else self.network.idle_timeout_seconds
             try:
-                context_id, command = await self.stream.read_command(limit)
+                context_id, command = await context.peer.stream.read_command(limit)
             except PeerReleaseRequest:
                 await self._release()
                 return "released"
             except TimedOut:
-                if waiting or self.stream.has_input:
+                if waiting or context.peer.stream.has_input:
                     raise
                 logger.info("pool=%s calling_ae=%s source_ip=%s: nothing for %.0fs (Network.IdleTimeoutSeconds); "
                             "closing the association", self.pool_id, self.calling_ae, self.source_ip, limit)
                 self.relay.telemetry.association_rejected("idle")
-                await self._release_links()
+                await self.links.release_all()
                 self._abort_inbound(pdu.REASON_NOT_SPECIFIED)
                 return "closed idle"
             self.busy = True
             try:
-                await self._dispatch(context_id, command)
+                await self._dispatch(context, context_id, command)
             finally:
                 self.busy = False
             self.relay.operation_done()
 
-    async def _dispatch(self, context_id: int, command: commands.Command) -> None:
-        field = command.field
-        if field == commands.C_ECHO_RQ:
-            await self.answer(context_id, commands.response(command, status.SUCCESS))  # Success
-            if command.has_data_set:
-                await self._drop_data_set(context_id)
-            return
-        if field == commands.C_STORE_RQ and command.has_data_set:
-            await self._store(context_id, command)
-            return
-        if field in QUERY_RETRIEVE and command.has_data_set:
-            await self.operations.query_retrieve(context_id, command)
-            return
-        if field == commands.N_ACTION_RQ and command.has_data_set:
-            await self.operations.commitments.action(context_id, command)
-            return
-        if field == commands.N_EVENT_REPORT_RQ and command.has_data_set:
-            await self.operations.commitments.event_report(context_id, command)
+    async def _dispatch(self, context: Context, context_id: int, command: commands.Command) -> None:
+        """The service's handler (routing.relay.handlers), or what a request or response
+        that is no service's gets."""
+        service = self.relay.handlers.get(command.field)
+        if service is not None and (command.has_data_set or not service.needs_data_set):
+            await service.handle(context, context_id, command)
             return
         if not command.is_request:
-            if not await self.operations.answer_from_modality(context_id, command):
+            if not await context.operations.answer_from_modality(context_id, command):
                 logger.warning("pool=%s calling_ae=%s: %s answering nothing in flight: dropped", self.pool_id,
                                self.calling_ae, command.name)
                 if command.has_data_set:
-                    await self._drop_data_set(context_id)
+                    await context.drop_data_set(context_id)
             return
-        if field == commands.C_CANCEL_RQ:
+        if command.field == commands.C_CANCEL_RQ:
             return  # nothing in flight to cancel (it has no response)
         logger.warning("pool=%s calling_ae=%s: %s not supported here; answered 0x0211",
                        self.pool_id, self.calling_ae, command.name)
         if command.has_data_set:
-            await self._drop_data_set(context_id)
-        await self.answer(context_id, commands.response(command, status.UNRECOGNIZED_OPERATION))
-
-    @property
-    def peer_max_pdu(self) -> int:
-        """The largest PDU the modality takes (0: no limit, capped by pdu.fragments)."""
-        return self.rq.max_pdu if self.rq is not None else 0
-
-    async def answer(self, context_id: int, raw: bytes | memoryview) -> None:
-        """A response of SynthIQ's (or a backend's, already whole) to the modality."""
-        async with self.write_lock:
-            self.conn.write(b"".join(pdu.fragments(context_id, raw, command=True, last=True,
-                                                   max_pdu=self.peer_max_pdu)))
-
-    async def _drop_data_set(self, context_id: int) -> None:
-        assert self.stream is not None
-        await self.stream.skip_data_set(context_id, self.network.network_timeout_seconds)
-
-    # -- C-STORE ------------------------------------------------------------------------
-    async def _store(self, context_id: int, command: commands.Command) -> None:
-        started = time.perf_counter()
-        bytes_before = self.bytes_relayed
-        self.rx += 1
-        sop_uid = command.sop_instance_uid
-        study_uid = ""
-        try:
-            held, last, header = await self._hold_until_study_uid(context_id, sop_uid)
-            study_uid = header.study_uid
-            self._check_uids(header, sop_uid, held, last)
-            try:
-                backend_id = await self._route(header, sop_uid)
-                link = await self._link(backend_id, context_id)
-            except _Failed:
-                if not last:  # answer only once the whole request has been read
-                    await self._drop_data_set(context_id)
-                raise
-            code, answer = await self._forward(link, context_id, command, held, last)
-        except _Failed as failure:
-            self.failed += 1
-            # The verdict, with every id an operator searches by (the lines above say why).
-            logger.error("C-STORE failed pool=%s calling_ae=%s source_ip=%s study=%s sop=%s backend=%s: 0x%04X %s",
-                         self.pool_id, self.calling_ae, self.source_ip, _logged_uid(study_uid),
-                         _logged_uid(sop_uid), failure.backend_id or "-", failure.status, failure.comment)
-            self.relay.telemetry.forward_failed(failure.backend_id, failure.status)
-            self.relay.telemetry.store_failed(
-                pool_id=self.pool_id, calling_ae=self.calling_ae, source_ip=self.source_ip,
-                study_uid=study_uid, sop_instance_uid=sop_uid,
-                backend_id=failure.backend_id, status=failure.status, comment=failure.comment, by_backend=False)
-            if failure.drop:  # answer only once the whole request has been read
-                await self._drop_data_set(context_id)
-            offending = failure.offending or (
-                [0x0020000D] if failure.status in (status.CANNOT_UNDERSTAND, status.UID_BEYOND_HOLD) else None)
-            await self.answer(context_id, commands.response(command, failure.status, comment=failure.comment,
-                                                       offending=offending))
-            return
-        if status.is_success(code):
-            self.fwd += 1
-            self.relay.placement.note_instance(pool_id=self.pool_id, sop_instance_uid=sop_uid,
-                                               backend_id=backend_id, study_uid=header.study_uid)
-        else:
-            self.failed += 1
-            logger.warning("C-STORE not stored pool=%s calling_ae=%s source_ip=%s study=%s sop=%s backend=%s: backend "
-                           "answered 0x%04X %s", self.pool_id, self.calling_ae, self.source_ip,
-                           study_uid, sop_uid, backend_id, code, answer.text(commands.ERROR_COMMENT))
-            self.relay.telemetry.store_failed(
-                pool_id=self.pool_id, calling_ae=self.calling_ae, source_ip=self.source_ip,
-                study_uid=study_uid, sop_instance_uid=sop_uid, backend_id=backend_id, status=code,
-                comment=answer.text(commands.ERROR_COMMENT), by_backend=True)
-        self.relay.telemetry.forwarded(backend_id, code, time.perf_counter() - started,
-                                       nbytes=self.bytes_relayed - bytes_before)
-        self.relay.telemetry.audit.stored(self, header, command.sop_class_uid, backend_id, code)
-        await self.answer(context_id, answer.raw)
-
-    def _check_uids(self, header: Header, sop_uid: str, held: list[memoryview], last: bool) -> None:
-        """The UIDs this C-STORE is routed and recorded by must be UIDs: anything else is
-        refused with 0xC000 before a byte reaches a backend, the database or the journal.
-        Raises _Failed (with the rest of the data set still to be dropped if not ``last``)."""
-        for name, reason, tag, value in (("Study Instance UID", "study-uid", 0x0020000D, header.study_uid),
-                                         ("SOP Instance UID", "sop-instance-uid", commands.AFFECTED_SOP_INSTANCE_UID,
-                                          sop_uid)):
-            problem = uids.uid_problem(value)
-            if problem is None:
-                continue
-            held.clear()
-            self.relay.telemetry.invalid_input(service="C-STORE", reason=reason)
-            logger.error("pool=%s calling_ae=%s source_ip=%s sop=%s: C-STORE refused with 0xC000: %s %s is %s",
-                         self.pool_id, uids.shown(self.calling_ae), self.source_ip, uids.shown(sop_uid), name,
-                         uids.shown(value), problem)
-            raise _Failed(status.CANNOT_UNDERSTAND, uids.comment(name, problem), offending=[tag], drop=not last)
-
-    async def _hold_until_study_uid(self, context_id: int, sop_uid: str) -> tuple[list[memoryview], bool, Header]:
-        """Read data set fragments until the Study Instance UID is known; they are held
-        (bounded by ``hold_bytes``) to be sent once the study is routed."""
-        assert self.stream is not None
-        scanner = HeaderScanner(self.transfer_syntax(context_id))
-        held: list[memoryview] = []
-        size = 0
-        while True:
-            piece = await self.stream.next_piece(context_id, self.network.network_timeout_seconds)
-            held.append(piece.data)
-            size += len(piece.data)
-            try:
-                header = scanner.feed(piece.data, last=piece.last)
-            except HeaderError as exc:
-                code, comment = status.CANNOT_UNDERSTAND, str(exc)
-            else:
-                if header is not None:
-                    return held, piece.last, header
-                if size < self.network.header_hold_bytes:
-                    continue
-                code, comment = (status.UID_BEYOND_HOLD,
-                                 f"Study Instance UID not in the first {self.network.header_hold_bytes // 1024} KiB")
-            held.clear()
-            if not piece.last:
-                await self._drop_data_set(context_id)
-            logger.error("pool=%s calling_ae=%s source_ip=%s sop=%s: C-STORE refused with 0x%04X: %s",
-                         self.pool_id, self.calling_ae, self.source_ip, uids.shown(sop_uid), code, comment)
-            raise _Failed(code, comment)
-
-    def transfer_syntax(self, context_id: int) -> str:
-        return str(self.contexts[context_id].transfer_syntax[0])
-
-    async def _route(self, header: Header, sop_uid: str) -> str:
-        suid = header.study_uid
-        backend_id = self.studies.get(suid)
-        if backend_id is not None:
-            self.cache_hits += 1
-            self.relay.telemetry.routed(ASSOCIATION_CACHED)
-        else:
-            route = await self.relay.route(self.pool_id, suid)
-            if route.backend_id is None:
-                logger.error("pool=%s calling_ae=%s source_ip=%s study=%s sop=%s: no enabled backend can take it",
-                             self.pool_id, self.calling_ae, self.source_ip, suid, sop_uid)
-                raise _Failed(status.OUT_OF_RESOURCES, f"pool {self.pool_id}: no backend available")
-            backend_id = route.backend_id
-            self.studies[suid] = backend_id
-            if route.cache_hit:
-                self.cache_hits += 1
-            self.relay.telemetry.decided(pool_id=self.pool_id, study_uid=suid, backend_id=backend_id,
-                                     reason=route.reason, calling_ae=self.calling_ae, source_ip=self.source_ip,
-                                     modality=header.modality)
-            patient = f" patient_id={header.patient_id}" if self.relay.log_patient_id else ""
-            logger.info(
-                "route pool=%s calling_ae=%s source_ip=%s study=%s sop=%s modality=%s%s backend=%s reason=%s",
-                self.pool_id, self.calling_ae, self.source_ip, suid, sop_uid, header.modality, patient,
-                backend_id, route.reason,
-            )
-        self.relay.placement.touch(self.pool_id, suid)
-        return backend_id
-
-    async def _hold_for(self, backend_id: str, first: OutboundUnavailable) -> BackendLink:
-        """The study's backend cannot be reached: retry it for up to
-        Network.BoundBackendHoldSeconds before failing the C-STORE. Meanwhile nothing more
-        is read from the modality (its socket fills, TCP holds it back), so holding costs
-        no memory; the number of associations held per pool is bounded."""
-        loop = asyncio.get_running_loop()
-        network, relay = self.network, self.relay
-        deadline = loop.time() + network.bound_backend_hold_seconds
-        if network.bound_backend_hold_seconds <= 0 or relay.held[self.pool_id] >= network.max_held_associations:
-            raise _Failed(first.status, first.comment, backend_id) from None
-        relay.held[self.pool_id] += 1
-        relay.telemetry.held()
-        logger.warning("pool=%s calling_ae=%s source_ip=%s: %s; holding the association up to %.0fs for it",
-                       self.pool_id, self.calling_ae, self.source_ip, first.comment,
-                       network.bound_backend_hold_seconds)
-        last = first
-        try:
-            while loop.time() < deadline:
-                await asyncio.sleep(min(HOLD_RETRY_SECONDS, max(0.0, deadline - loop.time())))
-                try:
-                    link = await self.link_to(backend_id, log=False)
-                except OutboundUnavailable as exc:
-                    last = exc
-                    continue
-                logger.info("pool=%s calling_ae=%s: backend %s reachable again after %.1fs; relaying",
-                            self.pool_id, self.calling_ae, backend_id,
-                            network.bound_backend_hold_seconds - (deadline - loop.time()))
-                return link
-        finally:
-            relay.held[self.pool_id] -= 1
-        logger.error("pool=%s calling_ae=%s source_ip=%s backend=%s: still unreachable after %.0fs held: %s; the "
-                     "C-STORE fails with 0x%04X", self.pool_id, self.calling_ae, self.source_ip, backend_id,
-                     network.bound_backend_hold_seconds, last.comment, last.status)
-        raise _Failed(last.status, last.comment, backend_id)
-
-    async def link_to(self, backend_id: str, *, log: bool = True) -> BackendLink:
-        """This association's link to ``backend_id``, opened when needed. Raises OutboundUnavailable
-        (logged unless ``log`` is false: a hold's retries log once, not at every try)."""
-        link = self.links.get(backend_id)
-        if link is None or not link.usable:
-            self.links.pop(backend_id, None)
-            try:
-                link = await self.relay.open_link(self, backend_id)
-            except OutboundUnavailable as exc:
-                if log:
-                    logger.error("pool=%s calling_ae=%s source_ip=%s backend=%s: %s", self.pool_id, self.calling_ae,
-                                 self.source_ip, backend_id, exc.comment)
-                raise
-            link.on_request = lambda link: self.relay.spawn(self.operations.relay_unsolicited(link))
-            self.links[backend_id] = link
-        return link
-
-    async def _link(self, backend_id: str, context_id: int) -> BackendLink:
-        """As link_to, for a C-STORE, riding out a short backend outage. Raises _Failed."""
-        try:
-            link = await self.link_to(backend_id)
-        except OutboundUnavailable as exc:
-            link = await self._hold_for(backend_id, exc)
-        if context_id not in link.accepted.contexts:
-            comment = f"backend {backend_id} refused SOP class/syntax"
-            logger.error("pool=%s calling_ae=%s: %s (%s in %s)", self.pool_id, self.calling_ae, comment,
-                         self.contexts[context_id].abstract_syntax, self.transfer_syntax(context_id))
-            raise _Failed(status.SOP_CLASS_NOT_SUPPORTED, comment, backend_id)
-        return link
-
-    async def _forward(self, link: BackendLink, context_id: int, command: commands.Command,
-                       held: list[memoryview], last: bool) -> tuple[int, commands.Command]:
-        assert self.stream is not None
-        backend_id = link.backend.id
-        self.relay.placement.note_sent(backend_id)
-        link.claim()
-        try:
-            try:
-                self.bytes_relayed += sum(len(h) for h in held)
-                link.send_message(context_id, command.raw, held, last)
-                held.clear()
-                await self._drain(link)
-                while not last:
-                    piece = await self.stream.next_piece(context_id, self.network.network_timeout_seconds,
-                                                         pass_whole_up_to=link.max_pdu)
-                    last = piece.last
-                    self.bytes_relayed += piece.size
-                    if not link.usable:
-                        raise _LinkLost(f"backend {backend_id} went away mid-instance")
-                    if piece.raw is not None:
-                        link.conn.write(piece.raw)
-                    else:
-                        link.send(context_id, piece.data, command=False, last=last)
-                    if link.conn.write_paused:
-                        await self._drain(link)
-                return await self._response(link, command)
-            except _LinkLost as exc:
-                link.abort()
-                self.links.pop(backend_id, None)
-                logger.error("pool=%s calling_ae=%s sop=%s backend=%s: %s", self.pool_id, uids.shown(self.calling_ae),
-                             command.sop_instance_uid, backend_id, exc)
-                if not last:
-                    await self._drop_data_set(context_id)
-                if isinstance(exc, _Violation):
-                    self.relay.telemetry.backend_violation(backend_id)
-                    raise _Failed(status.BACKEND_NO_RESPONSE, str(exc), backend_id) from None
-                raise _Failed(status.BACKEND_NO_RESPONSE, f"backend {backend_id} aborted/timed out",
-                              backend_id) from None
-        except (PeerAborted, ConnectionClosed, ProtocolError, TimedOut):
-            # The modality went away (or broke the protocol) mid-instance: the backend must
-            # never complete a partial instance.
-            link.abort()
-            self.links.pop(backend_id, None)
-            raise
-        finally:
-            if link.usable:
-                link.unclaim(idle_seconds=self.network.outbound_idle_seconds, on_idle=self.link_idle)
-
-    async def _drain(self, link: BackendLink) -> None:
-        try:
-            await link.conn.drain(self.network.dimse_timeout_seconds)
-        except TimedOut as exc:
-            raise _LinkLost(f"backend stopped reading ({exc})") from None
-        except ConnectionClosed as exc:
-            raise _LinkLost(str(exc)) from None
-        if not link.usable:
-            raise _LinkLost(f"backend {link.backend.id} went away mid-instance")
-
-    async def _response(self, link: BackendLink, command: commands.Command) -> tuple[int, commands.Command]:
-        """The backend's C-STORE-RSP for ``command``."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.network.dimse_timeout_seconds
-        while True:
-            try:
-                rsp_context, rsp = await link.stream.read_command(max(0.0, deadline - loop.time()))
-            except (PeerAborted, ConnectionClosed, TimedOut, ProtocolError, PeerReleaseRequest) as exc:
-                raise _LinkLost(f"no C-STORE response ({type(exc).__name__}: {exc})") from None
-            if rsp.field == commands.C_STORE_RSP:
-                mismatch = commands.response_mismatch(command, rsp)
-                if mismatch:
-                    raise _Violation(f"backend {link.backend.id} {mismatch}")
-                code = rsp.status
-                if code is None:
-                    raise _LinkLost("C-STORE response without a Status")
-                if rsp.has_data_set:
-                    await link.stream.skip_data_set(rsp_context, self.network.dimse_timeout_seconds)
-                return code, rsp
-            logger.warning("backend %s sent %s while a C-STORE was in flight: ignored", link.backend.id, rsp.name)
-            if rsp.has_data_set:
-                await link.stream.skip_data_set(rsp_context, self.network.dimse_timeout_seconds)
-
-    def link_idle(self, link: BackendLink) -> None:
-        if self.links.get(link.backend.id) is link:
-            del self.links[link.backend.id]
-        self.relay.spawn(link.release(self.network.release_timeout_seconds))
+            await context.drop_data_set(context_id)
+        await context.answer(context_id, commands.response(command, status.UNRECOGNIZED_OPERATION))
 
     # -- release ------------------------------------------------------------------------
-    async def _release_links(self) -> None:
-        links, self.links = list(self.links.values()), {}
-        if links:
-            await asyncio.gather(*(link.release(self.network.release_timeout_seconds) for link in links))
-
     async def _release(self) -> None:
         """The modality asked to release: release the backends first (bounded), then answer."""
-        await self._release_links()
+        await self.links.release_all()
         self.conn.write(pdu.release_rp())
         # The requestor closes the connection after our A-RELEASE-RP; wait a moment for it.
         try:

@@ -16,10 +16,11 @@ import ssl
 from collections.abc import Callable
 
 from routing.dicom import negotiation, pdu, status
-from routing.dicom.client import Peer
+from routing.dicom.client import Peer as PeerAddress
 from routing.dicom.pdu import ProtocolError
 from routing.relay.connection import ConnectionClosed, PduConnection, TimedOut
-from routing.relay.stream import MessageStream, PeerAborted, PeerReleaseReply, PeerReleaseRequest
+from routing.relay.peer import Peer
+from routing.relay.stream import PeerAborted, PeerReleaseReply, PeerReleaseRequest
 
 logger = logging.getLogger("synthiq.relay")
 
@@ -27,7 +28,7 @@ logger = logging.getLogger("synthiq.relay")
 HANDSHAKE_PDU_LIMIT = 256 * 1024
 
 
-BackendAddress = Peer  # a backend as the relay and SynthIQ's own clients address it
+BackendAddress = PeerAddress  # a backend as the relay and SynthIQ's own clients address it
 
 
 class OutboundUnavailable(Exception):
@@ -36,14 +37,11 @@ class OutboundUnavailable(Exception):
         self.status, self.comment = code, comment
 
 
-class BackendLink:
+class BackendLink(Peer):
     def __init__(self, backend: BackendAddress, conn: PduConnection, accepted: negotiation.BackendAccept):
+        super().__init__(conn, accepted.contexts, accepted.max_pdu or pdu.UNLIMITED_PDU_CAP)
         self.backend = backend
-        self.conn = conn
         self.accepted = accepted
-        self.max_pdu = accepted.max_pdu or pdu.UNLIMITED_PDU_CAP
-        self.stream = MessageStream(conn, accepted.contexts)
-        self.closing = False
         self._idle_timer: asyncio.TimerHandle | None = None
         # Called (with this link, already claimed) when the backend sends a request of its
         # own with no operation in flight: an N-EVENT-REPORT after an N-ACTION-RSP.
@@ -93,10 +91,6 @@ class BackendLink:
         return link
 
     # -- state ---------------------------------------------------------------------------
-    @property
-    def usable(self) -> bool:
-        return not self.closing and self.conn.is_open and self.conn.error is None
-
     def claim(self) -> None:
         self.conn.claimed = True
         if self._idle_timer is not None:
@@ -141,19 +135,6 @@ class BackendLink:
                                self.backend.id, got.type)
                 self.abort(reason=pdu.REASON_UNEXPECTED_PDU)
 
-    # -- sending ------------------------------------------------------------------------
-    def send(self, context_id: int, data: bytes | memoryview, *, command: bool, last: bool) -> None:
-        self.conn.write(b"".join(pdu.fragments(context_id, data, command=command, last=last, max_pdu=self.max_pdu)))
-
-    def send_message(self, context_id: int, command: bytes | memoryview, data: list[memoryview], last: bool) -> None:
-        """A command set and the data set fragments that came with it, in one write (a
-        small instance costs one system call, not one per PDU)."""
-        frames = pdu.fragments(context_id, command, command=True, last=True, max_pdu=self.max_pdu)
-        for n, piece in enumerate(data):
-            frames += pdu.fragments(context_id, piece, command=False, last=last and n == len(data) - 1,
-                                    max_pdu=self.max_pdu)
-        self.conn.write(b"".join(frames))
-
     # -- ending -------------------------------------------------------------------------
     def abort(self, *, reason: int | None = None) -> None:
         """A-ABORT (as service user on the modality's behalf, or as provider with a reason)."""
@@ -180,7 +161,7 @@ class BackendLink:
         try:
             while True:
                 try:
-                    await self.stream._next_pdu(max(0.0, deadline - loop.time()))
+                    await self.stream.next_pdu(max(0.0, deadline - loop.time()))
                     continue  # a late response or event on its way out: not ours to relay any more
                 except PeerReleaseRequest:
                     self.conn.write(pdu.release_rp())  # release collision: the requestor answers first

@@ -30,6 +30,7 @@ from routing.dicom import negotiation, netopts
 from routing.relay import locator
 from routing.relay.commitment import CommitmentStore
 from routing.relay.connection import PduConnection
+from routing.relay.handlers import HANDLERS, Service
 from routing.relay.inbound import InboundAssociation
 from routing.relay.outbound import HANDSHAKE_PDU_LIMIT, BackendAddress, BackendLink
 from routing.relay.quota import AddressCounts
@@ -165,8 +166,9 @@ class Relay:
     def __init__(self, *, pools: list[PoolListener], network: NetworkSettings, placement: Placement, telemetry: Any,
                  syntax_ranks: Mapping[str, Mapping[str, negotiation.Rank]] | None = None,
                  log_patient_id: bool = True, per_address: AddressCounts | None = None,
-                 commitments: CommitmentStore | None = None):
+                 commitments: CommitmentStore | None = None, handlers: Mapping[int, Service] = HANDLERS):
         self.pools = pools
+        self.handlers = handlers  # DIMSE command field -> its service's handler (routing.relay.handlers)
         self.log_patient_id = log_patient_id  # route lines carry the Patient ID unless a site turns it off
         self.network = network
         self.placement = placement

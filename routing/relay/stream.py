@@ -53,8 +53,10 @@ class MessageStream:
         self.conn = conn
         self.contexts = contexts
         self._pdvs: deque[Pdv] = deque()
+        self._data_due = False  # a command with a data set was read, and not yet all of its data set
 
-    async def _next_pdu(self, timeout: float | None) -> Pdu:
+    async def next_pdu(self, timeout: float | None) -> Pdu:
+        """The next P-DATA-TF; the association's other PDUs are raised as what they mean."""
         got = await self.conn.next_pdu(timeout)
         if got.type == pdu.P_DATA_TF:
             return got
@@ -74,12 +76,17 @@ class MessageStream:
 
     async def _next_pdv(self, timeout: float | None) -> Pdv:
         while not self._pdvs:
-            self._pdvs.extend(pdu.pdvs(await self._next_pdu(timeout)))
+            self._pdvs.extend(pdu.pdvs(await self.next_pdu(timeout)))
         return self._check(self._pdvs.popleft())
 
     @property
     def between_messages(self) -> bool:
         return not self._pdvs
+
+    @property
+    def data_set_unread(self) -> bool:
+        """The last command read has a data set whose end has not been read yet."""
+        return self._data_due
 
     @property
     def has_input(self) -> bool:
@@ -106,6 +113,7 @@ class MessageStream:
             command = commands.decode(b"".join(parts))
         except commands.CommandError as exc:
             raise ProtocolError(f"unreadable command set: {exc}") from None
+        self._data_due = command.has_data_set
         return first.context_id, command
 
     async def next_piece(self, context_id: int, timeout: float | None, *, pass_whole_up_to: int = 0) -> Piece:
@@ -113,7 +121,7 @@ class MessageStream:
         data set's fragments, whose variable field is at most ``pass_whole_up_to`` bytes,
         comes back whole (``raw``) so it can be passed on without re-framing."""
         if not self._pdvs:
-            got = await self._next_pdu(timeout)
+            got = await self.next_pdu(timeout)
             items = list(pdu.pdvs(got))
             body = len(got.raw) - pdu.PDU_HEADER_BYTES
             if body <= pass_whole_up_to and all(
@@ -121,12 +129,14 @@ class MessageStream:
             ):
                 self._check(items[0])
                 data = items[0].data if len(items) == 1 else memoryview(b"")
+                self._data_due = not items[-1].is_last
                 return Piece(data, items[-1].is_last, raw=got.raw)
             self._pdvs.extend(items)
         pdv = self._check(self._pdvs.popleft())
         if pdv.is_command or pdv.context_id != context_id:
             raise ProtocolError(f"{'command' if pdv.is_command else 'data'} fragment on context "
                                 f"{pdv.context_id} inside a data set on context {context_id}")
+        self._data_due = not pdv.is_last
         return Piece(pdv.data, pdv.is_last)
 
     async def read_data_set(self, context_id: int, timeout: float | None, *, limit: int) -> bytes:
