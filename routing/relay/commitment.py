@@ -126,7 +126,7 @@ def read_information(data: bytes, transfer_syntax: str) -> Information:
         raise Unreadable(status.PROCESSING_FAILURE, f"unreadable commitment information: {exc}") from None
     named = [("Transaction UID", transaction)] + [
         (f"Referenced SOP {kind} UID", uid) for item in [*references, *failed]
-        for kind, uid in (("Class", item[0]), ("Instance", item[1]))]
+        for kind, uid in (("Class", str(item[0])), ("Instance", str(item[1])))]
     problem = next(((name, p) for name, value in named if (p := uids.uid_problem(value))), None)
     if problem is not None:
         raise Unreadable(status.INVALID_ARGUMENT_VALUE, uids.comment(*problem))

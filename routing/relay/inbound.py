@@ -189,7 +189,7 @@ class InboundAssociation:
         if transport is None:
             self._tls_failed(None)
             raise ConnectionClosed(f"TLS handshake with {self.source_ip} failed")
-        self.conn.attach(transport)  # type: ignore[arg-type]
+        self.conn.attach(transport)
 
     def _tls_failed(self, exc: BaseException | None) -> None:
         """A failed handshake is logged (rate-limited: a scanner can make thousands) and counted

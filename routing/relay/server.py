@@ -27,6 +27,7 @@ from ipaddress import IPv4Network, IPv6Address, IPv6Network, ip_address
 from typing import Any, Protocol
 
 from routing.dicom import negotiation, netopts
+from routing.dicom.services import VERIFICATION
 from routing.relay import locator
 from routing.relay.commitment import CommitmentStore
 from routing.relay.connection import PduConnection
@@ -51,7 +52,7 @@ class PoolListener:
     port: int
     allowed_calling_ae_titles: tuple[str, ...] = ()
     tls: ssl.SSLContext | None = None
-    services: tuple[str, ...] = (negotiation.VERIFICATION,)
+    services: tuple[str, ...] = (VERIFICATION,)
     allowed_sources: tuple[IPv4Network | IPv6Network, ...] = ()
     accepted_called_ae_titles: tuple[str, ...] = ()
     # (AE title, backend id) of each backend: an archive reporting storage commitment to a
@@ -121,6 +122,33 @@ class Route(Protocol):
     cache_hit: bool
 
 
+class TelemetrySink(Protocol):
+    """What the relay and the DICOMweb front door report (``routing.telemetry.Telemetry``;
+    the counter names it keeps are ``routing.counters``). Called on the event loop: cheap."""
+
+    audit: Any  # routing.audit's trail: the relay reports audit events through it
+
+    def association_opened(self) -> None: ...
+    def association_closed(self) -> None: ...
+    def association_rejected(self, reason: str, *, pool_id: str = "", source_ip: str = "", calling_ae: str = "",
+                             called_ae: str = "", detail: str = "") -> None: ...
+    def contexts_refused(self, *, pool_id: str, source_ip: str, calling_ae: str, called_ae: str,
+                         sop_classes: list[str]) -> None: ...
+    def connection_refused(self) -> None: ...
+    def held(self) -> None: ...
+    def routed(self, reason: str) -> None: ...
+    def decided(self, *, pool_id: str, study_uid: str, backend_id: str, reason: str, calling_ae: str,
+                source_ip: str, modality: str) -> None: ...
+    def forwarded(self, backend_id: str, status: int, seconds: float, *, nbytes: int = 0) -> None: ...
+    def forward_failed(self, backend_id: str | None, status: int) -> None: ...
+    def store_failed(self, *, pool_id: str, calling_ae: str, source_ip: str, study_uid: str, sop_instance_uid: str,
+                     backend_id: str | None, status: int, comment: str, by_backend: bool,
+                     service: str = "C-STORE") -> None: ...
+    def operation(self, *, service: str, status: int) -> None: ...
+    def invalid_input(self, *, service: str, reason: str) -> None: ...
+    def backend_violation(self, backend_id: str) -> None: ...
+
+
 class Placement(Protocol):
     """What the relay needs of routing (``routing.router.Router``). ``submit*`` return
     concurrent futures answered on the router's thread; ``instance_backends`` blocks."""
@@ -163,7 +191,8 @@ class _Pending:
 
 
 class Relay:
-    def __init__(self, *, pools: list[PoolListener], network: NetworkSettings, placement: Placement, telemetry: Any,
+    def __init__(self, *, pools: list[PoolListener], network: NetworkSettings, placement: Placement,
+                 telemetry: TelemetrySink,
                  syntax_ranks: Mapping[str, Mapping[str, negotiation.Rank]] | None = None,
                  log_patient_id: bool = True, per_address: AddressCounts | None = None,
                  commitments: CommitmentStore | None = None, handlers: Mapping[int, Service] = HANDLERS):
