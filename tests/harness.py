@@ -164,6 +164,21 @@ class Sent:
     comment: str = ""
 
 
+def responses_to_the_caller(assoc: Any) -> Any:
+    """Keep pynetdicom's reactor thread off the responses of a requestor that expects no
+    request from its peer (a C-STORE sender); returns ``assoc``.
+
+    A ``send_*()`` call pauses the reactor by clearing an event and waiting for the reactor's
+    ``_is_paused`` flag, but the flag can still be True from the reactor's previous turn: the
+    reactor then takes the response off the DIMSE queue itself and ``send_*()`` waits out its
+    DIMSE timeout (seen under load: SynthIQ's C-STORE-RSP on the wire, the sender aborting
+    60 s later). The reactor only ever needs a message here for a request from the peer,
+    which these senders never get, so it is given none."""
+    take = assoc.dimse.get_msg
+    assoc.dimse.get_msg = lambda block=False: take(block) if block else (None, None)
+    return assoc
+
+
 def send_files(
     port: int,
     paths: list[Path],
@@ -191,6 +206,7 @@ def send_files(
                          ae_title=called_ae)
     if not assoc.is_established:
         raise ConnectionError(f"association to {called_ae}@{port} not established")
+    responses_to_the_caller(assoc)
     out = []
     try:
         for n, p in enumerate(paths):

@@ -24,7 +24,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 )
 
 from routing.simulators.synthetic import make_instance, write_study
-from tests.harness import free_port, send_files, wait_for
+from tests.harness import free_port, responses_to_the_caller, send_files, wait_for
 
 pytestmark = pytest.mark.postgres
 
@@ -77,7 +77,7 @@ def test_study_uids_that_are_not_uids_are_refused_and_leave_nothing_behind(clust
     sender.start()
     ae = AE(ae_title="HOSTILE")
     ae.add_requested_context(CTImageStorage, "1.2.840.10008.1.2.1")
-    assoc = ae.associate("127.0.0.1", proxy.port, ae_title="SYNTHIQ")
+    assoc = responses_to_the_caller(ae.associate("127.0.0.1", proxy.port, ae_title="SYNTHIQ"))
     assert assoc.is_established
     pydicom.config.settings.writing_validation_mode = pydicom.config.IGNORE
     try:
