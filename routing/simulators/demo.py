@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from django.conf import settings
@@ -74,23 +75,28 @@ def demo_run(*, dicom_port: int, http: str, backend_base_port: int, announce: Ca
         _wait_listening([b["Port"] for b in config["Pools"][0]["Backends"]], children)
         path = settings.VAR_DIR / "demo-config.json"
         path.write_text(json.dumps(config, indent=2))
-        user, password = _demo_user()
-        token = Token.objects.get_or_create(user=user)[0].key
-        announce(
-            f"\nSynthIQ demo\n"
-            f"  DICOM:     AE SYNTHIQ on port {dicom_port}  (storescu -aec SYNTHIQ 127.0.0.1 {dicom_port} FILE...)\n"
-            f"  Services:  storage, C-ECHO, C-FIND, C-MOVE, C-GET, storage commitment (README: Two commands)\n"
-            f"  C-MOVE to: {', '.join(move_destinations) or 'no destination (--move-destination AE=host:port)'}\n"
-            f"  Dashboard: http://{http}/   log in as '{user.username}' / '{password}'\n"
-            f"  API token: curl -H 'Authorization: Token {token}' http://{http}/api/status\n"
-            f"  Config:    {path}\n"
-        )
+        announce(_welcome(dicom_port=dicom_port, http=http, move_destinations=move_destinations, path=path))
         call_command("runproxy", config=str(path), http=http)
     finally:
         for child in children:
             child.terminate()
         for child in children:
             child.wait(timeout=10)
+
+
+def _welcome(*, dicom_port: int, http: str, move_destinations: list[str], path: Path) -> str:
+    """What the demo prints once it is up: where to send, where to look, how to log in."""
+    user, password = _demo_user()
+    token = Token.objects.get_or_create(user=user)[0].key
+    return (
+        f"\nSynthIQ demo\n"
+        f"  DICOM:     AE SYNTHIQ on port {dicom_port}  (storescu -aec SYNTHIQ 127.0.0.1 {dicom_port} FILE...)\n"
+        f"  Services:  storage, C-ECHO, C-FIND, C-MOVE, C-GET, storage commitment (README: Two commands)\n"
+        f"  C-MOVE to: {', '.join(move_destinations) or 'no destination (--move-destination AE=host:port)'}\n"
+        f"  Dashboard: http://{http}/   log in as '{user.username}' / '{password}'\n"
+        f"  API token: curl -H 'Authorization: Token {token}' http://{http}/api/status\n"
+        f"  Config:    {path}\n"
+    )
 
 
 def _ports_free(*, dicom_port: int, http: str, backend_base_port: int) -> None:
