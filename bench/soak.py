@@ -51,6 +51,48 @@ def published(env: dict[str, str]) -> dict[str, Any]:
     return json.loads(out.stdout or "{}")
 
 
+def _port(bench: Bench) -> int:
+    """SynthIQ's pool in front of the simulated backends."""
+    return int(bench.sets["sim"]["pool_port"])
+
+
+def _load(bench: Bench, data: dict[str, Path], stop: threading.Event, sent: dict[str, int]) -> None:
+    """W4's small objects and W1's CT through SynthIQ, round after round (and a C-ECHO), until ``stop``."""
+    echoscu = shutil.which("echoscu")
+    while not stop.is_set():
+        for w in (SMALL, CT):
+            out = bench.tmp / "results" / f"{w.name}.json"
+            out.parent.mkdir(exist_ok=True)
+            try:
+                result = bench.load(w, "sim", data[w.name], _port(bench), "SYNTHIQ", out)
+                sent["failed_rounds"] += 1 if result["failed"] else 0
+            except Exception as exc:  # report, keep loading
+                log(f"load round failed: {exc}")
+                sent["failed_rounds"] += 1
+            sent["rounds"] += 1
+            if stop.is_set():
+                return
+        if echoscu:
+            subprocess.run([echoscu, "-aec", "SYNTHIQ", "127.0.0.1", str(_port(bench))],
+                           capture_output=True, timeout=60)
+
+
+def _watch(bench: Bench, pid: int, *, minutes: float, interval: float) -> list[dict[str, float]]:
+    """runproxy's RSS, descriptors, tasks and associations every ``interval`` seconds for ``minutes``."""
+    samples: list[dict[str, float]] = []
+    started = time.monotonic()
+    while time.monotonic() - started < minutes * 60:
+        time.sleep(interval)
+        snap = published(bench.env)
+        row = sample(pid) | {"t_s": round(time.monotonic() - started), "tasks": snap.get("tasks", 0),
+                             "open_associations": snap.get("open_associations", 0),
+                             "received": (snap.get("counters") or {}).get("received", 0)}
+        samples.append(row)
+        log(f"t={row['t_s']:5d}s rss={row['rss_mb']:.1f} MB fds={row['fds']} tasks={row['tasks']} "
+            f"open={row['open_associations']} received={row['received']}")
+    return samples
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--minutes", type=float, default=30)
@@ -59,7 +101,8 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "soak.json")
     parser.add_argument("--tmp-dir")
     args = parser.parse_args()
-    bench_args = argparse.Namespace(tmp_dir=args.tmp_dir, max_pdu=262144, workers=1, profile=None, quick=True)
+    bench_args = argparse.Namespace(tmp_dir=args.tmp_dir, max_pdu=262144, workers=1, profile=None, quick=True,
+                                    audit_udp=None)
     bench = Bench(bench_args)
     os.environ.update(bench.env)
     samples: list[dict[str, float]] = []
@@ -69,42 +112,13 @@ def main() -> int:
         data = {w.name: bench.tmp / "data" / w.name for w in (SMALL, CT)}
         for w in (SMALL, CT):
             generate(w, data[w.name])
-        bench.setup()
+        bench.setup(["sim"])
         proxy = bench.start_synthiq("soak")
         assert proxy.proc is not None
         pid = proxy.proc.pid
-
-        def load() -> None:
-            echoscu = shutil.which("echoscu")
-            while not stop.is_set():
-                for w in (SMALL, CT):
-                    out = bench.tmp / "results" / f"{w.name}.json"
-                    out.parent.mkdir(exist_ok=True)
-                    try:
-                        result = bench.load(w, data[w.name], bench.proxy_port, "SYNTHIQ", out)
-                        sent["failed_rounds"] += 1 if result["failed"] else 0
-                    except Exception as exc:  # report, keep loading
-                        log(f"load round failed: {exc}")
-                        sent["failed_rounds"] += 1
-                    sent["rounds"] += 1
-                    if stop.is_set():
-                        return
-                if echoscu:
-                    subprocess.run([echoscu, "-aec", "SYNTHIQ", "127.0.0.1", str(bench.proxy_port)],
-                                   capture_output=True, timeout=60)
-
-        loader = threading.Thread(target=load, daemon=True)
+        loader = threading.Thread(target=_load, args=(bench, data, stop, sent), daemon=True)
         loader.start()
-        started = time.monotonic()
-        while time.monotonic() - started < args.minutes * 60:
-            time.sleep(args.interval)
-            snap = published(bench.env)
-            row = sample(pid) | {"t_s": round(time.monotonic() - started), "tasks": snap.get("tasks", 0),
-                                 "open_associations": snap.get("open_associations", 0),
-                                 "received": (snap.get("counters") or {}).get("received", 0)}
-            samples.append(row)
-            log(f"t={row['t_s']:5d}s rss={row['rss_mb']:.1f} MB fds={row['fds']} tasks={row['tasks']} "
-                f"open={row['open_associations']} received={row['received']}")
+        samples = _watch(bench, pid, minutes=args.minutes, interval=args.interval)
         stop.set()
         loader.join(timeout=300)
     finally:
