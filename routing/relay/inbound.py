@@ -18,13 +18,14 @@ from pydicom.uid import UID
 from pynetdicom.presentation import PresentationContext
 
 from routing.dicom import commands, negotiation, pdu, status, uids
+from routing.dicom.association import Aborted, AssociateRequested, Association, ReleaseRequested, Role
 from routing.dicom.pdu import ProtocolError
 from routing.relay.connection import ConnectionClosed, PduConnection, TimedOut
 from routing.relay.context import Context
 from routing.relay.links import Links
 from routing.relay.operations import Operations
 from routing.relay.peer import ModalityPeer
-from routing.relay.stream import PeerAborted, PeerReleaseReply, PeerReleaseRequest
+from routing.relay.stream import PeerAborted
 
 if TYPE_CHECKING:
     from routing.relay.server import PoolListener, Relay
@@ -59,6 +60,7 @@ class InboundAssociation:
         # A backend's own AE title called (an archive reporting to it): that backend.
         self.called_backend: str | None = None
         self.source_ip = conn.peer[0]
+        self.association = Association(Role.ACCEPTOR)  # the protocol state (routing.dicom.association)
         self.links = Links(open_link=lambda backend_id: relay.open_link(self, backend_id), network=self.network,
                            spawn=relay.spawn, where=f"pool={self.pool_id} source_ip={self.source_ip}")
         self.busy = False
@@ -91,10 +93,6 @@ class InboundAssociation:
             logger.error("pool=%s calling_ae=%s source_ip=%s broke the protocol: %s; aborting the association",
                          self.pool_id, self.calling_ae or "?", self.source_ip, exc)
             self._abort_inbound(exc.reason)
-        except PeerReleaseReply:  # PS3.8 AA-8: a reply to a release nobody asked for
-            logger.error("pool=%s calling_ae=%s source_ip=%s broke the protocol: A-RELEASE-RP without an "
-                         "A-RELEASE-RQ; aborting the association", self.pool_id, self.calling_ae or "?", self.source_ip)
-            self._abort_inbound(pdu.REASON_UNEXPECTED_PDU)
         except asyncio.CancelledError:
             # runproxy is stopping (see Relay.stop): an idle association's backends are
             # released cleanly; one still mid-operation past the grace period is aborted.
@@ -125,17 +123,19 @@ class InboundAssociation:
 
     def _abort_inbound(self, reason: int) -> None:
         if self.conn.is_open:
-            self.conn.send_and_close(pdu.abort(reason=reason), linger=ABORT_LINGER_SECONDS)
+            self.conn.send_and_close(self.association.abort(reason=reason), linger=ABORT_LINGER_SECONDS)
 
     # -- association establishment ------------------------------------------------------
     async def _negotiate(self, deadline: float) -> bool:
         loop = asyncio.get_running_loop()
         if self.listener.tls is not None:
             await self._start_tls(deadline)
-        first = await self.conn.next_pdu(max(0.0, deadline - loop.time()))
-        if first.type != pdu.A_ASSOCIATE_RQ:
-            raise ProtocolError(f"PDU 0x{first.type:02X} before A-ASSOCIATE-RQ", pdu.REASON_UNEXPECTED_PDU)
-        rq = negotiation.decode_associate_rq(first.raw)
+        first = self.association.receive(await self.conn.next_pdu(max(0.0, deadline - loop.time())))
+        if isinstance(first, Aborted):
+            raise PeerAborted(self.conn.name, first.source, first.reason)
+        if not isinstance(first, AssociateRequested):
+            raise ProtocolError(getattr(first, "text", type(first).__name__), pdu.REASON_UNEXPECTED_PDU)
+        rq = negotiation.decode_associate_rq(first.pdu.raw)
         self.calling_ae = rq.calling_ae
         refusal = self._refusal(rq)
         if refusal is not None:
@@ -145,7 +145,7 @@ class InboundAssociation:
             self.relay.telemetry.association_rejected(kind, pool_id=self.pool_id, source_ip=self.source_ip,
                                                       calling_ae=rq.calling_ae, called_ae=rq.called_ae, detail=why)
             self.relay.telemetry.audit.rejected(self, kind, why, rq.calling_ae, rq.called_ae)
-            self.conn.send_and_close(negotiation.reject(reason), linger=ABORT_LINGER_SECONDS)
+            self.conn.send_and_close(self.association.reject(negotiation.reject(reason)), linger=ABORT_LINGER_SECONDS)
             return False
         # The AC echoes the called AE title the modality used (PS3.8 9.3.3), ours or an accepted one.
         accepted = negotiation.accept(rq, ae_title=rq.called_ae, max_pdu=self.network.max_pdu_bytes,
@@ -171,7 +171,7 @@ class InboundAssociation:
         self.relay.telemetry.association_opened()
         # Past negotiation, P-DATA may be as long as the max PDU SynthIQ announced.
         self.conn.framer.max_pdata_length = self.network.max_pdu_bytes
-        self.conn.write(accepted.pdu)
+        self.conn.write(self.association.accept(accepted.pdu))
         return True
 
     async def _start_tls(self, deadline: float) -> None:
@@ -237,7 +237,8 @@ class InboundAssociation:
     def _context(self, rq: negotiation.AssociateRequest) -> Context:
         """What the handlers are given (routing.relay.context), from the accepted association."""
         self.links.where = f"pool={self.pool_id} calling_ae={self.calling_ae} source_ip={self.source_ip}"
-        context = Context(peer=ModalityPeer(self.conn, self.contexts, rq.max_pdu), links=self.links, relay=self.relay,
+        peer = ModalityPeer(self.conn, self.contexts, rq.max_pdu, self.association)
+        context = Context(peer=peer, links=self.links, relay=self.relay,
                           network=self.network, listener=self.listener, contexts=self.contexts,
                           calling_ae=self.calling_ae, called_ae=self.called_ae, source_ip=self.source_ip,
                           called_backend=self.called_backend)
@@ -254,10 +255,7 @@ class InboundAssociation:
             waiting = context.operations.reports_awaited > 0
             limit = self.network.network_timeout_seconds if waiting else self.network.idle_timeout_seconds
             try:
-                context_id, command = await context.peer.stream.read_command(limit)
-            except PeerReleaseRequest:
-                await self._release()
-                return "released"
+                message = await context.peer.stream.next_message(limit)
             except TimedOut:
                 if waiting or context.peer.stream.has_input:
                     raise
@@ -267,6 +265,10 @@ class InboundAssociation:
                 await self.links.release_all()
                 self._abort_inbound(pdu.REASON_NOT_SPECIFIED)
                 return "closed idle"
+            if isinstance(message, ReleaseRequested):
+                await self._release()
+                return "released"
+            context_id, command = message
             self.busy = True
             try:
                 await self._dispatch(context, context_id, command)
@@ -300,7 +302,7 @@ class InboundAssociation:
     async def _release(self) -> None:
         """The modality asked to release: release the backends first (bounded), then answer."""
         await self.links.release_all()
-        self.conn.write(pdu.release_rp())
+        self.conn.write(self.association.release_reply())
         # The requestor closes the connection after our A-RELEASE-RP; wait a moment for it.
         try:
             await asyncio.wait_for(asyncio.shield(self.conn.lost), self.network.release_timeout_seconds)

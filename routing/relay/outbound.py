@@ -16,11 +16,21 @@ import ssl
 from collections.abc import Callable
 
 from routing.dicom import negotiation, pdu, status
+from routing.dicom.association import (
+    Aborted,
+    AssociateAccepted,
+    AssociateRejected,
+    Association,
+    DataReceived,
+    ReleaseReplied,
+    ReleaseRequested,
+    Role,
+    Violation,
+)
 from routing.dicom.client import Peer as PeerAddress
 from routing.dicom.pdu import ProtocolError
 from routing.relay.connection import ConnectionClosed, PduConnection, TimedOut
 from routing.relay.peer import Peer
-from routing.relay.stream import PeerAborted, PeerReleaseReply, PeerReleaseRequest
 
 logger = logging.getLogger("synthiq.relay")
 
@@ -38,8 +48,9 @@ class OutboundUnavailable(Exception):
 
 
 class BackendLink(Peer):
-    def __init__(self, backend: BackendAddress, conn: PduConnection, accepted: negotiation.BackendAccept):
-        super().__init__(conn, accepted.contexts, accepted.max_pdu or pdu.UNLIMITED_PDU_CAP)
+    def __init__(self, backend: BackendAddress, conn: PduConnection, accepted: negotiation.BackendAccept,
+                 association: Association):
+        super().__init__(conn, accepted.contexts, accepted.max_pdu or pdu.UNLIMITED_PDU_CAP, association)
         self.backend = backend
         self.accepted = accepted
         self._idle_timer: asyncio.TimerHandle | None = None
@@ -64,29 +75,31 @@ class BackendLink(Peer):
             raise OutboundUnavailable(status.BACKEND_UNREACHABLE,
                                       f"backend {backend.id} unreachable ({why})") from None
         conn.claimed = True
-        conn.write(request)
+        association = Association(Role.REQUESTOR)
+        conn.write(association.request(request))
         try:
-            answer = await conn.next_pdu(acse_timeout)
+            answer = association.receive(await conn.next_pdu(acse_timeout))
         except (ConnectionClosed, TimedOut, ProtocolError) as exc:
             conn.abort_transport()
             raise OutboundUnavailable(status.BACKEND_UNREACHABLE,
                                       f"backend {backend.id} did not answer the association ({exc})") from None
-        if answer.type == pdu.A_ASSOCIATE_RJ:
+        if isinstance(answer, AssociateRejected):
             conn.close()
-            why = negotiation.rejection_text(answer.raw)
+            why = negotiation.rejection_text(answer.pdu.raw)
             raise OutboundUnavailable(status.BACKEND_UNREACHABLE,
                                       f"backend {backend.id} rejected the association ({why})")
-        if answer.type != pdu.A_ASSOCIATE_AC:
+        if not isinstance(answer, AssociateAccepted):
             conn.abort_transport()
+            what = f"A-ABORT ({answer.meaning})" if isinstance(answer, Aborted) else getattr(answer, "text", "?")
             raise OutboundUnavailable(status.BACKEND_UNREACHABLE,
-                                      f"backend {backend.id} answered the association with PDU 0x{answer.type:02X}")
+                                      f"backend {backend.id} answered the association with {what}")
         try:
-            accepted = negotiation.decode_associate_ac(answer.raw)
+            accepted = negotiation.decode_associate_ac(answer.pdu.raw)
         except ProtocolError as exc:
-            conn.write(pdu.abort())
+            conn.write(association.abort(reason=exc.reason))
             conn.close()
             raise OutboundUnavailable(status.BACKEND_UNREACHABLE, f"backend {backend.id}: {exc}") from None
-        link = cls(backend, conn, accepted)
+        link = cls(backend, conn, accepted, association)
         conn.claimed = False
         return link
 
@@ -121,18 +134,23 @@ class BackendLink(Peer):
                 return
             got = conn.pop()
             assert got is not None
-            if got.type == pdu.A_RELEASE_RQ_TYPE:
+            event = self.association.receive(got)
+            if isinstance(event, ReleaseRequested):
                 logger.info("backend %s released an idle association itself", self.backend.id)
-                conn.write(pdu.release_rp())
+                conn.write(self.association.release_reply())
                 self.closing = True
                 conn.close()
-            elif got.type == pdu.A_ABORT:
+            elif isinstance(event, Aborted):
                 logger.info("backend %s aborted an idle association", self.backend.id)
                 self.closing = True
                 conn.close()
-            else:
-                logger.warning("backend %s sent PDU 0x%02X with no operation in flight: aborting the association",
-                               self.backend.id, got.type)
+            elif isinstance(event, Violation):
+                logger.warning("backend %s: %s with no operation in flight: aborting the association",
+                               self.backend.id, event.text)
+                self.abort(reason=event.reason)
+            elif isinstance(event, DataReceived):  # nobody to take a request from it now
+                logger.warning("backend %s sent P-DATA-TF with no operation in flight: aborting the association",
+                               self.backend.id)
                 self.abort(reason=pdu.REASON_UNEXPECTED_PDU)
 
     # -- ending -------------------------------------------------------------------------
@@ -143,9 +161,9 @@ class BackendLink(Peer):
             self._idle_timer.cancel()
         if self.conn.is_open:
             if reason is None:
-                self.conn.write(pdu.abort(source=pdu.ABORT_SOURCE_USER))
+                self.conn.write(self.association.abort(source=pdu.ABORT_SOURCE_USER))
             else:
-                self.conn.write(pdu.abort(reason=reason))
+                self.conn.write(self.association.abort(reason=reason))
             self.conn.close()
 
     async def release(self, timeout: float) -> bool:
@@ -155,22 +173,28 @@ class BackendLink(Peer):
         self.closing = True
         if not self.conn.is_open:
             return False
-        self.conn.write(pdu.release_rq())
+        if not self.association.established:  # a release or an abort already under way
+            self.abort()
+            return False
+        self.conn.write(self.association.release_request())
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         try:
             while True:
-                try:
-                    await self.stream.next_pdu(max(0.0, deadline - loop.time()))
+                event = await self.stream.next_event(max(0.0, deadline - loop.time()))
+                if isinstance(event, DataReceived):
                     continue  # a late response or event on its way out: not ours to relay any more
-                except PeerReleaseRequest:
-                    self.conn.write(pdu.release_rp())  # release collision: the requestor answers first
-                except PeerReleaseReply:
+                if isinstance(event, ReleaseRequested):  # a collision: the requestor answers first
+                    self.conn.write(self.association.release_reply())
+                    continue
+                if isinstance(event, ReleaseReplied):  # this side requested: the reply ends it
                     self.conn.close()
                     return True
-        except PeerAborted:
-            self.conn.close()
-            return False
+                if isinstance(event, Violation):
+                    self.abort(reason=event.reason)
+                    return False
+                self.conn.close()  # aborted
+                return False
         except TimedOut:
             logger.warning("backend %s did not answer A-RELEASE within %.0fs: aborting", self.backend.id, timeout)
             self.abort()

@@ -12,6 +12,7 @@ import asyncio
 from collections.abc import Container, Sequence
 
 from routing.dicom import pdu
+from routing.dicom.association import Association
 from routing.relay.connection import ConnectionClosed, PduConnection, TimedOut
 from routing.relay.failures import LinkLost
 from routing.relay.stream import MessageStream
@@ -31,9 +32,10 @@ def frame(context_id: int, command: Fragment | None, data: Sequence[Fragment] = 
 
 
 class Peer:
-    def __init__(self, conn: PduConnection, contexts: Container[int], max_pdu: int):
+    def __init__(self, conn: PduConnection, contexts: Container[int], max_pdu: int, association: Association):
         self.conn = conn
-        self.stream = MessageStream(conn, contexts)
+        self.association = association
+        self.stream = MessageStream(conn, contexts, association)
         self.max_pdu = max_pdu  # 0: no limit announced (pdu.fragments caps it)
         self.closing = False
 
@@ -61,8 +63,8 @@ class ModalityPeer(Peer):
     """The inbound side: whole messages to it never interleave (a backend's request relayed
     from an idle association may come while an operation's answer is being written)."""
 
-    def __init__(self, conn: PduConnection, contexts: Container[int], max_pdu: int):
-        super().__init__(conn, contexts, max_pdu)
+    def __init__(self, conn: PduConnection, contexts: Container[int], max_pdu: int, association: Association):
+        super().__init__(conn, contexts, max_pdu, association)
         self.write_lock = asyncio.Lock()
 
     async def answer(self, context_id: int, command: Fragment, data: Sequence[Fragment] = ()) -> None:

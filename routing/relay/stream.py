@@ -3,7 +3,10 @@
 A command set is small and read whole (capped); a data set is never assembled: it is
 handed on as the PDVs (or whole P-DATA-TF PDUs) it arrived in. PS3.8 rules are checked
 on the way: PDVs only on accepted presentation contexts, one message at a time, every
-fragment of a message on its context, a data set only after its command.
+fragment of a message on its context, a data set only after its command. Every PDU read
+passes through the association's protocol state (``routing.dicom.association``): between
+operations a release request is an event (``next_message``); inside one, an abort, a release
+or a PDU the state does not allow ends the operation as an exception (``ending``).
 """
 
 from __future__ import annotations
@@ -13,18 +16,11 @@ from collections.abc import Container
 from dataclasses import dataclass
 
 from routing.dicom import commands, pdu
+from routing.dicom.association import Aborted, Association, DataReceived, Event, Ignored, ReleaseRequested, Violation
 from routing.dicom.pdu import Pdu, Pdv, ProtocolError
 from routing.relay.connection import PduConnection
 
 COMMAND_LIMIT = 64 * 1024  # a command set is a few hundred bytes; more is not a command
-
-
-class PeerReleaseRequest(Exception):
-    """The peer sent A-RELEASE-RQ."""
-
-
-class PeerReleaseReply(Exception):
-    """The peer sent A-RELEASE-RP."""
 
 
 class PeerAborted(ConnectionError):
@@ -49,25 +45,46 @@ class Piece:
 
 
 class MessageStream:
-    def __init__(self, conn: PduConnection, contexts: Container[int]):
+    def __init__(self, conn: PduConnection, contexts: Container[int], association: Association):
         self.conn = conn
         self.contexts = contexts
+        self.association = association  # the protocol state every PDU read passes through
         self._pdvs: deque[Pdv] = deque()
         self._data_due = False  # a command with a data set was read, and not yet all of its data set
 
+    async def next_event(self, timeout: float | None) -> Event:
+        """What the next PDU means (``routing.dicom.association``); a PDU after the end is skipped."""
+        while True:
+            event = self.association.receive(await self.conn.next_pdu(timeout))
+            if not isinstance(event, Ignored):
+                return event
+
+    def ending(self, event: Event) -> Exception:
+        """The exception that ends the operation in flight when ``event`` comes instead of its data:
+        the peer's abort, or a protocol error (a release or anything else mid-message)."""
+        if isinstance(event, Aborted):
+            return PeerAborted(self.conn.name, event.source, event.reason)
+        if isinstance(event, Violation):
+            return ProtocolError(event.text, event.reason)
+        return ProtocolError(f"{type(event).__name__} while a message was due", pdu.REASON_UNEXPECTED_PDU)
+
     async def next_pdu(self, timeout: float | None) -> Pdu:
-        """The next P-DATA-TF; the association's other PDUs are raised as what they mean."""
-        got = await self.conn.next_pdu(timeout)
-        if got.type == pdu.P_DATA_TF:
-            return got
-        if got.type == pdu.A_RELEASE_RQ_TYPE:
-            raise PeerReleaseRequest()
-        if got.type == pdu.A_RELEASE_RP_TYPE:
-            raise PeerReleaseReply()
-        if got.type == pdu.A_ABORT:
-            raise PeerAborted(self.conn.name, *pdu.abort_fields(got))
-        raise ProtocolError(f"unexpected PDU type 0x{got.type:02X} on an established association",
-                            pdu.REASON_UNEXPECTED_PDU)
+        """The next P-DATA-TF, inside an operation: any other event ends it (``ending``)."""
+        event = await self.next_event(timeout)
+        if isinstance(event, DataReceived):
+            return event.pdu
+        raise self.ending(event)
+
+    async def next_message(self, timeout: float | None) -> tuple[int, commands.Command] | ReleaseRequested:
+        """Between operations: the next message's command set, or the peer's release request."""
+        if not self._pdvs:
+            event = await self.next_event(timeout)
+            if isinstance(event, ReleaseRequested):
+                return event
+            if not isinstance(event, DataReceived):
+                raise self.ending(event)
+            self._pdvs.extend(pdu.pdvs(event.pdu))
+        return await self.read_command(timeout)
 
     def _check(self, pdv: Pdv) -> Pdv:
         if pdv.context_id not in self.contexts:

@@ -35,7 +35,7 @@ from routing.relay.context import Context
 from routing.relay.failures import LinkLost, OperationFailed, Violation
 from routing.relay.outbound import BackendLink, OutboundUnavailable
 from routing.relay.peer import relay_message
-from routing.relay.stream import PeerAborted, PeerReleaseRequest
+from routing.relay.stream import PeerAborted
 from routing.waterfall import ASSOCIATION_CACHED
 
 logger = logging.getLogger("synthiq.routing")
@@ -285,7 +285,7 @@ async def _response(ctx: Context, link: BackendLink, command: commands.Command) 
     while True:
         try:
             rsp_context, rsp = await link.stream.read_command(max(0.0, deadline - loop.time()))
-        except (PeerAborted, ConnectionClosed, TimedOut, ProtocolError, PeerReleaseRequest) as exc:
+        except (PeerAborted, ConnectionClosed, TimedOut, ProtocolError) as exc:
             raise LinkLost(f"no C-STORE response ({type(exc).__name__}: {exc})") from None
         if rsp.field == commands.C_STORE_RSP:
             mismatch = commands.response_mismatch(command, rsp)
