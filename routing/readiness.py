@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from pynetdicom.presentation import build_context
 
 from routing.dicom import negotiation, pdu
+from routing.dicom.association import AssociateAccepted, AssociateRejected, Association, Event, Role
 from routing.dicom.services import VERIFICATION
 
 CHECK_AE_TITLE = "SYNTHIQ-READYZ"
@@ -79,21 +80,14 @@ def _request(called_ae: str) -> bytes:
     return negotiation.outbound_request(rq, {1: context}, called_ae=called_ae, max_pdu=16384)
 
 
-def _read_pdu(sock: socket.socket) -> tuple[int, bytes]:
-    head = b""
-    while len(head) < pdu.PDU_HEADER_BYTES:
-        chunk = sock.recv(pdu.PDU_HEADER_BYTES - len(head))
+def _next_event(sock: socket.socket, framer: pdu.PduBuffer, association: Association) -> Event:
+    """The listener's next PDU, as the check's association sees it (blocking, within the socket's timeout)."""
+    while (got := framer.next()) is None:
+        chunk = sock.recv(1 << 16)
         if not chunk:
             raise ConnectionError("closed without an answer")
-        head += chunk
-    kind, length = pdu.HEADER.unpack(head)
-    body = b""
-    while len(body) < min(length, 1 << 16):
-        chunk = sock.recv(min(length, 1 << 16) - len(body))
-        if not chunk:
-            raise ConnectionError("closed mid-answer")
-        body += chunk
-    return kind, head + body
+        framer.feed(chunk)
+    return association.receive(got)
 
 
 def check(listener: Listener, *, timeout: float = CHECK_TIMEOUT_SECONDS) -> str:
@@ -114,23 +108,28 @@ def check(listener: Listener, *, timeout: float = CHECK_TIMEOUT_SECONDS) -> str:
                     sock = context.wrap_socket(raw_sock)
                 except ssl.SSLError:
                     return ""  # the listener answered the handshake (e.g. it wants a client certificate)
-            sock.sendall(_request(listener.ae_title))
-            kind, raw = _read_pdu(sock)
-            if kind == pdu.A_ASSOCIATE_AC:
-                sock.sendall(pdu.release_rq())
+            association, framer = Association(Role.REQUESTOR), pdu.PduBuffer(max_length=1 << 16)
+            sock.sendall(association.request(_request(listener.ae_title)))
+            answer = _next_event(sock, framer, association)
+            if isinstance(answer, AssociateAccepted):
+                sock.sendall(association.release_request())
                 try:
-                    _read_pdu(sock)
-                except OSError:
+                    _next_event(sock, framer, association)
+                except (OSError, pdu.ProtocolError):
                     pass  # released or closed: either way the listener answered
                 return ""
-            if kind == pdu.A_ASSOCIATE_RJ:
-                if tuple(raw[7:10]) == negotiation.REJECT_CALLING_AE:
+            if isinstance(answer, AssociateRejected):
+                if tuple(answer.pdu.raw[7:10]) == negotiation.REJECT_CALLING_AE:
                     return ""  # an allow-list turned the check's AE title away: the listener answered
                 logger.warning("readyz pool=%s listener=%s association rejected: %r", listener.pool_id, where,
-                               negotiation.rejection_text(raw))
+                               negotiation.rejection_text(answer.pdu.raw))
                 return f"pool {listener.pool_id}: listener rejected the association"
-            logger.warning("readyz pool=%s listener=%s answered with PDU 0x%02X", listener.pool_id, where, kind)
+            logger.warning("readyz pool=%s listener=%s answered with %s", listener.pool_id, where, answer)
             return f"pool {listener.pool_id}: listener gave an unexpected answer"
+    except pdu.ProtocolError as exc:
+        logger.warning("readyz pool=%s listener=%s answered with something that is no PDU: %s", listener.pool_id,
+                       where, exc)
+        return f"pool {listener.pool_id}: listener gave an unexpected answer"
     except TimeoutError:
         logger.warning("readyz pool=%s listener=%s no answer within %.0fs", listener.pool_id, where, timeout)
         return f"pool {listener.pool_id}: no answer to an association request within {timeout:.0f}s"
