@@ -50,7 +50,7 @@ logger = logging.getLogger("synthiq.readiness")
 class Listener:
     pool_id: str
     ae_title: str
-    host: str
+    host: str  # as configured: a wildcard address is checked on loopback
     port: int
     tls: bool = False
     # "DICOM" (an association is asked for) or "DICOMweb" (an HTTP request, under base_path).

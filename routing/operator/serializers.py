@@ -80,11 +80,11 @@ class PoolSerializer(serializers.Serializer):
 
 
 class ProcessSerializer(serializers.Serializer):
-    id = serializers.CharField()
+    id = serializers.CharField(help_text="The runproxy process or worker, as host:pid.")
     started_utc = serializers.DateTimeField()
-    updated_utc = serializers.DateTimeField()
-    db_ok = serializers.BooleanField()
-    cache_size = serializers.IntegerField()
+    updated_utc = serializers.DateTimeField(help_text="When it last published (every 2 s while it runs).")
+    db_ok = serializers.BooleanField(help_text="Its last database write succeeded.")
+    cache_size = serializers.IntegerField(help_text="Studies in its hot cache.")
     open_associations = serializers.IntegerField()
 
 
