@@ -25,6 +25,7 @@ class PoolOffer:
     pool_id: str
     ranks: dict[str, Rank]
     services: tuple[str, ...]
+    backend_max_pdu: int = 0  # the smallest PDU limit its backends announced (0: none known)
 
 
 class Prober:
@@ -57,7 +58,7 @@ class Prober:
         switches = pool.services.model_dump()
         services = (VERIFICATION, *(uid for name, uids in SERVICE_CLASSES.items() if switches[name]
                                     for uid in uids if uid in abilities.services))
-        return PoolOffer(pool.id, abilities.ranks, services)
+        return PoolOffer(pool.id, abilities.ranks, services, abilities.max_pdu)
 
     def reprobe(self, config: Config, router: Router) -> list[PoolOffer]:
         """The pools with a backend that came back, asked again: their new offers."""

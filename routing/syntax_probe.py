@@ -61,12 +61,14 @@ class Abilities:
     syntaxes: frozenset[str]  # transfer syntaxes accepted for CT Image Storage
     services: frozenset[str]  # passed service SOP classes accepted (routing.dicom.services.PASSED)
     wins: dict[str, int] = field(default_factory=dict)  # syntax -> pairs it won by the backend's own choice
+    max_pdu: int = 0  # the largest PDU it takes, as its A-ASSOCIATE-AC says (0: no limit announced)
 
 
 @dataclass(frozen=True)
 class PoolAbilities:
     ranks: dict[str, Rank]  # transfer syntax -> (backends accepting it, pairwise choices it won)
     services: frozenset[str]  # service SOP classes at least one backend accepts
+    max_pdu: int = 0  # the smallest PDU limit a backend announced (0: none did, or none was asked)
 
 
 CONTEXTS_PER_ASSOCIATION = 128  # presentation context ids are the odd numbers 1..255
@@ -77,12 +79,14 @@ class _Asker:
 
     def __init__(self, *, calling_ae: str, backend: Peer, timeout: float):
         self.calling_ae, self.backend, self.timeout = calling_ae, backend, timeout
+        self.max_pdu = 0  # what the backend's last A-ASSOCIATE-AC announced
 
     def accepted(self, contexts: list[PresentationContext]) -> list[PresentationContext] | None:
         """The accepted contexts, in the order proposed; None if the backend cannot be asked."""
         try:
             with client.association(self.backend, calling_ae=self.calling_ae, contexts=contexts,
                                     timeout=self.timeout, require_context=False) as assoc:
+                self.max_pdu = int(assoc.acceptor.maximum_length or 0)
                 return sorted(assoc.accepted_contexts, key=lambda cx: cx.context_id or 0)
         except client.Unreachable as exc:  # a probe must never stop the proxy from starting
             # A backend that is down is the heartbeats' to report (once), not every probe's.
@@ -102,7 +106,7 @@ def probe_backend(*, calling_ae: str, backend: Peer, timeout: float = 10) -> Abi
     syntaxes = frozenset(str(cx.transfer_syntax[0]) for cx in accepted if cx.abstract_syntax == CTImageStorage)
     return Abilities(syntaxes=syntaxes, services=frozenset(str(cx.abstract_syntax) for cx in accepted
                                                            if cx.abstract_syntax in PASSED),
-                     wins=_pairwise_wins(asker, syntaxes))
+                     wins=_pairwise_wins(asker, syntaxes), max_pdu=asker.max_pdu)
 
 
 def _pairwise_wins(asker: _Asker, syntaxes: frozenset[str]) -> dict[str, int]:
@@ -125,6 +129,8 @@ def pool_abilities(*, pool_id: str, found: list[Abilities | None]) -> PoolAbilit
     """What the pool's backends accept, together (None: a backend that could not be asked)."""
     ranks = syntax_ranks((a.syntaxes, a.wins) if a else None for a in found)
     services = frozenset(s for a in found if a for s in a.services)
-    logger.info("pool=%s transfer syntaxes accepted by its backends: %s; services: %s", pool_id,
-                {ts: rank for ts, rank in sorted(ranks.items())} or "unknown", sorted(services) or "none")
-    return PoolAbilities(ranks=ranks, services=services)
+    max_pdu = min((a.max_pdu for a in found if a and a.max_pdu), default=0)
+    logger.info("pool=%s transfer syntaxes accepted by its backends: %s; services: %s; smallest max PDU: %s",
+                pool_id, {ts: rank for ts, rank in sorted(ranks.items())} or "unknown", sorted(services) or "none",
+                max_pdu or "none announced")
+    return PoolAbilities(ranks=ranks, services=services, max_pdu=max_pdu)

@@ -114,6 +114,7 @@ class Worker:
                            placement=self.router, telemetry=self.telemetry,
                            log_patient_id=settings.SYNTHIQ_LOG_PATIENT_ID, per_address=setup.per_address,
                            syntax_ranks={pool_id: offer.ranks for pool_id, offer in offers.items()},
+                           backend_max_pdu={pool_id: offer.backend_max_pdu for pool_id, offer in offers.items()},
                            commitments=DatabaseCommitmentStore())
         self.dicomweb = DicomWebServer(pools=[web_pool(p) for p in setup.config.pools if p.id in setup.web_sockets],
                                        relay=self.relay, network=self.network, check=credentials_check)
@@ -200,6 +201,7 @@ class Worker:
         asked again: the relay negotiates with what they say from now on."""
         for offer in await self._blocking(self._refresh_blocking):
             self.relay.syntax_ranks[offer.pool_id] = offer.ranks
+            self.relay.backend_max_pdu[offer.pool_id] = offer.backend_max_pdu
             self.relay.services[offer.pool_id] = offer.services
 
     def _state(self) -> Snapshot:
@@ -290,7 +292,7 @@ class Worker:
             sock = self._socket_for(pool)
             if sock is not None:
                 offer = await self._blocking(self.setup.prober.probe_pool, pool, self.router)
-                self.relay.add_pool(pool_listener(pool, offer.services), sock, offer.ranks)
+                self.relay.add_pool(pool_listener(pool, offer.services), sock, offer.ranks, offer.backend_max_pdu)
         for gone in before:
             self.relay.remove_pool(gone)
 

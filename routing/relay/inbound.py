@@ -148,7 +148,7 @@ class InboundAssociation:
             self.conn.send_and_close(self.association.reject(negotiation.reject(reason)), linger=ABORT_LINGER_SECONDS)
             return False
         # The AC echoes the called AE title the modality used (PS3.8 9.3.3), ours or an accepted one.
-        accepted = negotiation.accept(rq, ae_title=rq.called_ae, max_pdu=self.network.max_pdu_bytes,
+        accepted = negotiation.accept(rq, ae_title=rq.called_ae, max_pdu=self.relay.announced_max_pdu(self.pool_id),
                                       services=self.relay.services[self.pool_id],
                                       ranks=self.relay.syntax_ranks.get(self.pool_id))
         self.rq, self.contexts = rq, dict(accepted.contexts)
@@ -169,7 +169,8 @@ class InboundAssociation:
         self.relay.established(self)
         self.established = True
         self.relay.telemetry.association_opened()
-        # Past negotiation, P-DATA may be as long as the max PDU SynthIQ announced.
+        # Past negotiation, P-DATA may be as long as Network.MaxPduBytes: what SynthIQ announces
+        # is at most that, and a modality that sends more than announced but within it is let through.
         self.conn.framer.max_pdata_length = self.network.max_pdu_bytes
         self.conn.write(self.association.accept(accepted.pdu))
         return True

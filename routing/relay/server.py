@@ -42,6 +42,9 @@ logger = logging.getLogger("synthiq.routing")
 REFUSAL_LOG_SECONDS = 60.0
 ACCEPT_BATCH = 8  # connections taken per wake-up of a listening socket
 ACCEPT_PAUSE_SECONDS = 1.0
+# The smallest max PDU announced to modalities whatever the backends take: DCMTK's default,
+# so one backend with tiny PDUs does not make every modality send tiny ones too.
+MIN_ANNOUNCED_PDU = 16384
 
 
 @dataclass(frozen=True)
@@ -194,6 +197,7 @@ class Relay:
     def __init__(self, *, pools: list[PoolListener], network: NetworkSettings, placement: Placement,
                  telemetry: TelemetrySink,
                  syntax_ranks: Mapping[str, Mapping[str, negotiation.Rank]] | None = None,
+                 backend_max_pdu: Mapping[str, int] | None = None,
                  log_patient_id: bool = True, per_address: AddressCounts | None = None,
                  commitments: CommitmentStore | None = None, handlers: Mapping[int, Service] = HANDLERS):
         self.pools = pools
@@ -204,6 +208,8 @@ class Relay:
         self.telemetry = telemetry
         self.commitments = commitments  # storage commitment transactions, shared by the processes
         self.syntax_ranks = dict(syntax_ranks or {})
+        # Per pool, the smallest PDU limit its backends announced (see announced_max_pdu).
+        self.backend_max_pdu = dict(backend_max_pdu or {})
         # What each pool passes besides storage (runproxy updates it when a backend comes back).
         self.services = {pool.id: pool.services for pool in pools}
         self._listening: dict[str, socket.socket] = {}
@@ -238,10 +244,12 @@ class Relay:
                     " (TLS)" if pool.tls else "")
 
     # -- a reload (SIGHUP) changes the pools; associations already open keep what they had --
-    def add_pool(self, pool: PoolListener, sock: socket.socket, ranks: Mapping[str, negotiation.Rank]) -> None:
+    def add_pool(self, pool: PoolListener, sock: socket.socket, ranks: Mapping[str, negotiation.Rank],
+                 backend_max_pdu: int = 0) -> None:
         self.pools = [*self.pools, pool]
         self.services[pool.id] = pool.services
         self.syntax_ranks[pool.id] = ranks
+        self.backend_max_pdu[pool.id] = backend_max_pdu
         self._listen(pool, sock)
 
     def update_pool(self, pool: PoolListener) -> None:
@@ -370,6 +378,16 @@ class Relay:
             self.per_address.add(assoc.source_ip, -1)
         self._pending.remove(assoc)
         self.operation_done()
+
+    def announced_max_pdu(self, pool_id: str) -> int:
+        """The largest PDU a modality may send to this pool: Network.MaxPduBytes, but no more
+        than its backends take (never below MIN_ANNOUNCED_PDU). A modality's PDU that fits the
+        backend is relayed whole, as it came; a larger one is cut and framed again, a copy of
+        every byte in user space (DCMTK's storescp takes 128 KiB at most, SynthIQ's default is 256)."""
+        backends = self.backend_max_pdu.get(pool_id, 0)
+        if not backends:
+            return self.network.max_pdu_bytes
+        return min(self.network.max_pdu_bytes, max(backends, MIN_ANNOUNCED_PDU))
 
     def has_room(self) -> bool:
         return len(self._established) < self.network.max_associations

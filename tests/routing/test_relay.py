@@ -54,17 +54,46 @@ def _with_blob_before_the_uid(path: Path, blob_bytes: int) -> Path:
     return out
 
 
-def test_a_4_kib_pdu_backend_behind_a_modality_sending_1_mib_pdus_gets_the_bytes_exactly(cluster, tmp_path):
+def _announced_max_pdu(port: int) -> int:
+    """The max PDU SynthIQ's A-ASSOCIATE-AC announces to a modality."""
+    from pynetdicom import AE
+
+    ae = AE(ae_title="MODALITY")
+    ae.add_requested_context(CT, EXPLICIT_LE)
+    assoc = ae.associate("127.0.0.1", port, ae_title="SYNTHIQ")
+    assert assoc.is_established
+    try:
+        return int(assoc.acceptor.maximum_length)
+    finally:
+        assoc.release()
+
+
+def test_a_4_kib_pdu_backend_behind_a_modality_sending_larger_pdus_gets_the_bytes_exactly(cluster, tmp_path):
     """DCMTK's storescp with --max-pdu 4096 (it aborts on a longer PDU) and bit-preserving
-    storage; the modality sends 1 MiB PDUs (SynthIQ's MaxPduBytes), so every one of them
-    is re-framed into 4 KiB PDUs on the way."""
+    storage. SynthIQ tells the modality no less than 16 KiB whatever its backends take, so
+    every PDU the modality sends is re-framed into 4 KiB PDUs on the way."""
     backend, _, out = _storescp_pool(cluster, "--max-pdu", "4096", "+B")
     proxy = cluster.proxy(cluster.config([backend], Network={"MaxPduBytes": 1 << 20}))
+    assert _announced_max_pdu(proxy.port) == 16384
     _, files = write_study(tmp_path / "s", count=2, rows=1024, columns=1024)  # 2 MiB of pixels each
     assert [s.status for s in send_files(proxy.port, files)] == [0, 0]
     stored = wait_for(lambda: sorted(out.iterdir()) if len(list(out.iterdir())) == 2 else None, timeout=15,
                       what="storescp to write both files")
     assert sorted(dataset_digest(p) for p in stored) == sorted(dataset_digest(p) for p in files)
+
+
+def test_the_modality_is_told_the_max_pdu_its_backends_take_so_its_pdus_pass_whole(cluster, tmp_path):
+    """A backend that takes 32 KiB PDUs behind SynthIQ's 1 MiB: the modality is told 32 KiB
+    (learned from the backend's A-ASSOCIATE-AC when runproxy asks what it accepts), so its
+    PDUs fit the backend and go through as they came, not cut and framed again."""
+    backend, _, out = _storescp_pool(cluster, "--max-pdu", "32768", "+B")
+    proxy = cluster.proxy(cluster.config([backend], Network={"MaxPduBytes": 1 << 20}))
+    assert _announced_max_pdu(proxy.port) == 32768
+    _, files = write_study(tmp_path / "s", count=1, rows=512, columns=512)
+    assert [s.status for s in send_files(proxy.port, files)] == [0]
+    [stored] = wait_for(lambda: list(out.iterdir()) or None, timeout=15, what="storescp to write the file")
+    assert dataset_digest(stored) == dataset_digest(files[0])
+    assert "smallest max PDU: 32768" in proxy.process.log()
 
 
 def test_the_study_uid_found_only_in_a_later_fragment_is_routed_and_relayed_byte_exact(cluster, tmp_path):
