@@ -95,6 +95,7 @@ class Stow:
         self.patients: dict[str, tuple[str, str]] = {}
         self.parts: list[_Part] = []
         self.nbytes = 0
+        self.holding: Upload | None = None  # the last upload that took a part (it may hold it still)
 
     async def run(self) -> web.Response:
         started = time.perf_counter()
@@ -211,7 +212,9 @@ class Stow:
             upload = self.uploads[suid] = Upload(
                 backend.id, suid, f"{backend.url}/studies", self.ctx.headers(self.request, backend, body=True),
                 self.ctx.session, self.ctx.timeout)
-        entry.upload = upload
+        if self.holding is not None and self.holding is not upload:
+            await self.holding.stream()  # one body held per client request at most: memory stays bounded
+        self.holding = entry.upload = upload
         self.patients[identity.sop_instance_uid.rstrip("\x00 ")] = (identity.header.patient_id,
                                                                    identity.header.get(PATIENT_NAME))
         upload.sent.append(Sent(identity.sop_class_uid.rstrip("\x00 "), identity.sop_instance_uid.rstrip("\x00 ")))
