@@ -24,6 +24,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from routing.dicom.part10 import SOP_CLASS, SOP_INSTANCE, Identity, Part10Error, Part10Scanner
 from routing.dicom.uids import shown, uid_problem
 from routing.dicomweb.context import Context, client_user, source_ip
+from routing.dicomweb.native_xml import wants_xml
 from routing.dicomweb.placing import study_place
 from routing.dicomweb.store_response import (
     CANNOT_UNDERSTAND,
@@ -74,14 +75,6 @@ def check_media_type(request: web.Request) -> str:
     if not 1 <= len(boundary) <= MAX_BOUNDARY:
         raise BadRequest(400, "multipart/related without a boundary of 1-70 characters")
     return boundary
-
-
-def wants_xml(accept: str) -> bool:
-    """Whether the client asked for the XML store response rather than the JSON one (the
-    default: JSON when both, or neither, are named)."""
-    kinds = [a.split(";")[0].strip().lower() for a in accept.split(",")]
-    return "application/dicom+xml" in kinds and "application/dicom+json" not in kinds \
-        and "application/json" not in kinds
 
 
 class Stow:
