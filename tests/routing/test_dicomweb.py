@@ -19,21 +19,21 @@ from dicomweb_client.api import DICOMwebClient
 from pydicom import dcmread
 
 from routing.simulators.synthetic import write_study
-from tests.harness import Cluster, binding_of, clean_database, dataset_digest, free_port, start_orthanc
+from tests.harness import (
+    Cluster,
+    binding_of,
+    clean_database,
+    dataset_digest,
+    free_port,
+    orthanc_dicomweb_plugin,
+    start_orthanc,
+)
 
 pytestmark = pytest.mark.slow
 NODES = ("a", "b", "c")
 USER, PASSWORD = "dicomweb-user", "a-long-test-password"
 MAX_BODY = 1 << 20  # the pool's MaxBodyBytes: every other request here is far smaller
 SLOW = 4  # Network.NetworkTimeoutSeconds: how long a client may send nothing of its body
-
-
-def _plugin() -> str:
-    found = subprocess.run(["dpkg", "-L", "orthanc-dicomweb"], capture_output=True, text=True)
-    for line in found.stdout.splitlines():
-        if line.endswith(".so") and "plugins" in line:
-            return line
-    pytest.fail("orthanc-dicomweb is not installed (requirements/apt.txt)")
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +50,7 @@ def pool(tmp_path_factory):
     cluster = Cluster(tmp=tmp_path_factory.mktemp("dicomweb"), env=dict(os.environ))
     try:
         orthancs = {n: start_orthanc(cluster, name=f"orthanc-{n}", DicomAet=f"ORTHANC{n.upper()}",
-                                     Plugins=[_plugin()],
+                                     Plugins=[orthanc_dicomweb_plugin()],
                                      DicomModalities={"storescu": ["STORESCU", "127.0.0.1", 104]})
                     for n in NODES}
         backends = [{"Id": f"node-{n}", "AeTitle": o.ae_title, "Host": "127.0.0.1", "Port": o.dicom_port,
