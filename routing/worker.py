@@ -34,6 +34,7 @@ from routing import logqueue
 from routing.commitments import DatabaseCommitmentStore, commitments_purge
 from routing.counters import Snapshot
 from routing.credentials import credentials_check
+from routing.dicomweb.context import WebPool
 from routing.dicomweb.server import DicomWebServer
 from routing.listeners import (
     StartupError,
@@ -321,12 +322,23 @@ class Worker:
                 continue
             try:
                 view = web_pool(pool)
-            except StartupError as exc:  # a TLS certificate that does not load: the old settings stay
+            except (StartupError, OSError) as exc:  # a TLS certificate that does not load: the old settings stay
                 logger.error("reload: pool %s: DICOMweb: %s; its DICOMweb settings are unchanged", pool_id, exc)
                 continue
-            sock = self._web_socket_for(before.get(pool_id), pool)
-            if sock is not None:
-                await self.dicomweb.serve_pool(view, sock)
+            await self._serve_web(before.get(pool_id), pool, view)
+
+    async def _serve_web(self, was: PoolConfig | None, pool: PoolConfig, view: WebPool) -> None:
+        """Serve a pool's new DICOMweb settings; where its listener moved and no socket could
+        be bound (logged), the old one is retired too, as the supervisor's copy was."""
+        sock = self._web_socket_for(was, pool)
+        if sock is None:
+            self.dicomweb.retire_pool(pool.id)
+            return
+        try:
+            await self.dicomweb.serve_pool(view, sock)
+        except OSError as exc:
+            sock.close()
+            logger.error("reload: pool %s: DICOMweb listener not started: %s", pool.id, exc)
 
     def _web_socket_for(self, was: PoolConfig | None, pool: PoolConfig) -> socket.socket | None:
         """The DICOMweb listening socket for a pool's new settings: at the same address, the

@@ -194,9 +194,10 @@ def _refused(port: int) -> bool:
 
 @pytest.mark.parametrize("workers", [1, 2])
 def test_sighup_applies_changed_dicom_web_settings_and_the_old_port_refuses(cluster, tmp_path, workers):
-    """Pools[].DicomWeb moved (port and base path), then changed in place (MaxBodyBytes),
-    then removed, each by SIGHUP: every worker serves the new settings (each alone in turn:
-    STOW-RS and QIDO-RS to a real Orthanc with its DICOMweb plugin), the old port refuses."""
+    """Pools[].DicomWeb moved (port and base path), changed in place (MaxBodyBytes), moved to
+    a port in use, then removed, each by SIGHUP: every worker serves the new settings (each
+    alone in turn: STOW-RS and QIDO-RS to a real Orthanc with its DICOMweb plugin), the old
+    port refuses."""
     import requests
 
     from tests.harness import orthanc_dicomweb_plugin, start_orthanc
@@ -239,7 +240,15 @@ def test_sighup_applies_changed_dicom_web_settings_and_the_old_port_refuses(clus
     for _ in range(4):
         assert _stow(base, paths[:1], session=requests.Session()).status_code == 413
 
+    # Moved to a port another process holds: one error line, the rest applies, the old port refuses.
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        held = taken.getsockname()[1]
+        config["Pools"][0]["DicomWeb"]["Port"] = held
+        _reload(proxy, config, expect=f"DicomWeb.Port: {second} -> {held}")
+        wait_for(lambda: f"DICOMweb: cannot listen on 127.0.0.1:{held}" in proxy.process.log(), timeout=10,
+                 what="the port in use to be logged")
+        wait_for(lambda: _refused(second), timeout=10, what=f"the moved DICOMweb port {second} to refuse connections")
+
     del config["Pools"][0]["DicomWeb"]
     _reload(proxy, config, expect="Pools[main].DicomWeb: ")
-    wait_for(lambda: _refused(second), timeout=10, what=f"the removed DICOMweb port {second} to refuse connections")
     assert proxy.process.proc.poll() is None
