@@ -62,23 +62,21 @@ class Upload:
     def __post_init__(self) -> None:
         self.boundary = uuid.uuid4().hex
         self.started = time.perf_counter()
-        self._queue: asyncio.Queue[bytes | BaseException] = asyncio.Queue(maxsize=QUEUE_CHUNKS)
+        self._queue: asyncio.Queue[bytes | BaseException] | None = None  # made when the body streams
         self._parts = 0
         self.stalled = ""
         self.held: list[bytes] | None = []  # the body while it is held (None once streamed)
         self._held_bytes = 0
         self.task: asyncio.Task[Answer] | None = None
 
-    def _start(self, data: Any) -> None:
-        self.task = asyncio.ensure_future(self._post(data))
-        self.task.add_done_callback(self._drain)
-
     async def stream(self) -> bool:
         """Stop holding: the request starts, chunked, with what was held."""
         if self.held is None:
             return self.task is not None and not self.task.done()
         held, self.held = self.held, None
-        self._start(self._body())
+        self._queue = asyncio.Queue(maxsize=QUEUE_CHUNKS)
+        self.task = asyncio.ensure_future(self._post(self._body()))
+        self.task.add_done_callback(self._drain)
         for chunk in held:
             if not await self._queued(chunk):
                 return False
@@ -110,7 +108,7 @@ class Upload:
         return await self._queued(bytes(data))
 
     async def _queued(self, item: bytes | BaseException) -> bool:
-        assert self.task is not None  # streaming
+        assert self.task is not None and self._queue is not None  # streaming
         stall = self.timeout.sock_read or 600.0
         try:
             await asyncio.wait_for(self._queue.put(item), stall)
@@ -124,14 +122,13 @@ class Upload:
         """End the body and wait for the backend's answer. A body still held is whole: it
         goes in one write with its Content-Length."""
         await self.put(f"\r\n--{self.boundary}--\r\n".encode())
-        if self.held is not None:
+        if self.held is not None:  # one part, whole: posted here, no task or queue
             held, self.held = self.held, None
-            self._start(b"".join(held))
-        elif self.task is None:  # aborted while held: nothing was sent
+            return await self._post(b"".join(held))
+        if self.task is None:  # aborted while held: nothing was sent
             return Answer(None, b"", "cut: the client's request failed")
-        elif not self.task.done():
+        if not self.task.done():
             await self._queued(_END)
-        assert self.task is not None
         await asyncio.wait({self.task})
         if self.task.cancelled():
             return Answer(None, b"", self.stalled or "cut")
@@ -141,17 +138,19 @@ class Upload:
         """Cut the body: the backend sees a request that never ends well, and stores nothing
         (a body still held was never sent)."""
         self.held = None
-        if self.task is not None and not self.task.done():
+        if self.task is not None and self._queue is not None and not self.task.done():
             try:
                 self._queue.put_nowait(_Abort())
             except asyncio.QueueFull:
                 self.task.cancel()
 
     def _drain(self, _: object) -> None:
+        assert self._queue is not None
         while not self._queue.empty():  # a put waiting for room goes on, and finds the task done
             self._queue.get_nowait()
 
     async def _body(self) -> AsyncIterator[bytes]:
+        assert self._queue is not None
         while True:
             item = await self._queue.get()
             if item is _END:
