@@ -1,16 +1,20 @@
-"""The DICOMweb benchmark (docs/dicomweb.md): STOW-RS of W1's CT through three paths side by side.
+"""The DICOMweb benchmark (docs/dicomweb.md): STOW-RS of W1's CT and W4's small objects
+through three paths side by side, and SynthIQ's peak RSS with one 1 GiB part.
 
 Paths: direct to one Orthanc with its DICOMweb plugin, HAProxy in HTTP mode (round-robin
 over three such Orthancs, per request) and SynthIQ's DICOMweb front door over the same
-three. Two variants: all the study's instances in one request, and one instance per
+three. Workloads: W1 (one CT study of 512x512 instances) and W4 (4 studies of ~4 KB
+instances). Two variants each: all the instances in one request, and one instance per
 request (one client, one keep-alive connection, requests one after another). Each
-(variant, path) runs ``--runs`` times, interleaved so that the paths see the same machine
-load; the Orthancs are emptied before every run (each stores what it is sent). The table
-shows medians, the ratio to HAProxy, and SynthIQ's peak RSS (VmHWM, reset before each
-variant).
+(workload, variant, path) runs ``--runs`` times, interleaved so that the paths see the same
+machine load; the Orthancs are emptied before every run (each stores what it is sent). The
+table shows medians, the ratio to HAProxy, and SynthIQ's peak RSS (VmHWM, reset before each
+variant). Last, one request of one part of ``--big-part-mb`` through SynthIQ alone: its wall
+time and SynthIQ's peak RSS (the part streams: memory must not follow its size).
 
     make bench                                   # bench.run, then this
-    .venv/bin/python -m bench.dicomweb --quick   # 100 instances, one run each
+    .venv/bin/python -m bench.dicomweb --quick   # small sizes, one run each, no big part
+    .venv/bin/python -m bench.dicomweb --quick --big-part-mb 1024
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
+import os
 import shutil
 import statistics
 import subprocess
@@ -26,6 +31,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +43,24 @@ from routing.simulators.processes import ROOT, Managed, free_port, port_open, wa
 PATHS = ("direct", "haproxy", "synthiq")
 VARIANTS = ("one request", "one instance per request")
 BLOCK = 256 * 1024  # the client's send block
+
+
+@dataclass(frozen=True)
+class Workload:
+    name: str
+    studies: int
+    instances: int  # per study
+    rows: int
+    columns: int
+
+
+@dataclass
+class Data:
+    """A workload's files (study after study, as a client sends them) and its one-request body."""
+
+    workload: Workload
+    files: list[Path]
+    whole: Path
 
 
 def plugin_path() -> str:
@@ -76,21 +100,33 @@ class DicomWebBench:
         self.started = []
 
     # -- set-up -----------------------------------------------------------------------
-    def setup(self) -> None:
+    def data(self, workload: Workload) -> Data:
+        """The workload's files (kept for the next run with --tmp-dir) and its one-request body."""
         from routing.simulators.synthetic import write_study
 
-        data = self.tmp / f"w1-{self.args.instances}"  # kept for the next run with --tmp-dir
-        if not (data / ".complete").exists():
-            shutil.rmtree(data, ignore_errors=True)
-            write_study(data / "study", count=self.args.instances, rows=512, columns=512, patient_id="BENCH0000")
-            (data / ".complete").touch()
-        self.files = sorted((data / "study").glob("*.dcm"))
-        self.boundary = uuid.uuid4().hex
-        self.whole = self.tmp / "whole.body"  # the one-request body, sent from disk
-        with self.whole.open("wb") as out:
-            for path in self.files:
+        w = workload
+        where = self.tmp / f"{w.name.lower()}-{w.studies}x{w.instances}"
+        if not (where / ".complete").exists():
+            shutil.rmtree(where, ignore_errors=True)
+            for n in range(w.studies):
+                write_study(where / f"study{n}", count=w.instances, rows=w.rows, columns=w.columns,
+                            patient_id=f"BENCH{n:04d}")
+            (where / ".complete").touch()
+        files = [f for n in range(w.studies) for f in sorted((where / f"study{n}").glob("*.dcm"))]
+        whole = self.tmp / f"{w.name.lower()}-whole.body"  # the one-request body, sent from disk
+        with whole.open("wb") as out:
+            for path in files:
                 out.write(part_head(self.boundary) + path.read_bytes() + b"\r\n")
             out.write(f"--{self.boundary}--\r\n".encode())
+        return Data(w, files, whole)
+
+    def setup(self) -> None:
+        self.boundary = uuid.uuid4().hex
+        self.datas = [self.data(w) for w in self.args.workloads]
+        self.start_backends()
+        self.start_synthiq()
+
+    def start_backends(self) -> None:
         exe = shutil.which("Orthanc") or "/usr/sbin/Orthanc"
         plugin = plugin_path()
         for letter in "abc":
@@ -105,6 +141,8 @@ class DicomWebBench:
             self.managed(f"orthanc-{letter}", [exe, str(path)], "Orthanc has started")
             self.orthancs.append(config | {"url": f"http://127.0.0.1:{http_port}"})
         self.start_haproxy()
+
+    def start_synthiq(self) -> None:
         subprocess.run([PYTHON, "manage.py", "migrate", "-v0"], cwd=ROOT, env=self.env, check=True)
         self.web_port = free_port()
         config_json = {
@@ -166,37 +204,68 @@ backend pacs
     def stored(self) -> int:
         return sum(requests.get(f"{o['url']}/statistics", timeout=60).json()["CountInstances"] for o in self.orthancs)
 
-    def bodies(self, variant: str) -> Iterator[tuple[Any, int]]:
+    def bodies(self, data: Data, variant: str) -> Iterator[tuple[Any, int]]:
         if variant == "one request":
-            with self.whole.open("rb") as whole:  # sent from disk in BLOCK pieces
-                yield whole, self.whole.stat().st_size
+            with data.whole.open("rb") as whole:  # sent from disk in BLOCK pieces
+                yield whole, data.whole.stat().st_size
             return
         tail = f"--{self.boundary}--\r\n".encode()
-        for path in self.files:
+        for path in data.files:
             body = part_head(self.boundary) + path.read_bytes() + b"\r\n" + tail
             yield body, len(body)
 
-    def run(self, variant: str, path: str) -> float:
-        self.empty_orthancs()
+    def send(self, path: str, bodies: Iterator[tuple[Any, int]], what: str) -> float:
+        """POST each body on one keep-alive connection, one after another; the wall time."""
         port, url = self.target(path)
         connection = http.client.HTTPConnection("127.0.0.1", port, timeout=600, blocksize=BLOCK)
         started = time.perf_counter()
         try:
-            for body, length in self.bodies(variant):
+            for body, length in bodies:
                 connection.request("POST", url, body=body, headers={
                     "Content-Type": content_type(self.boundary), "Content-Length": str(length),
                     "Accept": "application/dicom+json"})
                 answer = connection.getresponse()
                 text = answer.read()
                 if answer.status != 200:
-                    raise SystemExit(f"{path} {variant}: HTTP {answer.status}: {text[:300]!r}")
+                    raise SystemExit(f"{path} {what}: HTTP {answer.status}: {text[:300]!r}")
         finally:
             connection.close()
-        wall = time.perf_counter() - started
+        return time.perf_counter() - started
+
+    def run(self, data: Data, variant: str, path: str) -> float:
+        self.empty_orthancs()
+        wall = self.send(path, self.bodies(data, variant), f"{data.workload.name} {variant}")
         stored = self.stored()
-        if stored != len(self.files):
-            raise SystemExit(f"{path} {variant}: {stored} of {len(self.files)} instances stored")
+        if stored != len(data.files):
+            raise SystemExit(f"{path} {data.workload.name} {variant}: {stored} of {len(data.files)} instances stored")
         return wall
+
+    def big_part(self) -> dict[str, Any]:
+        """One request of one part of --big-part-mb through SynthIQ: wall time and peak RSS.
+        The instance is written streaming and sent from disk (never whole in the bench's RAM)."""
+        from bench.bigfile import write_large_instance
+
+        path = self.tmp / f"big-{self.args.big_part_mb}.dcm"  # kept for the next run with --tmp-dir
+        if not path.exists():
+            write_large_instance(path.with_suffix(".part"), pixel_bytes=self.args.big_part_mb << 20)
+            path.with_suffix(".part").rename(path)
+        head, tail = part_head(self.boundary), f"\r\n--{self.boundary}--\r\n".encode()
+
+        def body() -> Iterator[bytes]:
+            yield head
+            with path.open("rb") as part:
+                while block := part.read(BLOCK):
+                    yield block
+            yield tail
+        self.empty_orthancs()
+        self.reset_peak_rss()
+        size = path.stat().st_size
+        wall = self.send("synthiq", iter([(body(), len(head) + size + len(tail))]), "big part")
+        if self.stored() != 1:
+            raise SystemExit("big part: not stored")
+        self.empty_orthancs()
+        log(f"one part of {size / 2**20:.0f} MiB / synthiq: {wall:.2f}s")
+        return {"bytes": size, "wall_s": wall, "peak_rss_mb": self.synthiq_peak_rss()}
 
     def reset_peak_rss(self) -> None:
         assert self.proxy is not None
@@ -210,55 +279,68 @@ backend pacs
         assert self.proxy is not None
         return max((peak_rss_mb(p) for p in runproxy_processes(self.proxy)), default=0.0)
 
+    def measure_variant(self, data: Data, variant: str) -> list[dict[str, Any]]:
+        """Every path's runs of one (workload, variant), interleaved (each path first in turn)."""
+        raw: dict[str, list[float]] = {p: [] for p in PATHS}
+        self.reset_peak_rss()
+        for n in range(self.args.runs):
+            for path in PATHS[n % len(PATHS):] + PATHS[:n % len(PATHS)]:
+                raw[path].append(self.run(data, variant, path))
+                log(f"{data.workload.name} {variant} / {path} run {n + 1}: {raw[path][-1]:.2f}s")
+        rss = self.synthiq_peak_rss()
+        size = sum(p.stat().st_size for p in data.files)
+        ha = statistics.median(raw["haproxy"])
+        return [{"workload": data.workload.name, "instances": len(data.files), "bytes": size, "variant": variant,
+                 "path": path, "wall_s": statistics.median(raw[path]), "runs": raw[path],
+                 "mb_per_s": size / 1e6 / statistics.median(raw[path]),
+                 "ratio_to_haproxy": statistics.median(raw[path]) / ha,
+                 "peak_rss_mb": rss if path == "synthiq" else None} for path in PATHS]
+
     def measure(self) -> dict[str, Any]:
-        raw: dict[str, dict[str, list[float]]] = {}
-        rss: dict[str, float] = {}
-        for variant in VARIANTS:
-            raw[variant] = {p: [] for p in PATHS}
-            self.reset_peak_rss()
-            for n in range(self.args.runs):
-                order = PATHS[n % len(PATHS):] + PATHS[:n % len(PATHS)]  # interleaved, each path first in turn
-                for path in order:
-                    wall = self.run(variant, path)
-                    raw[variant][path].append(wall)
-                    log(f"{variant} / {path} run {n + 1}: {wall:.2f}s")
-            rss[variant] = self.synthiq_peak_rss()
-        size = sum(p.stat().st_size for p in self.files)
-        rows = []
-        for variant in VARIANTS:
-            ha = statistics.median(raw[variant]["haproxy"])
-            for path in PATHS:
-                wall = statistics.median(raw[variant][path])
-                rows.append({"variant": variant, "path": path, "wall_s": wall, "runs": raw[variant][path],
-                             "mb_per_s": size / 1e6 / wall, "ratio_to_haproxy": wall / ha,
-                             "peak_rss_mb": rss[variant] if path == "synthiq" else None})
-        return {"instances": len(self.files), "bytes": size, "rows": rows, "runs": self.args.runs,
-                "haproxy": self.haproxy_version, "machine": machine(),
-                "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        rows = [row for data in self.datas for variant in VARIANTS for row in self.measure_variant(data, variant)]
+        big = self.big_part() if self.args.big_part_mb else None
+        return {"workloads": [vars(d.workload) for d in self.datas], "rows": rows, "big_part": big,
+                "runs": self.args.runs, "haproxy": self.haproxy_version, "machine": machine(),
+                "load_average": list(os.getloadavg()), "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
 
 
 def table(result: dict[str, Any]) -> str:
-    lines = [f"STOW-RS of {result['instances']} instances ({result['bytes'] / 1e6:.0f} MB), median of "
-             f"{result['runs']} run(s)", "",
-             "| variant | path | wall s | MB/s | × HAProxy | SynthIQ peak RSS MB |", "|---|---|---|---|---|---|"]
+    lines = [f"STOW-RS, median of {result['runs']} run(s)", "",
+             "| workload | variant | path | wall s | MB/s | × HAProxy | SynthIQ peak RSS MB |",
+             "|---|---|---|---|---|---|---|"]
     for r in result["rows"]:
         rss = f"{r['peak_rss_mb']:.0f}" if r["peak_rss_mb"] is not None else ""
-        lines.append(f"| {r['variant']} | {r['path']} | {r['wall_s']:.2f} | {r['mb_per_s']:.0f} | "
+        what = f"{r['workload']} ({r['instances']} instances, {r['bytes'] / 1e6:.0f} MB)"
+        lines.append(f"| {what} | {r['variant']} | {r['path']} | {r['wall_s']:.2f} | {r['mb_per_s']:.1f} | "
                      f"{r['ratio_to_haproxy']:.2f} | {rss} |")
+    big = result.get("big_part")
+    if big:
+        lines += ["", f"One part of {big['bytes'] / 2**20:.0f} MiB through SynthIQ: {big['wall_s']:.1f} s "
+                      f"({big['bytes'] / 1e6 / big['wall_s']:.0f} MB/s), SynthIQ peak RSS {big['peak_rss_mb']:.0f} MB"]
     return "\n".join(lines)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.dicomweb", description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="100 instances, one run each: a sanity check")
+    parser.add_argument("--quick", action="store_true",
+                        help="W1 of 100 instances, W4 of 4x50, one run each, no big part: a sanity check")
     parser.add_argument("--runs", type=int, default=None, help="runs per (variant, path); default 3 (1 with --quick)")
-    parser.add_argument("--instances", type=int, default=None, help="instances of W1's CT; default 500")
+    parser.add_argument("--instances", type=int, default=None, help="instances of W1's CT; default 500 (100 quick)")
+    parser.add_argument("--w4-instances", type=int, default=None,
+                        help="instances per study of W4's 4 studies; default 250 (50 quick; 0: no W4)")
+    parser.add_argument("--big-part-mb", type=int, default=None,
+                        help="the one part's size in MiB for SynthIQ's peak RSS; default 1024 (0 quick: none)")
     parser.add_argument("--workers", type=int, default=1, help="runproxy --workers")
     parser.add_argument("--tmp-dir", default=None, help="keep data and logs here (default: a new temporary one)")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "dicomweb.json"))
     args = parser.parse_args()
     args.runs = args.runs or (1 if args.quick else 3)
     args.instances = args.instances or (100 if args.quick else 500)
+    w4 = args.w4_instances if args.w4_instances is not None else (50 if args.quick else 250)
+    args.workloads = [Workload("W1", 1, args.instances, 512, 512)] + (
+        [Workload("W4", 4, w4, 44, 44)] if w4 else [])
+    if args.big_part_mb is None:
+        args.big_part_mb = 0 if args.quick else 1024
     bench = DicomWebBench(args)
     try:
         log(f"setting up in {bench.tmp}")
@@ -271,7 +353,9 @@ def main() -> int:
     out.write_text(json.dumps(result, indent=2))
     print(table(result))
     m = result["machine"]
-    print(f"\nmachine: {m['nproc']} x {m['cpu']}, {m['ram_gb']} GB RAM; {result['haproxy']}; results: {out}")
+    load = ", ".join(f"{v:.2f}" for v in result["load_average"])
+    print(f"\nmachine: {m['nproc']} x {m['cpu']}, {m['ram_gb']} GB RAM, load average at the end {load}; "
+          f"{result['haproxy']}; results: {out}")
     return 0
 
 

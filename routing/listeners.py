@@ -74,9 +74,20 @@ def close_listeners_gone(sockets: dict[str, socket.socket], *, old: Config, new:
         sockets.pop(pool_id).close()
 
 
+def web_address(pool: PoolConfig) -> tuple[str, int] | None:
+    """Where the pool's DICOMweb listener listens (None: the pool has none)."""
+    return (pool.dicom_web_host, pool.dicom_web.port) if pool.dicom_web else None
+
+
+def web_moved(*, old: Config, new: Config) -> list[str]:
+    """Pools whose DICOMweb listener a reload added, moved or removed (a new socket, or none)."""
+    was, now = ({p.id: web_address(p) for p in config.pools} for config in (old, new))
+    return sorted(pool_id for pool_id in was.keys() | now.keys() if was.get(pool_id) != now.get(pool_id))
+
+
 def dicom_web_changed(*, old: Config, new: Config) -> list[str]:
     """Pools whose DICOMweb settings (the front door, or a backend's URL or credentials) a
-    reload changed: the DICOMweb listeners keep what they started with until a restart."""
+    reload changed: each worker serves them anew (``Worker._apply_dicom_web``)."""
     def view(config: Config) -> dict[str, tuple[Any, ...]]:
         return {p.id: (p.dicom_web, p.dicom_web_host, tuple(
             (b.id, b.enabled, b.dicom_web_url, b.dicom_web_username, b.dicom_web_password) for b in p.backends))

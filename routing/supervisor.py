@@ -40,7 +40,7 @@ from health.watch import StalenessWatch
 from pools.config import Config, ConfigError, config_load, differences
 from pools.services import config_sync
 from routing import audit, readiness
-from routing.listeners import StartupError, bind_listener, close_listeners_gone, dicom_web_changed
+from routing.listeners import StartupError, bind_listener, close_listeners_gone, dicom_web_changed, web_moved
 from routing.probing import Prober
 from routing.relay.quota import AddressCounts
 from routing.router import Router
@@ -124,8 +124,7 @@ class Supervisor:
         self.reload_requested = threading.Event()
         self.purge_failing = Repeating(logger, "purge failed")
         self.sockets: dict[str, socket.socket] = {}
-        self.web_sockets: dict[str, socket.socket] = {}  # DICOMweb: bound once, a reload does not change them
-        self.web_listeners: list[readiness.Listener] = []
+        self.web_sockets: dict[str, socket.socket] = {}  # the DICOMweb listeners
         self.web: Any = None  # the admin web app's server
         self.policy = HeartbeatPolicy(config.heartbeat_interval_seconds, config.heartbeat_timeout_seconds,
                                       config.study_cache_window_hours)
@@ -179,14 +178,13 @@ class Supervisor:
     def _bind(self) -> None:
         self.sockets = {p.id: bind_listener(p) for p in self.config.pools}
         self.web_sockets = {p.id: bind_listener(p, dicom_web=True) for p in self.config.pools if p.dicom_web}
-        self.web_listeners = [readiness.Listener(p.id, p.ae_title, p.dicom_web_host, p.dicom_web.port,
-                                                 p.dicom_web.tls is not None, "DICOMweb", p.dicom_web.base_path)
-                              for p in self.config.pools if p.dicom_web is not None]
         self._register_readiness()
 
     def _register_readiness(self) -> None:
-        readiness.register([readiness.Listener(p.id, p.ae_title, p.host, p.port, p.tls is not None)
-                            for p in self.config.pools] + self.web_listeners)
+        pools = self.config.pools
+        readiness.register([readiness.Listener(p.id, p.ae_title, p.host, p.port, p.tls is not None) for p in pools] + [
+            readiness.Listener(p.id, p.ae_title, p.dicom_web_host, p.dicom_web.port, p.dicom_web.tls is not None,
+                               "DICOMweb", p.dicom_web.base_path) for p in pools if p.dicom_web is not None])
 
     def _probe_all(self) -> None:
         """Ask every pool's backends what they accept, before any worker starts."""
@@ -277,7 +275,8 @@ class Supervisor:
                 new = self.reload_shared()
                 if new is not None:
                     close_listeners_gone(self.sockets, old=old, new=new)
-                    workers.reload(self.listen_added(new))  # each worker re-reads the file and applies it
+                    # each worker re-reads the file and applies it
+                    workers.reload(self.listen_added(new), self.web_listen_moved(old, new))
             if time.monotonic() >= next_purge:
                 purge_expired(window_hours=self.config.study_cache_window_hours, failing=self.purge_failing)
                 next_purge = time.monotonic() + BINDING_PURGE_SECONDS
@@ -297,6 +296,26 @@ class Supervisor:
                 continue
             if self.probe_router is not None:
                 self.prober.probe_pool(pool, self.probe_router)
+        return added
+
+    def web_listen_moved(self, old: Config, new: Config) -> dict[str, socket.socket]:
+        """The DICOMweb listeners a reload added or moved, bound here for the workers (handed
+        the sockets); this process's copy of those it moved or removed closed, so their
+        ports are freed once the workers retire their sites. A changed listener at the same
+        address keeps its socket (each worker duplicates it)."""
+        now = {p.id: p for p in new.pools}
+        added: dict[str, socket.socket] = {}
+        for pool_id in web_moved(old=old, new=new):
+            gone = self.web_sockets.pop(pool_id, None)
+            if gone is not None:
+                gone.close()
+            pool = now.get(pool_id)
+            if pool is None or pool.dicom_web is None:
+                continue
+            try:
+                self.web_sockets[pool_id] = added[pool_id] = bind_listener(pool, dicom_web=True)
+            except StartupError as exc:
+                logger.error("reload: %s; the rest of the file is applied", exc)
         return added
 
     # -- reload (SIGHUP) ------------------------------------------------------------------
@@ -321,7 +340,7 @@ class Supervisor:
             return None
         config_sync(config=new)
         for pool_id in dicom_web_changed(old=self.config, new=new):
-            logger.warning("reload: pool %s: DICOMweb settings changed; they apply at the next restart", pool_id)
+            logger.info("reload: pool %s: DICOMweb settings changed; its listener is served anew", pool_id)
         self.config = new
         self.policy = HeartbeatPolicy(new.heartbeat_interval_seconds, new.heartbeat_timeout_seconds,
                                       new.study_cache_window_hours)

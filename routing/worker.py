@@ -34,8 +34,16 @@ from routing import logqueue
 from routing.commitments import DatabaseCommitmentStore, commitments_purge
 from routing.counters import Snapshot
 from routing.credentials import credentials_check
+from routing.dicomweb.context import WebPool
 from routing.dicomweb.server import DicomWebServer
-from routing.listeners import StartupError, bind_listener, pool_listener, web_pool
+from routing.listeners import (
+    StartupError,
+    bind_listener,
+    dicom_web_changed,
+    pool_listener,
+    web_address,
+    web_pool,
+)
 from routing.probing import PoolOffer, Prober
 from routing.relay.quota import AddressCounts
 from routing.relay.server import NetworkSettings, Relay
@@ -78,7 +86,7 @@ class WorkerSetup:
 
     config: Config
     sockets: dict[str, socket.socket]  # the pools' DICOM listeners
-    web_sockets: dict[str, socket.socket]  # the DICOMweb listeners (a reload does not change them)
+    web_sockets: dict[str, socket.socket]  # the pools' DICOMweb listeners
     prober: Prober
     per_address: AddressCounts
     audit: Any  # routing.audit's trail
@@ -87,7 +95,7 @@ class WorkerSetup:
     stopping: threading.Event
     read_config: Callable[[], Config | None]  # on a reload: the new config, or None (nothing to apply)
     purge: bool  # this loop purges expired rows (one process; with workers the supervisor does)
-    channel: socket.socket | None = None  # from the parent: reloads, with the sockets of the pools added
+    channel: socket.socket | None = None  # from the parent: reloads, with the sockets of the listeners added
 
 
 class Worker:
@@ -99,6 +107,7 @@ class Worker:
         self.purge_failing = Repeating(logger, "purge failed")
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="housekeeping")
         self.handed: dict[str, socket.socket] = {}  # listening sockets the parent bound for pools a reload added
+        self.handed_web: dict[str, socket.socket] = {}  # and for DICOMweb listeners a reload added or moved
         self.tasks_now = 0
         self._reloads: set[asyncio.Task[None]] = set()
         window = setup.config.study_cache_window_hours
@@ -245,17 +254,21 @@ class Worker:
             loop.add_reader(self.setup.channel.fileno(), self._from_parent, self.setup.channel, on_hup)
 
     def _from_parent(self, channel: socket.socket, reload: Callable[[], None]) -> None:
-        """A worker's channel from its parent: a reload, with the sockets of the pools it added."""
+        """A worker's channel from its parent: a reload, with the sockets of the DICOM and
+        DICOMweb listeners it bound (``Workers.reload``)."""
         try:
-            message, fds, _, _ = socket.recv_fds(channel, 65536, 256)
+            message, fds, _, _ = socket.recv_fds(channel, 65536, 512)
         except OSError as exc:
             logger.warning("the channel from the parent failed: %s", exc)
             message, fds = b"", []
         if not message:  # the parent is gone (the worker stops too: see workers._exit_with_parent)
             asyncio.get_running_loop().remove_reader(channel.fileno())
             return
-        for pool_id, fd in zip(json.loads(message), fds, strict=True):
-            self.handed[pool_id] = socket.socket(fileno=fd)
+        listeners = json.loads(message)
+        keyed = [(self.handed, pool_id) for pool_id in listeners["dicom"]] + [
+            (self.handed_web, pool_id) for pool_id in listeners["web"]]
+        for (handed, pool_id), fd in zip(keyed, fds, strict=True):
+            handed[pool_id] = socket.socket(fileno=fd)
         reload()
 
     async def reload(self) -> None:
@@ -274,9 +287,11 @@ class Worker:
                                                       new.study_cache_window_hours)
         await self._blocking(self._refresh_router)
         await self._apply_pools(old, new)
-        for unused in self.handed.values():
+        await self._apply_dicom_web(old, new)
+        for unused in [*self.handed.values(), *self.handed_web.values()]:
             unused.close()
         self.handed.clear()
+        self.handed_web.clear()
         logger.info("reload: applied to this process's listeners (pools: %s)", ", ".join(self.pool_ids))
 
     async def _apply_pools(self, old: Config, new: Config) -> None:
@@ -295,6 +310,51 @@ class Worker:
                 self.relay.add_pool(pool_listener(pool, offer.services), sock, offer.ranks, offer.backend_max_pdu)
         for gone in before:
             self.relay.remove_pool(gone)
+
+    async def _apply_dicom_web(self, old: Config, new: Config) -> None:
+        """DICOMweb listeners a reload added, moved, changed (its base path, TLS, limits, the
+        backends' URLs or credentials) or removed: each served anew from the new config;
+        requests in flight finish on the old site (``DicomWebServer.retire_pool``)."""
+        before, after = {p.id: p for p in old.pools}, {p.id: p for p in new.pools}
+        for pool_id in dicom_web_changed(old=old, new=new):
+            pool = after.get(pool_id)
+            if pool is None or pool.dicom_web is None:
+                self.dicomweb.retire_pool(pool_id)
+                logger.info("reload: pool %s: DICOMweb listener removed", pool_id)
+                continue
+            try:
+                view = web_pool(pool)
+            except (StartupError, OSError) as exc:  # a TLS certificate that does not load: the old settings stay
+                logger.error("reload: pool %s: DICOMweb: %s; its DICOMweb settings are unchanged", pool_id, exc)
+                continue
+            await self._serve_web(before.get(pool_id), pool, view)
+
+    async def _serve_web(self, was: PoolConfig | None, pool: PoolConfig, view: WebPool) -> None:
+        """Serve a pool's new DICOMweb settings; where its listener moved and no socket could
+        be bound (logged), the old one is retired too, as the supervisor's copy was."""
+        sock = self._web_socket_for(was, pool)
+        if sock is None:
+            self.dicomweb.retire_pool(pool.id)
+            return
+        try:
+            await self.dicomweb.serve_pool(view, sock)
+        except OSError as exc:
+            sock.close()
+            logger.error("reload: pool %s: DICOMweb listener not started: %s", pool.id, exc)
+
+    def _web_socket_for(self, was: PoolConfig | None, pool: PoolConfig) -> socket.socket | None:
+        """The DICOMweb listening socket for a pool's new settings: at the same address, the
+        one it serves on now, duplicated (the new site accepts before the old one closes);
+        at a new one, the socket the parent bound and handed over, or this one process binds."""
+        if was is not None and web_address(was) == web_address(pool) and pool.id in self.dicomweb.sockets:
+            return self.dicomweb.sockets[pool.id].dup()
+        if self.setup.channel is not None:
+            return self.handed_web.pop(pool.id, None)
+        try:
+            return bind_listener(pool, dicom_web=True)
+        except StartupError as exc:
+            logger.error("reload: %s; the rest of the file is applied", exc)
+            return None
 
     def _socket_for(self, pool: PoolConfig) -> socket.socket | None:
         """A listening socket for a pool the reload added or moved: the parent bound it (a

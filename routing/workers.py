@@ -64,12 +64,13 @@ class Workers:
         self.channels[pid] = ours
         logger.info("worker %d started (pid %d)", index, pid)
 
-    def reload(self, listeners: dict[str, socket.socket]) -> None:
+    def reload(self, listeners: dict[str, socket.socket], web_listeners: dict[str, socket.socket]) -> None:
         """Tell every worker to re-read the config file, handing it the listening sockets
-        of the pools the reload added (SCM_RIGHTS over its channel: a worker forked before
-        the reload has no other way to get them)."""
-        message = json.dumps(list(listeners)).encode()
-        fds = [sock.fileno() for sock in listeners.values()]
+        of the pools the reload added and of the DICOMweb listeners it added or moved
+        (SCM_RIGHTS over its channel: a worker forked before the reload has no other way to
+        get them)."""
+        message = json.dumps({"dicom": list(listeners), "web": list(web_listeners)}).encode()
+        fds = [sock.fileno() for sock in [*listeners.values(), *web_listeners.values()]]
         for pid, channel in list(self.channels.items()):
             try:
                 socket.send_fds(channel, [message], fds)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import signal
+import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -301,6 +302,15 @@ class OrthancHandle:
         response = requests.request(method, self.url + path, timeout=30, **kwargs)
         response.raise_for_status()
         return response.json() if response.content else None
+
+
+def orthanc_dicomweb_plugin() -> str:
+    """The path of Orthanc's DICOMweb plugin (Debian's orthanc-dicomweb)."""
+    found = subprocess.run(["dpkg", "-L", "orthanc-dicomweb"], capture_output=True, text=True)
+    for line in found.stdout.splitlines():
+        if line.endswith(".so") and "plugins" in line:
+            return line
+    pytest.fail("orthanc-dicomweb is not installed (requirements/apt.txt)")
 
 
 def start_orthanc(cluster: Cluster, *, name: str = "orthanc", **options: Any) -> OrthancHandle:

@@ -17,6 +17,7 @@ from aiohttp import web
 
 from routing.dicom.uids import uid_problem
 from routing.dicomweb.context import Context, WebBackend, client_user, read_bounded, source_ip
+from routing.dicomweb.native_xml import native_multipart, wants_xml
 from routing.dicomweb.passthrough import backend_url, relay_get, relayed_outcome
 from routing.dicomweb.placing import study_bound
 
@@ -110,6 +111,15 @@ async def qido(ctx: Context, request: web.Request, segments: list[str]) -> web.S
                 f" ({'; '.join(warnings)})" if warnings else "", time.perf_counter() - started)
     ctx.relay.telemetry.operation(service=SERVICE, status=0xA700 if warnings else 0x0000)
     _audit(ctx, request, path, not warnings, "; ".join(warnings))
+    return merged_answer(request, page, headers)
+
+
+def merged_answer(request: web.Request, page: list[dict[str, Any]], headers: dict[str, str]) -> web.Response:
+    """The merged matches as the client asked: DICOM JSON, or (Accept naming XML and not
+    JSON) one Native DICOM Model part per match, as the backend itself would answer."""
+    if wants_xml(request.headers.get("Accept", "")):
+        body, kind = native_multipart(page)
+        return web.Response(status=200, body=body, headers=headers | {"Content-Type": kind})
     return web.Response(status=200, body=json.dumps(page).encode(), content_type="application/dicom+json",
                         headers=headers)
 

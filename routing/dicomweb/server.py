@@ -4,6 +4,7 @@ counters and its network settings; one HTTP client to the backends."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import socket
 from collections import Counter
@@ -24,6 +25,8 @@ logger = logging.getLogger("synthiq.routing")
 CONTEXT = web.AppKey("context", Context)
 # Keep-alive connections to the backends, at most, and per backend.
 CLIENT_CONNECTIONS = 256
+# A retired site's requests in flight (a reload moved, changed or removed its pool; stopping) are cut after this.
+RETIRE_SECONDS = 5.0
 
 
 def is_query(segments: list[str]) -> bool:
@@ -39,7 +42,9 @@ class DicomWebServer:
     def __init__(self, *, pools: list[WebPool], relay: Relay, network: NetworkSettings,
                  check: CredentialCheck | None):
         self.pools, self.relay, self.network, self.check = pools, relay, network, check
-        self.runners: list[web.AppRunner] = []
+        self.runners: dict[str, web.AppRunner] = {}  # by pool id
+        self.sockets: dict[str, socket.socket] = {}  # the listening socket each pool's site serves on
+        self._retiring: set[asyncio.Task[None]] = set()
         self.in_flight: Counter[str] = Counter()
         self.executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="dicomweb-auth")
         self.session: aiohttp.ClientSession | None = None
@@ -55,21 +60,42 @@ class DicomWebServer:
             auto_decompress=False, skip_auto_headers=("User-Agent",))
         for pool in self.pools:
             sock = sockets.get(pool.id)
-            if sock is None:
-                continue
-            app = web.Application(client_max_size=1024 * 1024)  # only a read() of a whole body; STOW streams
-            app[CONTEXT] = Context(pool, self.relay, self.session, self.network, self.executor, self.check)
-            app.router.add_route("*", pool.base_path + "/{tail:.*}", self.handle)
-            runner = web.AppRunner(app, access_log=None, handle_signals=False)
-            await runner.setup()
-            await web.SockSite(runner, sock, ssl_context=pool.tls, shutdown_timeout=5).start()
-            self.runners.append(runner)
-            logger.info("DICOMweb for pool %s on %s://%s:%d%s", pool.id, "https" if pool.tls else "http",
-                        pool.host, pool.port, pool.base_path or "/")
+            if sock is not None:
+                await self.serve_pool(pool, sock)
+
+    async def serve_pool(self, pool: WebPool, sock: socket.socket) -> None:
+        """Serve the pool's DICOMweb on a listening socket: at start, or on a reload that
+        added, moved or changed it. A pool served already is served anew (its base path,
+        TLS, backends) and the old site retired once the new one accepts (with the same
+        socket duplicated, the port never refuses a client meanwhile)."""
+        assert self.session is not None
+        app = web.Application(client_max_size=1024 * 1024)  # only a read() of a whole body; STOW streams
+        app[CONTEXT] = Context(pool, self.relay, self.session, self.network, self.executor, self.check)
+        app.router.add_route("*", pool.base_path + "/{tail:.*}", self.handle)
+        runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=RETIRE_SECONDS)
+        await runner.setup()
+        await web.SockSite(runner, sock, ssl_context=pool.tls).start()
+        self.retire_pool(pool.id)
+        self.runners[pool.id], self.sockets[pool.id] = runner, sock
+        logger.info("DICOMweb for pool %s on %s://%s:%d%s", pool.id, "https" if pool.tls else "http",
+                    pool.host, pool.port, pool.base_path or "/")
+
+    def retire_pool(self, pool_id: str) -> None:
+        """Stop accepting for the pool (its socket closes in this process); the requests in
+        flight finish on a task of their own, cut after RETIRE_SECONDS."""
+        runner = self.runners.pop(pool_id, None)
+        self.sockets.pop(pool_id, None)
+        if runner is None:
+            return
+        task = asyncio.ensure_future(runner.cleanup())
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
 
     async def stop(self) -> None:
-        for runner in self.runners:
-            await runner.cleanup()
+        for pool_id in list(self.runners):
+            self.retire_pool(pool_id)
+        if self._retiring:
+            await asyncio.wait(set(self._retiring))
         if self.session is not None:
             await self.session.close()
         self.executor.shutdown(wait=False)

@@ -11,11 +11,9 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from typing import Any
-from xml.etree import ElementTree
-
-from pydicom.datadict import keyword_for_tag
 
 from routing.dicom.uids import uid_problem
+from routing.dicomweb.native_xml import native
 
 RETRIEVE_URL = "00081190"
 FAILED_SOP_SEQUENCE = "00081198"
@@ -71,7 +69,7 @@ class StoreResponse:
     def xml(self) -> bytes:
         """The same response in the Native DICOM Model (PS3.19 A.1), for a client that asks
         for application/dicom+xml."""
-        return _native(json.loads(self.body()))
+        return native(json.loads(self.body()))
 
     def merge(self, *, answer: bytes, sent: list[Sent], rewrite: tuple[str, str] | None = None) -> list[str]:
         """Take a backend's answer about the instances ``sent`` to it. Returns why the
@@ -104,25 +102,6 @@ class StoreResponse:
         if missing:
             problems.append(f"{len(missing)} instance(s) it did not answer for")
         return problems
-
-
-def _native(dataset: dict[str, Any]) -> bytes:
-    root = ElementTree.Element("NativeDicomModel", xmlns="http://dicom.nema.org/PS3.19/models/NativeDICOM")
-    _native_into(root, dataset)
-    return b'<?xml version="1.0" encoding="UTF-8"?>\n' + ElementTree.tostring(root, encoding="utf-8",
-                                                                             xml_declaration=False)
-
-
-def _native_into(parent: ElementTree.Element, dataset: dict[str, Any]) -> None:
-    for tag in sorted(dataset):
-        attribute = dataset[tag]
-        element = ElementTree.SubElement(parent, "DicomAttribute", tag=tag, vr=attribute["vr"],
-                                         keyword=keyword_for_tag(int(tag, 16)) or "")
-        for number, value in enumerate(attribute.get("Value", []), start=1):
-            if attribute["vr"] == "SQ":
-                _native_into(ElementTree.SubElement(element, "Item", number=str(number)), value)
-            else:
-                ElementTree.SubElement(element, "Value", number=str(number)).text = str(value)
 
 
 def _item(sop_class_uid: str, sop_instance_uid: str) -> dict[str, Any]:

@@ -24,6 +24,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from routing.dicom.part10 import SOP_CLASS, SOP_INSTANCE, Identity, Part10Error, Part10Scanner
 from routing.dicom.uids import shown, uid_problem
 from routing.dicomweb.context import Context, client_user, source_ip
+from routing.dicomweb.native_xml import wants_xml
 from routing.dicomweb.placing import study_place
 from routing.dicomweb.store_response import (
     CANNOT_UNDERSTAND,
@@ -76,14 +77,6 @@ def check_media_type(request: web.Request) -> str:
     return boundary
 
 
-def wants_xml(accept: str) -> bool:
-    """Whether the client asked for the XML store response rather than the JSON one (the
-    default: JSON when both, or neither, are named)."""
-    kinds = [a.split(";")[0].strip().lower() for a in accept.split(",")]
-    return "application/dicom+xml" in kinds and "application/dicom+json" not in kinds \
-        and "application/json" not in kinds
-
-
 class Stow:
     """One client request."""
 
@@ -95,6 +88,7 @@ class Stow:
         self.patients: dict[str, tuple[str, str]] = {}
         self.parts: list[_Part] = []
         self.nbytes = 0
+        self.holding: Upload | None = None  # the last upload that took a part (it may hold it still)
 
     async def run(self) -> web.Response:
         started = time.perf_counter()
@@ -211,7 +205,9 @@ class Stow:
             upload = self.uploads[suid] = Upload(
                 backend.id, suid, f"{backend.url}/studies", self.ctx.headers(self.request, backend, body=True),
                 self.ctx.session, self.ctx.timeout)
-        entry.upload = upload
+        if self.holding is not None and self.holding is not upload:
+            await self.holding.stream()  # one body held per client request at most: memory stays bounded
+        self.holding = entry.upload = upload
         self.patients[identity.sop_instance_uid.rstrip("\x00 ")] = (identity.header.patient_id,
                                                                    identity.header.get(PATIENT_NAME))
         upload.sent.append(Sent(identity.sop_class_uid.rstrip("\x00 "), identity.sop_instance_uid.rstrip("\x00 ")))

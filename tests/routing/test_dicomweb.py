@@ -19,21 +19,21 @@ from dicomweb_client.api import DICOMwebClient
 from pydicom import dcmread
 
 from routing.simulators.synthetic import write_study
-from tests.harness import Cluster, binding_of, clean_database, dataset_digest, free_port, start_orthanc
+from tests.harness import (
+    Cluster,
+    binding_of,
+    clean_database,
+    dataset_digest,
+    free_port,
+    orthanc_dicomweb_plugin,
+    start_orthanc,
+)
 
 pytestmark = pytest.mark.slow
 NODES = ("a", "b", "c")
 USER, PASSWORD = "dicomweb-user", "a-long-test-password"
 MAX_BODY = 1 << 20  # the pool's MaxBodyBytes: every other request here is far smaller
 SLOW = 4  # Network.NetworkTimeoutSeconds: how long a client may send nothing of its body
-
-
-def _plugin() -> str:
-    found = subprocess.run(["dpkg", "-L", "orthanc-dicomweb"], capture_output=True, text=True)
-    for line in found.stdout.splitlines():
-        if line.endswith(".so") and "plugins" in line:
-            return line
-    pytest.fail("orthanc-dicomweb is not installed (requirements/apt.txt)")
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +50,7 @@ def pool(tmp_path_factory):
     cluster = Cluster(tmp=tmp_path_factory.mktemp("dicomweb"), env=dict(os.environ))
     try:
         orthancs = {n: start_orthanc(cluster, name=f"orthanc-{n}", DicomAet=f"ORTHANC{n.upper()}",
-                                     Plugins=[_plugin()],
+                                     Plugins=[orthanc_dicomweb_plugin()],
                                      DicomModalities={"storescu": ["STORESCU", "127.0.0.1", 104]})
                     for n in NODES}
         backends = [{"Id": f"node-{n}", "AeTitle": o.ae_title, "Host": "127.0.0.1", "Port": o.dicom_port,
@@ -334,6 +334,56 @@ def test_qido_through_synthiq_returns_what_the_three_nodes_hold_once(pool):
     [(suid, _)] = [(s, p) for s, p in [write_study(cluster.tmp / "qido-one", count=3, patient_id="QIDO1")]]
     assert _stow(base, sorted((cluster.tmp / "qido-one").glob("*.dcm"))).status_code == 200
     assert len(client.search_for_instances(study_instance_uid=suid)) == 3
+
+
+def _curl(url: str, *headers: str) -> tuple[str, bytes]:
+    """A GET by curl: the answer's Content-Type and body."""
+    done = subprocess.run(["curl", "-sS", "--fail", "-o", "-", "-w", "\n%{content_type}", *sum(
+        (["-H", h] for h in headers), []), url], capture_output=True, timeout=60, check=True)
+    body, _, kind = done.stdout.rpartition(b"\n")
+    return kind.decode(), body
+
+
+def _native_matches(kind: str, body: bytes) -> list[list[tuple]]:
+    """The matches of a multipart/related XML answer, each as its attributes (tag, VR, and
+    the text of every element below), whatever the indentation."""
+    from email.parser import BytesParser
+
+    from lxml import etree
+
+    assert kind.startswith('multipart/related; type="application/dicom+xml"'), kind
+    message = BytesParser().parsebytes(f"Content-Type: {kind}\r\n\r\n".encode() + body)
+    matches = []
+    for part in message.get_payload():
+        assert part.get_content_type() == "application/dicom+xml"
+        root = etree.fromstring(part.get_payload(decode=True))
+        matches.append(sorted((a.get("tag"), a.get("vr"), a.get("keyword"),
+                               tuple((e.tag.split("}")[1], (e.text or "").strip()) for e in a.iter() if e is not a))
+                              for a in root))
+    return matches
+
+
+def test_qido_merged_answer_as_xml_is_what_the_node_answers_in_xml(pool):
+    """Accept naming XML (and not JSON): the fanned-out answer is one Native DICOM Model
+    document per match, as the node itself answers (its URLs naming SynthIQ); curl as the client."""
+    cluster, _, orthancs, base, token = pool
+    suid, paths = write_study(cluster.tmp / "qido-xml", count=2, patient_id="QIDOXML")
+    assert _stow(base, paths).status_code == 200
+    node = orthancs[binding_of(suid).removeprefix("node-")]
+    auth = f"Authorization: Token {token}"
+    for query in ("studies?PatientID=QIDOXML", f"instances?PatientID=QIDOXML&StudyInstanceUID={suid},1.2.3"):
+        kind, through = _curl(f"{base}/{query}", "Accept: application/dicom+xml", auth)
+        direct_kind, direct = _curl(f"{node.url}/dicom-web/{query}", "Accept: application/dicom+xml")
+        host = base.removesuffix("/dicom-web")
+        matches = _native_matches(kind, through.replace(host.encode(), node.url.encode()))
+        assert len(matches) == (1 if query.startswith("studies") else 2)
+        assert sorted(matches) == sorted(_native_matches(direct_kind, direct))
+    # Both named, or JSON alone: JSON, as before; no match at all: an empty multipart.
+    kind, body = _curl(f"{base}/studies?PatientID=QIDOXML", "Accept: application/dicom+xml, application/dicom+json",
+                       auth)
+    assert kind == "application/dicom+json" and json.loads(body)[0]["0020000D"]["Value"] == [suid]
+    kind, body = _curl(f"{base}/studies?PatientID=NOBODY", "Accept: application/dicom+xml", auth)
+    assert _native_matches(kind, body) == []
 
 
 def _parts(response: requests.Response) -> list[bytes]:

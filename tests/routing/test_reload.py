@@ -157,11 +157,11 @@ def test_a_reload_changing_a_token_and_a_password_logs_neither_and_files_stay_pr
     assert not [p for p in written if p.stat().st_mode & (stat.S_IRWXG | stat.S_IRWXO)], "readable by others"
 
 
-def test_a_reload_that_changes_dicom_web_settings_is_named_for_a_restart():
+def test_a_reload_names_the_pools_whose_dicom_web_settings_changed_or_moved():
     import copy
 
     from pools.config import config_parse
-    from routing.listeners import dicom_web_changed
+    from routing.listeners import dicom_web_changed, web_moved
     from tests.pools.test_config import GOOD, _with_dicom_web
 
     old = copy.deepcopy(GOOD)
@@ -176,3 +176,79 @@ def test_a_reload_that_changes_dicom_web_settings_is_named_for_a_restart():
     for changed in (url, creds, off):
         assert dicom_web_changed(old=before, new=config_parse(data=changed)) == ["main"]
     assert dicom_web_changed(old=config_parse(data=GOOD), new=config_parse(data=GOOD)) == []
+    # Only a listener added, moved or removed needs a new socket; a changed one keeps its own.
+    moved = copy.deepcopy(old)
+    moved["Pools"][0]["DicomWeb"]["Port"] += 1
+    assert [web_moved(old=before, new=config_parse(data=c)) for c in (same, url, creds, off, moved)] == [
+        [], [], [], ["main"], ["main"]]
+
+
+def _refused(port: int) -> bool:
+    """No process of runproxy's accepts on the port any more."""
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()
+    except ConnectionRefusedError:
+        return True
+    return False
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_sighup_applies_changed_dicom_web_settings_and_the_old_port_refuses(cluster, tmp_path, workers):
+    """Pools[].DicomWeb moved (port and base path), changed in place (MaxBodyBytes), moved to
+    a port in use, then removed, each by SIGHUP: every worker serves the new settings (each
+    alone in turn: STOW-RS and QIDO-RS to a real Orthanc with its DICOMweb plugin), the old
+    port refuses."""
+    import requests
+
+    from tests.harness import orthanc_dicomweb_plugin, start_orthanc
+    from tests.routing.test_dicomweb import _stow
+
+    orthanc = start_orthanc(cluster, name="orthanc-web", DicomAet="ORTHANCWEB", Plugins=[orthanc_dicomweb_plugin()])
+    backend = {"Id": "node-a", "AeTitle": orthanc.ae_title, "Host": "127.0.0.1", "Port": orthanc.dicom_port,
+               "Health": {"Mode": "liveness", "Probe": "echo"}, "DicomWebUrl": f"{orthanc.url}/dicom-web"}
+    first, second = free_port(), free_port()
+    config = cluster.config([backend], HeartbeatTimeoutSeconds=600, pool={"DicomWeb": {"Port": first}})
+    proxy = cluster.proxy(config, extra_args=["--workers", str(workers)])
+    suid, paths = write_study(tmp_path / "web", count=1 + 2 * workers, patient_id="RELOADWEB")
+    assert _stow(f"http://127.0.0.1:{first}/dicom-web", paths[:1], session=requests.Session()).status_code == 200
+
+    config["Pools"][0]["DicomWeb"] = {"Port": second, "BasePath": "/web"}
+    _reload(proxy, config, expect=f"Pools[main].DicomWeb.Port: {first} -> {second}")
+    serving = f"DICOMweb for pool main on http://127.0.0.1:{second}/web"
+    wait_for(lambda: proxy.process.log().count(serving) == workers, timeout=20, what="every worker on the new port")
+    base = f"http://127.0.0.1:{second}/web"
+    pids = proxy.worker_pids() if workers > 1 else [proxy.process.proc.pid]
+    for n, pid in enumerate(pids):  # each worker alone in turn
+        others = [other for other in pids if other != pid]
+        for other in others:
+            os.kill(other, signal.SIGSTOP)
+        try:
+            sent = paths[1 + 2 * n:3 + 2 * n]
+            answer = _stow(base, sent, session=requests.Session())
+            assert answer.status_code == 200, answer.text
+            [study] = requests.get(f"{base}/studies?PatientID=RELOADWEB", timeout=10).json()
+            assert study["0020000D"]["Value"] == [suid] and study["00201208"]["Value"] == [3 + 2 * n]
+        finally:
+            for other in others:
+                os.kill(other, signal.SIGCONT)
+    wait_for(lambda: _refused(first), timeout=10, what=f"the old DICOMweb port {first} to refuse connections")
+
+    # Changed in place: the same port (its socket kept, duplicated), served anew: MaxBodyBytes applies.
+    config["Pools"][0]["DicomWeb"]["MaxBodyBytes"] = 2048  # less than one instance
+    _reload(proxy, config, expect="Pools[main].DicomWeb.MaxBodyBytes")
+    wait_for(lambda: proxy.process.log().count(serving) == 2 * workers, timeout=20, what="every worker served anew")
+    for _ in range(4):
+        assert _stow(base, paths[:1], session=requests.Session()).status_code == 413
+
+    # Moved to a port another process holds: one error line, the rest applies, the old port refuses.
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        held = taken.getsockname()[1]
+        config["Pools"][0]["DicomWeb"]["Port"] = held
+        _reload(proxy, config, expect=f"DicomWeb.Port: {second} -> {held}")
+        wait_for(lambda: f"DICOMweb: cannot listen on 127.0.0.1:{held}" in proxy.process.log(), timeout=10,
+                 what="the port in use to be logged")
+        wait_for(lambda: _refused(second), timeout=10, what=f"the moved DICOMweb port {second} to refuse connections")
+
+    del config["Pools"][0]["DicomWeb"]
+    _reload(proxy, config, expect="Pools[main].DicomWeb: ")
+    assert proxy.process.proc.poll() is None

@@ -16,9 +16,9 @@ import requests
 from pynetdicom.sop_class import CTImageStorage  # type: ignore[attr-defined]
 
 from routing.simulators.synthetic import write_study
-from tests.harness import Cluster, ProxyHandle, clean_database, free_port, start_orthanc
+from tests.harness import Cluster, ProxyHandle, clean_database, free_port, orthanc_dicomweb_plugin, start_orthanc
 from tests.routing.audit.test_audit_trail import HOSTILE_PATIENT_ID, Repository, assert_valid, start_repository
-from tests.routing.test_dicomweb import _plugin, _stow
+from tests.routing.test_dicomweb import _stow
 
 USER, PASSWORD = "dicomweb-auditee", "a-long-test-password"
 
@@ -47,7 +47,7 @@ def web(tmp_path_factory) -> Iterator[WebSite]:
     repo = start_repository(tmp)
     cluster = Cluster(tmp=tmp, env=dict(os.environ))
     try:
-        orthanc = start_orthanc(cluster, name="orthanc-web", DicomAet="ORTHANCWEB", Plugins=[_plugin()])
+        orthanc = start_orthanc(cluster, name="orthanc-web", DicomAet="ORTHANCWEB", Plugins=[orthanc_dicomweb_plugin()])
         backend = {"Id": "node-web", "AeTitle": orthanc.ae_title, "Host": "127.0.0.1", "Port": orthanc.dicom_port,
                    "Health": {"Mode": "liveness", "Probe": "echo"}, "DicomWebUrl": f"{orthanc.url}/dicom-web",
                    "DicomWebUsername": "orthanc", "DicomWebPassword": "unused-by-this-orthanc"}

@@ -62,7 +62,7 @@ def test_a_warning_makes_it_202_and_own_failures_carry_only_valid_uids():
 def test_the_xml_response_holds_the_same_items_in_the_native_dicom_model():
     from xml.etree import ElementTree
 
-    from routing.dicomweb.stow import wants_xml
+    from routing.dicomweb.native_xml import wants_xml
 
     response = StoreResponse()
     response.merge(answer=_answer([_item("1.4")]), sent=[Sent(CT, "1.4")])
