@@ -1,12 +1,14 @@
 """Adoption: learn where the studies already in a pool live, so that SynthIQ routes their
 late instances, re-sends and priors to the node that holds them (``manage.py adopt``).
 
-Every enabled backend is asked with study-level C-FIND, one StudyDate window at a time.
-A window that a backend answered capped (0xFE00: SynthIQ never cancels) is halved until
-no cap is hit; a one-day window still capped is reported. A final query without a date
-finds the undated studies. A window is done only when every enabled backend answered it:
-it is then recorded, so an interrupted run, started again with the same arguments, goes
-on with the windows not done.
+Every enabled backend is asked a study-level C-FIND without a date first. When none capped
+it (0xFE00: SynthIQ never cancels), that one answer names every study: each StudyDate
+window not done takes the studies dated inside it, the undated ones theirs. When one did
+cap it, the backends are asked one StudyDate window at a time; a capped window is halved
+until no cap is hit, and a one-day window still capped is reported; the undated studies
+come from the first answer (capped: said so). A window is done only when every enabled
+backend answered it: it is then recorded, so an interrupted run, started again with the
+same arguments, goes on with the windows not done.
 
 A study held on one backend is bound there; one held on several is bound to the one
 holding most instances (ties: the lowest id) and verified at once (``split`` when another
@@ -18,6 +20,7 @@ written: what would be done is reported.
 
 from __future__ import annotations
 
+import bisect
 import csv
 import datetime as dt
 import logging
@@ -30,6 +33,7 @@ from django.db import connection
 from tqdm import tqdm
 
 from affinity import scu, selectors, services
+from affinity.models import Adoption, AdoptionWindow
 from affinity.verification import QUERY_TIMEOUT_SECONDS, Asker, binding_verify, pool_peers
 from pools.config import ReconciliationConfig
 from routing.dicom.uids import shown, uid_problem
@@ -112,21 +116,7 @@ class Adopter:
 
     # -- by StudyDate -----------------------------------------------------------------------
     def run_dates(self, *, since: dt.date | None, until: dt.date | None) -> Report:
-        since_arg, until_arg = (_da(d) if d else "" for d in (since, until))
-        now = dt.datetime.now(dt.UTC)
-        adoption = None if self.dry_run else selectors.adoption_resumable(
-            pool_id=self.pool_id, since_arg=since_arg, until_arg=until_arg)
-        if adoption is not None:
-            since, until = adoption.since, adoption.until
-            done = selectors.adoption_windows_done(adoption_id=adoption.id)
-            self.say(f"resuming the adoption of pool {self.pool_id} started {adoption.started_utc:%Y-%m-%d %H:%M} UTC "
-                     f"({len(done)} windows done)")
-        else:
-            since, until, done = since or EARLIEST, until or now.date(), []
-            if not self.dry_run:
-                adoption = services.adoption_start(pool_id=self.pool_id, since=since, until=until,
-                                                   since_arg=since_arg, until_arg=until_arg, now=now)
-        assert since is not None and until is not None
+        adoption, since, until, done = self._begin(since, until)
         if not self.peers:
             raise LookupError(f"pool {self.pool_id} has no enabled backend")
         windows = remaining(since, until, [(w.first, w.last) for w in done if not w.undated and w.first and w.last])
@@ -137,34 +127,92 @@ class Adopter:
                    disable=not self.progress, leave=False)
         with ThreadPoolExecutor(max_workers=self.settings.concurrency, thread_name_prefix="adopt") as pool:
             self.executor = pool
-            while windows:
-                first, last = windows.pop(0)
-                answers = self._ask_all(dates=f"{_da(first)}-{_da(last)}", what=f"{first}..{last}")
-                if answers is None:
-                    self.report.windows_left += 1
-                    bar.update((last - first).days + 1)
-                    continue
-                if any(a.capped for a in answers.values()) and first < last:
-                    middle = first + (last - first) // 2
-                    windows[:0] = [(first, middle), (middle + dt.timedelta(days=1), last)]
-                    continue
-                capped = any(a.capped for a in answers.values())
-                if capped:
-                    self.report.capped_days.append(_da(first))
-                studies = self._adopt({backend_id: {uid: count for uid, (count, _) in a.studies.items()}
-                                       for backend_id, a in answers.items()})
-                if adoption is not None:
-                    services.adoption_window_done(adoption_id=adoption.id, first=first, last=last, undated=False,
-                                                  studies=studies, capped=capped, now=dt.datetime.now(dt.UTC))
-                self.report.windows_done += 1
-                bar.update((last - first).days + 1)
+            undated = None
             if not undated_done:
-                self._undated(adoption)
+                # The query without a date first: when no backend capped it, it names every study (one
+                # response per study, instead of one for its window and one for the undated query).
+                undated = self._ask_all(dates="", what=UNDATED)
+                if undated is not None and not any(a.capped for a in undated.values()):
+                    self._from_one_answer(adoption, windows, undated)
+                    bar.update(left_days)
+                    return self._end(bar, adoption, finished=self.report.windows_left == 0)
+            self._walk(adoption, windows, bar)
+            if not undated_done:
+                self._undated(adoption, undated)
                 bar.update(1)
         return self._end(bar, adoption, finished=self.report.windows_left == 0)
 
-    def _undated(self, adoption) -> None:
-        answers = self._ask_all(dates="", what=UNDATED)
+    def _begin(self, since: dt.date | None, until: dt.date | None
+               ) -> tuple[Adoption | None, dt.date, dt.date, list[AdoptionWindow]]:
+        """The adoption to resume (same pool and arguments, unfinished) or a new one (none
+        in a dry run): it, its dates and the windows it has done."""
+        since_arg, until_arg = (_da(d) if d else "" for d in (since, until))
+        now = dt.datetime.now(dt.UTC)
+        adoption = None if self.dry_run else selectors.adoption_resumable(
+            pool_id=self.pool_id, since_arg=since_arg, until_arg=until_arg)
+        if adoption is not None:
+            done = selectors.adoption_windows_done(adoption_id=adoption.id)
+            self.say(f"resuming the adoption of pool {self.pool_id} started {adoption.started_utc:%Y-%m-%d %H:%M} UTC "
+                     f"({len(done)} windows done)")
+            return adoption, adoption.since, adoption.until, done
+        since, until = since or EARLIEST, until or now.date()
+        if not self.dry_run:
+            adoption = services.adoption_start(pool_id=self.pool_id, since=since, until=until, since_arg=since_arg,
+                                               until_arg=until_arg, now=now)
+        return adoption, since, until, []
+
+    def _walk(self, adoption: Adoption | None, windows: list[tuple[dt.date, dt.date]], bar) -> None:
+        """Ask window by window, halving a window a backend capped (down to one day)."""
+        while windows:
+            first, last = windows.pop(0)
+            answers = self._ask_all(dates=f"{_da(first)}-{_da(last)}", what=f"{first}..{last}")
+            if answers is None:
+                self.report.windows_left += 1
+                bar.update((last - first).days + 1)
+                continue
+            capped = any(a.capped for a in answers.values())
+            if capped and first < last:
+                middle = first + (last - first) // 2
+                windows[:0] = [(first, middle), (middle + dt.timedelta(days=1), last)]
+                continue
+            if capped:
+                self.report.capped_days.append(_da(first))
+            self._window_done(adoption, first, last, {backend_id: {uid: count for uid, (count, _) in a.studies.items()}
+                                                      for backend_id, a in answers.items()}, capped=capped)
+            bar.update((last - first).days + 1)
+
+    def _window_done(self, adoption: Adoption | None, first: dt.date, last: dt.date,
+                     answers: dict[str, dict[str, int | None]], *, capped: bool) -> None:
+        studies = self._adopt(answers)
+        if adoption is not None:
+            services.adoption_window_done(adoption_id=adoption.id, first=first, last=last, undated=False,
+                                          studies=studies, capped=capped, now=dt.datetime.now(dt.UTC))
+        self.report.windows_done += 1
+
+    def _from_one_answer(self, adoption: Adoption | None, windows: list[tuple[dt.date, dt.date]],
+                         answers: dict[str, scu.StudyAnswer]) -> None:
+        """Every backend answered the query without a date, none capped: each window not done
+        takes the studies dated inside it from those answers (and is recorded done: every
+        backend answered it), then the undated ones theirs."""
+        starts = [_da(first) for first, _ in windows]
+        buckets: list[dict[str, dict[str, int | None]]] = [{} for _ in windows]
+        for backend_id, answer in answers.items():
+            for bucket in buckets:
+                bucket[backend_id] = {}
+            for uid, (count, date) in answer.studies.items():
+                at = bisect.bisect_right(starts, date) - 1
+                if date and not scu.date_problem(date) and at >= 0 and date <= _da(windows[at][1]):
+                    buckets[at][backend_id][uid] = count
+        for (first, last), bucket in zip(windows, buckets, strict=True):
+            self._window_done(adoption, first, last, bucket, capped=False)
+        self._undated(adoption, answers)
+
+    def _undated(self, adoption: Adoption | None, answers: dict[str, scu.StudyAnswer] | None) -> None:
+        """The studies without a (valid) StudyDate, from the query without a date: its answers
+        when they were had at the start (capped or not, asking again would give the same), else
+        asked now."""
+        if answers is None:
+            answers = self._ask_all(dates="", what=UNDATED)
         if answers is None:
             self.report.windows_left += 1
             return
