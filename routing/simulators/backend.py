@@ -55,7 +55,7 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from routing.dicom import services, status, uids
 from routing.dicom.netopts import tune_pynetdicom
 from routing.dicom.status import SUCCESS, is_success
-from routing.simulators import SimulatorError
+from routing.simulators import SimulatorError, find_answers
 from routing.simulators.index import (
     INDEXED,
     SOP_CLASS_UID,
@@ -268,6 +268,16 @@ class SimulatedBackend:
             return
         limit = int(self.knobs.get("find_limit") or 0)
         pending = 0xFF01 if query.unsupported else 0xFF00
+        if find_answers.writable(event):
+            # The Pending responses as bytes of SynthIQ's own encoders (a ledger's query may have
+            # a response per study held); pynetdicom sends the final one.
+            answers = (self.index.response_elements(query, attrs, ae_title=self.ae_title)
+                       for attrs, _ in self.index.find(query))
+            for final in find_answers.send_pending(event, pending, answers, limit=limit):
+                if final == status.CANCEL and limit:
+                    logger.info("%s: C-FIND capped at %d matches (find limit) or cancelled", self.ae_title, limit)
+                yield final, None
+            return
         sent = 0
         for attrs, _ in self.index.find(query):
             if event.is_cancelled:

@@ -368,26 +368,31 @@ class Index:
             if _match(query, attrs, PATIENT):
                 yield attrs, everything
 
-    def response(self, query: Query, attrs: dict[int, str], *, ae_title: str) -> Dataset:
-        """The identifier of one match: every key asked for (empty when not known), the
-        unique keys down to the query level, and the level."""
-        ds = Dataset()
-        ds.QueryRetrieveLevel = LEVELS[query.level]
+    def response_elements(self, query: Query, attrs: dict[int, str], *, ae_title: str) -> list[tuple[int, str, str]]:
+        """The identifier of one match as (tag, VR, value) elements: the level, every key asked
+        for (empty when not known; a sequence always empty), the unique keys down to the query
+        level, and the character set when a value is not ASCII (values were read as Latin-1)."""
+        out = [(QUERY_RETRIEVE_LEVEL, "CS", LEVELS[query.level])]
         keys = dict.fromkeys([*UNIQUE_KEYS[query.levels[0]:query.level + 1]])
         keys |= dict.fromkeys(query.returned)
-        texts = []
         for tag in keys:
             vr = query.returned.get(tag) or dictionary_VR(tag)
             value = ae_title if tag == RETRIEVE_AE_TITLE else attrs.get(tag, "")
+            out.append((tag, vr, "" if vr == "SQ" else value))
+        if any(not value.isascii() for _, _, value in out):
+            out.append((SPECIFIC_CHARACTER_SET, "CS", "ISO_IR 100"))
+        return out
+
+    def response(self, query: Query, attrs: dict[int, str], *, ae_title: str) -> Dataset:
+        """``response_elements`` as a pydicom Dataset (for a syntax SynthIQ's encoder does not write)."""
+        ds = Dataset()
+        for tag, vr, value in self.response_elements(query, attrs, ae_title=ae_title):
             if vr == "SQ":
                 ds.add_new(Tag(tag), vr, [])
             elif not value:
                 ds.add_new(Tag(tag), vr, None)
             else:
                 ds.add_new(Tag(tag), vr, value.split("\\") if "\\" in value and vr != "PN" else value)
-                texts.append(value)
-        if any(not t.isascii() for t in texts):
-            ds.SpecificCharacterSet = "ISO_IR 100"  # values were read as Latin-1
         return ds
 
 

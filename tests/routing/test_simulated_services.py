@@ -119,11 +119,11 @@ def pool(tmp_path_factory):
         cluster.stop_all()
 
 
-def _findscu(port: int, cwd: Path, *keys: str, called_ae: str = "SYNTHIQ", model: str = "-S"
-             ) -> tuple[subprocess.CompletedProcess, list[Dataset]]:
+def _findscu(port: int, cwd: Path, *keys: str, called_ae: str = "SYNTHIQ", model: str = "-S",
+             options: tuple[str, ...] = ()) -> tuple[subprocess.CompletedProcess, list[Dataset]]:
     exe = require_tool("findscu", "dcmtk")
     cwd.mkdir(parents=True, exist_ok=True)
-    args = [exe, model, "-X", "-aet", "FINDSCU", "-aec", called_ae]
+    args = [exe, model, "-X", *options, "-aet", "FINDSCU", "-aec", called_ae]
     for key in keys:
         args += ["-k", key]
     result = subprocess.run([*args, "127.0.0.1", str(port)], cwd=cwd, capture_output=True, text=True, timeout=60)
@@ -168,6 +168,23 @@ def test_findscu_against_a_backend_at_study_series_and_image_level_with_counts_a
                          "SOPInstanceUID=" + "\\".join(two), "SOPClassUID", called_ae=holder.ae_title)
     assert sorted(str(r.SOPInstanceUID) for r in images) == two
     assert {str(r.SOPClassUID) for r in images} == {CTImageStorage}
+
+
+def test_findscu_gets_the_same_study_answers_in_each_syntax_it_may_propose(pool, tmp_path):
+    """The backend writes its Pending responses itself in Little Endian contexts (implicit or
+    explicit VR) and lets pynetdicom write them otherwise (big endian): DCMTK reads the same."""
+    _, _, backends, studies, _ = pool
+    holder = backends[binding_of(next(iter(studies)))]
+    held = sorted(s for s in studies if binding_of(s) == holder.id)
+    answers = {}
+    for option in ("-xi", "-xe", "-xb"):
+        _, found = _findscu(holder.port, tmp_path / option, "QueryRetrieveLevel=STUDY", "StudyInstanceUID",
+                            "StudyDate", "NumberOfStudyRelatedInstances", "PatientName", "StudyDescription",
+                            called_ae=holder.ae_title, options=(option,))
+        answers[option] = sorted((str(r.StudyInstanceUID), r.StudyDate, int(r.NumberOfStudyRelatedInstances),
+                                  str(r.PatientName), r.QueryRetrieveLevel) for r in found)
+    assert [a[0] for a in answers["-xi"]] == held
+    assert answers["-xi"] == answers["-xe"] == answers["-xb"]
 
 
 def test_findscu_through_synthiq_by_date_range_and_at_image_level(pool, tmp_path):
