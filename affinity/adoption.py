@@ -264,17 +264,17 @@ class Adopter:
             for uid, count in answers[backend_id].items():
                 holders.setdefault(uid, {})[backend_id] = count
         chosen: dict[str, str] = {}
-        several = []
+        several: dict[str, dict[str, int | None] | None] = {}
         for uid, held in holders.items():
             if len(held) > 1:
-                several.append(uid)
                 counts = {b: self._count(b, uid, c) for b, c in held.items()}
+                several[uid] = dict(counts)  # what each backend holds: verified without asking again
                 chosen[uid] = min(counts, key=lambda b: (-counts[b], b))
             else:
                 chosen[uid] = next(iter(held))
         self.report.studies += len(holders)
         self.report.several += len(several)
-        self._claim(chosen, set(several))
+        self._bind(chosen, several)
         return len(holders)
 
     def _count(self, backend_id: str, study_uid: str, count: int | None) -> int:
@@ -287,7 +287,22 @@ class Adopter:
             logger.warning("adopt study=%s: instances on %s could not be counted: %s", study_uid, backend_id, exc)
             return 0
 
-    def _claim(self, chosen: dict[str, str], several: set[str]) -> None:
+    def _bind(self, chosen: dict[str, str], several: dict[str, dict[str, int | None] | None]) -> None:
+        """Claim ``chosen`` (study -> backend) and verify the studies on several backends (with
+        the counts each was found holding, when known). Those are claimed first and verified
+        on threads of their own while the rest are claimed: their queries wait for the rate
+        limit per backend, the claims for the database, so neither waits for the other."""
+        if self.dry_run or not several:
+            self._claim(chosen)
+            return
+        self._claim({uid: chosen[uid] for uid in several})
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="adopt-several") as verifier:
+            splits = verifier.submit(self._verify_several, several)
+            self._claim({uid: backend_id for uid, backend_id in chosen.items() if uid not in several})
+            self.report.split += splits.result()
+
+    def _claim(self, chosen: dict[str, str]) -> None:
+        """Bind ``chosen`` (study -> backend) in batches; a study already bound keeps its binding."""
         items = sorted(chosen.items())
         for start in range(0, len(items), CLAIM_BATCH):
             batch = dict(items[start:start + CLAIM_BATCH])
@@ -309,8 +324,6 @@ class Adopter:
             for backend_id, uids in ours.items():
                 services.bindings_mark_adopted(pool_id=self.pool_id, study_uids=uids, backend_id=backend_id)
                 self.report.bound += len(uids)
-        if not self.dry_run:
-            self._verify_several(sorted(several))
 
     def _kept(self, uid: str, bound: str, found: str) -> None:
         self.report.kept += 1
@@ -319,8 +332,10 @@ class Adopter:
             logger.warning("adopt pool=%s: %s", self.pool_id, line)
             self.report.disagreements.append(line)
 
-    def _verify_several(self, uids: list[str]) -> None:
-        """Studies found on several backends are verified now: split or whole."""
+    def _verify_several(self, several: dict[str, dict[str, int | None] | None]) -> list[str]:
+        """Studies found on several backends are verified now, at instance level: split or
+        whole. The counts adopt's answers gave are not asked again (with the rate limit per
+        backend, those study-level queries were most of the time a split study cost)."""
         everywhere = self.settings.model_copy(update={"check_other_backends": True})
 
         def one(uid: str) -> str | None:
@@ -329,7 +344,7 @@ class Adopter:
                 if binding is None:
                     return None
                 found = binding_verify(binding=binding, peers=self.peers, ask=self.ask, settings=everywhere,
-                                       instance_level=True)
+                                       instance_level=True, known=several[uid])
                 if found is not None and found.verdict == "split":
                     return f"study {uid} bound to {binding.backend_id}; held {found.held}"
                 return None
@@ -338,23 +353,23 @@ class Adopter:
 
         # As many at once as Concurrency allows (the rate limit per backend still holds).
         with ThreadPoolExecutor(max_workers=self.settings.concurrency, thread_name_prefix="adopt-verify") as pool:
-            self.report.split += [line for line in pool.map(one, uids) if line]
+            return [line for line in pool.map(one, sorted(several)) if line]
 
     # -- from a CSV export -------------------------------------------------------------------
     def run_csv(self, path: Path) -> Report:
         """Adopt from ``StudyInstanceUID,backend`` rows (a header row is allowed). A bad row
         is reported with its line number and skipped."""
         chosen: dict[str, str] = {}
-        several: set[str] = set()
+        several: dict[str, dict[str, int | None] | None] = {}
         for _line, uid, backend_id in self._rows(path):
             if uid in chosen and chosen[uid] != backend_id:
-                several.add(uid)
+                several[uid] = None  # counts not known: asked
                 chosen[uid] = min(chosen[uid], backend_id)
             else:
                 chosen.setdefault(uid, backend_id)
         self.report.studies = len(chosen)
         self.report.several = len(several)
-        self._claim(chosen, several)
+        self._bind(chosen, several)
         return self.report
 
     def _rows(self, path: Path) -> Iterator[tuple[int, str, str]]:
