@@ -29,7 +29,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from django.db import connection
+from django.db import connection, transaction
 from tqdm import tqdm
 
 from affinity import scu, selectors, services
@@ -302,28 +302,33 @@ class Adopter:
             self.report.split += splits.result()
 
     def _claim(self, chosen: dict[str, str]) -> None:
-        """Bind ``chosen`` (study -> backend) in batches; a study already bound keeps its binding."""
+        """Bind ``chosen`` (study -> backend) in batches, one transaction each (a commit per
+        batch, not per statement); a study already bound keeps its binding."""
         items = sorted(chosen.items())
         for start in range(0, len(items), CLAIM_BATCH):
             batch = dict(items[start:start + CLAIM_BATCH])
-            keys = [(self.pool_id, uid) for uid in batch]
-            existing = selectors.bindings_backends(keys=keys)
-            for (_, uid), backend_id in existing.items():
-                self._kept(uid, backend_id, batch[uid])
-            new = {key: batch[key[1]] for key in keys if key not in existing}
             if self.dry_run:
-                self.report.bound += len(new)
+                self._claim_batch(batch)
                 continue
-            held = services.bindings_claim_many(claims=new, now=dt.datetime.now(dt.UTC))
-            ours: dict[str, list[str]] = {}
-            for (_, uid), backend_id in held.items():
-                if backend_id == batch[uid]:
-                    ours.setdefault(backend_id, []).append(uid)
-                else:  # runproxy bound it meanwhile: live traffic wins
-                    self._kept(uid, backend_id, batch[uid])
-            for backend_id, uids in ours.items():
-                services.bindings_mark_adopted(pool_id=self.pool_id, study_uids=uids, backend_id=backend_id)
-                self.report.bound += len(uids)
+            with transaction.atomic():
+                self._claim_batch(batch)
+
+    def _claim_batch(self, batch: dict[str, str]) -> None:
+        keys = [(self.pool_id, uid) for uid in batch]
+        existing = selectors.bindings_backends(keys=keys)
+        for (_, uid), backend_id in existing.items():
+            self._kept(uid, backend_id, batch[uid])
+        new = {key: batch[key[1]] for key in keys if key not in existing}
+        if self.dry_run:
+            self.report.bound += len(new)
+            return
+        # Inserted already marked adopted: no second statement per backend.
+        held = services.bindings_claim_many(claims=new, now=dt.datetime.now(dt.UTC), adopted=True)
+        for (_, uid), backend_id in held.items():
+            if backend_id == batch[uid]:
+                self.report.bound += 1
+            else:  # runproxy bound it meanwhile: live traffic wins
+                self._kept(uid, backend_id, batch[uid])
 
     def _kept(self, uid: str, bound: str, found: str) -> None:
         self.report.kept += 1
