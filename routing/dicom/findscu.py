@@ -147,28 +147,37 @@ def _gather(items: Iterator[Pdv], *, command: bool, limit: int) -> bytes:
             raise ProtocolError(f"a PDV on presentation context {pdv.context_id}, not {CONTEXT_ID}")
         if pdv.is_command != command:
             raise ProtocolError(f"a {'command' if pdv.is_command else 'data set'} fragment inside a {what}")
-        gathered += pdv.data
-        if len(gathered) > limit:
+        if len(gathered) + len(pdv.data) > limit:
             raise ProtocolError(f"a {what} over {limit} bytes")
-        if pdv.is_last:
-            return bytes(gathered)
+        if pdv.is_last:  # usually the only fragment: no copy into the buffer first
+            return bytes(gathered + pdv.data) if gathered else bytes(pdv.data)
+        gathered += pdv.data
     raise ProtocolError(f"the {what} did not end")  # not reached: _pdvs raises first
+
+
+def _checked(command: commands.Command) -> tuple[int, bool]:
+    """(status, whether an identifier follows) of a C-FIND-RSP to our request; ProtocolError
+    for anything else."""
+    if command.field != commands.C_FIND_RSP or command.responded_to != MESSAGE_ID:
+        raise ProtocolError(f"sent {command.name} (0x{command.field:04X}) for message {command.responded_to}, "
+                            f"not a C-FIND-RSP to message {MESSAGE_ID}")
+    if command.status is None:
+        raise ProtocolError("a C-FIND-RSP without a status")
+    return command.status, command.has_data_set
 
 
 def _responses(link: _Link, wanted: frozenset[int], *, implicit: bool) -> Iterator[Response]:
     """The C-FIND-RSPs to our request, each within the timeout, the final one last."""
     items = _pdvs(link)
+    seen, code, has_data_set = b"", 0, False
     while True:
         link.arm()
-        command = commands.decode(_gather(items, command=True, limit=MAX_COMMAND))
-        if command.field != commands.C_FIND_RSP or command.responded_to != MESSAGE_ID:
-            raise ProtocolError(f"sent {command.name} (0x{command.field:04X}) for message {command.responded_to}, "
-                                f"not a C-FIND-RSP to message {MESSAGE_ID}")
-        code = command.status
-        if code is None:
-            raise ProtocolError("a C-FIND-RSP without a status")
+        raw = _gather(items, command=True, limit=MAX_COMMAND)
+        if raw != seen:  # every Pending command set is the same bytes: read once
+            code, has_data_set = _checked(commands.decode(raw))
+            seen = raw
         values = {}
-        if command.has_data_set:
+        if has_data_set:
             data = _gather(items, command=False, limit=MAX_IDENTIFIER)
             if code in PENDING:
                 values = identifiers.decode(data, wanted, implicit=implicit)
