@@ -23,6 +23,7 @@ from __future__ import annotations
 import bisect
 import csv
 import datetime as dt
+import itertools
 import logging
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -34,7 +35,7 @@ from tqdm import tqdm
 
 from affinity import scu, selectors, services
 from affinity.models import Adoption, AdoptionWindow
-from affinity.verification import QUERY_TIMEOUT_SECONDS, Asker, binding_verify, pool_peers
+from affinity.verification import QUERY_TIMEOUT_SECONDS, Asker, Prefetched, binding_verify, pool_peers
 from pools.config import ReconciliationConfig
 from routing.dicom.uids import shown, uid_problem
 
@@ -339,16 +340,18 @@ class Adopter:
 
     def _verify_several(self, several: dict[str, dict[str, int | None] | None]) -> list[str]:
         """Studies found on several backends are verified now, at instance level: split or
-        whole. The counts adopt's answers gave are not asked again (with the rate limit per
-        backend, those study-level queries were most of the time a split study cost)."""
+        whole. The counts adopt's answers gave are not asked again, and the instance lists
+        are fetched first in an order that spreads them over the backends (under the rate
+        limit per backend those queries are what a split study costs)."""
         everywhere = self.settings.model_copy(update={"check_other_backends": True})
+        ask = self._prefetched(several)
 
         def one(uid: str) -> str | None:
             try:
                 binding = selectors.binding_of_study_in_pool(pool_id=self.pool_id, study_uid=uid)
                 if binding is None:
                     return None
-                found = binding_verify(binding=binding, peers=self.peers, ask=self.ask, settings=everywhere,
+                found = binding_verify(binding=binding, peers=self.peers, ask=ask, settings=everywhere,
                                        instance_level=True, known=several[uid])
                 if found is not None and found.verdict == "split":
                     return f"study {uid} bound to {binding.backend_id}; held {found.held}"
@@ -359,6 +362,29 @@ class Adopter:
         # As many at once as Concurrency allows (the rate limit per backend still holds).
         with ThreadPoolExecutor(max_workers=self.settings.concurrency, thread_name_prefix="adopt-verify") as pool:
             return [line for line in pool.map(one, sorted(several)) if line]
+
+    def _prefetched(self, several: dict[str, dict[str, int | None] | None]) -> Prefetched:
+        """An Asker holding the instance list of each study on each backend that holds some
+        of it (counts known). Fetched round-robin over the backends, Concurrency at once: a
+        study's own queries, one after the other, would leave the other backends' turns
+        unused while one waits for its turn. A list that could not be had is asked again by
+        the verification (which postpones the study if its backend stays silent)."""
+        by_backend: dict[str, list[tuple[str, str]]] = {}
+        for uid, counts in sorted(several.items()):
+            for backend_id, count in sorted((counts or {}).items()):
+                if count != 0 and backend_id in self.peers:
+                    by_backend.setdefault(backend_id, []).append((backend_id, uid))
+        jobs = [job for turn in itertools.zip_longest(*by_backend.values()) for job in turn if job is not None]
+
+        def fetch(job: tuple[str, str]) -> tuple[tuple[str, str], dict[str, str] | None]:
+            try:
+                return job, self.ask.instances(self.peers[job[0]], job[1])
+            except (scu.Unreachable, OSError, RuntimeError, ValueError):
+                return job, None
+
+        with ThreadPoolExecutor(max_workers=self.settings.concurrency, thread_name_prefix="adopt-list") as pool:
+            lists = {job: found for job, found in pool.map(fetch, jobs) if found is not None}
+        return Prefetched(self.calling_ae, self.rate, self.timeout, lists=lists)
 
     # -- from a CSV export -------------------------------------------------------------------
     def run_csv(self, path: Path) -> Report:

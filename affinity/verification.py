@@ -63,6 +63,18 @@ class Asker:
 
 
 @dataclass
+class Prefetched(Asker):
+    """An Asker that answers the instance lists it was given, (backend id, study) -> list,
+    without asking again; anything else it asks."""
+
+    lists: dict[tuple[str, str], dict[str, str]] = field(default_factory=dict)
+
+    def instances(self, peer: scu.Peer, study_uid: str) -> dict[str, str]:
+        found = self.lists.get((peer.id, study_uid))
+        return found if found is not None else super().instances(peer, study_uid)
+
+
+@dataclass
 class Examination:
     verdict: str
     held: dict[str, int]
