@@ -77,6 +77,7 @@ class _Link:
         self.deadline = time.monotonic() + self.timeout
 
     def send(self, data: bytes) -> None:
+        self.sock.settimeout(self.timeout)  # not what a read left of its deadline
         self.sock.sendall(data)
 
     def pdu(self) -> Pdu:
