@@ -499,3 +499,34 @@ def test_the_demo_refuses_a_move_destination_it_cannot_read_in_one_line(tmp_path
                           capture_output=True, text=True, timeout=60)
     assert done.returncode != 0 and "Traceback" not in done.stderr
     assert "expected AE=host:port" in done.stderr
+
+
+def test_a_long_search_written_as_bytes_is_cancelled_by_the_ledger_client_and_released(tmp_path):
+    """Thousands of Pending responses come from the backend's byte path in batches; SynthIQ's
+    C-FIND client that stops reading sends C-CANCEL, reads on to the final response (0xFE00
+    when the cancel was seen between batches, Success when every batch had been written) and
+    releases: the backend counts a release, not an abort, and answers the next search whole."""
+    from routing.dicom import findscu
+    from routing.dicom.client import Peer
+
+    cluster = Cluster(tmp=tmp_path, env=dict(os.environ))
+    try:
+        backend = cluster.backend("node-c")
+        rows = [{"StudyInstanceUID": f"1.2.826.0.1.9.{n}", "SOPInstanceUID": f"1.2.826.0.1.9.{n}.1.1",
+                 "StudyDate": "20240101"} for n in range(6000)]
+        requests.post(f"{backend.url}/api/instances", json=rows, timeout=60).raise_for_status()
+        peer = Peer(backend.id, backend.ae_title, "127.0.0.1", backend.port)
+        query = [(0x00080052, "CS", "STUDY"), (0x0020000D, "UI", "")]
+        responses = findscu.find(peer, calling_ae="SYNTHIQ", model=StudyRootQueryRetrieveInformationModelFind,
+                                 query=query, wanted=frozenset({0x0020000D}), timeout=10)
+        first = next(responses)
+        assert first.status == 0xFF00 and first.values[0x0020000D].startswith("1.2.826.0.1.9.")
+        responses.close()
+        assert wait_for(lambda: requests.get(f"{backend.url}/api/associations", timeout=5).json()["released"] == 1,
+                        timeout=10, what="the release")
+        assert requests.get(f"{backend.url}/api/associations", timeout=5).json()["aborted"] == 0
+        everything = list(findscu.find(peer, calling_ae="SYNTHIQ", model=StudyRootQueryRetrieveInformationModelFind,
+                                       query=query, wanted=frozenset({0x0020000D}), timeout=10))
+        assert len(everything) == 6001 and everything[-1].status == 0x0000
+    finally:
+        cluster.stop_all()
