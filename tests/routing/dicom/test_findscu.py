@@ -144,3 +144,32 @@ def test_the_identifier_decoder_reads_only_what_was_asked_and_refuses_what_it_ca
     undefined = struct.pack("<HH2s2xL", 0x0008, 0x1115, b"SQ", 0xFFFFFFFF)
     with pytest.raises(identifiers.IdentifierError, match="undefined length"):
         identifiers.decode(undefined, frozenset({STUDY_UID}), implicit=False)
+
+
+def test_a_backend_behind_mutual_tls_is_asked_over_tls(tmp_path):
+    """A backend with ``Tls`` (its CA, SynthIQ's client certificate) is asked over TLS, the
+    certificate presented; the same backend asked in plain TCP gives an Unreachable."""
+    import ssl
+
+    from routing.dicom.netopts import ClientTls
+    from tests.routing.test_tls import _pki
+
+    pki = _pki(tmp_path)
+    server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_ctx.load_cert_chain(pki["pacs.pem"], pki["pacs.key"])
+    server_ctx.load_verify_locations(pki["ca.pem"])
+    server_ctx.verify_mode = ssl.CERT_REQUIRED  # mutual TLS, as many PACS want
+    scp = Scp(2)
+    scp.server.shutdown()
+    ae = AE(ae_title="FINDSCP")
+    ae.add_supported_context(StudyRootQueryRetrieveInformationModelFind)
+    scp.server = ae.start_server(("127.0.0.1", scp.port), block=False, ssl_context=server_ctx,
+                                 evt_handlers=[(evt.EVT_C_FIND, scp.handle)])
+    try:
+        tls = ClientTls(ca=pki["ca.pem"], certificate=pki["proxy.pem"], key=pki["proxy.key"])
+        peer = Peer("node-tls", "FINDSCP", "127.0.0.1", scp.port, tls)
+        assert [r.status for r in _find(peer)] == [0xFF00, 0xFF00, 0x0000]
+        with pytest.raises(Unreachable, match="node-tls"):
+            list(_find(Peer("node-tls", "FINDSCP", "127.0.0.1", scp.port), timeout=3))
+    finally:
+        scp.server.shutdown()
