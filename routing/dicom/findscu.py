@@ -261,8 +261,8 @@ def find(peer: Peer, *, calling_ae: str, model: str, query: Iterable[tuple[int, 
 
 def _abort(link: _Link) -> None:
     try:
-        link.sock.settimeout(1.0)
-        link.send(abort(source=0))  # the service user (SynthIQ) gives up on this association
+        link.sock.settimeout(1.0)  # a peer that reads nothing does not hold the caller
+        link.sock.sendall(abort(source=0))  # the service user (SynthIQ) gives up on this association
     except OSError:
         pass  # already gone
 
