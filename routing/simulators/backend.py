@@ -60,6 +60,7 @@ from routing.simulators.index import (
     INDEXED,
     SOP_CLASS_UID,
     SOP_INSTANCE_UID,
+    STUDY,
     STUDY_UID,
     UID_TAGS,
     Index,
@@ -245,6 +246,8 @@ class SimulatedBackend:
         with self.lock:
             for instance in instances:
                 self.holdings.setdefault(instance.shared[STUDY_UID], {})[instance.sop_instance_uid] = ""
+        # A node loaded in bulk has its study records made now, as a PACS indexes at ingest.
+        self.index.warm(dict.fromkeys(instance.shared[STUDY_UID] for instance in instances))
         return len(instances)
 
     # -- query / retrieve --------------------------------------------------------------------
@@ -271,8 +274,9 @@ class SimulatedBackend:
         if find_answers.writable(event):
             # The Pending responses as bytes of SynthIQ's own encoders (a ledger's query may have
             # a response per study held); pynetdicom sends the final one.
-            answers = (self.index.response_elements(query, attrs, ae_title=self.ae_title)
-                       for attrs, _ in self.index.find(query))
+            matches = self.index.find_studies(query) if query.level == STUDY else \
+                (attrs for attrs, _ in self.index.find(query))
+            answers = (self.index.response_elements(query, attrs, ae_title=self.ae_title) for attrs in matches)
             for final in find_answers.send_pending(event, pending, answers, limit=limit):
                 if final == status.CANCEL and limit:
                     logger.info("%s: C-FIND capped at %d matches (find limit) or cancelled", self.ae_title, limit)
