@@ -1,12 +1,14 @@
 """Adoption: learn where the studies already in a pool live, so that SynthIQ routes their
 late instances, re-sends and priors to the node that holds them (``manage.py adopt``).
 
-Every enabled backend is asked with study-level C-FIND, one StudyDate window at a time.
-A window that a backend answered capped (0xFE00: SynthIQ never cancels) is halved until
-no cap is hit; a one-day window still capped is reported. A final query without a date
-finds the undated studies. A window is done only when every enabled backend answered it:
-it is then recorded, so an interrupted run, started again with the same arguments, goes
-on with the windows not done.
+Every enabled backend is asked a study-level C-FIND without a date first. When none capped
+it (0xFE00: SynthIQ never cancels), that one answer names every study: each StudyDate
+window not done takes the studies dated inside it, the undated ones theirs. When one did
+cap it, the backends are asked one StudyDate window at a time; a capped window is halved
+until no cap is hit, and a one-day window still capped is reported; the undated studies
+come from the first answer (capped: said so). A window is done only when every enabled
+backend answered it: it is then recorded, so an interrupted run, started again with the
+same arguments, goes on with the windows not done.
 
 A study held on one backend is bound there; one held on several is bound to the one
 holding most instances (ties: the lowest id) and verified at once (``split`` when another
@@ -18,19 +20,22 @@ written: what would be done is reported.
 
 from __future__ import annotations
 
+import bisect
 import csv
 import datetime as dt
+import itertools
 import logging
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from django.db import connection
+from django.db import connection, transaction
 from tqdm import tqdm
 
 from affinity import scu, selectors, services
-from affinity.verification import QUERY_TIMEOUT_SECONDS, Asker, binding_verify, pool_peers
+from affinity.models import Adoption, AdoptionWindow
+from affinity.verification import QUERY_TIMEOUT_SECONDS, Asker, Prefetched, binding_verify, pool_peers
 from pools.config import ReconciliationConfig
 from routing.dicom.uids import shown, uid_problem
 
@@ -112,21 +117,7 @@ class Adopter:
 
     # -- by StudyDate -----------------------------------------------------------------------
     def run_dates(self, *, since: dt.date | None, until: dt.date | None) -> Report:
-        since_arg, until_arg = (_da(d) if d else "" for d in (since, until))
-        now = dt.datetime.now(dt.UTC)
-        adoption = None if self.dry_run else selectors.adoption_resumable(
-            pool_id=self.pool_id, since_arg=since_arg, until_arg=until_arg)
-        if adoption is not None:
-            since, until = adoption.since, adoption.until
-            done = selectors.adoption_windows_done(adoption_id=adoption.id)
-            self.say(f"resuming the adoption of pool {self.pool_id} started {adoption.started_utc:%Y-%m-%d %H:%M} UTC "
-                     f"({len(done)} windows done)")
-        else:
-            since, until, done = since or EARLIEST, until or now.date(), []
-            if not self.dry_run:
-                adoption = services.adoption_start(pool_id=self.pool_id, since=since, until=until,
-                                                   since_arg=since_arg, until_arg=until_arg, now=now)
-        assert since is not None and until is not None
+        adoption, since, until, done = self._begin(since, until)
         if not self.peers:
             raise LookupError(f"pool {self.pool_id} has no enabled backend")
         windows = remaining(since, until, [(w.first, w.last) for w in done if not w.undated and w.first and w.last])
@@ -137,34 +128,92 @@ class Adopter:
                    disable=not self.progress, leave=False)
         with ThreadPoolExecutor(max_workers=self.settings.concurrency, thread_name_prefix="adopt") as pool:
             self.executor = pool
-            while windows:
-                first, last = windows.pop(0)
-                answers = self._ask_all(dates=f"{_da(first)}-{_da(last)}", what=f"{first}..{last}")
-                if answers is None:
-                    self.report.windows_left += 1
-                    bar.update((last - first).days + 1)
-                    continue
-                if any(a.capped for a in answers.values()) and first < last:
-                    middle = first + (last - first) // 2
-                    windows[:0] = [(first, middle), (middle + dt.timedelta(days=1), last)]
-                    continue
-                capped = any(a.capped for a in answers.values())
-                if capped:
-                    self.report.capped_days.append(_da(first))
-                studies = self._adopt({backend_id: {uid: count for uid, (count, _) in a.studies.items()}
-                                       for backend_id, a in answers.items()})
-                if adoption is not None:
-                    services.adoption_window_done(adoption_id=adoption.id, first=first, last=last, undated=False,
-                                                  studies=studies, capped=capped, now=dt.datetime.now(dt.UTC))
-                self.report.windows_done += 1
-                bar.update((last - first).days + 1)
+            undated = None
             if not undated_done:
-                self._undated(adoption)
+                # The query without a date first: when no backend capped it, it names every study (one
+                # response per study, instead of one for its window and one for the undated query).
+                undated = self._ask_all(dates="", what=UNDATED)
+                if undated is not None and not any(a.capped for a in undated.values()):
+                    self._from_one_answer(adoption, windows, undated)
+                    bar.update(left_days)
+                    return self._end(bar, adoption, finished=self.report.windows_left == 0)
+            self._walk(adoption, windows, bar)
+            if not undated_done:
+                self._undated(adoption, undated)
                 bar.update(1)
         return self._end(bar, adoption, finished=self.report.windows_left == 0)
 
-    def _undated(self, adoption) -> None:
-        answers = self._ask_all(dates="", what=UNDATED)
+    def _begin(self, since: dt.date | None, until: dt.date | None
+               ) -> tuple[Adoption | None, dt.date, dt.date, list[AdoptionWindow]]:
+        """The adoption to resume (same pool and arguments, unfinished) or a new one (none
+        in a dry run): it, its dates and the windows it has done."""
+        since_arg, until_arg = (_da(d) if d else "" for d in (since, until))
+        now = dt.datetime.now(dt.UTC)
+        adoption = None if self.dry_run else selectors.adoption_resumable(
+            pool_id=self.pool_id, since_arg=since_arg, until_arg=until_arg)
+        if adoption is not None:
+            done = selectors.adoption_windows_done(adoption_id=adoption.id)
+            self.say(f"resuming the adoption of pool {self.pool_id} started {adoption.started_utc:%Y-%m-%d %H:%M} UTC "
+                     f"({len(done)} windows done)")
+            return adoption, adoption.since, adoption.until, done
+        since, until = since or EARLIEST, until or now.date()
+        if not self.dry_run:
+            adoption = services.adoption_start(pool_id=self.pool_id, since=since, until=until, since_arg=since_arg,
+                                               until_arg=until_arg, now=now)
+        return adoption, since, until, []
+
+    def _walk(self, adoption: Adoption | None, windows: list[tuple[dt.date, dt.date]], bar) -> None:
+        """Ask window by window, halving a window a backend capped (down to one day)."""
+        while windows:
+            first, last = windows.pop(0)
+            answers = self._ask_all(dates=f"{_da(first)}-{_da(last)}", what=f"{first}..{last}")
+            if answers is None:
+                self.report.windows_left += 1
+                bar.update((last - first).days + 1)
+                continue
+            capped = any(a.capped for a in answers.values())
+            if capped and first < last:
+                middle = first + (last - first) // 2
+                windows[:0] = [(first, middle), (middle + dt.timedelta(days=1), last)]
+                continue
+            if capped:
+                self.report.capped_days.append(_da(first))
+            self._window_done(adoption, first, last, {backend_id: {uid: count for uid, (count, _) in a.studies.items()}
+                                                      for backend_id, a in answers.items()}, capped=capped)
+            bar.update((last - first).days + 1)
+
+    def _window_done(self, adoption: Adoption | None, first: dt.date, last: dt.date,
+                     answers: dict[str, dict[str, int | None]], *, capped: bool) -> None:
+        studies = self._adopt(answers)
+        if adoption is not None:
+            services.adoption_window_done(adoption_id=adoption.id, first=first, last=last, undated=False,
+                                          studies=studies, capped=capped, now=dt.datetime.now(dt.UTC))
+        self.report.windows_done += 1
+
+    def _from_one_answer(self, adoption: Adoption | None, windows: list[tuple[dt.date, dt.date]],
+                         answers: dict[str, scu.StudyAnswer]) -> None:
+        """Every backend answered the query without a date, none capped: each window not done
+        takes the studies dated inside it from those answers (and is recorded done: every
+        backend answered it), then the undated ones theirs."""
+        starts = [_da(first) for first, _ in windows]
+        buckets: list[dict[str, dict[str, int | None]]] = [{} for _ in windows]
+        for backend_id, answer in answers.items():
+            for bucket in buckets:
+                bucket[backend_id] = {}
+            for uid, (count, date) in answer.studies.items():
+                at = bisect.bisect_right(starts, date) - 1
+                if date and not scu.date_problem(date) and at >= 0 and date <= _da(windows[at][1]):
+                    buckets[at][backend_id][uid] = count
+        for (first, last), bucket in zip(windows, buckets, strict=True):
+            self._window_done(adoption, first, last, bucket, capped=False)
+        self._undated(adoption, answers)
+
+    def _undated(self, adoption: Adoption | None, answers: dict[str, scu.StudyAnswer] | None) -> None:
+        """The studies without a (valid) StudyDate, from the query without a date: its answers
+        when they were had at the start (capped or not, asking again would give the same), else
+        asked now."""
+        if answers is None:
+            answers = self._ask_all(dates="", what=UNDATED)
         if answers is None:
             self.report.windows_left += 1
             return
@@ -216,17 +265,17 @@ class Adopter:
             for uid, count in answers[backend_id].items():
                 holders.setdefault(uid, {})[backend_id] = count
         chosen: dict[str, str] = {}
-        several = []
+        several: dict[str, dict[str, int | None] | None] = {}
         for uid, held in holders.items():
             if len(held) > 1:
-                several.append(uid)
                 counts = {b: self._count(b, uid, c) for b, c in held.items()}
+                several[uid] = dict(counts)  # what each backend holds: verified without asking again
                 chosen[uid] = min(counts, key=lambda b: (-counts[b], b))
             else:
                 chosen[uid] = next(iter(held))
         self.report.studies += len(holders)
         self.report.several += len(several)
-        self._claim(chosen, set(several))
+        self._bind(chosen, several)
         return len(holders)
 
     def _count(self, backend_id: str, study_uid: str, count: int | None) -> int:
@@ -239,30 +288,48 @@ class Adopter:
             logger.warning("adopt study=%s: instances on %s could not be counted: %s", study_uid, backend_id, exc)
             return 0
 
-    def _claim(self, chosen: dict[str, str], several: set[str]) -> None:
+    def _bind(self, chosen: dict[str, str], several: dict[str, dict[str, int | None] | None]) -> None:
+        """Claim ``chosen`` (study -> backend) and verify the studies on several backends (with
+        the counts each was found holding, when known). Those are claimed first and verified
+        on threads of their own while the rest are claimed: their queries wait for the rate
+        limit per backend, the claims for the database, so neither waits for the other."""
+        if self.dry_run or not several:
+            self._claim(chosen)
+            return
+        self._claim({uid: chosen[uid] for uid in several})
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="adopt-several") as verifier:
+            splits = verifier.submit(self._verify_several, several)
+            self._claim({uid: backend_id for uid, backend_id in chosen.items() if uid not in several})
+            self.report.split += splits.result()
+
+    def _claim(self, chosen: dict[str, str]) -> None:
+        """Bind ``chosen`` (study -> backend) in batches, one transaction each (a commit per
+        batch, not per statement); a study already bound keeps its binding."""
         items = sorted(chosen.items())
         for start in range(0, len(items), CLAIM_BATCH):
             batch = dict(items[start:start + CLAIM_BATCH])
-            keys = [(self.pool_id, uid) for uid in batch]
-            existing = selectors.bindings_backends(keys=keys)
-            for (_, uid), backend_id in existing.items():
-                self._kept(uid, backend_id, batch[uid])
-            new = {key: batch[key[1]] for key in keys if key not in existing}
             if self.dry_run:
-                self.report.bound += len(new)
+                self._claim_batch(batch)
                 continue
-            held = services.bindings_claim_many(claims=new, now=dt.datetime.now(dt.UTC))
-            ours: dict[str, list[str]] = {}
-            for (_, uid), backend_id in held.items():
-                if backend_id == batch[uid]:
-                    ours.setdefault(backend_id, []).append(uid)
-                else:  # runproxy bound it meanwhile: live traffic wins
-                    self._kept(uid, backend_id, batch[uid])
-            for backend_id, uids in ours.items():
-                services.bindings_mark_adopted(pool_id=self.pool_id, study_uids=uids, backend_id=backend_id)
-                self.report.bound += len(uids)
-        if not self.dry_run:
-            self._verify_several(sorted(several))
+            with transaction.atomic():
+                self._claim_batch(batch)
+
+    def _claim_batch(self, batch: dict[str, str]) -> None:
+        keys = [(self.pool_id, uid) for uid in batch]
+        existing = selectors.bindings_backends(keys=keys)
+        for (_, uid), backend_id in existing.items():
+            self._kept(uid, backend_id, batch[uid])
+        new = {key: batch[key[1]] for key in keys if key not in existing}
+        if self.dry_run:
+            self.report.bound += len(new)
+            return
+        # Inserted already marked adopted: no second statement per backend.
+        held = services.bindings_claim_many(claims=new, now=dt.datetime.now(dt.UTC), adopted=True)
+        for (_, uid), backend_id in held.items():
+            if backend_id == batch[uid]:
+                self.report.bound += 1
+            else:  # runproxy bound it meanwhile: live traffic wins
+                self._kept(uid, backend_id, batch[uid])
 
     def _kept(self, uid: str, bound: str, found: str) -> None:
         self.report.kept += 1
@@ -271,17 +338,21 @@ class Adopter:
             logger.warning("adopt pool=%s: %s", self.pool_id, line)
             self.report.disagreements.append(line)
 
-    def _verify_several(self, uids: list[str]) -> None:
-        """Studies found on several backends are verified now: split or whole."""
+    def _verify_several(self, several: dict[str, dict[str, int | None] | None]) -> list[str]:
+        """Studies found on several backends are verified now, at instance level: split or
+        whole. The counts adopt's answers gave are not asked again, and the instance lists
+        are fetched first in an order that spreads them over the backends (under the rate
+        limit per backend those queries are what a split study costs)."""
         everywhere = self.settings.model_copy(update={"check_other_backends": True})
+        ask = self._prefetched(several)
 
         def one(uid: str) -> str | None:
             try:
                 binding = selectors.binding_of_study_in_pool(pool_id=self.pool_id, study_uid=uid)
                 if binding is None:
                     return None
-                found = binding_verify(binding=binding, peers=self.peers, ask=self.ask, settings=everywhere,
-                                       instance_level=True)
+                found = binding_verify(binding=binding, peers=self.peers, ask=ask, settings=everywhere,
+                                       instance_level=True, known=several[uid])
                 if found is not None and found.verdict == "split":
                     return f"study {uid} bound to {binding.backend_id}; held {found.held}"
                 return None
@@ -290,23 +361,46 @@ class Adopter:
 
         # As many at once as Concurrency allows (the rate limit per backend still holds).
         with ThreadPoolExecutor(max_workers=self.settings.concurrency, thread_name_prefix="adopt-verify") as pool:
-            self.report.split += [line for line in pool.map(one, uids) if line]
+            return [line for line in pool.map(one, sorted(several)) if line]
+
+    def _prefetched(self, several: dict[str, dict[str, int | None] | None]) -> Prefetched:
+        """An Asker holding the instance list of each study on each backend that holds some
+        of it (counts known). Fetched round-robin over the backends, Concurrency at once: a
+        study's own queries, one after the other, would leave the other backends' turns
+        unused while one waits for its turn. A list that could not be had is asked again by
+        the verification (which postpones the study if its backend stays silent)."""
+        by_backend: dict[str, list[tuple[str, str]]] = {}
+        for uid, counts in sorted(several.items()):
+            for backend_id, count in sorted((counts or {}).items()):
+                if count != 0 and backend_id in self.peers:
+                    by_backend.setdefault(backend_id, []).append((backend_id, uid))
+        jobs = [job for turn in itertools.zip_longest(*by_backend.values()) for job in turn if job is not None]
+
+        def fetch(job: tuple[str, str]) -> tuple[tuple[str, str], dict[str, str] | None]:
+            try:
+                return job, self.ask.instances(self.peers[job[0]], job[1])
+            except (scu.Unreachable, OSError, RuntimeError, ValueError):
+                return job, None
+
+        with ThreadPoolExecutor(max_workers=self.settings.concurrency, thread_name_prefix="adopt-list") as pool:
+            lists = {job: found for job, found in pool.map(fetch, jobs) if found is not None}
+        return Prefetched(self.calling_ae, self.rate, self.timeout, lists=lists)
 
     # -- from a CSV export -------------------------------------------------------------------
     def run_csv(self, path: Path) -> Report:
         """Adopt from ``StudyInstanceUID,backend`` rows (a header row is allowed). A bad row
         is reported with its line number and skipped."""
         chosen: dict[str, str] = {}
-        several: set[str] = set()
+        several: dict[str, dict[str, int | None] | None] = {}
         for _line, uid, backend_id in self._rows(path):
             if uid in chosen and chosen[uid] != backend_id:
-                several.add(uid)
+                several[uid] = None  # counts not known: asked
                 chosen[uid] = min(chosen[uid], backend_id)
             else:
                 chosen.setdefault(uid, backend_id)
         self.report.studies = len(chosen)
         self.report.several = len(several)
-        self._claim(chosen, several)
+        self._bind(chosen, several)
         return self.report
 
     def _rows(self, path: Path) -> Iterator[tuple[int, str, str]]:

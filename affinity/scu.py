@@ -1,5 +1,6 @@
-"""The study ledger's questions to backends: study- and instance-level C-FIND, and an
-IMAGE-level C-MOVE, on SynthIQ's one DICOM client (routing.dicom.client). Blocking: called from
+"""The study ledger's questions to backends: study- and instance-level C-FIND on SynthIQ's own
+C-FIND client (routing.dicom.findscu: a query may have tens of thousands of responses), and an
+IMAGE-level C-MOVE on its DICOM client (routing.dicom.client). Blocking: called from
 management commands and the verifier's own threads, never from an event loop.
 
 Everything a backend answers is untrusted: UIDs are checked with ``uid_problem``, counts
@@ -17,7 +18,7 @@ from dataclasses import dataclass, field
 
 from pydicom.dataset import Dataset
 
-from routing.dicom import client, services, status
+from routing.dicom import client, findscu, services, status
 from routing.dicom.uids import shown, uid_problem
 
 logger = logging.getLogger("synthiq.affinity")
@@ -59,14 +60,18 @@ class RateLimit:
             time.sleep(turn - now)
 
 
-def _find(peer: Peer, identifier: Dataset, *, calling_ae: str, timeout: float) -> Iterator[tuple[int, Dataset | None]]:
-    """(status, identifier) of each response of one C-FIND; raises Unreachable."""
-    with client.association(peer, calling_ae=calling_ae, contexts=[services.STUDY_ROOT_FIND],
-                            timeout=timeout) as assoc:
-        for response, answer in assoc.send_c_find(identifier, services.STUDY_ROOT_FIND):
-            if "Status" not in response:
-                raise Unreachable(f"{peer.id} did not answer the C-FIND")
-            yield int(response.Status), answer
+# The attributes the ledger asks for and reads back.
+QUERY_RETRIEVE_LEVEL, SOP_INSTANCE_UID, STUDY_DATE = 0x00080052, 0x00080018, 0x00080020
+STUDY_UID, SERIES_UID, STUDY_INSTANCES = 0x0020000D, 0x0020000E, 0x00201208
+STUDY_WANTED = frozenset({STUDY_UID, STUDY_DATE, STUDY_INSTANCES})
+INSTANCE_WANTED = frozenset({SOP_INSTANCE_UID, SERIES_UID})
+
+
+def _find(peer: Peer, query: list[tuple[int, str, str]], wanted: frozenset[int], *, calling_ae: str,
+          timeout: float) -> Iterator[findscu.Response]:
+    """Each response of one Study Root C-FIND; raises Unreachable."""
+    return findscu.find(peer, calling_ae=calling_ae, model=services.STUDY_ROOT_FIND, query=query, wanted=wanted,
+                        timeout=timeout)
 
 
 def _count(value: object) -> int | None:
@@ -96,48 +101,43 @@ def find_studies(peer: Peer, *, calling_ae: str, timeout: float, dates: str = ""
     """Study-level C-FIND: StudyInstanceUID, NumberOfStudyRelatedInstances, StudyDate,
     matching ``dates`` (a DA range, "" for any) or one study. A search that ends in
     0xFE00 (SynthIQ never cancels) was cut short by the backend: ``capped``."""
-    identifier = Dataset()
-    identifier.QueryRetrieveLevel = "STUDY"
-    identifier.StudyInstanceUID = study_uid
-    identifier.StudyDate = dates
-    identifier.NumberOfStudyRelatedInstances = ""
+    query = [(QUERY_RETRIEVE_LEVEL, "CS", "STUDY"), (STUDY_DATE, "DA", dates), (STUDY_UID, "UI", study_uid),
+             (STUDY_INSTANCES, "IS", "")]
     answer = StudyAnswer()
-    for code, found in _find(peer, identifier, calling_ae=calling_ae, timeout=timeout):
+    for response in _find(peer, query, STUDY_WANTED, calling_ae=calling_ae, timeout=timeout):
+        code, found = response.status, response.values
         if code == status.CANCEL:
             answer.capped = True
-        elif code in status.PENDING and found is not None:
-            uid = str(found.get("StudyInstanceUID", "") or "")
+        elif code in status.PENDING:
+            uid = found.get(STUDY_UID, "")
             problem = uid_problem(uid)
             if problem:
                 answer.rejected += 1
                 logger.warning("backend=%s answered a study UID %s that is %s: skipped", peer.id, shown(uid), problem)
                 continue
-            date = str(found.get("StudyDate", "") or "").strip()
-            answer.studies[uid.rstrip("\x00 ")] = (_count(found.get("NumberOfStudyRelatedInstances")), date)
-        elif code != status.SUCCESS and code not in status.PENDING:
+            answer.studies[uid] = (_count(found.get(STUDY_INSTANCES)), found.get(STUDY_DATE, "").strip())
+        elif code != status.SUCCESS:
             raise Unreachable(f"{peer.id} ended the C-FIND with 0x{code:04X}")
     return answer
 
 
 def find_instances(peer: Peer, *, calling_ae: str, timeout: float, study_uid: str) -> dict[str, str]:
     """Instance-level C-FIND of one study: SOP Instance UID -> Series Instance UID."""
-    identifier = Dataset()
-    identifier.QueryRetrieveLevel = "IMAGE"
-    identifier.StudyInstanceUID = study_uid
-    identifier.SeriesInstanceUID = ""
-    identifier.SOPInstanceUID = ""
+    query = [(QUERY_RETRIEVE_LEVEL, "CS", "IMAGE"), (STUDY_UID, "UI", study_uid), (SERIES_UID, "UI", ""),
+             (SOP_INSTANCE_UID, "UI", "")]
     found: dict[str, str] = {}
-    for code, answer in _find(peer, identifier, calling_ae=calling_ae, timeout=timeout):
-        if code in status.PENDING and answer is not None:
-            sop, series = (str(answer.get(k, "") or "") for k in ("SOPInstanceUID", "SeriesInstanceUID"))
+    for response in _find(peer, query, INSTANCE_WANTED, calling_ae=calling_ae, timeout=timeout):
+        code, answer = response.status, response.values
+        if code in status.PENDING:
+            sop, series = answer.get(SOP_INSTANCE_UID, ""), answer.get(SERIES_UID, "")
             if uid_problem(sop) or uid_problem(series):
                 logger.warning("backend=%s study=%s: an instance answer with UIDs %s / %s skipped", peer.id,
                                study_uid, shown(sop), shown(series))
                 continue
-            found[sop.rstrip("\x00 ")] = series.rstrip("\x00 ")
+            found[sop] = series
         elif code == status.CANCEL:
             raise Unreachable(f"{peer.id} cut the instance list of study {study_uid} short (0xFE00)")
-        elif code != status.SUCCESS and code not in status.PENDING:
+        elif code != status.SUCCESS:
             raise Unreachable(f"{peer.id} ended the instance C-FIND with 0x{code:04X}")
     return found
 

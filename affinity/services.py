@@ -38,17 +38,19 @@ def binding_claim(*, pool_id: str, study_uid: str, backend_id: str, now: dt.date
         )
 
 
-def bindings_claim_many(*, claims: dict[tuple[str, str], str], now: dt.datetime) -> dict[tuple[str, str], str]:
+def bindings_claim_many(*, claims: dict[tuple[str, str], str], now: dt.datetime,
+                        adopted: bool = False) -> dict[tuple[str, str], str]:
     """``binding_claim`` for many new studies at once: one multi-row insert that skips
     the keys another process holds already, then one read of who holds those. Under
-    load this is what keeps binding claims in the thousands per second."""
+    load this is what keeps binding claims in the thousands per second. ``adopted``: the
+    rows inserted are marked learnt from the backends (adopt) in the same statement."""
     if not claims:
         return {}
-    inserted = _insert_absent(claims=claims, now=now)
+    inserted = _insert_absent(claims=claims, now=now, adopted=adopted)
     if inserted is None:
         Binding.objects.bulk_create(
             [Binding(pool_id=pool_id, study_uid=study_uid, backend_id=backend_id, first_seen_utc=now,
-                     last_seen_utc=now, instance_count=0)
+                     last_seen_utc=now, instance_count=0, adopted=adopted)
              for (pool_id, study_uid), backend_id in claims.items()],
             ignore_conflicts=True,
         )
@@ -72,15 +74,16 @@ _RETURNING_VENDORS = frozenset({"postgresql", "sqlite"})
 _CLAIM_ROWS_PER_STATEMENT = 500
 
 
-def _insert_absent(*, claims: dict[tuple[str, str], str], now: dt.datetime) -> set[tuple[str, str]] | None:
+def _insert_absent(*, claims: dict[tuple[str, str], str], now: dt.datetime,
+                   adopted: bool) -> set[tuple[str, str]] | None:
     """Insert the bindings no process holds yet; the keys this call inserted, or None
     where the database cannot tell."""
     if connection.vendor not in _RETURNING_VENDORS:
         return None
     qn = connection.ops.quote_name
     meta = Binding._meta
-    pool, study, backend, first, last, count = (meta.get_field(name).column for name in (
-        "pool", "study_uid", "backend", "first_seen_utc", "last_seen_utc", "instance_count"))
+    pool, study, backend, first, last, count, learnt = (meta.get_field(name).column for name in (
+        "pool", "study_uid", "backend", "first_seen_utc", "last_seen_utc", "instance_count", "adopted"))
     stamp = meta.get_field("first_seen_utc").get_db_prep_value(now, connection)
     items = list(claims.items())
     inserted: set[tuple[str, str]] = set()
@@ -89,10 +92,10 @@ def _insert_absent(*, claims: dict[tuple[str, str], str], now: dt.datetime) -> s
             chunk = items[start:start + _CLAIM_ROWS_PER_STATEMENT]
             cursor.execute(
                 f"INSERT INTO {qn(meta.db_table)} ({qn(pool)}, {qn(study)}, {qn(backend)}, {qn(first)}, {qn(last)}, "
-                f"{qn(count)}) VALUES {', '.join(['(%s, %s, %s, %s, %s, 0)'] * len(chunk))} "
+                f"{qn(count)}, {qn(learnt)}) VALUES {', '.join(['(%s, %s, %s, %s, %s, 0, %s)'] * len(chunk))} "
                 f"ON CONFLICT ({qn(pool)}, {qn(study)}) DO NOTHING RETURNING {qn(pool)}, {qn(study)}",
                 [value for (pool_id, study_uid), backend_id in chunk
-                 for value in (pool_id, study_uid, backend_id, stamp, stamp)])
+                 for value in (pool_id, study_uid, backend_id, stamp, stamp, adopted)])
             inserted.update((pool_id, study_uid) for pool_id, study_uid in cursor.fetchall())
     return inserted
 

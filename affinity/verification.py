@@ -63,6 +63,18 @@ class Asker:
 
 
 @dataclass
+class Prefetched(Asker):
+    """An Asker that answers the instance lists it was given, (backend id, study) -> list,
+    without asking again; anything else it asks."""
+
+    lists: dict[tuple[str, str], dict[str, str]] = field(default_factory=dict)
+
+    def instances(self, peer: scu.Peer, study_uid: str) -> dict[str, str]:
+        found = self.lists.get((peer.id, study_uid))
+        return found if found is not None else super().instances(peer, study_uid)
+
+
+@dataclass
 class Examination:
     verdict: str
     held: dict[str, int]
@@ -75,12 +87,11 @@ class Examination:
     silent: list[str] = field(default_factory=list)
 
 
-def study_examine(*, study_uid: str, bound: scu.Peer, others: list[scu.Peer], acknowledged: set[str],
-                  ask: Asker, instance_level: bool = False) -> Examination:
-    """What the backends hold of the study and the verdict. Raises scu.Unreachable when
-    the bound backend cannot be asked (the verification is postponed)."""
-    count = ask.study(bound, study_uid)
-    counts: dict[str, int | None] = {bound.id: count}
+def _asked_counts(study_uid: str, bound: scu.Peer, others: list[scu.Peer], ask: Asker
+                  ) -> tuple[dict[str, int | None], list[str]]:
+    """Each backend's instance count of the study (study-level C-FIND), and those that could
+    not be asked (the bound one raises scu.Unreachable)."""
+    counts: dict[str, int | None] = {bound.id: ask.study(bound, study_uid)}
     silent = []
     for peer in others:
         try:
@@ -88,6 +99,21 @@ def study_examine(*, study_uid: str, bound: scu.Peer, others: list[scu.Peer], ac
         except (scu.Unreachable, OSError, RuntimeError, ValueError) as exc:
             logger.warning("verify study=%s: backend %s could not be asked: %s", study_uid, peer.id, exc)
             silent.append(peer.id)
+    return counts, silent
+
+
+def study_examine(*, study_uid: str, bound: scu.Peer, others: list[scu.Peer], acknowledged: set[str],
+                  ask: Asker, instance_level: bool = False,
+                  known: dict[str, int | None] | None = None) -> Examination:
+    """What the backends hold of the study and the verdict. ``known``: each backend's count
+    as just answered (adopt has them from its own queries), so not asked again; a backend
+    it does not name holds none. Raises scu.Unreachable when the bound backend cannot be
+    asked (the verification is postponed)."""
+    if known is None:
+        counts, silent = _asked_counts(study_uid, bound, others, ask)
+    else:
+        counts, silent = {p.id: known.get(p.id, 0) for p in (bound, *others)}, []
+    count = counts[bound.id]
     holders = [p for p in others if counts.get(p.id) != 0 and p.id not in silent]
     if not instance_level and not holders and count is not None and (count == len(acknowledged) or not acknowledged):
         held = {bound.id: count} if count else {}
@@ -133,7 +159,8 @@ def pool_asking(*, pool_id: str) -> tuple[ReconciliationConfig, dict[str, scu.Pe
 
 def binding_verify(*, binding: Binding, peers: dict[str, scu.Peer], ask: Asker, settings: ReconciliationConfig,
                    now: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC), leased: bool = False,
-                   healthy: set[str] | None = None, instance_level: bool = False) -> Examination | None:
+                   healthy: set[str] | None = None, instance_level: bool = False,
+                   known: dict[str, int | None] | None = None) -> Examination | None:
     """Verify one binding and record its verdict; None when postponed (the lease held by
     another host, the bound backend unreachable, the database away)."""
     try:
@@ -155,7 +182,7 @@ def binding_verify(*, binding: Binding, peers: dict[str, scu.Peer], ask: Asker, 
         if bound is None:
             raise scu.Unreachable(f"backend {binding.backend_id} is not enabled in pool {binding.pool_id}")
         found = study_examine(study_uid=binding.study_uid, bound=bound, others=others, acknowledged=acknowledged,
-                              ask=ask, instance_level=instance_level)
+                              ask=ask, instance_level=instance_level, known=known)
     except (scu.Unreachable, OSError, RuntimeError, ValueError) as exc:
         logger.warning("verify pool=%s study=%s postponed: %s", binding.pool_id, binding.study_uid, exc)
         try:

@@ -220,24 +220,32 @@ def accept(rq: AssociateRequest, *, ae_title: str, max_pdu: int, services: Itera
     return Accepted(contexts=accepted, pdu=A_ASSOCIATE_AC(ac).encode())
 
 
+def _request_pdu(*, calling_ae: str, called_ae: str, contexts: list[PresentationContext], max_pdu: int,
+                 implementation_class_uid: str, items: list[Any]) -> bytes:
+    """An A-ASSOCIATE-RQ: the application context, both AE titles, ``contexts``, the max PDU
+    and Implementation Class UID, then the user information ``items``."""
+    out = A_ASSOCIATE()
+    out.application_context_name = APPLICATION_CONTEXT
+    out.calling_ae_title = calling_ae
+    out.called_ae_title = called_ae
+    out.presentation_context_definition_list = contexts
+    length = MaximumLengthNotification()
+    length.maximum_length_received = max_pdu
+    implementation = ImplementationClassUIDNotification()
+    implementation.implementation_class_uid = implementation_class_uid
+    out.user_information = [length, implementation, *items]
+    return A_ASSOCIATE_RQ(out).encode()
+
+
 def outbound_request(rq: AssociateRequest, accepted: Mapping[int, PresentationContext], *, called_ae: str,
                      max_pdu: int) -> bytes:
     """The A-ASSOCIATE-RQ to a backend on the modality's behalf (see the module docstring)."""
-    out = A_ASSOCIATE()
-    out.application_context_name = APPLICATION_CONTEXT
-    out.calling_ae_title = rq.calling_ae
-    out.called_ae_title = called_ae
     contexts = []
     for context_id, cx in sorted(accepted.items()):
         copy = build_context(str(cx.abstract_syntax), [cx.transfer_syntax[0]])
         copy.context_id = context_id
         contexts.append(copy)
-    out.presentation_context_definition_list = contexts
-    length = MaximumLengthNotification()
-    length.maximum_length_received = max_pdu
-    implementation = ImplementationClassUIDNotification()
-    implementation.implementation_class_uid = rq.implementation_class_uid or IMPLEMENTATION_CLASS_UID
-    items: list[Any] = [length, implementation]
+    items: list[Any] = []
     if rq.implementation_version_name:
         version = ImplementationVersionNameNotification()
         version.implementation_version_name = rq.implementation_version_name
@@ -247,8 +255,23 @@ def outbound_request(rq: AssociateRequest, accepted: Mapping[int, PresentationCo
         # Items about one SOP class go only where that class is proposed; User Identity always.
         if str(getattr(item, "sop_class_uid", None) or "") in abstracts or isinstance(item, UserIdentityNegotiation):
             items.append(item)
-    out.user_information = items
-    return A_ASSOCIATE_RQ(out).encode()
+    return _request_pdu(calling_ae=rq.calling_ae, called_ae=called_ae, contexts=contexts, max_pdu=max_pdu,
+                        implementation_class_uid=rq.implementation_class_uid or IMPLEMENTATION_CLASS_UID, items=items)
+
+
+def own_request(*, calling_ae: str, called_ae: str, contexts: Mapping[int, tuple[str, list[str]]],
+                max_pdu: int) -> bytes:
+    """The A-ASSOCIATE-RQ of SynthIQ calling on its own account: ``contexts`` by ID,
+    (abstract syntax, transfer syntaxes), with SynthIQ's implementation class and version."""
+    proposed = []
+    for context_id, (abstract, syntaxes) in sorted(contexts.items()):
+        cx = build_context(abstract, list(syntaxes))
+        cx.context_id = context_id
+        proposed.append(cx)
+    version = ImplementationVersionNameNotification()
+    version.implementation_version_name = IMPLEMENTATION_VERSION_NAME
+    return _request_pdu(calling_ae=calling_ae, called_ae=called_ae, contexts=proposed, max_pdu=max_pdu,
+                        implementation_class_uid=IMPLEMENTATION_CLASS_UID, items=[version])
 
 
 def decode_associate_ac(raw: bytes | memoryview) -> BackendAccept:

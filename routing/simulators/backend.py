@@ -55,11 +55,12 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from routing.dicom import services, status, uids
 from routing.dicom.netopts import tune_pynetdicom
 from routing.dicom.status import SUCCESS, is_success
-from routing.simulators import SimulatorError
+from routing.simulators import SimulatorError, find_answers
 from routing.simulators.index import (
     INDEXED,
     SOP_CLASS_UID,
     SOP_INSTANCE_UID,
+    STUDY,
     STUDY_UID,
     UID_TAGS,
     Index,
@@ -245,6 +246,8 @@ class SimulatedBackend:
         with self.lock:
             for instance in instances:
                 self.holdings.setdefault(instance.shared[STUDY_UID], {})[instance.sop_instance_uid] = ""
+        # A node loaded in bulk has its study records made now, as a PACS indexes at ingest.
+        self.index.warm(dict.fromkeys(instance.shared[STUDY_UID] for instance in instances))
         return len(instances)
 
     # -- query / retrieve --------------------------------------------------------------------
@@ -268,6 +271,17 @@ class SimulatedBackend:
             return
         limit = int(self.knobs.get("find_limit") or 0)
         pending = 0xFF01 if query.unsupported else 0xFF00
+        if find_answers.writable(event):
+            # The Pending responses as bytes of SynthIQ's own encoders (a ledger's query may have
+            # a response per study held); pynetdicom sends the final one.
+            matches = self.index.find_studies(query) if query.level == STUDY else \
+                (attrs for attrs, _ in self.index.find(query))
+            answers = (self.index.response_elements(query, attrs, ae_title=self.ae_title) for attrs in matches)
+            for final in find_answers.send_pending(event, pending, answers, limit=limit):
+                if final == status.CANCEL and limit:
+                    logger.info("%s: C-FIND capped at %d matches (find limit) or cancelled", self.ae_title, limit)
+                yield final, None
+            return
         sent = 0
         for attrs, _ in self.index.find(query):
             if event.is_cancelled:

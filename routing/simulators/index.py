@@ -20,7 +20,7 @@ import bisect
 import re
 import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -136,6 +136,15 @@ class Query:
     unsupported: bool = False  # a key with a value that is not indexed (Pending 0xFF01)
     # The matching keys by level, each with its test: {level: [(tag, predicate)]}.
     tests: dict[int, list[tuple[int, Callable[[str], bool]]]] = field(default_factory=dict)
+    keys: list[tuple[int, str]] = field(default_factory=list)  # answer_keys(), once worked out
+
+    def answer_keys(self) -> list[tuple[int, str]]:
+        """(tag, VR) of each attribute an answer carries: the unique keys down to the query
+        level, then every key asked for (worked out once per query, not per answer)."""
+        if not self.keys:
+            tags = dict.fromkeys([*UNIQUE_KEYS[self.levels[0]:self.level + 1]]) | dict.fromkeys(self.returned)
+            self.keys = [(tag, self.returned.get(tag) or dictionary_VR(tag)) for tag in tags]
+        return self.keys
 
     @classmethod
     def parse(cls, identifier: Dataset, sop_class: str, *, retrieve: bool = False) -> Query:
@@ -255,12 +264,14 @@ class Index:
         self.dates: dict[str, set[str]] = {}
         self.sorted_dates: list[str] = []
         self.study_date: dict[str, str] = {}
+        self.rows: dict[str, dict[int, str]] = {}  # study UID -> its record (_row)
 
     def add(self, instance: Instance) -> None:
         sop = instance.sop_instance_uid
         study, series = instance.shared[STUDY_UID], instance.shared.get(SERIES_UID, "")
         with self.lock:
             self._discard(sop)
+            self.rows.pop(study, None)
             if study not in self.studies:
                 date = instance.shared.get(STUDY_DATE, "")
                 self.study_date[study] = date
@@ -283,6 +294,7 @@ class Index:
         if place is None:
             return None
         study, series = place
+        self.rows.pop(study, None)
         instances = self.studies[study][series]
         instance = instances.pop(sop)
         if not instances:
@@ -303,6 +315,7 @@ class Index:
             self.dates.clear()
             self.sorted_dates.clear()
             self.study_date.clear()
+            self.rows.clear()
 
     def get(self, sop: str) -> Instance | None:
         with self.lock:
@@ -310,23 +323,54 @@ class Index:
             return self.studies[place[0]][place[1]][sop] if place else None
 
     # -- matching ------------------------------------------------------------------------
+    def _candidates(self, query: Query) -> list[str]:
+        """The studies a query can match, by its Study Instance UIDs or its StudyDate range
+        when it has them (a date-range query reads only the studies in its window); with
+        the lock held."""
+        wanted = query.matching.get(STUDY_UID)
+        window = query.matching.get(STUDY_DATE, "\\")
+        if wanted:
+            return [s for s in dict.fromkeys(wanted.split("\\")) if s in self.studies]
+        if query.level != PATIENT and "\\" not in window:
+            low, dash, high = window.partition("-")
+            if not dash:
+                low = high = low
+            start = bisect.bisect_left(self.sorted_dates, low)
+            end = bisect.bisect_right(self.sorted_dates, high + "\U0010ffff") if high else len(self.sorted_dates)
+            return [s for d in self.sorted_dates[start:end] for s in self.dates[d]]
+        return list(self.studies)
+
+    def _row(self, study_uid: str) -> dict[int, str]:
+        """The study's attributes and counts, as a PACS keeps a study record: computed once and
+        kept until an instance of the study is added or removed; with the lock held."""
+        row = self.rows.get(study_uid)
+        if row is None:
+            series = self.studies[study_uid]
+            first = next(iter(next(iter(series.values())).values()))
+            row = _attributes(first, STUDY) | _study_counts({ser: list(i.values()) for ser, i in series.items()})
+            self.rows[study_uid] = row
+        return row
+
+    def warm(self, study_uids: Iterable[str]) -> None:
+        """Compute the study records of these studies now (after a bulk load), not at the
+        first query."""
+        with self.lock:
+            for uid in study_uids:
+                if uid in self.studies:
+                    self._row(uid)
+
+    def find_studies(self, query: Query) -> list[dict[int, str]]:
+        """The attributes (stored and counted) of each study a STUDY-level query matches,
+        from the study records: what a C-FIND answers, without the instances."""
+        with self.lock:
+            rows = [self._row(uid) for uid in self._candidates(query)]
+        return [row for row in rows if _match(query, row, STUDY)]
+
     def find(self, query: Query) -> Iterator[tuple[dict[int, str], list[Instance]]]:
         """Each match at the query's level: its attributes (stored and counted) and the
         instances under it. Reads a snapshot, so stores may go on meanwhile."""
         with self.lock:  # study keys are matched here, so only matching studies are copied
-            wanted = query.matching.get(STUDY_UID)
-            window = query.matching.get(STUDY_DATE, "\\")
-            if wanted:
-                studies = [self.studies[s] for s in dict.fromkeys(wanted.split("\\")) if s in self.studies]
-            elif query.level != PATIENT and "\\" not in window:
-                low, dash, high = window.partition("-")
-                if not dash:
-                    low = high = low
-                start = bisect.bisect_left(self.sorted_dates, low)
-                end = bisect.bisect_right(self.sorted_dates, high + "\U0010ffff") if high else len(self.sorted_dates)
-                studies = [self.studies[s] for d in self.sorted_dates[start:end] for s in self.dates[d]]
-            else:
-                studies = list(self.studies.values())
+            studies = [self.studies[uid] for uid in self._candidates(query)]
             snapshot = []
             for series in studies:
                 first = next(iter(next(iter(series.values())).values()))
@@ -368,26 +412,28 @@ class Index:
             if _match(query, attrs, PATIENT):
                 yield attrs, everything
 
-    def response(self, query: Query, attrs: dict[int, str], *, ae_title: str) -> Dataset:
-        """The identifier of one match: every key asked for (empty when not known), the
-        unique keys down to the query level, and the level."""
-        ds = Dataset()
-        ds.QueryRetrieveLevel = LEVELS[query.level]
-        keys = dict.fromkeys([*UNIQUE_KEYS[query.levels[0]:query.level + 1]])
-        keys |= dict.fromkeys(query.returned)
-        texts = []
-        for tag in keys:
-            vr = query.returned.get(tag) or dictionary_VR(tag)
+    def response_elements(self, query: Query, attrs: dict[int, str], *, ae_title: str) -> list[tuple[int, str, str]]:
+        """The identifier of one match as (tag, VR, value) elements: the level, every key asked
+        for (empty when not known; a sequence always empty), the unique keys down to the query
+        level, and the character set when a value is not ASCII (values were read as Latin-1)."""
+        out = [(QUERY_RETRIEVE_LEVEL, "CS", LEVELS[query.level])]
+        for tag, vr in query.answer_keys():
             value = ae_title if tag == RETRIEVE_AE_TITLE else attrs.get(tag, "")
+            out.append((tag, vr, "" if vr == "SQ" else value))
+        if any(not value.isascii() for _, _, value in out):
+            out.append((SPECIFIC_CHARACTER_SET, "CS", "ISO_IR 100"))
+        return out
+
+    def response(self, query: Query, attrs: dict[int, str], *, ae_title: str) -> Dataset:
+        """``response_elements`` as a pydicom Dataset (for a syntax SynthIQ's encoder does not write)."""
+        ds = Dataset()
+        for tag, vr, value in self.response_elements(query, attrs, ae_title=ae_title):
             if vr == "SQ":
                 ds.add_new(Tag(tag), vr, [])
             elif not value:
                 ds.add_new(Tag(tag), vr, None)
             else:
                 ds.add_new(Tag(tag), vr, value.split("\\") if "\\" in value and vr != "PN" else value)
-                texts.append(value)
-        if any(not t.isascii() for t in texts):
-            ds.SpecificCharacterSet = "ISO_IR 100"  # values were read as Latin-1
         return ds
 
 

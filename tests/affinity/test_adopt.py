@@ -6,20 +6,14 @@ from __future__ import annotations
 
 import datetime as dt
 import io
-import os
-import signal
-import subprocess
-import sys
-import time
 
 import pytest
 from django.core.management import call_command
 
 from affinity.models import Adoption, AdoptionWindow, Binding
-from affinity.services import binding_claim
+from affinity.services import adoption_start, adoption_window_done, binding_claim
 from routing.simulators.synthetic import write_study
 from tests.affinity.ledger_peers import dated_study, start_ledger
-from tests.harness import ROOT, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -80,38 +74,28 @@ def test_adopt_binds_each_study_where_it_lives_and_keeps_live_bindings(ledger, t
     assert not ledger.sops("o0", studies["whole"]) and not ledger.sops("o1", studies["whole"])
 
 
-def test_an_interrupted_adopt_resumes_with_the_windows_not_done(ledger, tmp_path):
+def test_an_interrupted_adopt_resumes_with_the_windows_not_done(ledger):
+    """A run stopped after its first window (as a killed one leaves the ledger: the adoption
+    unfinished, that window recorded) is resumed by the same command: the window done is not
+    adopted again, the rest of the range and the undated studies are, from one query."""
     ledger, studies = ledger
     Binding.objects.all().delete()
     Adoption.objects.all().delete()
-    config = tmp_path / "synthiq.json"
-    config.write_text(ledger.proxy.config_path.read_text().replace(
-        '"Pools"', '"Reconciliation": {"MaxQueriesPerSecond": 0.4}, "Pools"', 1))
-    env = dict(os.environ, SYNTHIQ_CONFIG=str(config))
-    run = subprocess.Popen([sys.executable, "manage.py", "adopt", "--pool", "main", "--since", "20240101"], cwd=ROOT,
-                           env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        # The dated window is answered and recorded; the undated query waits its turn (2.5 s): kill it.
-        wait_for(lambda: AdoptionWindow.objects.exists(), timeout=60, what="the first window done")
-        os.killpg(run.pid, signal.SIGKILL)
-    finally:
-        if run.poll() is None:
-            os.killpg(run.pid, signal.SIGKILL)
-        run.wait(10)
-    [window] = AdoptionWindow.objects.all()
-    assert (window.first, window.undated, window.studies) == (dt.date(2024, 1, 1), False, 3)
-    assert Adoption.objects.get().finished_utc is None
-    assert not Binding.objects.filter(study_uid=studies["undated"]).exists()
+    now = dt.datetime.now(dt.UTC)
+    adoption = adoption_start(pool_id="main", since=dt.date(2024, 1, 1), until=now.date(), since_arg="20240101",
+                              until_arg="", now=now)
+    adoption_window_done(adoption_id=adoption.id, first=dt.date(2024, 1, 1), last=dt.date(2024, 3, 31),
+                         undated=False, studies=2, capped=False, now=now)
 
-    started = time.monotonic()
     report = adopt("--since", "20240101")
     assert "resuming the adoption of pool main" in report and "(1 windows done)" in report, report
-    assert "windows done: 1; not done: 0" in report  # only the undated query was asked again
-    assert Binding.objects.get(study_uid=studies["undated"]).backend_id == "o0"
-    assert Binding.objects.count() == 4
-    assert AdoptionWindow.objects.filter(undated=False).count() == 1
+    assert "windows done: 2; not done: 0" in report  # the rest of the range, and the undated studies
+    bound = dict(Binding.objects.values_list("study_uid", "backend_id"))
+    assert bound == {studies["undated"]: "o0", studies["live"]: "o1"}  # whole and split: in the window done
+    windows = AdoptionWindow.objects.filter(adoption=adoption, undated=False).order_by("first")
+    assert [(w.first, w.last, w.studies) for w in windows] == [
+        (dt.date(2024, 1, 1), dt.date(2024, 3, 31), 2), (dt.date(2024, 4, 1), now.date(), 1)]
     assert Adoption.objects.get().finished_utc is not None
-    assert time.monotonic() - started < 30
 
 
 def test_a_csv_export_is_adopted_and_its_bad_rows_are_reported_and_skipped(ledger, tmp_path):

@@ -119,11 +119,11 @@ def pool(tmp_path_factory):
         cluster.stop_all()
 
 
-def _findscu(port: int, cwd: Path, *keys: str, called_ae: str = "SYNTHIQ", model: str = "-S"
-             ) -> tuple[subprocess.CompletedProcess, list[Dataset]]:
+def _findscu(port: int, cwd: Path, *keys: str, called_ae: str = "SYNTHIQ", model: str = "-S",
+             options: tuple[str, ...] = ()) -> tuple[subprocess.CompletedProcess, list[Dataset]]:
     exe = require_tool("findscu", "dcmtk")
     cwd.mkdir(parents=True, exist_ok=True)
-    args = [exe, model, "-X", "-aet", "FINDSCU", "-aec", called_ae]
+    args = [exe, model, "-X", *options, "-aet", "FINDSCU", "-aec", called_ae]
     for key in keys:
         args += ["-k", key]
     result = subprocess.run([*args, "127.0.0.1", str(port)], cwd=cwd, capture_output=True, text=True, timeout=60)
@@ -168,6 +168,23 @@ def test_findscu_against_a_backend_at_study_series_and_image_level_with_counts_a
                          "SOPInstanceUID=" + "\\".join(two), "SOPClassUID", called_ae=holder.ae_title)
     assert sorted(str(r.SOPInstanceUID) for r in images) == two
     assert {str(r.SOPClassUID) for r in images} == {CTImageStorage}
+
+
+def test_findscu_gets_the_same_study_answers_in_each_syntax_it_may_propose(pool, tmp_path):
+    """The backend writes its Pending responses itself in Little Endian contexts (implicit or
+    explicit VR) and lets pynetdicom write them otherwise (big endian): DCMTK reads the same."""
+    _, _, backends, studies, _ = pool
+    holder = backends[binding_of(next(iter(studies)))]
+    held = sorted(s for s in studies if binding_of(s) == holder.id)
+    answers = {}
+    for option in ("-xi", "-xe", "-xb"):
+        _, found = _findscu(holder.port, tmp_path / option, "QueryRetrieveLevel=STUDY", "StudyInstanceUID",
+                            "StudyDate", "NumberOfStudyRelatedInstances", "PatientName", "StudyDescription",
+                            called_ae=holder.ae_title, options=(option,))
+        answers[option] = sorted((str(r.StudyInstanceUID), r.StudyDate, int(r.NumberOfStudyRelatedInstances),
+                                  str(r.PatientName), r.QueryRetrieveLevel) for r in found)
+    assert [a[0] for a in answers["-xi"]] == held
+    assert answers["-xi"] == answers["-xe"] == answers["-xb"]
 
 
 def test_findscu_through_synthiq_by_date_range_and_at_image_level(pool, tmp_path):
@@ -482,3 +499,34 @@ def test_the_demo_refuses_a_move_destination_it_cannot_read_in_one_line(tmp_path
                           capture_output=True, text=True, timeout=60)
     assert done.returncode != 0 and "Traceback" not in done.stderr
     assert "expected AE=host:port" in done.stderr
+
+
+def test_a_long_search_written_as_bytes_is_cancelled_by_the_ledger_client_and_released(tmp_path):
+    """Thousands of Pending responses come from the backend's byte path in batches; SynthIQ's
+    C-FIND client that stops reading sends C-CANCEL, reads on to the final response (0xFE00
+    when the cancel was seen between batches, Success when every batch had been written) and
+    releases: the backend counts a release, not an abort, and answers the next search whole."""
+    from routing.dicom import findscu
+    from routing.dicom.client import Peer
+
+    cluster = Cluster(tmp=tmp_path, env=dict(os.environ))
+    try:
+        backend = cluster.backend("node-c")
+        rows = [{"StudyInstanceUID": f"1.2.826.0.1.9.{n}", "SOPInstanceUID": f"1.2.826.0.1.9.{n}.1.1",
+                 "StudyDate": "20240101"} for n in range(6000)]
+        requests.post(f"{backend.url}/api/instances", json=rows, timeout=60).raise_for_status()
+        peer = Peer(backend.id, backend.ae_title, "127.0.0.1", backend.port)
+        query = [(0x00080052, "CS", "STUDY"), (0x0020000D, "UI", "")]
+        responses = findscu.find(peer, calling_ae="SYNTHIQ", model=StudyRootQueryRetrieveInformationModelFind,
+                                 query=query, wanted=frozenset({0x0020000D}), timeout=10)
+        first = next(responses)
+        assert first.status == 0xFF00 and first.values[0x0020000D].startswith("1.2.826.0.1.9.")
+        responses.close()
+        assert wait_for(lambda: requests.get(f"{backend.url}/api/associations", timeout=5).json()["released"] == 1,
+                        timeout=10, what="the release")
+        assert requests.get(f"{backend.url}/api/associations", timeout=5).json()["aborted"] == 0
+        everything = list(findscu.find(peer, calling_ae="SYNTHIQ", model=StudyRootQueryRetrieveInformationModelFind,
+                                       query=query, wanted=frozenset({0x0020000D}), timeout=10))
+        assert len(everything) == 6001 and everything[-1].status == 0x0000
+    finally:
+        cluster.stop_all()
