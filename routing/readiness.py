@@ -35,7 +35,8 @@ from dataclasses import dataclass
 from pynetdicom.presentation import build_context
 
 from routing.dicom import negotiation, pdu
-from routing.dicom.association import AssociateAccepted, AssociateRejected, Association, Event, Role
+from routing.dicom.association import AssociateAccepted, AssociateRejected
+from routing.dicom.blocking import BlockingAssociation
 from routing.dicom.services import VERIFICATION
 
 CHECK_AE_TITLE = "SYNTHIQ-READYZ"
@@ -80,16 +81,6 @@ def _request(called_ae: str) -> bytes:
     return negotiation.outbound_request(rq, {1: context}, called_ae=called_ae, max_pdu=16384)
 
 
-def _next_event(sock: socket.socket, framer: pdu.PduBuffer, association: Association) -> Event:
-    """The listener's next PDU, as the check's association sees it (blocking, within the socket's timeout)."""
-    while (got := framer.next()) is None:
-        chunk = sock.recv(1 << 16)
-        if not chunk:
-            raise ConnectionError("closed without an answer")
-        framer.feed(chunk)
-    return association.receive(got)
-
-
 def check(listener: Listener, *, timeout: float = CHECK_TIMEOUT_SECONDS) -> str:
     """"" when the listener answers an association; otherwise why not, in generic words (the
     reason is served unauthenticated): the detail, an exception's text, goes to the log."""
@@ -108,13 +99,11 @@ def check(listener: Listener, *, timeout: float = CHECK_TIMEOUT_SECONDS) -> str:
                     sock = context.wrap_socket(raw_sock)
                 except ssl.SSLError:
                     return ""  # the listener answered the handshake (e.g. it wants a client certificate)
-            association, framer = Association(Role.REQUESTOR), pdu.PduBuffer(max_length=1 << 16)
-            sock.sendall(association.request(_request(listener.ae_title)))
-            answer = _next_event(sock, framer, association)
+            association = BlockingAssociation(sock, timeout, max_pdata=1 << 16)
+            answer = association.request(_request(listener.ae_title))
             if isinstance(answer, AssociateAccepted):
-                sock.sendall(association.release_request())
                 try:
-                    _next_event(sock, framer, association)
+                    association.release()
                 except (OSError, pdu.ProtocolError):
                     pass  # released or closed: either way the listener answered
                 return ""

@@ -18,30 +18,15 @@ threads, never an event loop.
 from __future__ import annotations
 
 import socket
-import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from routing.dicom import commands, identifiers, negotiation
+from routing.dicom.association import Aborted, AssociateAccepted, AssociateRejected, DataReceived, Event, Violation
+from routing.dicom.blocking import BlockingAssociation
 from routing.dicom.client import Peer, Unreachable
 from routing.dicom.netopts import client_tls, tune
-from routing.dicom.pdu import (
-    A_ABORT,
-    A_ASSOCIATE_AC,
-    A_ASSOCIATE_RJ,
-    A_RELEASE_RP_TYPE,
-    P_DATA_TF,
-    Pdu,
-    PduBuffer,
-    Pdv,
-    ProtocolError,
-    abort,
-    abort_fields,
-    abort_meaning,
-    fragments,
-    pdvs,
-    release_rq,
-)
+from routing.dicom.pdu import Pdv, ProtocolError, fragments, pdvs
 from routing.dicom.status import PENDING
 
 # What SynthIQ announces as its Maximum Length Received: P-DATA-TF PDUs above it are refused.
@@ -52,7 +37,6 @@ MAX_COMMAND = 16 * 1024  # a command set is a few hundred bytes
 MAX_IDENTIFIER = 256 * 1024  # an identifier of a few attributes is far smaller
 CONTEXT_ID = 1
 MESSAGE_ID = 1
-RECEIVE = 256 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,39 +45,6 @@ class Response:
 
     status: int
     values: dict[int, str]
-
-
-class _Link:
-    """One association's socket: whole PDUs in, each message within its deadline."""
-
-    def __init__(self, sock: socket.socket, timeout: float):
-        self.sock = sock
-        self.timeout = timeout
-        self.deadline = time.monotonic() + timeout
-        self.buffer = PduBuffer(max_length=MAX_OTHER_PDU, max_pdata_length=MAX_PDU)
-
-    def arm(self) -> None:
-        """The next message (or PDU) must arrive within ``timeout`` from now."""
-        self.deadline = time.monotonic() + self.timeout
-
-    def send(self, data: bytes) -> None:
-        self.sock.settimeout(self.timeout)  # not what a read left of its deadline
-        self.sock.sendall(data)
-
-    def pdu(self) -> Pdu:
-        while (found := self.buffer.next()) is None:
-            left = self.deadline - time.monotonic()
-            if left <= 0:
-                raise TimeoutError(f"no answer within {self.timeout:g} s")
-            self.sock.settimeout(left)
-            try:
-                data = self.sock.recv(RECEIVE)
-            except TimeoutError:
-                raise TimeoutError(f"no answer within {self.timeout:g} s") from None
-            if not data:
-                raise ConnectionError("it closed the connection")
-            self.buffer.feed(data)
-        return found
 
 
 def _connect(peer: Peer, timeout: float) -> socket.socket:
@@ -108,35 +59,38 @@ def _connect(peer: Peer, timeout: float) -> socket.socket:
         raise
 
 
-def _associate(link: _Link, *, calling_ae: str, called_ae: str, model: str) -> tuple[bool, int]:
+def _associate(link: BlockingAssociation, *, calling_ae: str, called_ae: str, model: str) -> tuple[bool, int]:
     """Propose ``model`` in Explicit and Implicit VR Little Endian: (implicit VR accepted,
     the peer's max PDU). Raises Unreachable (rejected) or ProtocolError."""
-    link.send(negotiation.own_request(calling_ae=calling_ae, called_ae=called_ae, max_pdu=MAX_PDU,
-                                      contexts={CONTEXT_ID: (model, list(identifiers.SYNTAXES))}))
-    reply = link.pdu()
-    if reply.type == A_ASSOCIATE_RJ:
-        raise Unreachable(f"rejected the association ({negotiation.rejection_text(reply.raw)})", rejected=True)
-    if reply.type == A_ABORT:
-        raise ConnectionError(f"aborted the association: {abort_meaning(*abort_fields(reply))}")
-    if reply.type != A_ASSOCIATE_AC:
-        raise ProtocolError(f"answered an A-ASSOCIATE-RQ with PDU type 0x{reply.type:02X}")
-    accepted = negotiation.decode_associate_ac(reply.raw)
+    reply = link.request(negotiation.own_request(calling_ae=calling_ae, called_ae=called_ae, max_pdu=MAX_PDU,
+                                                 contexts={CONTEXT_ID: (model, list(identifiers.SYNTAXES))}))
+    if isinstance(reply, AssociateRejected):
+        raise Unreachable(f"rejected the association ({negotiation.rejection_text(reply.pdu.raw)})", rejected=True)
+    if not isinstance(reply, AssociateAccepted):
+        raise _ended(reply, "the A-ASSOCIATE-RQ")
+    accepted = negotiation.decode_associate_ac(reply.pdu.raw)
     syntax = accepted.contexts.get(CONTEXT_ID)
     if syntax not in identifiers.SYNTAXES:
         raise Unreachable(f"did not accept C-FIND ({model}) in Little Endian")
     return syntax == identifiers.IMPLICIT_VR_LITTLE_ENDIAN, accepted.max_pdu
 
 
-def _pdvs(link: _Link) -> Iterator[Pdv]:
-    """The PDV items of the P-DATA-TF PDUs that come; any other PDU ends the association."""
+def _ended(event: Event, during: str) -> Exception:
+    """What ends the C-FIND when ``event`` comes instead of what was due."""
+    if isinstance(event, Aborted):
+        return ConnectionError(f"aborted the association: {event.meaning}")
+    if isinstance(event, Violation):
+        return ProtocolError(event.text, event.reason)
+    return ProtocolError(f"{type(event).__name__} during {during}")
+
+
+def _pdvs(link: BlockingAssociation) -> Iterator[Pdv]:
+    """The PDV items of the P-DATA-TF PDUs that come; any other event ends the association."""
     while True:
-        got = link.pdu()
-        if got.type == P_DATA_TF:
-            yield from pdvs(got)
-        elif got.type == A_ABORT:
-            raise ConnectionError(f"aborted the association: {abort_meaning(*abort_fields(got))}")
-        else:
-            raise ProtocolError(f"sent PDU type 0x{got.type:02X} during the C-FIND")
+        event = link.event()
+        if not isinstance(event, DataReceived):
+            raise _ended(event, "the C-FIND")
+        yield from pdvs(event.pdu)
 
 
 def _gather(items: Iterator[Pdv], *, command: bool, limit: int) -> bytes:
@@ -167,7 +121,7 @@ def _checked(command: commands.Command) -> tuple[int, bool]:
     return command.status, command.has_data_set
 
 
-def _responses(link: _Link, wanted: frozenset[int], *, implicit: bool) -> Iterator[Response]:
+def _responses(link: BlockingAssociation, wanted: frozenset[int], *, implicit: bool) -> Iterator[Response]:
     """The C-FIND-RSPs to our request, each within the timeout, the final one last."""
     items = _pdvs(link)
     seen, code, has_data_set = b"", 0, False
@@ -196,7 +150,7 @@ def _request(model: str, query: Iterable[tuple[int, str, str]], *, implicit: boo
                      *fragments(CONTEXT_ID, identifier, command=False, last=True, max_pdu=max_pdu)])
 
 
-def _cancel(link: _Link, max_pdu: int, rest: Iterator[Response]) -> None:
+def _cancel(link: BlockingAssociation, max_pdu: int, rest: Iterator[Response]) -> None:
     """C-CANCEL our request (the caller stopped reading) and read on to its final response."""
     command = commands.encode({commands.COMMAND_FIELD: commands.C_CANCEL_RQ,
                                commands.MESSAGE_ID_RESPONDED_TO: MESSAGE_ID,
@@ -206,23 +160,15 @@ def _cancel(link: _Link, max_pdu: int, rest: Iterator[Response]) -> None:
         pass  # the Pending ones still in flight, then 0xFE00 (or whatever ended it)
 
 
-def _stop(link: _Link, max_pdu: int, rest: Iterator[Response] | None) -> None:
+def _stop(link: BlockingAssociation, max_pdu: int, rest: Iterator[Response] | None) -> None:
     """End the association of a caller that stopped reading: cancel the search if it was
     still going, release; abort when the peer does not go along. Never raises."""
     try:
         if rest is not None:
             _cancel(link, max_pdu, rest)
-        _release(link)
+        link.release()
     except (OSError, ProtocolError, commands.CommandError, identifiers.IdentifierError):
-        _abort(link)
-
-
-def _release(link: _Link) -> None:
-    """A-RELEASE-RQ, and its reply awaited (within the timeout) before the socket closes."""
-    link.send(release_rq())
-    link.arm()
-    while link.pdu().type not in (A_RELEASE_RP_TYPE, A_ABORT):
-        pass  # a P-DATA-TF still in flight
+        link.abort()
 
 
 def find(peer: Peer, *, calling_ae: str, model: str, query: Iterable[tuple[int, str, str]],
@@ -235,7 +181,7 @@ def find(peer: Peer, *, calling_ae: str, model: str, query: Iterable[tuple[int, 
         sock = _connect(peer, timeout)
     except OSError as exc:
         raise Unreachable(f"{where}: cannot connect: {exc}") from None
-    link = _Link(sock, timeout)
+    link = BlockingAssociation(sock, timeout, max_pdata=MAX_PDU, max_other=MAX_OTHER_PDU)
     try:
         implicit, max_pdu = _associate(link, calling_ae=calling_ae, called_ae=peer.ae_title, model=model)
         link.send(_request(model, query, implicit=implicit, max_pdu=max_pdu))
@@ -248,21 +194,12 @@ def find(peer: Peer, *, calling_ae: str, model: str, query: Iterable[tuple[int, 
         except GeneratorExit:
             _stop(link, max_pdu, None if ended else responses)
             raise
-        _release(link)
+        link.release()
     except Unreachable as exc:
-        _abort(link)
+        link.abort()
         raise Unreachable(f"{where}: {exc}", rejected=exc.rejected) from None
     except (OSError, ProtocolError, commands.CommandError, identifiers.IdentifierError) as exc:
-        _abort(link)
+        link.abort()
         raise Unreachable(f"{where}: {exc or type(exc).__name__}") from None
     finally:
         sock.close()
-
-
-def _abort(link: _Link) -> None:
-    try:
-        link.sock.settimeout(1.0)  # a peer that reads nothing does not hold the caller
-        link.sock.sendall(abort(source=0))  # the service user (SynthIQ) gives up on this association
-    except OSError:
-        pass  # already gone
-
