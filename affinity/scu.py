@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 from pydicom.dataset import Dataset
 
-from routing.dicom import client, findscu, services, status
+from routing.dicom import client, findscu, sop_classes, status
 from routing.dicom.uids import shown, uid_problem
 
 logger = logging.getLogger("synthiq.affinity")
@@ -70,7 +70,7 @@ INSTANCE_WANTED = frozenset({SOP_INSTANCE_UID, SERIES_UID})
 def _find(peer: Peer, query: list[tuple[int, str, str]], wanted: frozenset[int], *, calling_ae: str,
           timeout: float) -> Iterator[findscu.Response]:
     """Each response of one Study Root C-FIND; raises Unreachable."""
-    return findscu.find(peer, calling_ae=calling_ae, model=services.STUDY_ROOT_FIND, query=query, wanted=wanted,
+    return findscu.find(peer, calling_ae=calling_ae, model=sop_classes.STUDY_ROOT_FIND, query=query, wanted=wanted,
                         timeout=timeout)
 
 
@@ -154,9 +154,9 @@ def move_instances(peer: Peer, *, calling_ae: str, timeout: float, study_uid: st
         identifier.SeriesInstanceUID = series_uid
         identifier.SOPInstanceUID = sop_uids[start:start + MOVE_UIDS_PER_REQUEST]
         last = None
-        with client.association(peer, calling_ae=calling_ae, contexts=[services.STUDY_ROOT_MOVE],
+        with client.association(peer, calling_ae=calling_ae, contexts=[sop_classes.STUDY_ROOT_MOVE],
                                 timeout=timeout) as assoc:
-            for response, _ in assoc.send_c_move(identifier, destination_ae, services.STUDY_ROOT_MOVE):
+            for response, _ in assoc.send_c_move(identifier, destination_ae, sop_classes.STUDY_ROOT_MOVE):
                 if "Status" not in response:
                     raise Unreachable(f"{peer.id} did not answer the C-MOVE")
                 last = response

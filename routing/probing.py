@@ -10,7 +10,7 @@ from typing import Any
 
 from pools.config import Config, PoolConfig
 from routing.dicom.negotiation import Rank
-from routing.dicom.services import SERVICE_CLASSES, VERIFICATION
+from routing.dicom.sop_classes import SERVICE_CLASSES, VERIFICATION
 from routing.router import Router
 from routing.syntax_probe import Abilities, PoolAbilities, pool_abilities, probe_backend
 from routing.telemetry import services_view

@@ -37,7 +37,7 @@ from pynetdicom.presentation import build_context
 from routing.dicom import negotiation, pdu
 from routing.dicom.association import AssociateAccepted, AssociateRejected
 from routing.dicom.blocking import BlockingAssociation
-from routing.dicom.services import VERIFICATION
+from routing.dicom.sop_classes import VERIFICATION
 
 CHECK_AE_TITLE = "SYNTHIQ-READYZ"
 CHECK_TIMEOUT_SECONDS = 2.0

@@ -33,7 +33,7 @@ from pynetdicom.sop_class import CTImageStorage  # type: ignore[attr-defined]
 from routing.dicom import client
 from routing.dicom.client import Peer
 from routing.dicom.negotiation import Rank, syntax_ranks
-from routing.dicom.services import PASSED
+from routing.dicom.sop_classes import PASSED
 
 logger = logging.getLogger("synthiq.routing")
 
@@ -59,7 +59,7 @@ CANDIDATES = [
 @dataclass(frozen=True)
 class Abilities:
     syntaxes: frozenset[str]  # transfer syntaxes accepted for CT Image Storage
-    services: frozenset[str]  # passed service SOP classes accepted (routing.dicom.services.PASSED)
+    services: frozenset[str]  # passed service SOP classes accepted (routing.dicom.sop_classes.PASSED)
     wins: dict[str, int] = field(default_factory=dict)  # syntax -> pairs it won by the backend's own choice
     max_pdu: int = 0  # the largest PDU it takes, as its A-ASSOCIATE-AC says (0: no limit announced)
 

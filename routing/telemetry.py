@@ -23,7 +23,7 @@ from django.db.models.functions import Greatest
 from routing import counters as names
 from routing.audit.trail import NULL_TRAIL
 from routing.counters import Snapshot
-from routing.dicom.services import SERVICE_CLASSES
+from routing.dicom.sop_classes import SERVICE_CLASSES
 from routing.dicom.status import status_class
 from routing.dicom.uids import uid_problem
 from routing.models import FailedOperation, ProxyProcess, RejectedAssociation, RoutingDecision

@@ -20,7 +20,7 @@ from pynetdicom import AE, build_role, evt
 from pynetdicom.association import Association
 from pynetdicom.presentation import PresentationContext
 
-from routing.dicom import services
+from routing.dicom import sop_classes
 from routing.dicom.netopts import ClientTls, client_tls, tune_pynetdicom
 
 STORAGE_COMMITMENT_INSTANCE = "1.2.840.10008.1.20.1.1"  # the well-known SOP instance
@@ -99,9 +99,9 @@ def find(assoc: Association, model: str, identifier: Dataset) -> Iterator[Datase
 def event_report(peer: Peer, *, calling_ae: str, event_type: int, information: Dataset, timeout: float) -> int:
     """Send one storage commitment N-EVENT-REPORT on a new association, proposing the SCP
     role for this side (the reporting one: PS3.4 J.3.3.1.2); the peer's status (raises OSError)."""
-    with association(peer, calling_ae=calling_ae, contexts=[services.STORAGE_COMMITMENT_PUSH], timeout=timeout,
-                     roles=((services.STORAGE_COMMITMENT_PUSH, False, True),)) as assoc:
-        response, _ = assoc.send_n_event_report(information, event_type, services.STORAGE_COMMITMENT_PUSH,
+    with association(peer, calling_ae=calling_ae, contexts=[sop_classes.STORAGE_COMMITMENT_PUSH], timeout=timeout,
+                     roles=((sop_classes.STORAGE_COMMITMENT_PUSH, False, True),)) as assoc:
+        response, _ = assoc.send_n_event_report(information, event_type, sop_classes.STORAGE_COMMITMENT_PUSH,
                                              STORAGE_COMMITMENT_INSTANCE)
         if "Status" not in response:
             raise OSError(f"{peer.id} did not answer the N-EVENT-REPORT")

@@ -34,7 +34,7 @@ from pynetdicom.pdu_primitives import (
 from pynetdicom.presentation import PresentationContext, build_context, negotiate_unrestricted
 
 from routing.dicom.pdu import ProtocolError
-from routing.dicom.services import VERIFICATION
+from routing.dicom.sop_classes import VERIFICATION
 
 APPLICATION_CONTEXT = "1.2.840.10008.3.1.1.1"
 # SynthIQ's Implementation Class UID: a UUID-derived UID (PS3.5 B.2), fixed for the product.

@@ -45,7 +45,7 @@ from pydicom.filereader import read_dataset
 from pydicom.filewriter import write_dataset
 from pynetdicom import evt
 
-from routing.dicom import client, commands, scan, services, status, uids
+from routing.dicom import client, commands, scan, sop_classes, status, uids
 from routing.relay.failures import FailureCodes
 from routing.relay.outbound import BackendAddress
 
@@ -195,7 +195,7 @@ def send_share(backend: BackendAddress, *, requester_ae: str, transaction_uid: s
     action = Dataset()
     action.TransactionUID = transaction_uid
     action.ReferencedSOPSequence = _items(share)
-    model = services.STORAGE_COMMITMENT_PUSH
+    model = sop_classes.STORAGE_COMMITMENT_PUSH
     with client.association(backend, calling_ae=requester_ae, contexts=[model], timeout=timeout,
                          roles=((model, True, True),),
                          handlers=[(evt.EVT_N_EVENT_REPORT, report), (evt.EVT_DIMSE_SENT, sent)]) as assoc:
@@ -390,7 +390,7 @@ class Commitments:
         ctx = self.ctx
         message_id = self._next_own_id = (self._next_own_id + 1) & 0xFFFF or 1
         self.ops.own.add(message_id)
-        request = commands.event_report(message_id=message_id, sop_class_uid=services.STORAGE_COMMITMENT_PUSH,
+        request = commands.event_report(message_id=message_id, sop_class_uid=sop_classes.STORAGE_COMMITMENT_PUSH,
                                         sop_instance_uid=client.STORAGE_COMMITMENT_INSTANCE, event_type=event_type)
         await ctx.peer.answer(context_id, request, [_encode(info, ts)])
 

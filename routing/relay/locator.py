@@ -20,7 +20,7 @@ import time
 
 from pydicom.dataset import Dataset
 
-from routing.dicom import client, services, uids
+from routing.dicom import client, sop_classes, uids
 from routing.relay.outbound import BackendAddress
 
 logger = logging.getLogger("synthiq.routing")
@@ -37,10 +37,10 @@ def _query(study_uid: str, patient_id: str) -> tuple[str, Dataset]:
     if study_uid:
         identifier.QueryRetrieveLevel = "STUDY"
         identifier.StudyInstanceUID = study_uid
-        return services.STUDY_ROOT_FIND, identifier
+        return sop_classes.STUDY_ROOT_FIND, identifier
     identifier.QueryRetrieveLevel = "PATIENT"
     identifier.PatientID = patient_id
-    return services.PATIENT_ROOT_FIND, identifier
+    return sop_classes.PATIENT_ROOT_FIND, identifier
 
 
 def holds(backend: BackendAddress, *, calling_ae: str, study_uid: str, patient_id: str, timeout: float) -> bool:
@@ -75,7 +75,7 @@ def instances_held(backend: BackendAddress, sop_instance_uids: list[str], *, cal
     a backend that refuses the query holds none of them."""
     asked = set(sop_instance_uids)
     held: set[str] = set()
-    with client.association(backend, calling_ae=calling_ae, contexts=[services.STUDY_ROOT_FIND],
+    with client.association(backend, calling_ae=calling_ae, contexts=[sop_classes.STUDY_ROOT_FIND],
                          timeout=timeout) as assoc:
         for start in range(0, len(sop_instance_uids), INSTANCES_PER_QUERY):
             if time.monotonic() > deadline:
@@ -84,7 +84,7 @@ def instances_held(backend: BackendAddress, sop_instance_uids: list[str], *, cal
             identifier.QueryRetrieveLevel = "IMAGE"
             identifier.SOPInstanceUID = sop_instance_uids[start:start + INSTANCES_PER_QUERY]
             try:
-                for match in client.find(assoc, services.STUDY_ROOT_FIND, identifier):
+                for match in client.find(assoc, sop_classes.STUDY_ROOT_FIND, identifier):
                     value = str(match.get("SOPInstanceUID", "") or "")
                     if value in asked and uids.uid_problem(value) is None:
                         held.add(value)

@@ -27,7 +27,7 @@ from ipaddress import IPv4Network, IPv6Address, IPv6Network, ip_address
 from typing import Any, Protocol
 
 from routing.dicom import negotiation, netopts
-from routing.dicom.services import VERIFICATION
+from routing.dicom.sop_classes import VERIFICATION
 from routing.relay import locator
 from routing.relay.commitment import CommitmentStore
 from routing.relay.connection import PduConnection

@@ -52,7 +52,7 @@ from pynetdicom.dsutils import split_dataset
 from pynetdicom.presentation import PresentationContext
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
-from routing.dicom import services, status, uids
+from routing.dicom import sop_classes, status, uids
 from routing.dicom.netopts import tune_pynetdicom
 from routing.dicom.status import SUCCESS, is_success
 from routing.simulators import SimulatorError, find_answers
@@ -75,6 +75,7 @@ T = TypeVar("T")
 logger = logging.getLogger("synthiq.backend")
 
 COMMITMENT_INSTANCE = "1.2.840.10008.1.20.1.1"  # the Storage Commitment Push Model SOP instance
+PUSH = sop_classes.STORAGE_COMMITMENT_PUSH
 REQUEST_STORAGE_COMMITMENT = 1  # N-ACTION Action Type ID
 COMMITTED_ALL, COMMITTED_WITH_FAILURES = 1, 2  # N-EVENT-REPORT Event Type IDs
 CLASS_INSTANCE_CONFLICT = 0x0119  # a Failure Reason: the SOP class is not the one stored
@@ -404,7 +405,7 @@ class SimulatedBackend:
         record = {"transaction": transaction, "requester": requester, "committed": len(committed),
                   "failed": len(failed), "delivered": ""}
         if assoc.is_established:
-            rsp, _ = assoc.send_n_event_report(info, event_type, services.STORAGE_COMMITMENT_PUSH, COMMITMENT_INSTANCE)
+            rsp, _ = assoc.send_n_event_report(info, event_type, PUSH, COMMITMENT_INSTANCE)
             if "Status" in rsp:
                 record["delivered"] = "same association"
         if not record["delivered"]:
@@ -422,12 +423,12 @@ class SimulatedBackend:
         assert self.ae is not None
         assoc = self.ae.associate(
             address[0], address[1], ae_title=requester,
-            contexts=[build_context(services.STORAGE_COMMITMENT_PUSH)],
-            ext_neg=[build_role(services.STORAGE_COMMITMENT_PUSH, scu_role=False, scp_role=True)])
+            contexts=[build_context(sop_classes.STORAGE_COMMITMENT_PUSH)],
+            ext_neg=[build_role(sop_classes.STORAGE_COMMITMENT_PUSH, scu_role=False, scp_role=True)])
         if not assoc.is_established:
             return f"not sent: {requester} at {address[0]}:{address[1]} did not accept an association"
         try:
-            rsp, _ = assoc.send_n_event_report(info, event_type, services.STORAGE_COMMITMENT_PUSH, COMMITMENT_INSTANCE)
+            rsp, _ = assoc.send_n_event_report(info, event_type, PUSH, COMMITMENT_INSTANCE)
         finally:
             assoc.release()
         if "Status" not in rsp:
@@ -584,11 +585,11 @@ def serve(
     max_pdu: int = 262144,
     move_destinations: dict[str, tuple[str, int]] | None = None,
     commitment_requesters: dict[str, tuple[str, int]] | None = None,
-    offered: tuple[str, ...] = tuple(services.SERVICE_CLASSES),
+    offered: tuple[str, ...] = tuple(sop_classes.SERVICE_CLASSES),
 ) -> None:
     """Run a simulated backend until SIGTERM or SIGINT; ``announce`` gets the ready line.
     ``offered`` names the services besides storage and C-ECHO it accepts (the keys of
-    ``routing.dicom.services.SERVICE_CLASSES``): a node without them refuses their contexts."""
+    ``routing.dicom.sop_classes.SERVICE_CLASSES``): a node without them refuses their contexts."""
     _config.UNRESTRICTED_STORAGE_SERVICE = True  # take any storage SOP class, private ones too
     _config.STORE_RECV_CHUNKED_DATASET = True  # data sets go to a file, never whole into memory
     _config.LOG_HANDLER_LEVEL = "none"
@@ -605,8 +606,8 @@ def serve(
     ae.acse_timeout = ae.connection_timeout = 30  # its own associations: move destinations, requesters
     ae.add_supported_context(Verification)
     for name in offered:
-        for abstract in services.SERVICE_CLASSES[name]:
-            if abstract == services.STORAGE_COMMITMENT_PUSH:
+        for abstract in sop_classes.SERVICE_CLASSES[name]:
+            if abstract == sop_classes.STORAGE_COMMITMENT_PUSH:
                 # Either role: a requester that offers the SCP role may get its report on this association.
                 ae.add_supported_context(abstract, scu_role=True, scp_role=True)
             else:

@@ -29,15 +29,15 @@ from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.tag import Tag
 
-from routing.dicom import services, status, uids
+from routing.dicom import sop_classes, status, uids
 from routing.dicom.scan import HeaderError, HeaderScanner
 
 LEVELS = ("PATIENT", "STUDY", "SERIES", "IMAGE")
 PATIENT, STUDY, SERIES, IMAGE = range(4)
 ROOT_LEVELS = {  # the levels each information model has
-    **dict.fromkeys((services.STUDY_ROOT_FIND, services.STUDY_ROOT_MOVE, services.STUDY_ROOT_GET),
+    **dict.fromkeys((sop_classes.STUDY_ROOT_FIND, sop_classes.STUDY_ROOT_MOVE, sop_classes.STUDY_ROOT_GET),
                     (STUDY, SERIES, IMAGE)),
-    **dict.fromkeys((services.PATIENT_ROOT_FIND, services.PATIENT_ROOT_MOVE, services.PATIENT_ROOT_GET),
+    **dict.fromkeys((sop_classes.PATIENT_ROOT_FIND, sop_classes.PATIENT_ROOT_MOVE, sop_classes.PATIENT_ROOT_GET),
                     (PATIENT, STUDY, SERIES, IMAGE)),
 }
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian
 
-from routing.dicom.services import STUDY_ROOT_FIND
+from routing.dicom.sop_classes import STUDY_ROOT_FIND
 from routing.simulators.index import Index, Instance, Query
 
 COUNT, MODALITIES = 0x00201208, 0x00080061

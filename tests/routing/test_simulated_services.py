@@ -27,7 +27,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     StudyRootQueryRetrieveInformationModelMove,
 )
 
-from routing.dicom.services import PASSED
+from routing.dicom.sop_classes import PASSED
 from routing.simulators.synthetic import write_study
 from tests.harness import (
     DEMO_START_SECONDS,

@@ -8,7 +8,7 @@ are defined beside its handler. A request whose field is not in the table is ans
 0x0211 (Unrecognized operation) by the association (``routing.relay.inbound``).
 
 Adding a DIMSE-N service is a handler module here and its line in ``HANDLERS``; the pool
-passes it once its SOP class is in ``routing.dicom.services.SERVICE_CLASSES`` under a name
+passes it once its SOP class is in ``routing.dicom.sop_classes.SERVICE_CLASSES`` under a name
 that ``pools.config.ServicesConfig`` switches (docs/architecture.md).
 """
 

@@ -14,7 +14,7 @@ from pydicom.dataset import Dataset
 from pynetdicom import AE, evt
 from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind  # type: ignore[attr-defined]
 
-from routing.dicom import findscu, identifiers, services
+from routing.dicom import findscu, identifiers, sop_classes
 from routing.dicom.client import Peer, Unreachable
 from tests.harness import free_port
 
@@ -71,7 +71,7 @@ def scp_factory():
 
 
 def _find(peer: Peer, timeout: float = 10.0):
-    return findscu.find(peer, calling_ae="SYNTHIQ", model=services.STUDY_ROOT_FIND, query=QUERY, wanted=WANTED,
+    return findscu.find(peer, calling_ae="SYNTHIQ", model=sop_classes.STUDY_ROOT_FIND, query=QUERY, wanted=WANTED,
                         timeout=timeout)
 
 
