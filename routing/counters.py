@@ -3,7 +3,7 @@
 the dashboard, ``/metrics``) and the admin read, and the shape of the published snapshot.
 
 Counters are a flat mapping of name to number, so that several processes' counters add up
-name by name (``routing.operator.status.proxy_totals``):
+name by name (``routing.operator.selectors.proxy_totals``):
 
 - ``routed.<tier>``: C-STOREs by routing tier (``routing.waterfall.TIERS``);
 - ``status.<class>``: C-STORE outcomes by status class (``routing.dicom.status.status_class``);

@@ -11,7 +11,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from routing.operator import status as selectors
+from routing.operator import selectors
 from routing.operator.serializers import (
     DecisionSerializer,
     FailureSerializer,

@@ -26,7 +26,7 @@ from affinity.models import Verdict
 from pools import selectors as pool_selectors
 from routing.counters import OK_STATUS_CLASSES, Counts, Snapshot, is_failure, snapshot_of
 from routing.models import ProxyProcess
-from routing.operator import status as selectors
+from routing.operator import selectors
 from routing.waterfall import TIERS
 from synthiq_project.version import VERSION
 

@@ -1,5 +1,5 @@
 """The rate history: what one process samples (routing/telemetry.py) and how the status
-read model adds several processes' samples up into rates (routing/operator/status.py)."""
+read model adds several processes' samples up into rates (routing/operator/selectors.py)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import subprocess
 import pytest
 
 from routing.models import ProxyProcess
-from routing.operator.status import rate_series
+from routing.operator.selectors import rate_series
 from routing.telemetry import RATE_SAMPLES, Telemetry
 from tests.harness import PYTHON, ROOT
 

@@ -115,7 +115,7 @@ def test_a_find_without_a_study_gets_every_study_of_the_pool_once(pool, tmp_path
     # Counted by service, as /api/status and /metrics show it.
     import datetime as dt
 
-    from routing.operator.status import status_snapshot
+    from routing.operator.selectors import status_snapshot
 
     wait_for(lambda: status_snapshot(now=dt.datetime.now(dt.UTC))["counters"]["operations"].get("C-FIND", {})
              .get("success", 0) >= 2, timeout=10, what="the C-FINDs to be counted")
