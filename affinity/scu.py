@@ -19,6 +19,14 @@ from dataclasses import dataclass, field
 from pydicom.dataset import Dataset
 
 from routing.dicom import client, findscu, sop_classes, status
+from routing.dicom.tags import (
+    NUMBER_OF_STUDY_RELATED_INSTANCES,
+    QUERY_RETRIEVE_LEVEL,
+    SERIES_UID,
+    SOP_INSTANCE_UID,
+    STUDY_DATE,
+    STUDY_UID,
+)
 from routing.dicom.uids import shown, uid_problem
 
 logger = logging.getLogger("synthiq.affinity")
@@ -61,8 +69,7 @@ class RateLimit:
 
 
 # The attributes the ledger asks for and reads back.
-QUERY_RETRIEVE_LEVEL, SOP_INSTANCE_UID, STUDY_DATE = 0x00080052, 0x00080018, 0x00080020
-STUDY_UID, SERIES_UID, STUDY_INSTANCES = 0x0020000D, 0x0020000E, 0x00201208
+STUDY_INSTANCES = NUMBER_OF_STUDY_RELATED_INSTANCES
 STUDY_WANTED = frozenset({STUDY_UID, STUDY_DATE, STUDY_INSTANCES})
 INSTANCE_WANTED = frozenset({SOP_INSTANCE_UID, SERIES_UID})
 

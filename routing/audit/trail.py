@@ -30,8 +30,8 @@ from urllib.parse import urlsplit
 from routing.audit import messages as m
 from routing.audit.transport import AuditSender
 from routing.dicom.commands import C_FIND_RQ, C_GET_RQ, C_MOVE_RQ, MOVE_DESTINATION
-from routing.dicom.scan import PATIENT_ID, PATIENT_NAME, STUDY_UID
 from routing.dicom.status import is_success
+from routing.dicom.tags import PATIENT_ID, PATIENT_NAME, STUDY_UID
 
 logger = logging.getLogger("synthiq.audit")
 

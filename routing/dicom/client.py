@@ -23,8 +23,6 @@ from pynetdicom.presentation import PresentationContext
 from routing.dicom import sop_classes
 from routing.dicom.netopts import ClientTls, client_tls, tune_pynetdicom
 
-STORAGE_COMMITMENT_INSTANCE = "1.2.840.10008.1.20.1.1"  # the well-known SOP instance
-
 
 @dataclass(frozen=True)
 class Peer:
@@ -102,7 +100,7 @@ def event_report(peer: Peer, *, calling_ae: str, event_type: int, information: D
     with association(peer, calling_ae=calling_ae, contexts=[sop_classes.STORAGE_COMMITMENT_PUSH], timeout=timeout,
                      roles=((sop_classes.STORAGE_COMMITMENT_PUSH, False, True),)) as assoc:
         response, _ = assoc.send_n_event_report(information, event_type, sop_classes.STORAGE_COMMITMENT_PUSH,
-                                             STORAGE_COMMITMENT_INSTANCE)
+                                             sop_classes.STORAGE_COMMITMENT_INSTANCE)
         if "Status" not in response:
             raise OSError(f"{peer.id} did not answer the N-EVENT-REPORT")
         return int(response.Status)

@@ -24,12 +24,9 @@ from typing import BinaryIO
 from pydicom.filereader import read_dataset
 from pydicom.uid import UID
 
-STUDY_UID = 0x0020000D
-MODALITY = 0x00080060
-PATIENT_ID = 0x00100020
-PATIENT_NAME = 0x00100010  # for the audit trail's Patient participant (before Patient ID: costs nothing)
-# Query/Retrieve Level, for identifiers of C-FIND / C-MOVE / C-GET.
-QUERY_RETRIEVE_LEVEL = 0x00080052
+from routing.dicom.tags import MODALITY, PATIENT_ID, PATIENT_NAME, STUDY_UID
+
+# Patient's Name is for the audit trail's Patient participant (before Patient ID: it costs nothing).
 HEADER_TAGS = (MODALITY, PATIENT_NAME, PATIENT_ID, STUDY_UID)
 
 # Inflating more than this to find the UID is refused (a "zip bomb" header).

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from routing.dicom import tags
+
 VERIFICATION = "1.2.840.10008.1.1"
 STORAGE_COMMITMENT_PUSH = "1.2.840.10008.1.20.1"
+STORAGE_COMMITMENT_INSTANCE = "1.2.840.10008.1.20.1.1"  # its well-known SOP instance
 PATIENT_ROOT_FIND = "1.2.840.10008.5.1.4.1.2.1.1"
 PATIENT_ROOT_MOVE = "1.2.840.10008.5.1.4.1.2.1.2"
 PATIENT_ROOT_GET = "1.2.840.10008.5.1.4.1.2.1.3"
@@ -21,9 +24,5 @@ SERVICE_CLASSES: dict[str, tuple[str, ...]] = {
 PASSED = tuple(uid for uids in SERVICE_CLASSES.values() for uid in uids)
 
 # Query/Retrieve levels and the attribute that identifies one match at each.
-LEVEL_KEYS = {
-    "PATIENT": 0x00100020,  # Patient ID
-    "STUDY": 0x0020000D,  # Study Instance UID
-    "SERIES": 0x0020000E,  # Series Instance UID
-    "IMAGE": 0x00080018,  # SOP Instance UID
-}
+LEVEL_KEYS = {"PATIENT": tags.PATIENT_ID, "STUDY": tags.STUDY_UID, "SERIES": tags.SERIES_UID,
+              "IMAGE": tags.SOP_INSTANCE_UID}

@@ -22,6 +22,7 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from routing.dicom.part10 import SOP_CLASS, SOP_INSTANCE, Identity, Part10Error, Part10Scanner
+from routing.dicom.tags import PATIENT_NAME
 from routing.dicom.uids import shown, uid_problem
 from routing.dicomweb.context import Context, client_user, source_ip
 from routing.dicomweb.native_xml import wants_xml
@@ -39,7 +40,6 @@ logger = logging.getLogger("synthiq.routing")
 SERVICE = "STOW-RS"
 CHUNK = 64 * 1024
 MAX_BOUNDARY = 70  # RFC 2046 5.1.1
-PATIENT_NAME = 0x00100010
 # The Part 10 preamble and meta held besides the data set's header bytes.
 META_HOLD = 64 * 1024
 

@@ -199,7 +199,7 @@ def send_share(backend: BackendAddress, *, requester_ae: str, transaction_uid: s
     with client.association(backend, calling_ae=requester_ae, contexts=[model], timeout=timeout,
                          roles=((model, True, True),),
                          handlers=[(evt.EVT_N_EVENT_REPORT, report), (evt.EVT_DIMSE_SENT, sent)]) as assoc:
-        response, _ = assoc.send_n_action(action, 1, model, client.STORAGE_COMMITMENT_INSTANCE)
+        response, _ = assoc.send_n_action(action, 1, model, sop_classes.STORAGE_COMMITMENT_INSTANCE)
         if "Status" not in response:
             raise OSError(f"{backend.id} did not answer the N-ACTION")
         code = int(response.Status)
@@ -391,7 +391,7 @@ class Commitments:
         message_id = self._next_own_id = (self._next_own_id + 1) & 0xFFFF or 1
         self.ops.own.add(message_id)
         request = commands.event_report(message_id=message_id, sop_class_uid=sop_classes.STORAGE_COMMITMENT_PUSH,
-                                        sop_instance_uid=client.STORAGE_COMMITMENT_INSTANCE, event_type=event_type)
+                                        sop_instance_uid=sop_classes.STORAGE_COMMITMENT_INSTANCE, event_type=event_type)
         await ctx.peer.answer(context_id, request, [_encode(info, ts)])
 
     # -- N-EVENT-REPORT arriving at SynthIQ ----------------------------------------------------

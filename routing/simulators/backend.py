@@ -74,7 +74,7 @@ T = TypeVar("T")
 
 logger = logging.getLogger("synthiq.backend")
 
-COMMITMENT_INSTANCE = "1.2.840.10008.1.20.1.1"  # the Storage Commitment Push Model SOP instance
+COMMITMENT_INSTANCE = sop_classes.STORAGE_COMMITMENT_INSTANCE
 PUSH = sop_classes.STORAGE_COMMITMENT_PUSH
 REQUEST_STORAGE_COMMITMENT = 1  # N-ACTION Action Type ID
 COMMITTED_ALL, COMMITTED_WITH_FAILURES = 1, 2  # N-EVENT-REPORT Event Type IDs

@@ -31,6 +31,17 @@ from pydicom.tag import Tag
 
 from routing.dicom import sop_classes, status, uids
 from routing.dicom.scan import HeaderError, HeaderScanner
+from routing.dicom.tags import (
+    PATIENT_ID,
+    QUERY_RETRIEVE_LEVEL,
+    RETRIEVE_AE_TITLE,
+    SERIES_UID,
+    SOP_CLASS_UID,
+    SOP_INSTANCE_UID,
+    SPECIFIC_CHARACTER_SET,
+    STUDY_DATE,
+    STUDY_UID,
+)
 
 LEVELS = ("PATIENT", "STUDY", "SERIES", "IMAGE")
 PATIENT, STUDY, SERIES, IMAGE = range(4)
@@ -41,13 +52,6 @@ ROOT_LEVELS = {  # the levels each information model has
                     (PATIENT, STUDY, SERIES, IMAGE)),
 }
 
-QUERY_RETRIEVE_LEVEL = 0x00080052
-SPECIFIC_CHARACTER_SET = 0x00080005
-RETRIEVE_AE_TITLE = 0x00080054
-SOP_CLASS_UID, SOP_INSTANCE_UID = 0x00080016, 0x00080018
-STUDY_UID, SERIES_UID = 0x0020000D, 0x0020000E
-PATIENT_ID = 0x00100020
-STUDY_DATE = 0x00080020
 UNIQUE_KEYS = (PATIENT_ID, STUDY_UID, SERIES_UID, SOP_INSTANCE_UID)  # per level
 
 # The attributes read from each stored instance: tag -> level.

@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
-from routing.dicom import commands, scan, sop_classes, status
+from routing.dicom import commands, sop_classes, status, tags
 from routing.dicom.pdu import ProtocolError
 from routing.relay.connection import first_ready
 from routing.relay.context import Context
@@ -66,7 +66,7 @@ async def _find_all(ctx: Context, request: Request, backend_ids: list[str], unas
     """A C-FIND on every backend at once, matches merged (each sent once). Ends in
     0xA700 naming every backend that may hold matches and was not heard from (``unasked``
     are unhealthy), after the matches that did come: a partial answer is not a Success."""
-    fan = _FanOut(sop_classes.LEVEL_KEYS.get(request.level, scan.STUDY_UID),
+    fan = _FanOut(sop_classes.LEVEL_KEYS.get(request.level, tags.STUDY_UID),
                   [f"backend {b} unhealthy, not asked" for b in unasked])
     for backend_id in backend_ids:
         try:

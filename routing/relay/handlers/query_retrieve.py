@@ -14,17 +14,17 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from routing.dicom import commands, scan, status, uids
+from routing.dicom import commands, scan, status, tags, uids
 from routing.relay.context import Context
 from routing.relay.failures import FailureCodes, OperationFailed
 
 logger = logging.getLogger("synthiq.routing")
 
 # The keys an identifier is read for (all before (0020,000E), where the scan stops).
-IDENTIFIER_TAGS = (0x00080018, scan.QUERY_RETRIEVE_LEVEL, 0x00100020, scan.STUDY_UID, 0x0020000E)
+IDENTIFIER_TAGS = (tags.SOP_INSTANCE_UID, tags.QUERY_RETRIEVE_LEVEL, tags.PATIENT_ID, tags.STUDY_UID, tags.SERIES_UID)
 # The UID keys of an identifier that routing reads, checked before anything is asked.
-UID_KEYS = ((scan.STUDY_UID, "Study Instance UID", "study-uid"), (0x0020000E, "Series Instance UID", "series-uid"),
-            (0x00080018, "SOP Instance UID", "sop-instance-uid"))
+UID_KEYS = ((tags.STUDY_UID, "Study Instance UID", "study-uid"), (tags.SERIES_UID, "Series Instance UID", "series-uid"),
+            (tags.SOP_INSTANCE_UID, "SOP Instance UID", "sop-instance-uid"))
 
 
 @dataclass(frozen=True)
@@ -48,7 +48,7 @@ Exchange = Callable[[Context, Request, list[str], list[str], str], Awaitable[int
 
 def identifier_keys(data: bytes, transfer_syntax: str) -> dict[int, str]:
     """The routing keys of a query identifier (empty strings where absent)."""
-    scanner = scan.HeaderScanner(transfer_syntax, wanted=IDENTIFIER_TAGS, stop=0x0020000E, require=None)
+    scanner = scan.HeaderScanner(transfer_syntax, wanted=IDENTIFIER_TAGS, stop=tags.SERIES_UID, require=None)
     header = scanner.feed(data, last=True)
     assert header is not None
     return dict(header.values)
@@ -85,8 +85,8 @@ async def read(ctx: Context, context_id: int, command: commands.Command, codes: 
                                                        comment=comment[:commands.ERROR_COMMENT_MAX]))
         ctx.relay.telemetry.operation(service=command.name, status=status.IDENTIFIER_DOES_NOT_MATCH)
         return None
-    return Request(context_id, command, data, keys, keys.get(scan.QUERY_RETRIEVE_LEVEL, "").upper(),
-                   single_uid(keys.get(scan.STUDY_UID, "")), codes)
+    return Request(context_id, command, data, keys, keys.get(tags.QUERY_RETRIEVE_LEVEL, "").upper(),
+                   single_uid(keys.get(tags.STUDY_UID, "")), codes)
 
 
 async def serve(ctx: Context, request: Request, unbound: Callable[[Context, Request], Awaitable[Targets]],

@@ -13,7 +13,7 @@ cannot be found; 0xA702 (unable to perform sub-operations) when the backend goes
 
 from __future__ import annotations
 
-from routing.dicom import commands, scan, status
+from routing.dicom import commands, status, tags
 from routing.relay.context import Context
 from routing.relay.failures import FailureCodes, OperationFailed
 from routing.relay.handlers import query_retrieve
@@ -34,7 +34,7 @@ async def _ask(ctx: Context, request: Request, targets: list[str], unasked: list
 
 async def _located(ctx: Context, request: Request) -> Targets:
     """The backend a study-level (or patient-level) C-FIND finds the request's study on."""
-    study = request.keys.get(scan.STUDY_UID, "")
+    study = request.keys.get(tags.STUDY_UID, "")
     patient = request.keys.get(0x00100020, "")
     found, silent = await ctx.relay.locate(ctx.pool_id, calling_ae=ctx.calling_ae, study_uid=study,
                                            patient_id=patient)
