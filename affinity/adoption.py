@@ -103,8 +103,11 @@ def remaining(since: dt.date, until: dt.date, done: list[tuple[dt.date, dt.date]
 class Adopter:
     def __init__(self, *, pool_id: str, settings: ReconciliationConfig, dry_run: bool,
                  say: Callable[[str], None] = print, timeout: float = QUERY_TIMEOUT_SECONDS,
-                 progress: bool = True):
+                 progress: bool = True, find_limit: int = 0):
         self.pool_id = pool_id
+        # A PACS that caps a search by ending it with Success after N matches (not 0xFE00):
+        # an answer of N studies from one backend counts as capped (0: no such cap known).
+        self.find_limit = find_limit
         self.settings = settings
         self.dry_run = dry_run
         self.say = say
@@ -241,9 +244,12 @@ class Adopter:
         def one(peer: scu.Peer) -> scu.StudyAnswer | str:
             self.rate.wait(peer.id)
             try:
-                return scu.find_studies(peer, calling_ae=self.calling_ae, timeout=self.timeout, dates=dates)
+                answer = scu.find_studies(peer, calling_ae=self.calling_ae, timeout=self.timeout, dates=dates)
             except (scu.Unreachable, OSError, RuntimeError, ValueError) as exc:
                 return str(exc) or type(exc).__name__
+            if self.find_limit and len(answer.studies) + answer.rejected >= self.find_limit:
+                answer.capped = True  # exactly the known cap: more may be there
+            return answer
         peers = sorted(self.peers.values(), key=lambda p: p.id)
         results = dict(zip([p.id for p in peers], self.executor.map(one, peers), strict=True))
         silent = {backend_id: r for backend_id, r in results.items() if isinstance(r, str)}

@@ -135,3 +135,24 @@ def test_a_capped_answer_halves_the_date_window_until_no_cap_is_hit(ledger, tmp_
     assert all(w.studies <= 2 and not w.capped for w in windows)
     assert [w.first for w in windows][0] == dt.date(2023, 1, 1) and windows.last().last == dt.date(2023, 12, 31)
     assert "the undated query was capped" in report  # five studies, a cap of two: said, not hidden
+
+
+def test_an_answer_of_exactly_the_known_cap_is_taken_for_a_capped_one(ledger):
+    """A PACS that caps a search by ending it with Success after N matches, not 0xFE00: given
+    ``--find-limit N``, adopt treats an answer of N studies as capped and walks the StudyDate
+    windows (o1 and o2 hold two studies each here); without it, the query without a date is
+    enough."""
+    ledger, studies = ledger
+    for find_limit in (None, "2"):
+        Binding.objects.all().delete()
+        Adoption.objects.all().delete()
+        report = adopt("--since", "20240101", "--until", "20241231",
+                       *(("--find-limit", find_limit) if find_limit else ()))
+        assert set(Binding.objects.filter(pool_id="main").values_list("study_uid", flat=True)) == set(
+            studies.values()), report
+        dated = AdoptionWindow.objects.filter(adoption__pool_id="main", undated=False)
+        if find_limit is None:  # the whole range done from the one answer
+            assert dated.count() == 1 and "capped" not in report, list(dated.values())
+        else:  # halved until no backend answers two
+            assert dated.count() > 1 and all(w.studies < 2 and not w.capped for w in dated), list(dated.values())
+            assert "the undated query was capped" in report, report

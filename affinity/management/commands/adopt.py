@@ -33,9 +33,15 @@ class Command(BaseCommand):
         parser.add_argument("--until", metavar="YYYYMMDD", help="last StudyDate to ask for (default: today, UTC)")
         parser.add_argument("--csv", metavar="FILE", help="adopt from StudyInstanceUID,backend rows instead")
         parser.add_argument("--dry-run", action="store_true", help="ask, and report what would be bound")
+        parser.add_argument("--find-limit", type=int, default=0, metavar="N",
+                            help="a backend's known C-FIND result cap, for a PACS that ends a capped search with "
+                                 "Success instead of 0xFE00: an answer of N studies is taken as capped and its "
+                                 "window halved (default 0: no such cap)")
 
-    def handle(self, *args, pool, since, until, csv, dry_run, **options):
+    def handle(self, *args, pool, since, until, csv, dry_run, find_limit, **options):
         since_day, until_day = (_date(v) if v else None for v in (since, until))
+        if find_limit < 0:
+            raise CommandError(f"--find-limit {find_limit}: expected 0 (no known cap) or more")
         if since_day and since_day > (until_day or dt.datetime.now(dt.UTC).date()):
             raise CommandError(f"--since is after {'--until' if until_day else 'today'}")
         if csv and (since or until):
@@ -43,7 +49,7 @@ class Command(BaseCommand):
         try:
             settings = reconciliation_settings()
             adopter = Adopter(pool_id=pool, settings=settings, dry_run=dry_run, say=self.stdout.write,
-                              progress=self.stderr.isatty())
+                              progress=self.stderr.isatty(), find_limit=find_limit)
         except (ConfigError, LookupError) as exc:
             raise CommandError(str(exc)) from None
         if csv:
