@@ -487,90 +487,112 @@ def handle_echo(event: evt.Event) -> int:
     return SUCCESS  # C-ECHO: Success
 
 
-def http_handler(backend: SimulatedBackend) -> type[BaseHTTPRequestHandler]:
+class _Handler(BaseHTTPRequestHandler):
     """The HTTP side: /api/health, what the node holds and saw, and the knobs."""
 
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, *args):  # quiet: tests poll this
-            pass
+    backend: SimulatedBackend  # set per node by http_handler
 
-        def _json(self, code: int, body: Any) -> None:
-            data = json.dumps(body).encode()
-            self.send_response(code)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+    def log_message(self, *args):  # quiet: tests poll this
+        pass
 
-        def do_GET(self):
-            if self.path == "/api/health":
-                mode = backend.knobs.get("health", "ok")
-                if mode == "hang":
-                    time.sleep(backend.knobs.get("hang_seconds", 30))
-                if mode == "down":
-                    return self._json(503, {"status": "down"})
-                if mode == "garbage":
-                    return self._json(200, {"status": "ok", "queue": "lots"})
-                return self._json(200, backend.health())
-            if self.path == "/api/requests":
-                with backend.lock:
-                    return self._json(200, list(backend.requests))
-            if self.path == "/api/associations":
-                with backend.lock:
-                    return self._json(200, dict(backend.associations))
-            if self.path == "/api/holdings":
-                with backend.lock:
-                    return self._json(200, json.loads(json.dumps(backend.holdings)))
-            if self.path == "/api/commitments":
-                with backend.lock:
-                    return self._json(200, list(backend.reports))
-            return self._json(404, {"error": "not found"})
+    def _json(self, code: int, body: Any) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
 
-        def do_POST(self):
-            if self.path == "/api/instances":
-                length = int(self.headers.get("Content-Length", 0))
-                try:
-                    added = backend.seed(json.loads(self.rfile.read(length) or b"[]"))
-                except ValueError as exc:
-                    return self._json(400, {"error": str(exc)})
-                return self._json(200, {"added": added})
-            if self.path != "/api/control":
-                return self._json(404, {"error": "not found"})
+    def do_GET(self):
+        if self.path == "/api/health":
+            mode = self.backend.knobs.get("health", "ok")
+            if mode == "hang":
+                time.sleep(self.backend.knobs.get("hang_seconds", 30))
+            if mode == "down":
+                return self._json(503, {"status": "down"})
+            if mode == "garbage":
+                return self._json(200, {"status": "ok", "queue": "lots"})
+            return self._json(200, self.backend.health())
+        if self.path == "/api/requests":
+            with self.backend.lock:
+                return self._json(200, list(self.backend.requests))
+        if self.path == "/api/associations":
+            with self.backend.lock:
+                return self._json(200, dict(self.backend.associations))
+        if self.path == "/api/holdings":
+            with self.backend.lock:
+                return self._json(200, json.loads(json.dumps(self.backend.holdings)))
+        if self.path == "/api/commitments":
+            with self.backend.lock:
+                return self._json(200, list(self.backend.reports))
+        return self._json(404, {"error": "not found"})
+
+    def do_POST(self):
+        if self.path == "/api/instances":
             length = int(self.headers.get("Content-Length", 0))
             try:
-                update = json.loads(self.rfile.read(length) or b"{}")
-                if isinstance(update.get("status"), str):
-                    update["status"] = int(update["status"], 16)
-            except (ValueError, AttributeError) as exc:
+                added = self.backend.seed(json.loads(self.rfile.read(length) or b"[]"))
+            except ValueError as exc:
                 return self._json(400, {"error": str(exc)})
-            backend.knobs.update(update)
-            if "reject" in update and backend.ae is not None:
-                # Refuse every association (A-ASSOCIATE-RJ, calling AE not recognised) while set.
-                backend.ae.require_calling_aet = ["NOBODY-AT-ALL"] if update["reject"] else []
-            return self._json(200, backend.knobs)
-
-        def do_DELETE(self):
-            if self.path == "/api/holdings":  # forget everything (the files stay where they are)
-                backend.index.clear()
-                with backend.lock:
-                    backend.holdings.clear()
-                return self._json(200, {})
-            if self.path.startswith("/api/instances/"):  # lose one instance, as a node that loses data
-                sop = self.path.removeprefix("/api/instances/")
-                instance = backend.index.remove(sop)
-                if instance is None:
-                    return self._json(404, {"error": "not held"})
-                with backend.lock:
-                    study = backend.holdings.get(instance.shared[STUDY_UID], {})
-                    study.pop(sop, None)
-                    if not study:
-                        backend.holdings.pop(instance.shared[STUDY_UID], None)
-                if instance.path is not None:
-                    instance.path.unlink(missing_ok=True)
-                return self._json(200, {})
+            return self._json(200, {"added": added})
+        if self.path != "/api/control":
             return self._json(404, {"error": "not found"})
+        length = int(self.headers.get("Content-Length", 0))
+        try:
+            update = json.loads(self.rfile.read(length) or b"{}")
+            if isinstance(update.get("status"), str):
+                update["status"] = int(update["status"], 16)
+        except (ValueError, AttributeError) as exc:
+            return self._json(400, {"error": str(exc)})
+        self.backend.knobs.update(update)
+        if "reject" in update and self.backend.ae is not None:
+            # Refuse every association (A-ASSOCIATE-RJ, calling AE not recognised) while set.
+            self.backend.ae.require_calling_aet = ["NOBODY-AT-ALL"] if update["reject"] else []
+        return self._json(200, self.backend.knobs)
 
-    return Handler
+    def do_DELETE(self):
+        if self.path == "/api/holdings":  # forget everything (the files stay where they are)
+            self.backend.index.clear()
+            with self.backend.lock:
+                self.backend.holdings.clear()
+            return self._json(200, {})
+        if self.path.startswith("/api/instances/"):  # lose one instance, as a node that loses data
+            sop = self.path.removeprefix("/api/instances/")
+            instance = self.backend.index.remove(sop)
+            if instance is None:
+                return self._json(404, {"error": "not held"})
+            with self.backend.lock:
+                study = self.backend.holdings.get(instance.shared[STUDY_UID], {})
+                study.pop(sop, None)
+                if not study:
+                    self.backend.holdings.pop(instance.shared[STUDY_UID], None)
+            if instance.path is not None:
+                instance.path.unlink(missing_ok=True)
+            return self._json(200, {})
+        return self._json(404, {"error": "not found"})
+
+
+def http_handler(backend: SimulatedBackend) -> type[BaseHTTPRequestHandler]:
+    """The HTTP request handler class for ``backend``'s node."""
+    return type("Handler", (_Handler,), {"backend": backend})
+
+
+def _node_ae(ae_title: str, *, max_pdu: int, offered: tuple[str, ...]) -> AE:
+    """The node's pynetdicom AE: what it accepts, its limits and timers."""
+    ae = AE(ae_title=ae_title)
+    ae.maximum_associations = 64
+    ae.maximum_pdu_size = max_pdu  # 0: "no limit", as some PACS announce
+    ae.dimse_timeout = ae.network_timeout = 600
+    ae.acse_timeout = ae.connection_timeout = 30  # its own associations: move destinations, requesters
+    ae.add_supported_context(Verification)
+    for name in offered:
+        for abstract in sop_classes.SERVICE_CLASSES[name]:
+            if abstract == sop_classes.STORAGE_COMMITMENT_PUSH:
+                # Either role: a requester that offers the SCP role may get its report on this association.
+                ae.add_supported_context(abstract, scu_role=True, scp_role=True)
+            else:
+                ae.add_supported_context(abstract)
+    return ae
 
 
 def serve(
@@ -598,20 +620,7 @@ def serve(
     backend = SimulatedBackend(store_dir=store_dir, knobs=knobs, ae_title=ae_title,
                                move_destinations=move_destinations, commitment_requesters=commitment_requesters)
     reloaded = backend.reload()
-    ae = AE(ae_title=ae_title)
-    backend.ae = ae
-    ae.maximum_associations = 64
-    ae.maximum_pdu_size = max_pdu  # 0: "no limit", as some PACS announce
-    ae.dimse_timeout = ae.network_timeout = 600
-    ae.acse_timeout = ae.connection_timeout = 30  # its own associations: move destinations, requesters
-    ae.add_supported_context(Verification)
-    for name in offered:
-        for abstract in sop_classes.SERVICE_CLASSES[name]:
-            if abstract == sop_classes.STORAGE_COMMITMENT_PUSH:
-                # Either role: a requester that offers the SCP role may get its report on this association.
-                ae.add_supported_context(abstract, scu_role=True, scp_role=True)
-            else:
-                ae.add_supported_context(abstract)
+    ae = backend.ae = _node_ae(ae_title, max_pdu=max_pdu, offered=offered)
     handlers = [
         (evt.EVT_CONN_OPEN, tune_pynetdicom),
         (evt.EVT_C_ECHO, handle_echo),
