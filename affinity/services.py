@@ -51,7 +51,7 @@ def bindings_claim_many(*, claims: dict[tuple[str, str], str], now: dt.datetime,
         Binding.objects.bulk_create(
             [Binding(pool_id=pool_id, study_uid=study_uid, backend_id=backend_id, first_seen_utc=now,
                      last_seen_utc=now, instance_count=0, adopted=adopted)
-             for (pool_id, study_uid), backend_id in claims.items()],
+             for (pool_id, study_uid), backend_id in sorted(claims.items())],  # key order: see _insert_absent
             ignore_conflicts=True,
         )
         inserted = set()
@@ -85,7 +85,10 @@ def _insert_absent(*, claims: dict[tuple[str, str], str], now: dt.datetime,
     pool, study, backend, first, last, count, learnt = (meta.get_field(name).column for name in (
         "pool", "study_uid", "backend", "first_seen_utc", "last_seen_utc", "instance_count", "adopted"))
     stamp = meta.get_field("first_seen_utc").get_db_prep_value(now, connection)
-    items = list(claims.items())
+    # In key order: two processes claiming overlapping studies then take the unique index's
+    # locks in one order, so one waits for the other instead of PostgreSQL breaking a deadlock
+    # (the claimer it breaks off would take the database for down and place by hash).
+    items = sorted(claims.items())
     inserted: set[tuple[str, str]] = set()
     with connection.cursor() as cursor:
         for start in range(0, len(items), _CLAIM_ROWS_PER_STATEMENT):
@@ -118,7 +121,7 @@ def binding_rebind(*, pool_id: str, study_uid: str, old_backend_id: str, new_bac
 def bindings_touch(*, touches: dict[tuple[str, str], tuple[int, dt.datetime]]) -> None:
     """Write-behind of instance counts and last-seen times, one transaction per batch."""
     with transaction.atomic():
-        for (pool_id, study_uid), (count, last_seen) in touches.items():
+        for (pool_id, study_uid), (count, last_seen) in sorted(touches.items()):  # one lock order for all writers
             Binding.objects.filter(pool_id=pool_id, study_uid=study_uid).update(
                 instance_count=F("instance_count") + count,
                 last_seen_utc=Greatest(F("last_seen_utc"), last_seen),
@@ -135,7 +138,7 @@ def instances_record(*, locations: dict[tuple[str, str], tuple[str, str, dt.date
     InstanceLocation.objects.bulk_create(
         [InstanceLocation(pool_id=pool_id, sop_instance_uid=sop_uid, backend_id=backend_id, study_uid=study_uid,
                           seen_utc=seen)
-         for (pool_id, sop_uid), (backend_id, study_uid, seen) in locations.items()],
+         for (pool_id, sop_uid), (backend_id, study_uid, seen) in sorted(locations.items())],  # one lock order
         ignore_conflicts=True, batch_size=500,
     )
 
