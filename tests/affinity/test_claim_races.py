@@ -26,7 +26,8 @@ def test_claims_of_the_same_new_studies_in_opposite_orders_agree_and_never_deadl
         held: dict[str, dict[tuple[str, str], str]] = {}
         barrier = threading.Barrier(2)
 
-        def claim(name: str, order: list[tuple[str, str]], backend_id: str) -> None:
+        def claim(name: str, order: list[tuple[str, str]], backend_id: str, barrier: threading.Barrier,
+                  held: dict[str, dict[tuple[str, str], str]]) -> None:
             try:
                 barrier.wait(timeout=10)
                 held[name] = services.bindings_claim_many(claims=dict.fromkeys(order, backend_id),
@@ -36,8 +37,8 @@ def test_claims_of_the_same_new_studies_in_opposite_orders_agree_and_never_deadl
             finally:
                 connection.close()
 
-        threads = [threading.Thread(target=claim, args=("a", keys, "node-a")),
-                   threading.Thread(target=claim, args=("b", keys[::-1], "node-b"))]
+        threads = [threading.Thread(target=claim, args=("a", keys, "node-a", barrier, held)),
+                   threading.Thread(target=claim, args=("b", keys[::-1], "node-b", barrier, held))]
         for t in threads:
             t.start()
         for t in threads:
