@@ -14,7 +14,7 @@ import pytest
 
 from tests.harness import ROOT
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.campaign]
 
 
 def test_the_fault_campaign_in_small_finds_no_false_success_split_or_moved_study(tmp_path):

@@ -54,7 +54,9 @@ def test_the_backend_status_and_error_comment_reach_the_sender_verbatim(one_back
 
 def test_bound_backend_down_fails_the_instance_and_the_study_is_not_moved(cluster, tmp_path):
     backends = [cluster.backend(f"node-{c}") for c in "abc"]
-    proxy = cluster.proxy(cluster.config(backends, HeartbeatTimeoutSeconds=600))
+    # No hold: the bound backend stays down, and tests/routing/test_hold.py covers the wait.
+    proxy = cluster.proxy(cluster.config(backends, HeartbeatTimeoutSeconds=600,
+                                         Network={"BoundBackendHoldSeconds": 0}))
     set_health(backends)
     wait_refreshed()
     suid, files = write_study(tmp_path / "s", count=4)

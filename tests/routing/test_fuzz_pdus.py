@@ -18,6 +18,7 @@ import struct
 import threading
 from pathlib import Path
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pynetdicom.pdu import A_ASSOCIATE_RQ
@@ -29,6 +30,8 @@ from routing.simulators.synthetic import write_study
 from tests.harness import send_files
 
 EXAMPLES = int(os.environ.get("SYNTHIQ_FUZZ_EXAMPLES", "200"))
+
+pytestmark = pytest.mark.campaign
 CT = "1.2.840.10008.5.1.4.1.1.2"
 
 
