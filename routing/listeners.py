@@ -44,10 +44,10 @@ def server_tls(tls: TlsConfig) -> ssl.SSLContext:
                               require_client_certificate=tls.require_client_certificate)
 
 
-def pool_listener(pool: PoolConfig, services: tuple[str, ...]) -> PoolListener:
-    """The relay's view of a pool's DICOM listener, passing these SOP classes besides storage."""
+def pool_listener(pool: PoolConfig) -> PoolListener:
+    """The relay's view of a pool's DICOM listener (what it passes is the pool's PoolOffer)."""
     return PoolListener(pool.id, pool.ae_title, pool.host, pool.port, pool.allowed_calling_ae_titles,
-                        server_tls(pool.tls) if pool.tls else None, services=services,
+                        server_tls(pool.tls) if pool.tls else None,
                         allowed_sources=pool.allowed_sources,
                         accepted_called_ae_titles=pool.accepted_called_ae_titles,
                         backend_ae_titles=tuple((b.ae_title, b.id) for b in pool.backends if b.enabled),

@@ -5,27 +5,17 @@ asks one backend). Blocking: the supervisor's start-up and a worker's housekeepi
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from collections.abc import Mapping
 from typing import Any
 
 from pools.config import Config, PoolConfig
-from routing.dicom.negotiation import Rank
 from routing.dicom.sop_classes import SERVICE_CLASSES, VERIFICATION
+from routing.relay.server import PoolOffer
 from routing.router import Router
 from routing.syntax_probe import Abilities, PoolAbilities, pool_abilities, probe_backend
 from routing.telemetry import services_view
 
 logger = logging.getLogger("synthiq.routing")
-
-
-@dataclass(frozen=True)
-class PoolOffer:
-    """What the relay passes for a pool: its transfer syntax ranks and its SOP classes besides storage."""
-
-    pool_id: str
-    ranks: dict[str, Rank]
-    services: tuple[str, ...]
-    backend_max_pdu: int = 0  # the smallest PDU limit its backends announced (0: none known)
 
 
 class Prober:
@@ -73,12 +63,12 @@ class Prober:
             changed.append(self.probe_pool(pool, router, only_new=True))
         return changed
 
-    def published(self, config: Config, passed: dict[str, tuple[str, ...]]) -> dict[str, dict[str, Any]]:
+    def published(self, config: Config, offers: Mapping[str, PoolOffer]) -> dict[str, dict[str, Any]]:
         """Per pool, which non-storage services are passed and why not (for the dashboard)."""
         out = {}
         for pool in config.pools:
             found = {b.id: self.backend_abilities.get(b.id) for b in pool.backends if b.enabled}
             out[pool.id] = services_view(
-                switches=pool.services.model_dump(), passed=set(passed.get(pool.id, ())),
+                switches=pool.services.model_dump(), passed=set(offers[pool.id].services if pool.id in offers else ()),
                 backends={b: (a.services if a is not None else None) for b, a in found.items()})
         return out

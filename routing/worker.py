@@ -44,9 +44,9 @@ from routing.listeners import (
     web_address,
     web_pool,
 )
-from routing.probing import PoolOffer, Prober
+from routing.probing import Prober
 from routing.relay.quota import AddressCounts
-from routing.relay.server import NetworkSettings, Relay
+from routing.relay.server import NetworkSettings, PoolOffer, Relay
 from routing.router import Router
 from routing.services import routing_activity_purge
 from routing.telemetry import Telemetry
@@ -119,12 +119,9 @@ class Worker:
         # A pool added by a reload has no socket in a worker started since (see _socket_for).
         pools = [p for p in setup.config.pools if p.id in setup.sockets]
         offers = {p.id: setup.prober.offer(p) for p in pools}
-        self.relay = Relay(pools=[pool_listener(p, offers[p.id].services) for p in pools], network=self.network,
-                           placement=self.router, telemetry=self.telemetry,
-                           log_patient_id=settings.SYNTHIQ_LOG_PATIENT_ID, per_address=setup.per_address,
-                           syntax_ranks={pool_id: offer.ranks for pool_id, offer in offers.items()},
-                           backend_max_pdu={pool_id: offer.backend_max_pdu for pool_id, offer in offers.items()},
-                           commitments=DatabaseCommitmentStore())
+        self.relay = Relay(pools=[pool_listener(p) for p in pools], network=self.network, placement=self.router,
+                           telemetry=self.telemetry, offers=offers, log_patient_id=settings.SYNTHIQ_LOG_PATIENT_ID,
+                           per_address=setup.per_address, commitments=DatabaseCommitmentStore())
         self.dicomweb = DicomWebServer(pools=[web_pool(p) for p in setup.config.pools if p.id in setup.web_sockets],
                                        relay=self.relay, network=self.network, check=credentials_check)
 
@@ -209,9 +206,7 @@ class Worker:
         """The router's snapshot, the write-behind bindings, and backends that came back
         asked again: the relay negotiates with what they say from now on."""
         for offer in await self._blocking(self._refresh_blocking):
-            self.relay.syntax_ranks[offer.pool_id] = offer.ranks
-            self.relay.backend_max_pdu[offer.pool_id] = offer.backend_max_pdu
-            self.relay.services[offer.pool_id] = offer.services
+            self.relay.offers[offer.pool_id] = offer
 
     def _state(self) -> Snapshot:
         """What this loop holds now, for the published snapshot (read on the loop)."""
@@ -220,7 +215,7 @@ class Worker:
             "pending_bindings": self.bindings.pending_writes(),
             "pending_connections": self.relay.pending_connections,
             "held_associations": sum(self.relay.held.values()), "tasks": self.tasks_now,
-            "services": self.setup.prober.published(self.config, self.relay.services),
+            "services": self.setup.prober.published(self.config, self.relay.offers),
             "audit": self.setup.audit.stats(),
         }
 
@@ -300,14 +295,14 @@ class Worker:
             was = before.pop(pool.id, None)
             if was is not None and (was.host, was.port) == (pool.host, pool.port):
                 if was != pool:
-                    self.relay.update_pool(pool_listener(pool, self.setup.prober.offer(pool).services))
+                    self.relay.update_pool(pool_listener(pool), self.setup.prober.offer(pool))
                 continue
             if was is not None:
                 self.relay.remove_pool(pool.id)
             sock = self._socket_for(pool)
             if sock is not None:
                 offer = await self._blocking(self.setup.prober.probe_pool, pool, self.router)
-                self.relay.add_pool(pool_listener(pool, offer.services), sock, offer.ranks, offer.backend_max_pdu)
+                self.relay.add_pool(pool_listener(pool), sock, offer)
         for gone in before:
             self.relay.remove_pool(gone)
 

@@ -148,9 +148,9 @@ class InboundAssociation:
             self.conn.send_and_close(self.association.reject(negotiation.reject(reason)), linger=ABORT_LINGER_SECONDS)
             return False
         # The AC echoes the called AE title the modality used (PS3.8 9.3.3), ours or an accepted one.
+        offer = self.relay.offers[self.pool_id]
         accepted = negotiation.accept(rq, ae_title=rq.called_ae, max_pdu=self.relay.announced_max_pdu(self.pool_id),
-                                      services=self.relay.services[self.pool_id],
-                                      ranks=self.relay.syntax_ranks.get(self.pool_id))
+                                      services=offer.services, ranks=offer.ranks)
         self.rq, self.contexts = rq, dict(accepted.contexts)
         self.called_ae = rq.called_ae
         self.called_backend = self.listener.backend_called(rq.called_ae)

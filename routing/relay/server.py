@@ -48,6 +48,17 @@ MIN_ANNOUNCED_PDU = 16384
 
 
 @dataclass(frozen=True)
+class PoolOffer:
+    """What the relay passes for a pool, as its backends' answers to the probes have it: the
+    SOP classes besides storage, its transfer syntax ranks, the smallest PDU limit they announced."""
+
+    pool_id: str
+    ranks: Mapping[str, negotiation.Rank] = field(default_factory=dict)
+    services: tuple[str, ...] = (VERIFICATION,)
+    backend_max_pdu: int = 0  # 0: none known (see Relay.announced_max_pdu)
+
+
+@dataclass(frozen=True)
 class PoolListener:
     id: str
     ae_title: str
@@ -55,7 +66,6 @@ class PoolListener:
     port: int
     allowed_calling_ae_titles: tuple[str, ...] = ()
     tls: ssl.SSLContext | None = None
-    services: tuple[str, ...] = (VERIFICATION,)
     allowed_sources: tuple[IPv4Network | IPv6Network, ...] = ()
     accepted_called_ae_titles: tuple[str, ...] = ()
     # (AE title, backend id) of each backend: an archive reporting storage commitment to a
@@ -195,9 +205,7 @@ class _Pending:
 
 class Relay:
     def __init__(self, *, pools: list[PoolListener], network: NetworkSettings, placement: Placement,
-                 telemetry: TelemetrySink,
-                 syntax_ranks: Mapping[str, Mapping[str, negotiation.Rank]] | None = None,
-                 backend_max_pdu: Mapping[str, int] | None = None,
+                 telemetry: TelemetrySink, offers: Mapping[str, PoolOffer] | None = None,
                  log_patient_id: bool = True, per_address: AddressCounts | None = None,
                  commitments: CommitmentStore | None = None, handlers: Mapping[int, Service] = HANDLERS):
         self.pools = pools
@@ -207,11 +215,8 @@ class Relay:
         self.placement = placement
         self.telemetry = telemetry
         self.commitments = commitments  # storage commitment transactions, shared by the processes
-        self.syntax_ranks = dict(syntax_ranks or {})
-        # Per pool, the smallest PDU limit its backends announced (see announced_max_pdu).
-        self.backend_max_pdu = dict(backend_max_pdu or {})
-        # What each pool passes besides storage (runproxy updates it when a backend comes back).
-        self.services = {pool.id: pool.services for pool in pools}
+        # What each pool passes (runproxy's refresh replaces an offer when a backend comes back).
+        self.offers = {pool.id: PoolOffer(pool.id) for pool in pools} | dict(offers or {})
         self._listening: dict[str, socket.socket] = {}
         self.associations: set[InboundAssociation] = set()
         self._established: set[InboundAssociation] = set()
@@ -244,15 +249,12 @@ class Relay:
                     " (TLS)" if pool.tls else "")
 
     # -- a reload (SIGHUP) changes the pools; associations already open keep what they had --
-    def add_pool(self, pool: PoolListener, sock: socket.socket, ranks: Mapping[str, negotiation.Rank],
-                 backend_max_pdu: int = 0) -> None:
+    def add_pool(self, pool: PoolListener, sock: socket.socket, offer: PoolOffer) -> None:
         self.pools = [*self.pools, pool]
-        self.services[pool.id] = pool.services
-        self.syntax_ranks[pool.id] = ranks
-        self.backend_max_pdu[pool.id] = backend_max_pdu
+        self.offers[pool.id] = offer
         self._listen(pool, sock)
 
-    def update_pool(self, pool: PoolListener) -> None:
+    def update_pool(self, pool: PoolListener, offer: PoolOffer) -> None:
         """Same address, new settings (AE title, allow-list, TLS, services): connections
         accepted from now on get them."""
         sock = self._listening[pool.id]
@@ -260,7 +262,7 @@ class Relay:
         loop.remove_reader(sock.fileno())
         loop.add_reader(sock.fileno(), self._accept, pool, sock)
         self.pools = [pool if p.id == pool.id else p for p in self.pools]
-        self.services[pool.id] = pool.services
+        self.offers[pool.id] = offer
 
     def remove_pool(self, pool_id: str) -> None:
         """The listener closes now; the pool's open associations go on until they end."""
@@ -384,7 +386,7 @@ class Relay:
         than its backends take (never below MIN_ANNOUNCED_PDU). A modality's PDU that fits the
         backend is relayed whole, as it came; a larger one is cut and framed again, a copy of
         every byte in user space (DCMTK's storescp takes 128 KiB at most, SynthIQ's default is 256)."""
-        backends = self.backend_max_pdu.get(pool_id, 0)
+        backends = self.offers[pool_id].backend_max_pdu
         if not backends:
             return self.network.max_pdu_bytes
         return min(self.network.max_pdu_bytes, max(backends, MIN_ANNOUNCED_PDU))

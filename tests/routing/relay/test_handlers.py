@@ -26,7 +26,7 @@ from routing.relay.connection import PduConnection
 from routing.relay.context import Context
 from routing.relay.handlers import HANDLERS, Service
 from routing.relay.inbound import InboundAssociation
-from routing.relay.server import NetworkSettings, PoolListener, Relay
+from routing.relay.server import NetworkSettings, PoolListener, PoolOffer, Relay
 from routing.telemetry import Telemetry
 
 # UIDs that are no UIDs, a value longer than its VR allows: the point of some cases; pydicom warns as it writes them.
@@ -183,10 +183,10 @@ def _run(scenario: Scenario, handlers: dict[int, Service] | None = None, *, rele
     telemetry = Telemetry(process_id="test")
 
     async def main() -> None:
-        listener = PoolListener(id="main", ae_title="SYNTHIQ", host="127.0.0.1", port=0,
-                                services=(negotiation.VERIFICATION, MPPS, STUDY_ROOT_FIND, STORAGE_COMMITMENT))
+        listener = PoolListener(id="main", ae_title="SYNTHIQ", host="127.0.0.1", port=0)
+        offer = PoolOffer("main", services=(negotiation.VERIFICATION, MPPS, STUDY_ROOT_FIND, STORAGE_COMMITMENT))
         relay = Relay(pools=[listener], network=NETWORK, placement=NoRouting(),  # type: ignore[arg-type]
-                      telemetry=telemetry, handlers=handlers or HANDLERS)
+                      telemetry=telemetry, offers={"main": offer}, handlers=handlers or HANDLERS)
         conn = PduConnection(name="pool main inbound", max_length=1 << 20)
         transport = MemoryTransport()
         conn.connection_made(transport)
