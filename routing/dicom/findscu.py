@@ -54,9 +54,11 @@ def _start(link: Link, model: str, query: Iterable[tuple[int, str, str]]) -> _Se
 
 def _responses(link: Link, search: _Search, wanted: frozenset[int]) -> Iterator[Response]:
     """The C-FIND-RSPs to our request, each within the timeout, the final one last."""
+    command, code = None, 0
     while True:
         message = link.response(search.context_id, search.message_id, commands.C_FIND_RSP)
-        code = status_of(message)
+        if message.command is not command:  # every Pending one is the same command set, read once
+            command, code = message.command, status_of(message)
         values = {}
         if code in PENDING and message.data is not None:
             values = identifiers.decode(message.data, wanted, implicit=search.implicit)

@@ -26,6 +26,7 @@ from collections import deque
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from pydicom.dataset import Dataset
 from pydicom.filebase import DicomBytesIO
@@ -78,8 +79,7 @@ class Unreachable(OSError):
 _FAILURES = (OSError, ProtocolError, commands.CommandError, identifiers.IdentifierError)
 
 
-@dataclass(frozen=True, slots=True)
-class Message:
+class Message(NamedTuple):  # a tuple: made once per response of a search that may have tens of thousands
     """One DIMSE message: its context, its command set, and its data set's bytes if it has one."""
 
     context_id: int
@@ -104,6 +104,8 @@ class Link:
         self._pdvs: deque[Pdv] = deque()
         self._message_id = 0
         self._last: commands.Command | None = None  # the last command set read (Pending ones repeat)
+        self._last_has_data_set = False
+        self._checked: tuple[commands.Command | None, int, int] = (None, 0, 0)  # (command, message ID, field)
 
     def context_id(self, abstract_syntax: str) -> int:
         """The first context accepted for ``abstract_syntax``; Unreachable when there is none."""
@@ -136,17 +138,20 @@ class Link:
         timeout), the whole of it within the timeout from then. None when the peer asked to
         release instead (answered: the association is over)."""
         self.association.arm(within)
-        if not self._fill(release_allowed=True):
+        if not self._pdvs and not self._fill(release_allowed=True):
             return None
-        self.association.arm()
+        if within is not None:
+            self.association.arm()
         first = self._next_pdv()
         if not first.is_command:
             raise ProtocolError(f"a data set fragment on context {first.context_id} where a command was due")
         raw = self._gather(first, MAX_COMMAND)
-        command = self._last if self._last is not None and self._last.raw == raw else commands.decode(raw)
-        self._last = command
+        if self._last is None or self._last.raw != raw:
+            self._last = commands.decode(raw)
+            self._last_has_data_set = self._last.has_data_set
+        command = self._last
         data = None
-        if command.has_data_set:
+        if self._last_has_data_set:
             start = self._next_pdv()
             if start.is_command or start.context_id != first.context_id:
                 raise ProtocolError("a command set where its data set was due")
@@ -159,7 +164,13 @@ class Link:
         message = self.receive()
         if message is None:
             raise ProtocolError("released the association while a response was due")
-        return answering(message, context_id, message_id, field)
+        checked = self._checked
+        # A search's Pending command sets repeat: the same one, read once, is checked once.
+        if (message.command is not checked[0] or message.context_id != context_id
+                or (message_id, field) != checked[1:]):
+            answering(message, context_id, message_id, field)
+            self._checked = (message.command, message_id, field)
+        return message
 
     def abort(self) -> None:
         _abort(self.association)
@@ -179,7 +190,8 @@ class Link:
         return True
 
     def _next_pdv(self) -> Pdv:
-        self._fill()
+        if not self._pdvs:
+            self._fill()
         pdv = self._pdvs.popleft()
         if pdv.context_id not in self.contexts:
             raise ProtocolError(f"a PDV on presentation context {pdv.context_id}, which was not accepted")

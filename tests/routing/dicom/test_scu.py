@@ -370,3 +370,18 @@ def test_silence_is_unreachable_within_the_timeout(scripted):
         scu.echo(link)
     assert isinstance(caught.value.cause, TimeoutError)
     assert _played(outcome) == pdu.A_ABORT
+
+
+def test_a_backend_that_releases_after_its_response_is_answered_and_the_share_stands(scripted):
+    def peer(p: ScriptedPeer) -> int:
+        p.accept()
+        context_id, action, _ = p.message()
+        p.answer(context_id, action, 0x0000)
+        p.sock.sendall(pdu.release_rq())
+        return p.pdu().type
+
+    outcome = scripted(peer)
+    code, reported = commitment.send_share(PEER, requester_ae="MODALITY", transaction_uid="1.2.9",
+                                           share=[("1.2.840.10008.5.1.4.1.1.2", "1.2.3.4")], timeout=2.0)
+    assert (code, reported) == (0x0000, [])
+    assert _played(outcome) == pdu.A_RELEASE_RP_TYPE
