@@ -1,6 +1,6 @@
-"""The study ledger's questions to backends: study- and instance-level C-FIND on SynthIQ's own
+"""The study ledger's questions to backends: study- and instance-level C-FIND on SynthIQ's lean
 C-FIND client (routing.dicom.findscu: a query may have tens of thousands of responses), and an
-IMAGE-level C-MOVE on its DICOM client (routing.dicom.client). Blocking: called from
+IMAGE-level C-MOVE, both on SynthIQ's DICOM client (routing.dicom.scu). Blocking: called from
 management commands and the verifier's own threads, never from an event loop.
 
 Everything a backend answers is untrusted: UIDs are checked with ``uid_problem``, counts
@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 from pydicom.dataset import Dataset
 
-from routing.dicom import client, findscu, sop_classes, status
+from routing.dicom import commands, findscu, scu, sop_classes, status
 from routing.dicom.tags import (
     NUMBER_OF_STUDY_RELATED_INSTANCES,
     QUERY_RETRIEVE_LEVEL,
@@ -37,8 +37,8 @@ MOVE_UIDS_PER_REQUEST = 500
 MAX_COUNT = 10_000_000
 
 
-Unreachable = client.Unreachable  # the backend could not be asked (no association, or it broke off)
-Peer = client.Peer
+Unreachable = scu.Unreachable  # the backend could not be asked (no association, or it broke off)
+Peer = scu.Peer
 
 
 @dataclass
@@ -160,18 +160,12 @@ def move_instances(peer: Peer, *, calling_ae: str, timeout: float, study_uid: st
         identifier.StudyInstanceUID = study_uid
         identifier.SeriesInstanceUID = series_uid
         identifier.SOPInstanceUID = sop_uids[start:start + MOVE_UIDS_PER_REQUEST]
-        last = None
-        with client.association(peer, calling_ae=calling_ae, contexts=[sop_classes.STUDY_ROOT_MOVE],
-                                timeout=timeout) as assoc:
-            for response, _ in assoc.send_c_move(identifier, destination_ae, sop_classes.STUDY_ROOT_MOVE):
-                if "Status" not in response:
-                    raise Unreachable(f"{peer.id} did not answer the C-MOVE")
-                last = response
-        if last is None:
-            raise Unreachable(f"{peer.id} did not answer the C-MOVE")
-        completed += int(last.get("NumberOfCompletedSuboperations", 0) or 0)
-        failed += int(last.get("NumberOfFailedSuboperations", 0) or 0)
-        code = int(last.Status)
+        with scu.associate(peer, calling_ae=calling_ae, timeout=timeout,
+                           contexts=[(sop_classes.STUDY_ROOT_MOVE, scu.DATA_SET_SYNTAXES)]) as link:
+            final = scu.move(link, sop_classes.STUDY_ROOT_MOVE, identifier, destination_ae)
+        completed += final.us(commands.NUMBER_OF_COMPLETED_SUBOPERATIONS) or 0
+        failed += final.us(commands.NUMBER_OF_FAILED_SUBOPERATIONS) or 0
+        code = final.status
         if code not in (status.SUCCESS, *status.WARNINGS):
             raise Unreachable(f"{peer.id} ended the C-MOVE with 0x{code:04X}")
     return completed, failed

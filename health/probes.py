@@ -23,11 +23,10 @@ from typing import IO, Any
 
 from jsonschema import Draft202012Validator, ValidationError
 from jsonschema.exceptions import best_match
-from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from health.contract import certified_validator, native_validator
 from pools.config import HealthConfig
-from routing.dicom import client
+from routing.dicom import negotiation, scu, sop_classes
 from routing.dicom.netopts import ClientTls
 
 # A health body is a few hundred bytes; anything past this is a broken or hostile peer,
@@ -270,33 +269,33 @@ def probe_adapter(target: Target, timeout: float) -> Reading:
 
 
 def probe_echo(target: Target, timeout: float) -> Reading:
-    peer = client.Peer(target.backend_id, target.ae_title, target.host, target.port, target.tls)
+    peer = scu.Peer(target.backend_id, target.ae_title, target.host, target.port, target.tls)
     try:
-        with client.association(peer, calling_ae=target.pool_ae_title, contexts=[Verification],
-                                timeout=timeout) as assoc:
-            rsp = assoc.send_c_echo()
-    except client.Unreachable as exc:
-        # pynetdicom reports a refused, silent or dropped connection alike: tell them apart.
-        what = "rejected" if exc.rejected else _why_not_established(target, timeout)
-        raise ProbeError(f"C-ECHO association to {target.ae_title}@{target.host}:{target.port} {what}") from None
-    status = int(rsp.Status) if "Status" in rsp else None
+        with scu.associate(peer, calling_ae=target.pool_ae_title, timeout=timeout,
+                           contexts=[(sop_classes.VERIFICATION, negotiation.VERIFICATION_SYNTAXES)]) as link:
+            status = scu.echo(link)
+    except scu.Unreachable as exc:
+        raise ProbeError(f"C-ECHO association to {target.ae_title}@{target.host}:{target.port} "
+                         f"{_why_not_established(exc, timeout)}") from None
     if status != 0x0000:
-        raise ProbeError(f"C-ECHO returned status {'none' if status is None else f'0x{status:04X}'}")
+        raise ProbeError(f"C-ECHO returned status 0x{status:04X}")
     return Reading()
 
 
-def _why_not_established(target: Target, timeout: float) -> str:
-    """Why an association was not established when pynetdicom does not say: a refused
-    connection, one that was never answered, or one the peer accepted and then dropped."""
-    try:
-        with socket.create_connection((target.host, target.port), timeout=timeout):
-            return "aborted: the peer accepted the connection, then dropped or aborted the association"
-    except TimeoutError:
-        return f"timed out: no answer within {timeout:.1f}s"
-    except ConnectionRefusedError:
+def _why_not_established(exc: scu.Unreachable, timeout: float) -> str:
+    """Why the C-ECHO could not be had, in the words the heartbeat log and the backend's
+    last error use: a rejection, a refused connection, silence, or a peer that dropped or
+    aborted the association (or broke the protocol)."""
+    cause = exc.cause
+    if exc.rejected:
+        return "rejected"
+    if isinstance(cause, ConnectionRefusedError):
         return "refused: nothing listens on that port"
-    except OSError as exc:
-        return f"not established: {exc}"
+    if isinstance(cause, TimeoutError):
+        return f"timed out: no answer within {timeout:.1f}s"
+    if isinstance(cause, ConnectionError):
+        return f"aborted: {cause}"
+    return f"not established: {cause or exc}"
 
 
 def probe_tcp(target: Target, timeout: float) -> Reading:

@@ -15,8 +15,8 @@ uncompressed over the requestor's first choice); that syntax wins the pair. Synt
 chooses for the modality as the pool's backends would, so a backend receives the same
 encoding through SynthIQ as from a direct send (the interop matrix checks this twin by twin).
 
-The probe is a plain SCU, so it uses pynetdicom's threaded AE; runproxy runs it before
-it starts serving.
+The probe is association negotiation only, on SynthIQ's DICOM client (``routing.dicom.scu``);
+runproxy runs it before it starts serving.
 """
 
 from __future__ import annotations
@@ -26,13 +26,10 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from pydicom import uid
-from pynetdicom import build_context
-from pynetdicom.presentation import PresentationContext
-from pynetdicom.sop_class import CTImageStorage  # type: ignore[attr-defined]
 
-from routing.dicom import client
-from routing.dicom.client import Peer
+from routing.dicom import scu
 from routing.dicom.negotiation import Rank, syntax_ranks
+from routing.dicom.scu import Context, Peer
 from routing.dicom.sop_classes import PASSED
 
 logger = logging.getLogger("synthiq.routing")
@@ -72,6 +69,7 @@ class PoolAbilities:
 
 
 CONTEXTS_PER_ASSOCIATION = 128  # presentation context ids are the odd numbers 1..255
+CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 
 
 class _Asker:
@@ -81,14 +79,16 @@ class _Asker:
         self.calling_ae, self.backend, self.timeout = calling_ae, backend, timeout
         self.max_pdu = 0  # what the backend's last A-ASSOCIATE-AC announced
 
-    def accepted(self, contexts: list[PresentationContext]) -> list[PresentationContext] | None:
-        """The accepted contexts, in the order proposed; None if the backend cannot be asked."""
+    def accepted(self, contexts: list[Context]) -> list[tuple[str, str]] | None:
+        """Per proposed context, in proposal order: (abstract syntax, the transfer syntax
+        accepted), or ("", "") when it was refused; None if the backend cannot be asked."""
         try:
-            with client.association(self.backend, calling_ae=self.calling_ae, contexts=contexts,
-                                    timeout=self.timeout, require_context=False) as assoc:
-                self.max_pdu = int(assoc.acceptor.maximum_length or 0)
-                return sorted(assoc.accepted_contexts, key=lambda cx: cx.context_id or 0)
-        except client.Unreachable as exc:  # a probe must never stop the proxy from starting
+            with scu.associate(self.backend, calling_ae=self.calling_ae, contexts=contexts, timeout=self.timeout,
+                               require_context=False) as link:
+                self.max_pdu = link.max_pdu
+                # Context IDs are 1, 3, 5, ... in the order proposed.
+                return [link.contexts.get(2 * n + 1, ("", "")) for n in range(len(contexts))]
+        except scu.Unreachable as exc:  # a probe must never stop the proxy from starting
             # A backend that is down is the heartbeats' to report (once), not every probe's.
             logger.debug("probe of %s failed: %s", self.backend.id, exc)
             return None
@@ -97,15 +97,13 @@ class _Asker:
 def probe_backend(*, calling_ae: str, backend: Peer, timeout: float = 10) -> Abilities | None:
     """What a backend accepts, and how it chooses among syntaxes; None if it cannot be asked."""
     asker = _Asker(calling_ae=calling_ae, backend=backend, timeout=timeout)
-    contexts = [build_context(CTImageStorage, ts) for ts in CANDIDATES]
-    contexts += [build_context(abstract, [uid.ImplicitVRLittleEndian, uid.ExplicitVRLittleEndian])
-                 for abstract in PASSED]
+    contexts: list[Context] = [(CT_IMAGE_STORAGE, [ts]) for ts in CANDIDATES]
+    contexts += [(abstract, [uid.ImplicitVRLittleEndian, uid.ExplicitVRLittleEndian]) for abstract in PASSED]
     accepted = asker.accepted(contexts)
     if accepted is None:
         return None
-    syntaxes = frozenset(str(cx.transfer_syntax[0]) for cx in accepted if cx.abstract_syntax == CTImageStorage)
-    return Abilities(syntaxes=syntaxes, services=frozenset(str(cx.abstract_syntax) for cx in accepted
-                                                           if cx.abstract_syntax in PASSED),
+    syntaxes = frozenset(ts for abstract, ts in accepted if abstract == CT_IMAGE_STORAGE)
+    return Abilities(syntaxes=syntaxes, services=frozenset(abstract for abstract, _ in accepted if abstract in PASSED),
                      wins=_pairwise_wins(asker, syntaxes), max_pdu=asker.max_pdu)
 
 
@@ -116,11 +114,10 @@ def _pairwise_wins(asker: _Asker, syntaxes: frozenset[str]) -> dict[str, int]:
     chosen: dict[tuple[str, str], str] = {}
     for start in range(0, len(pairs), CONTEXTS_PER_ASSOCIATION):
         batch = pairs[start:start + CONTEXTS_PER_ASSOCIATION]
-        accepted = asker.accepted([build_context(CTImageStorage, list(pair)) for pair in batch])
+        accepted = asker.accepted([(CT_IMAGE_STORAGE, list(pair)) for pair in batch])
         if accepted is None:
             return {}
-        # pynetdicom numbers the proposed contexts 1, 3, 5, ... in order.
-        chosen.update({batch[(cx.context_id or 1) // 2]: str(cx.transfer_syntax[0]) for cx in accepted})
+        chosen.update({pair: ts for pair, (_, ts) in zip(batch, accepted, strict=True) if ts})
     wins: Counter[str] = Counter(ts for (a, b), ts in chosen.items() if a < b and chosen.get((b, a)) == ts)
     return dict(wins)
 

@@ -150,6 +150,26 @@ LOCAL: dict[str, tuple[frozenset[State], State]] = {
 }
 
 
+class PeerAborted(ConnectionError):
+    """The peer's A-ABORT ended what was in flight; ``who`` names the peer in the message."""
+
+    def __init__(self, who: str, source: int, reason: int):
+        super().__init__(f"{who} sent A-ABORT ({pdu.abort_meaning(source, reason)})")
+        self.source, self.reason = source, reason
+
+
+def ending(event: Event, *, who: str = "the peer") -> Exception:
+    """The exception that ends an operation when ``event`` comes while a message was due:
+    the peer's abort (``PeerAborted``), a PDU the state does not allow (a ``ProtocolError``
+    with the Violation's A-ABORT reason), or any other event, a release request included, as
+    an unexpected PDU. The relay's message stream and SynthIQ's own client both end this way."""
+    if isinstance(event, Aborted):
+        return PeerAborted(who, event.source, event.reason)
+    if isinstance(event, Violation):
+        return pdu.ProtocolError(event.text, event.reason)
+    return pdu.ProtocolError(f"{type(event).__name__} while a message was due", pdu.REASON_UNEXPECTED_PDU)
+
+
 class StateError(RuntimeError):
     """SynthIQ itself tried an action its state does not allow: a bug, never the peer's doing."""
 

@@ -1,9 +1,9 @@
 """A requestor's association over a blocking socket: ``dicom.association`` driven by reads and writes.
 
-SynthIQ's own short clients that do not use pynetdicom (the study ledger's C-FIND,
-``findscu``; the ``/readyz`` check, ``routing.readiness``) read the peer's PDUs with the same
-framer as the relay (``pdu.PduBuffer``, bounded) and see them as the same typed events
-(``association.Event``): the protocol state lives in one place. Each PDU must arrive within the
+SynthIQ's own DICOM client (``routing.dicom.scu``, and ``findscu`` on it) and the ``/readyz``
+check (``routing.readiness``) read the peer's PDUs with the same framer as the relay
+(``pdu.PduBuffer``, bounded) and see them as the same typed events (``association.Event``):
+the protocol state lives in one place. Each PDU must arrive within the
 deadline (``arm`` starts a new one), so a peer that dribbles bytes cannot hold a caller for
 ever. Blocking: for management commands and worker threads, never an event loop.
 """
@@ -27,9 +27,9 @@ class BlockingAssociation:
         self.framer = pdu.PduBuffer(max_length=max_other, max_pdata_length=max_pdata)
         self.state = Association(Role.REQUESTOR)
 
-    def arm(self) -> None:
-        """The next message (or PDU) must arrive within ``timeout`` from now."""
-        self.deadline = time.monotonic() + self.timeout
+    def arm(self, within: float | None = None) -> None:
+        """The next message (or PDU) must arrive within ``within`` seconds (default ``timeout``) from now."""
+        self.deadline = time.monotonic() + (self.timeout if within is None else within)
 
     def send(self, data: bytes) -> None:
         self.sock.settimeout(self.timeout)  # not what a read left of its deadline

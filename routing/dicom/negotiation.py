@@ -14,7 +14,7 @@ operation is outstanding at a time.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -88,6 +88,9 @@ class BackendAccept:
     max_pdu: int
     contexts: dict[int, str]  # context ID -> the one accepted transfer syntax
     rejected: dict[int, int] = field(default_factory=dict)  # context ID -> result code
+    # SOP class -> (SCU role, SCP role) as its role selection reply says; a class without a
+    # reply keeps the default roles (the requestor is the SCU only: PS3.7 D.3.3.4).
+    roles: dict[str, tuple[bool, bool]] = field(default_factory=dict)
 
 
 def _user_items(primitive: A_ASSOCIATE) -> list[Any]:
@@ -259,10 +262,13 @@ def outbound_request(rq: AssociateRequest, accepted: Mapping[int, PresentationCo
                         implementation_class_uid=rq.implementation_class_uid or IMPLEMENTATION_CLASS_UID, items=items)
 
 
-def own_request(*, calling_ae: str, called_ae: str, contexts: Mapping[int, tuple[str, list[str]]],
-                max_pdu: int) -> bytes:
+def own_request(*, calling_ae: str, called_ae: str, contexts: Mapping[int, tuple[str, Sequence[str]]],
+                max_pdu: int, roles: Iterable[tuple[str, bool, bool]] = ()) -> bytes:
     """The A-ASSOCIATE-RQ of SynthIQ calling on its own account: ``contexts`` by ID,
-    (abstract syntax, transfer syntaxes), with SynthIQ's implementation class and version."""
+    (abstract syntax, transfer syntaxes), with SynthIQ's implementation class and version,
+    and an SCP/SCU Role Selection item for each of ``roles`` ((SOP class, SCU role, SCP role))."""
+    if len(contexts) > MAX_CONTEXTS:
+        raise ValueError(f"{len(contexts)} presentation contexts (at most {MAX_CONTEXTS})")
     proposed = []
     for context_id, (abstract, syntaxes) in sorted(contexts.items()):
         cx = build_context(abstract, list(syntaxes))
@@ -270,8 +276,13 @@ def own_request(*, calling_ae: str, called_ae: str, contexts: Mapping[int, tuple
         proposed.append(cx)
     version = ImplementationVersionNameNotification()
     version.implementation_version_name = IMPLEMENTATION_VERSION_NAME
+    items: list[Any] = [version]
+    for sop_class, scu, scp in roles:
+        role = SCP_SCU_RoleSelectionNegotiation()
+        role.sop_class_uid, role.scu_role, role.scp_role = sop_class, scu, scp
+        items.append(role)
     return _request_pdu(calling_ae=calling_ae, called_ae=called_ae, contexts=proposed, max_pdu=max_pdu,
-                        implementation_class_uid=IMPLEMENTATION_CLASS_UID, items=[version])
+                        implementation_class_uid=IMPLEMENTATION_CLASS_UID, items=items)
 
 
 def decode_associate_ac(raw: bytes | memoryview) -> BackendAccept:
@@ -282,13 +293,16 @@ def decode_associate_ac(raw: bytes | memoryview) -> BackendAccept:
     except Exception as exc:
         raise ProtocolError(f"malformed A-ASSOCIATE-AC: {exc}") from None
     max_pdu = 0
+    roles: dict[str, tuple[bool, bool]] = {}
     for item in _user_items(primitive):
         if isinstance(item, MaximumLengthNotification):
             max_pdu = int(item.maximum_length_received or 0)
+        elif isinstance(item, SCP_SCU_RoleSelectionNegotiation):
+            roles[str(item.sop_class_uid)] = (bool(item.scu_role), bool(item.scp_role))
     accepted, rejected = {}, {}
     for cx in primitive.presentation_context_definition_results_list:
         if cx.result == 0x00 and cx.transfer_syntax:
             accepted[_context_id(cx)] = str(cx.transfer_syntax[0])
         else:
             rejected[_context_id(cx)] = int(cx.result or 0)
-    return BackendAccept(max_pdu=max_pdu, contexts=accepted, rejected=rejected)
+    return BackendAccept(max_pdu=max_pdu, contexts=accepted, rejected=rejected, roles=roles)

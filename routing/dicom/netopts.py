@@ -66,7 +66,7 @@ def client_tls(spec: ClientTls) -> ssl.SSLContext:
 
 
 def tune_pynetdicom(event: Any) -> None:
-    """``evt.EVT_CONN_OPEN`` handler for pynetdicom's threaded AE (probes, simulators):
+    """``evt.EVT_CONN_OPEN`` handler for pynetdicom's threaded AE (the simulators, the load test):
     the same socket options on its associations."""
     assoc_socket = event.assoc.dul.socket
     if assoc_socket is not None and assoc_socket.socket is not None:

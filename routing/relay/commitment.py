@@ -33,7 +33,6 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
-import threading
 import time
 from collections import defaultdict
 from dataclasses import dataclass
@@ -43,9 +42,8 @@ from pydicom.dataset import Dataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filereader import read_dataset
 from pydicom.filewriter import write_dataset
-from pynetdicom import evt
 
-from routing.dicom import client, commands, scan, sop_classes, status, uids
+from routing.dicom import commands, scan, scu, sop_classes, status, uids
 from routing.relay.failures import FailureCodes
 from routing.relay.outbound import BackendAddress
 
@@ -178,42 +176,44 @@ def merge(references: list[Reference], reports: list[Report], unheld: set[str],
 
 
 def send_share(backend: BackendAddress, *, requester_ae: str, transaction_uid: str, share: list[Reference],
-               timeout: float) -> tuple[int, list[Dataset]]:
-    """A backend's share of a transaction as its own N-ACTION, calling as the requester;
-    (its status, any report it made on this association meanwhile). Raises OSError."""
-    reported: list[Dataset] = []
-    answered = threading.Event()  # our N-EVENT-REPORT-RSP is on its way: the association may end
-
-    def report(event: evt.Event) -> tuple[int, None]:
-        reported.append(event.event_information)
-        return status.SUCCESS, None  # pynetdicom wants (status, event reply)
-
-    def sent(event: evt.Event) -> None:
-        if type(event.message).__name__ == "N_EVENT_REPORT_RSP":
-            answered.set()
-
+               timeout: float) -> tuple[int, list[tuple[bytes, str]]]:
+    """A backend's share of a transaction as its own N-ACTION, calling as the requester; (its
+    status, any report it made on this association meanwhile: (event information, transfer
+    syntax)). Proposes both roles, so that the backend may report here. Raises OSError."""
     action = Dataset()
     action.TransactionUID = transaction_uid
     action.ReferencedSOPSequence = _items(share)
     model = sop_classes.STORAGE_COMMITMENT_PUSH
-    with client.association(backend, calling_ae=requester_ae, contexts=[model], timeout=timeout,
-                         roles=((model, True, True),),
-                         handlers=[(evt.EVT_N_EVENT_REPORT, report), (evt.EVT_DIMSE_SENT, sent)]) as assoc:
-        response, _ = assoc.send_n_action(action, 1, model, sop_classes.STORAGE_COMMITMENT_INSTANCE)
-        if "Status" not in response:
-            raise OSError(f"{backend.id} did not answer the N-ACTION")
-        code = int(response.Status)
-        if status.is_success(code):
-            # A report on this association arrives on pynetdicom's own thread.
-            # Released only once a report made here has been answered, or none came; and not
-            # on the heels of that answer: a peer still reading it would take the release
-            # for "no answer" (pynetdicom does) and report again elsewhere.
-            deadline = time.monotonic() + SAME_ASSOCIATION_WAIT_SECONDS
-            while not answered.is_set() and time.monotonic() < deadline and assoc.is_established:
-                time.sleep(0.02)
-            if answered.is_set():
-                time.sleep(ANSWER_SETTLE_SECONDS)
-        return code, reported
+    with scu.associate(backend, calling_ae=requester_ae, contexts=[(model, scu.DATA_SET_SYNTAXES)], timeout=timeout,
+                       roles=((model, True, True),)) as link:
+        context_id = link.context_id(model)
+        code, reported = scu.n_action(link, context_id, sop_instance=sop_classes.STORAGE_COMMITMENT_INSTANCE,
+                                      action_type=1, information=action)
+        if status.is_success(code) and not reported:
+            # A backend may report on this association right after its N-ACTION-RSP: it is
+            # released only once a report made here has been answered, or none came in time.
+            report = scu.await_report(link, within=SAME_ASSOCIATION_WAIT_SECONDS)
+            if report is not None:
+                reported.append(report)
+        if reported and link.open:
+            # Not released on the heels of our answer: a peer still reading it would take the
+            # release for "no answer" (pynetdicom does) and report again elsewhere.
+            time.sleep(ANSWER_SETTLE_SECONDS)
+        return code, [(data, link.contexts[context_id][1]) for data in reported]
+
+
+def event_report(peer: BackendAddress, *, calling_ae: str, event_type: int, information: Dataset,
+                 timeout: float) -> int:
+    """Send one storage commitment N-EVENT-REPORT on a new association, proposing the SCP
+    role for this side (the reporting one: PS3.4 J.3.3.1.2); the peer's status. Raises OSError,
+    also when the peer does not take this side as the SCP."""
+    model = sop_classes.STORAGE_COMMITMENT_PUSH
+    with scu.associate(peer, calling_ae=calling_ae, contexts=[(model, scu.DATA_SET_SYNTAXES)], timeout=timeout,
+                       roles=((model, False, True),)) as link:
+        if model not in link.scp_classes:
+            raise scu.Unreachable("did not accept SynthIQ as the SCP of storage commitment (role selection)")
+        return scu.event_report(link, link.context_id(model), sop_instance=sop_classes.STORAGE_COMMITMENT_INSTANCE,
+                                event_type=event_type, information=information)
 
 
 class Commitments:
@@ -317,9 +317,9 @@ class Commitments:
                     refused.append(Report(backend_id, [], [(c, i, status.PROCESSING_FAILURE) for c, i in share]))
                     logger.error("storage commitment transaction=%s: backend %s answered the N-ACTION with 0x%04X",
                                  uid, backend_id, code)
-                for ds in same:
+                for data, syntax in same:
                     try:
-                        info = read_information(_encode(ds, ts), ts)
+                        info = read_information(data, syntax)
                     except Unreadable as exc:
                         logger.error("storage commitment transaction=%s: backend %s reported nonsense: %s", uid,
                                      backend_id, exc.comment)
@@ -376,7 +376,7 @@ class Commitments:
             return None
         peer = BackendAddress(transaction.requester_ae, transaction.requester_ae, *address)
         try:
-            code: int = await asyncio.get_running_loop().run_in_executor(None, lambda: client.event_report(
+            code: int = await asyncio.get_running_loop().run_in_executor(None, lambda: event_report(
                 peer, calling_ae=transaction.called_ae, event_type=event_type, information=info,
                 timeout=self.ctx.network.acse_timeout_seconds))
             return code

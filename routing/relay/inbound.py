@@ -18,14 +18,21 @@ from pydicom.uid import UID
 from pynetdicom.presentation import PresentationContext
 
 from routing.dicom import commands, negotiation, pdu, status, uids
-from routing.dicom.association import Aborted, AssociateRequested, Association, ReleaseRequested, Role
+from routing.dicom.association import (
+    Aborted,
+    AssociateRequested,
+    Association,
+    PeerAborted,
+    ReleaseRequested,
+    Role,
+)
 from routing.dicom.pdu import ProtocolError
 from routing.relay.connection import ConnectionClosed, PduConnection, TimedOut
 from routing.relay.context import Context
 from routing.relay.links import Links
 from routing.relay.operations import Operations
 from routing.relay.peer import ModalityPeer
-from routing.relay.stream import PeerAborted
+from routing.relay.stream import peer_name
 
 if TYPE_CHECKING:
     from routing.relay.server import PoolListener, Relay
@@ -132,7 +139,7 @@ class InboundAssociation:
             await self._start_tls(deadline)
         first = self.association.receive(await self.conn.next_pdu(max(0.0, deadline - loop.time())))
         if isinstance(first, Aborted):
-            raise PeerAborted(self.conn.name, first.source, first.reason)
+            raise PeerAborted(peer_name(self.conn.name), first.source, first.reason)
         if not isinstance(first, AssociateRequested):
             raise ProtocolError(getattr(first, "text", type(first).__name__), pdu.REASON_UNEXPECTED_PDU)
         rq = negotiation.decode_associate_rq(first.pdu.raw)

@@ -9,7 +9,7 @@
   in batches. That query is relational for a Study Root SCP (no study given); an SCP that
   refuses it is taken as not holding them, said once per backend.
 
-Plain SCUs on pynetdicom's threaded AE (routing.dicom.client), run on executor threads.
+Plain SCUs on SynthIQ's DICOM client (routing.dicom.scu), run on executor threads.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import time
 
 from pydicom.dataset import Dataset
 
-from routing.dicom import client, sop_classes, uids
+from routing.dicom import scu, sop_classes, uids
 from routing.relay.outbound import BackendAddress
 
 logger = logging.getLogger("synthiq.routing")
@@ -46,9 +46,10 @@ def _query(study_uid: str, patient_id: str) -> tuple[str, Dataset]:
 def holds(backend: BackendAddress, *, calling_ae: str, study_uid: str, patient_id: str, timeout: float) -> bool:
     """Whether the backend finds the study (or the patient). Raises OSError if it cannot be asked."""
     model, identifier = _query(study_uid, patient_id)
-    with client.association(backend, calling_ae=calling_ae, contexts=[model], timeout=timeout) as assoc:
+    with scu.associate(backend, calling_ae=calling_ae, contexts=[(model, scu.DATA_SET_SYNTAXES)],
+                       timeout=timeout) as link:
         try:
-            return sum(1 for _ in client.find(assoc, model, identifier)) > 0  # read to the end
+            return sum(1 for _ in scu.find(link, model, identifier)) > 0  # read to the end
         except LookupError:
             return False  # a failure status: it found nothing it could give
 
@@ -75,8 +76,8 @@ def instances_held(backend: BackendAddress, sop_instance_uids: list[str], *, cal
     a backend that refuses the query holds none of them."""
     asked = set(sop_instance_uids)
     held: set[str] = set()
-    with client.association(backend, calling_ae=calling_ae, contexts=[sop_classes.STUDY_ROOT_FIND],
-                         timeout=timeout) as assoc:
+    with scu.associate(backend, calling_ae=calling_ae, timeout=timeout,
+                       contexts=[(sop_classes.STUDY_ROOT_FIND, scu.DATA_SET_SYNTAXES)]) as link:
         for start in range(0, len(sop_instance_uids), INSTANCES_PER_QUERY):
             if time.monotonic() > deadline:
                 raise OSError(f"{backend.id}: out of time after {start} of {len(sop_instance_uids)} instance(s)")
@@ -84,7 +85,7 @@ def instances_held(backend: BackendAddress, sop_instance_uids: list[str], *, cal
             identifier.QueryRetrieveLevel = "IMAGE"
             identifier.SOPInstanceUID = sop_instance_uids[start:start + INSTANCES_PER_QUERY]
             try:
-                for match in client.find(assoc, sop_classes.STUDY_ROOT_FIND, identifier):
+                for match in scu.find(link, sop_classes.STUDY_ROOT_FIND, identifier):
                     value = str(match.get("SOPInstanceUID", "") or "")
                     if value in asked and uids.uid_problem(value) is None:
                         held.add(value)

@@ -27,8 +27,8 @@ from routing.dicom.association import (
     Role,
     Violation,
 )
-from routing.dicom.client import Peer as PeerAddress
 from routing.dicom.pdu import ProtocolError
+from routing.dicom.scu import Peer as PeerAddress
 from routing.relay.connection import ConnectionClosed, PduConnection, TimedOut
 from routing.relay.peer import Peer
 

@@ -6,7 +6,7 @@ on the way: PDVs only on accepted presentation contexts, one message at a time, 
 fragment of a message on its context, a data set only after its command. Every PDU read
 passes through the association's protocol state (``routing.dicom.association``): between
 operations a release request is an event (``next_message``); inside one, an abort, a release
-or a PDU the state does not allow ends the operation as an exception (``ending``).
+or a PDU the state does not allow ends the operation as an exception (``association.ending``).
 """
 
 from __future__ import annotations
@@ -16,19 +16,24 @@ from collections.abc import Container
 from dataclasses import dataclass
 
 from routing.dicom import commands, pdu
-from routing.dicom.association import Aborted, Association, DataReceived, Event, Ignored, ReleaseRequested, Violation
+from routing.dicom.association import (
+    Association,
+    DataReceived,
+    Event,
+    Ignored,
+    ReleaseRequested,
+    ending,
+)
 from routing.dicom.pdu import Pdu, Pdv, ProtocolError
 from routing.relay.connection import PduConnection
 
 COMMAND_LIMIT = 64 * 1024  # a command set is a few hundred bytes; more is not a command
 
 
-class PeerAborted(ConnectionError):
-    def __init__(self, who: str, source: int, reason: int):
-        # ``who`` is the connection's name: "pool main inbound" (the modality) or "backend node-a".
-        peer = "the modality" if who.endswith(" inbound") else who
-        super().__init__(f"{peer} sent A-ABORT ({pdu.abort_meaning(source, reason)})")
-        self.source, self.reason = source, reason
+def peer_name(conn_name: str) -> str:
+    """Who a connection's peer is, for a message: a connection is named "pool main inbound"
+    (the modality) or "backend node-a"."""
+    return "the modality" if conn_name.endswith(" inbound") else conn_name
 
 
 @dataclass(slots=True)
@@ -60,13 +65,8 @@ class MessageStream:
                 return event
 
     def ending(self, event: Event) -> Exception:
-        """The exception that ends the operation in flight when ``event`` comes instead of its data:
-        the peer's abort, or a protocol error (a release or anything else mid-message)."""
-        if isinstance(event, Aborted):
-            return PeerAborted(self.conn.name, event.source, event.reason)
-        if isinstance(event, Violation):
-            return ProtocolError(event.text, event.reason)
-        return ProtocolError(f"{type(event).__name__} while a message was due", pdu.REASON_UNEXPECTED_PDU)
+        """The exception that ends the operation in flight when ``event`` comes instead of its data."""
+        return ending(event, who=peer_name(self.conn.name))
 
     async def next_pdu(self, timeout: float | None) -> Pdu:
         """The next P-DATA-TF, inside an operation: any other event ends it (``ending``)."""

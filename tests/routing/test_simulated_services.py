@@ -507,7 +507,7 @@ def test_a_long_search_written_as_bytes_is_cancelled_by_the_ledger_client_and_re
     when the cancel was seen between batches, Success when every batch had been written) and
     releases: the backend counts a release, not an abort, and answers the next search whole."""
     from routing.dicom import findscu
-    from routing.dicom.client import Peer
+    from routing.dicom.scu import Peer
 
     cluster = Cluster(tmp=tmp_path, env=dict(os.environ))
     try:

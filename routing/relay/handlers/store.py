@@ -28,6 +28,7 @@ import logging
 import time
 
 from routing.dicom import commands, status, uids
+from routing.dicom.association import PeerAborted
 from routing.dicom.pdu import ProtocolError
 from routing.dicom.scan import Header, HeaderError, HeaderScanner
 from routing.relay.connection import ConnectionClosed, TimedOut
@@ -35,7 +36,6 @@ from routing.relay.context import Context
 from routing.relay.failures import LinkLost, OperationFailed, Violation
 from routing.relay.outbound import BackendLink, OutboundUnavailable
 from routing.relay.peer import relay_message
-from routing.relay.stream import PeerAborted
 from routing.waterfall import ASSOCIATION_CACHED
 
 logger = logging.getLogger("synthiq.routing")

@@ -15,7 +15,7 @@ from pynetdicom import AE, evt
 from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind  # type: ignore[attr-defined]
 
 from routing.dicom import findscu, identifiers, sop_classes
-from routing.dicom.client import Peer, Unreachable
+from routing.dicom.scu import Peer, Unreachable
 from tests.harness import free_port
 
 STUDY_UID, STUDY_DATE, COUNT = 0x0020000D, 0x00080020, 0x00201208
