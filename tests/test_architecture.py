@@ -1,6 +1,7 @@
-"""Rules about the code itself: nothing of pynetdicom is patched in the product, and the
-protocol subpackage runs without Django (the import contracts in pyproject.toml say the
-same for imports; ``make test`` runs ``lint-imports``)."""
+"""Rules about the code itself: nothing of pynetdicom is patched in the product, no product
+function runs past 60 lines (simulators included), and the protocol subpackage runs without
+Django (the import contracts in pyproject.toml say the same for imports; ``make test`` runs
+``lint-imports``)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ PRODUCT = [p for top in ("routing", "pools", "health", "affinity", "synthiq_proj
            for p in sorted((ROOT / top).rglob("*.py"))
            if "simulators" not in p.parts and "migrations" not in p.parts]
 INTERNALS = {"dul", "dimse", "acse", "socket", "reactor"}
+MAX_FUNCTION_LINES = 60
 
 
 def _pynetdicom_names(tree: ast.Module) -> set[str]:
@@ -76,3 +78,14 @@ def test_the_protocol_subpackage_imports_and_works_without_django_settings():
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
                             timeout=60)
     assert result.returncode == 0, result.stderr
+
+
+def test_no_product_function_is_longer_than_60_lines():
+    """A function that does not fit on a screen does more than one thing (docstring included)."""
+    code = [p for top in ("routing", "pools", "health", "affinity", "synthiq_project")
+            for p in sorted((ROOT / top).rglob("*.py")) if "migrations" not in p.parts]
+    long = [f"{path.relative_to(ROOT)}:{node.lineno} {node.name} ({node.end_lineno - node.lineno + 1} lines)"
+            for path in code for node in ast.walk(ast.parse(path.read_text(), str(path)))
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
+            and (node.end_lineno or node.lineno) - node.lineno + 1 > MAX_FUNCTION_LINES]
+    assert not long, long
