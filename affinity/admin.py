@@ -7,6 +7,7 @@ from __future__ import annotations
 from django.contrib import admin
 
 from affinity.models import Binding
+from pools.admin import ReadOnlyAdmin
 
 
 class CommittedFilter(admin.SimpleListFilter):
@@ -25,7 +26,7 @@ class CommittedFilter(admin.SimpleListFilter):
 
 
 @admin.register(Binding)
-class BindingAdmin(admin.ModelAdmin):
+class BindingAdmin(ReadOnlyAdmin):
     list_display = ("study_uid", "pool", "backend", "instance_count", "first_seen_utc", "last_seen_utc",
                     "committed", "committed_utc", "verdict", "adopted")
     list_filter = ("pool", "backend", CommittedFilter, "verdict", "adopted")
@@ -41,9 +42,3 @@ class BindingAdmin(admin.ModelAdmin):
     @admin.display(boolean=True, ordering="committed_utc")
     def committed(self, obj: Binding) -> bool:
         return obj.committed_utc is not None
-
-    def has_add_permission(self, request) -> bool:
-        return False
-
-    def has_change_permission(self, request, obj=None) -> bool:
-        return False

@@ -7,18 +7,11 @@ import datetime as dt
 from django.contrib import admin
 
 from health.models import BackendHealth, HeartbeatRound
-
-
-class _ReadOnly(admin.ModelAdmin):
-    def has_add_permission(self, request) -> bool:
-        return False
-
-    def has_change_permission(self, request, obj=None) -> bool:
-        return False
+from pools.admin import ReadOnlyAdmin
 
 
 @admin.register(BackendHealth)
-class BackendHealthAdmin(_ReadOnly):
+class BackendHealthAdmin(ReadOnlyAdmin):
     list_display = ("backend", "pool", "healthy", "load_display", "queue_depth", "capacity", "last_ok_utc",
                     "last_check_utc", "error")
     list_filter = ("healthy", "backend__pool", "backend__health_mode")
@@ -39,7 +32,7 @@ class BackendHealthAdmin(_ReadOnly):
 
 
 @admin.register(HeartbeatRound)
-class HeartbeatRoundAdmin(_ReadOnly):
+class HeartbeatRoundAdmin(ReadOnlyAdmin):
     list_display = ("pool", "completed_utc", "age", "runner")
 
     @admin.display(description="age")

@@ -10,6 +10,17 @@ from pools.models import Backend, Pool
 from pools.selectors import health_masked
 
 
+class ReadOnlyAdmin(admin.ModelAdmin):
+    """A model SynthIQ's processes write (health, routing activity, bindings): viewed here,
+    never added or edited; deleting stays the operator's, where a model's admin allows it."""
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+
 class BackendInline(admin.TabularInline):
     model = Backend
     fields = ("id", "ae_title", "host", "port", "weight", "health_mode", "enabled", "draining")

@@ -4,20 +4,13 @@ from __future__ import annotations
 
 from django.contrib import admin
 
+from pools.admin import ReadOnlyAdmin
 from routing.counters import Counts, Snapshot, snapshot_of
 from routing.models import FailedOperation, ProxyProcess, RejectedAssociation, RoutingDecision
 
 
-class _ReadOnly(admin.ModelAdmin):
-    def has_add_permission(self, request) -> bool:
-        return False
-
-    def has_change_permission(self, request, obj=None) -> bool:
-        return False
-
-
 @admin.register(RoutingDecision)
-class RoutingDecisionAdmin(_ReadOnly):
+class RoutingDecisionAdmin(ReadOnlyAdmin):
     list_display = ("at_utc", "pool", "study_uid", "backend", "reason", "calling_ae", "source_ip", "modality",
                     "process")
     list_filter = ("reason", "pool", "backend")
@@ -28,7 +21,7 @@ class RoutingDecisionAdmin(_ReadOnly):
 
 
 @admin.register(FailedOperation)
-class FailedOperationAdmin(_ReadOnly):
+class FailedOperationAdmin(ReadOnlyAdmin):
     list_display = ("at_utc", "pool", "service", "calling_ae", "source_ip", "study_uid", "backend_id", "status_hex",
                     "origin", "comment")
     list_filter = ("origin", "service", "pool", "backend_id")
@@ -43,7 +36,7 @@ class FailedOperationAdmin(_ReadOnly):
 
 
 @admin.register(RejectedAssociation)
-class RejectedAssociationAdmin(_ReadOnly):
+class RejectedAssociationAdmin(ReadOnlyAdmin):
     list_display = ("last_seen_utc", "pool", "reason", "calling_ae", "called_ae", "source_ip", "count",
                     "first_seen_utc", "detail")
     list_filter = ("reason", "pool")
@@ -52,7 +45,7 @@ class RejectedAssociationAdmin(_ReadOnly):
 
 
 @admin.register(ProxyProcess)
-class ProxyProcessAdmin(_ReadOnly):
+class ProxyProcessAdmin(ReadOnlyAdmin):
     list_display = ("id", "started_utc", "updated_utc", "stopped", "received", "cache_size", "db_ok")
     list_filter = ("stopped",)
 
