@@ -11,8 +11,6 @@ from pydicom.data import get_testdata_file
 from routing.simulators.synthetic import write_study
 from tests.harness import binding_of, dataset_digest, free_port, send_files, set_health, wait_refreshed
 
-pytestmark = pytest.mark.postgres
-
 SAMPLES = {
     "explicit-le": "CT_small.dcm",
     "implicit-le": "MR_small_implicit.dcm",
@@ -52,6 +50,7 @@ def test_the_backend_status_and_error_comment_reach_the_sender_verbatim(one_back
     assert (sent.status, sent.comment) == (status, comment)
 
 
+@pytest.mark.postgres  # it asserts what the database holds: run on both
 def test_bound_backend_down_fails_the_instance_and_the_study_is_not_moved(cluster, tmp_path):
     backends = [cluster.backend(f"node-{c}") for c in "abc"]
     # No hold: the bound backend stays down, and tests/routing/test_hold.py covers the wait.
@@ -81,6 +80,7 @@ def test_bound_backend_down_fails_the_instance_and_the_study_is_not_moved(cluste
     assert binding_of(new_suid) not in (None, bound)
 
 
+@pytest.mark.postgres  # it asserts what the database holds: run on both
 def test_backend_abort_mid_transfer_is_a_failure_and_the_study_stays_bound(one_backend_proxy, tmp_path):
     backend, proxy = one_backend_proxy
     suid, files = write_study(tmp_path, count=3)

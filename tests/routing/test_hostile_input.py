@@ -26,8 +26,6 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 from routing.simulators.synthetic import make_instance, write_study
 from tests.harness import free_port, responses_to_the_caller, send_files, wait_for
 
-pytestmark = pytest.mark.postgres
-
 EXAMPLES = 60
 # A log line as runproxy writes them (plain format), or its one start-up line on stdout.
 LOG_LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} [A-Z]+ \[|runproxy ready)")
@@ -50,6 +48,7 @@ hostile_uids = st.one_of(
 )
 
 
+@pytest.mark.postgres  # it asserts what the database holds: run on both
 def test_study_uids_that_are_not_uids_are_refused_and_leave_nothing_behind(cluster, tmp_path):
     from django.conf import settings as django_settings
 
@@ -332,6 +331,7 @@ def test_a_forged_journal_line_is_skipped_on_replay(tmp_path):
     assert path.read_text().count("\n") == 2 and "1.2.7" not in path.read_text()
 
 
+@pytest.mark.postgres  # it asserts what the database holds: run on both
 def test_a_row_the_database_refuses_is_dropped_and_the_rest_written(db):
     """A bad row (here: a backend the database does not have) fails its own write only; the
     database is not marked unavailable and the batch's other studies are bound."""
@@ -376,6 +376,7 @@ def test_a_fanned_out_find_that_could_not_ask_a_backend_is_not_a_success(cluster
         scp.stop()
 
 
+@pytest.mark.postgres  # it asserts what the database holds: run on both
 def test_a_routing_decision_the_database_refuses_does_not_stop_publishing(db):
     """The review's PostgreSQL case: one decision row failing the batch made every publish fail
     (every 2 s, for good). Now the row is dropped and logged, the others and the counters written."""
