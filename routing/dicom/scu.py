@@ -349,6 +349,21 @@ def _request(link: Link, context_id: int, elements: dict[int, int | str | bytes 
     return message_id
 
 
+# The command elements of a DIMSE-N request that carries a data set: its SOP class, its SOP
+# instance and its type (PS3.7 10.3.4 N-ACTION: the Requested ones; 10.3.1 N-EVENT-REPORT: the Affected ones).
+_N_ACTION_TAGS = (commands.REQUESTED_SOP_CLASS_UID, commands.REQUESTED_SOP_INSTANCE_UID, commands.ACTION_TYPE_ID)
+_N_EVENT_REPORT_TAGS = (commands.AFFECTED_SOP_CLASS_UID, commands.AFFECTED_SOP_INSTANCE_UID, commands.EVENT_TYPE_ID)
+
+
+def _n_request(link: Link, context_id: int, field: int, tags: tuple[int, int, int], sop_instance: str,
+               type_id: int, information: Dataset) -> int:
+    """Send one DIMSE-N request on the context's SOP class, ``information`` its data set; its Message ID."""
+    class_tag, instance_tag, type_tag = tags
+    return _request(link, context_id, {class_tag: link.contexts[context_id][0], commands.COMMAND_FIELD: field,
+                                       instance_tag: sop_instance, type_tag: type_id},
+                    encode(information, implicit=link.implicit(context_id)))
+
+
 def echo(link: Link) -> int:
     """One C-ECHO; its status."""
     context_id = link.context_id(sop_classes.VERIFICATION)
@@ -404,12 +419,8 @@ def n_action(link: Link, context_id: int, *, sop_instance: str, action_type: int
              information: Dataset) -> tuple[int, list[bytes]]:
     """One N-ACTION: (its status, the event information of any N-EVENT-REPORT the peer sent
     before its response, each answered with Success)."""
-    sop_class = link.contexts[context_id][0]
-    message_id = _request(link, context_id, {commands.REQUESTED_SOP_CLASS_UID: sop_class,
-                                             commands.COMMAND_FIELD: commands.N_ACTION_RQ,
-                                             commands.REQUESTED_SOP_INSTANCE_UID: sop_instance,
-                                             commands.ACTION_TYPE_ID: action_type},
-                          encode(information, implicit=link.implicit(context_id)))
+    message_id = _n_request(link, context_id, commands.N_ACTION_RQ, _N_ACTION_TAGS, sop_instance, action_type,
+                            information)
     reports = []
     while True:
         message = link.receive()
@@ -433,10 +444,6 @@ def await_report(link: Link, *, within: float) -> bytes | None:
 
 def event_report(link: Link, context_id: int, *, sop_instance: str, event_type: int, information: Dataset) -> int:
     """One N-EVENT-REPORT (this side the SCP of the context's SOP class); the peer's status."""
-    sop_class = link.contexts[context_id][0]
-    message_id = _request(link, context_id, {commands.AFFECTED_SOP_CLASS_UID: sop_class,
-                                             commands.COMMAND_FIELD: commands.N_EVENT_REPORT_RQ,
-                                             commands.AFFECTED_SOP_INSTANCE_UID: sop_instance,
-                                             commands.EVENT_TYPE_ID: event_type},
-                          encode(information, implicit=link.implicit(context_id)))
+    message_id = _n_request(link, context_id, commands.N_EVENT_REPORT_RQ, _N_EVENT_REPORT_TAGS, sop_instance,
+                            event_type, information)
     return status_of(link.response(context_id, message_id, commands.N_EVENT_REPORT_RSP))
