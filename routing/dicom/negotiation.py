@@ -143,6 +143,10 @@ def reject(reason: tuple[int, int, int]) -> bytes:
 
 
 def rejection_text(raw: bytes | memoryview) -> str:
+    """What an A-ASSOCIATE-RJ says. A peer's bytes: one too short to carry its result, source
+    and reason (PS3.8 9.3.4) is said to be so, never raised as a decoding error."""
+    if len(raw) < 10:
+        return f"a malformed A-ASSOCIATE-RJ of {len(raw)} bytes"
     pdu = A_ASSOCIATE_RJ()
     pdu.decode(bytes(raw))
     try:

@@ -176,3 +176,19 @@ def test_an_abort_can_be_sent_in_any_state_and_after_the_end():
         association = at(state)
         assert association.abort(reason=pdu.REASON_NOT_SPECIFIED) == pdu.abort()
         assert association.over
+
+
+@pytest.mark.parametrize("length", [0, 1, 2, 3])
+def test_an_abort_too_short_for_its_source_and_reason_still_ends_the_association(length):
+    """A peer's A-ABORT of fewer than 4 bytes after its header: an abort all the same, never a
+    decoding error (a struct.error from it once escaped every caller's handler)."""
+    association = established(Role.REQUESTOR)
+    event = association.receive(parse(bytes([pdu.A_ABORT, 0]) + length.to_bytes(4, "big") + b"\x00" * length))
+    assert isinstance(event, Aborted) and (event.source, event.reason) == (0, 0) and association.over
+
+
+def test_a_rejection_too_short_for_its_fields_is_named_as_malformed():
+    from routing.dicom.negotiation import rejection_text
+
+    assert rejection_text(bytes([pdu.A_ASSOCIATE_RJ, 0, 0, 0, 0, 0])) == "a malformed A-ASSOCIATE-RJ of 6 bytes"
+    assert rejection_text(bytes([pdu.A_ASSOCIATE_RJ, 0, 0, 0, 0, 4, 0, 9, 9, 9])).startswith("result 9")
