@@ -13,6 +13,7 @@ commands and worker threads, never an event loop.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
@@ -78,8 +79,10 @@ def _stop(link: Link, search: _Search, rest: Iterator[Response] | None) -> None:
                                commands.DATA_SET_TYPE: commands.NO_DATA_SET})
     try:
         link.send(search.context_id, command)
-        for _ in rest:
-            pass  # the Pending ones still in flight, then 0xFE00 (or whatever ended it)
+        deadline = time.monotonic() + link.association.timeout
+        for _ in rest:  # the Pending ones still in flight, then 0xFE00 (or whatever ended it)
+            if time.monotonic() > deadline:
+                raise TimeoutError("it went on answering after the C-CANCEL")
     except (OSError, ProtocolError, commands.CommandError, identifiers.IdentifierError):
         link.abort()
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import io
 import socket
+import time
 from collections import deque
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -37,7 +38,7 @@ from routing.dicom import commands, identifiers, negotiation, sop_classes
 from routing.dicom.association import AssociateAccepted, AssociateRejected, DataReceived, ReleaseRequested, ending
 from routing.dicom.blocking import BlockingAssociation
 from routing.dicom.netopts import ClientTls, client_tls, tune
-from routing.dicom.pdu import Pdv, ProtocolError, fragments, pdvs
+from routing.dicom.pdu import PDV_OVERHEAD, Pdv, ProtocolError, fragments, pdvs
 from routing.dicom.status import CANCEL, PENDING, SUCCESS
 
 # What SynthIQ announces as its Maximum Length Received: P-DATA-TF PDUs above it are refused.
@@ -47,6 +48,8 @@ MAX_COMMAND = 16 * 1024  # a command set is a few hundred bytes
 # A data set SynthIQ reads as a client: an identifier, or a commitment report, whose share
 # came from a requester's N-ACTION (at most Network.HeaderHoldBytes, 1 MiB by default).
 MAX_DATA_SET = 16 * 1024 * 1024
+# N-EVENT-REPORTs a peer may send on an N-ACTION's association before that action's response.
+MAX_REPORTS_BEFORE_RESPONSE = 8
 # The syntaxes a context that carries data sets is proposed in: pydicom reads and writes both.
 DATA_SET_SYNTAXES = identifiers.SYNTAXES
 
@@ -204,16 +207,18 @@ class Link:
             if len(first.data) > limit:
                 raise ProtocolError(f"a {what} over {limit} bytes")
             return bytes(first.data)
-        parts, size, pdv = [first.data], len(first.data), first
+        # Each fragment counts with its item header, so empty ones cannot go on for ever; the
+        # bytes are copied out, so no received buffer is kept alive by a view of a few bytes of it.
+        gathered, size, pdv = bytearray(first.data), len(first.data) + PDV_OVERHEAD, first
         while not pdv.is_last:
             pdv = self._next_pdv()
             if pdv.is_command != first.is_command or pdv.context_id != first.context_id:
                 raise ProtocolError(f"a fragment of another message inside a {what}")
-            size += len(pdv.data)
+            size += len(pdv.data) + PDV_OVERHEAD
             if size > limit:
-                raise ProtocolError(f"a {what} over {limit} bytes")
-            parts.append(pdv.data)
-        return b"".join(parts)
+                raise ProtocolError(f"a {what} over {limit} bytes (with its fragments' headers)")
+            gathered += pdv.data
+        return bytes(gathered)
 
 
 def answering(message: Message, context_id: int, message_id: int, field: int) -> Message:
@@ -323,9 +328,12 @@ def encode(ds: Dataset, *, implicit: bool) -> bytes:
 def decode(data: bytes, *, implicit: bool) -> Dataset:
     """A data set the peer sent; ProtocolError when pydicom cannot read it."""
     try:
-        return read_dataset(io.BytesIO(data), implicit, True)
+        dataset = read_dataset(io.BytesIO(data), implicit, True)
+        for _ in dataset.iterall():  # pydicom converts a value when first read: all of them here, not in a caller
+            pass
     except Exception as exc:  # pydicom raises many types on a malformed data set
         raise ProtocolError(f"an unreadable data set: {exc}") from None
+    return dataset
 
 
 # -- the services -------------------------------------------------------------------------
@@ -372,14 +380,18 @@ def echo(link: Link) -> int:
     return status_of(link.response(context_id, message_id, commands.C_ECHO_RSP))
 
 
-def find(link: Link, model: str, identifier: Dataset) -> Iterator[Dataset]:
-    """The matches of one C-FIND; raises LookupError when it ends in a failure status."""
+def find(link: Link, model: str, identifier: Dataset, *, deadline: float | None = None) -> Iterator[Dataset]:
+    """The matches of one C-FIND; raises LookupError when it ends in a failure status, and
+    TimeoutError when it is still going at ``deadline`` (monotonic clock): each Pending
+    response in time is not enough, a peer could send them for ever."""
     context_id = link.context_id(model)
     implicit = link.implicit(context_id)
     message_id = _request(link, context_id, {commands.AFFECTED_SOP_CLASS_UID: model,
                                              commands.COMMAND_FIELD: commands.C_FIND_RQ, commands.PRIORITY: 0},
                           encode(identifier, implicit=implicit))
     while True:
+        if deadline is not None and time.monotonic() > deadline:
+            raise TimeoutError("the C-FIND was still going at its deadline")
         message = link.response(context_id, message_id, commands.C_FIND_RSP)
         code = status_of(message)
         if code in PENDING:
@@ -421,23 +433,28 @@ def n_action(link: Link, context_id: int, *, sop_instance: str, action_type: int
     before its response, each answered with Success)."""
     message_id = _n_request(link, context_id, commands.N_ACTION_RQ, _N_ACTION_TAGS, sop_instance, action_type,
                             information)
-    reports = []
+    reports: list[bytes] = []
+    # The response is due within the timeout however many reports come first, and only a few may.
+    deadline = time.monotonic() + link.association.timeout
     while True:
-        message = link.receive()
+        message = link.receive(within=max(0.0, deadline - time.monotonic()))
         if message is None:
             raise ProtocolError("released the association while a response was due")
-        if message.command.is_request:
-            reports.append(_answer_report(link, message))
-            continue
-        return status_of(answering(message, context_id, message_id, commands.N_ACTION_RSP)), reports
+        if not message.command.is_request:
+            return status_of(answering(message, context_id, message_id, commands.N_ACTION_RSP)), reports
+        if len(reports) == MAX_REPORTS_BEFORE_RESPONSE:
+            raise ProtocolError(f"sent more than {MAX_REPORTS_BEFORE_RESPONSE} reports where its N-ACTION "
+                                "response was due")
+        reports.append(_answer_report(link, message))
 
 
 def await_report(link: Link, *, within: float) -> bytes | None:
     """The event information of an N-EVENT-REPORT the peer starts sending within ``within``
-    seconds, answered with Success; None when none came, or the peer released instead."""
+    seconds, answered with Success; None when none came, or the peer released, aborted or
+    closed the connection instead (its N-ACTION response stands)."""
     try:
         message = link.receive(within=within)
-    except TimeoutError:
+    except (TimeoutError, ConnectionError):  # none came; or it aborted or hung up after its answer
         return None
     return None if message is None else _answer_report(link, message)
 

@@ -49,7 +49,8 @@ def holds(backend: BackendAddress, *, calling_ae: str, study_uid: str, patient_i
     with scu.associate(backend, calling_ae=calling_ae, contexts=[(model, scu.DATA_SET_SYNTAXES)],
                        timeout=timeout) as link:
         try:
-            return sum(1 for _ in scu.find(link, model, identifier)) > 0  # read to the end
+            # Read to the end, within the timeout: the answer is a study or a patient, not a stream.
+            return sum(1 for _ in scu.find(link, model, identifier, deadline=time.monotonic() + timeout)) > 0
         except LookupError:
             return False  # a failure status: it found nothing it could give
 
@@ -85,7 +86,7 @@ def instances_held(backend: BackendAddress, sop_instance_uids: list[str], *, cal
             identifier.QueryRetrieveLevel = "IMAGE"
             identifier.SOPInstanceUID = sop_instance_uids[start:start + INSTANCES_PER_QUERY]
             try:
-                for match in scu.find(link, sop_classes.STUDY_ROOT_FIND, identifier):
+                for match in scu.find(link, sop_classes.STUDY_ROOT_FIND, identifier, deadline=deadline):
                     value = str(match.get("SOPInstanceUID", "") or "")
                     if value in asked and uids.uid_problem(value) is None:
                         held.add(value)

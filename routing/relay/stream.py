@@ -116,16 +116,17 @@ class MessageStream:
         if not first.is_command:
             raise ProtocolError(f"data set fragment on context {first.context_id} where a command was due")
         parts = [first.data]
-        size = len(first.data)
+        # Each fragment counts with its item header: a peer's empty fragments cannot go on for ever.
+        size = len(first.data) + pdu.PDV_OVERHEAD
         last = first
         while not last.is_last:
             last = await self._next_pdv(timeout)
             if not last.is_command or last.context_id != first.context_id:
                 raise ProtocolError("command set fragments interleaved with another message")
             parts.append(last.data)
-            size += len(last.data)
+            size += len(last.data) + pdu.PDV_OVERHEAD
             if size > COMMAND_LIMIT:
-                raise ProtocolError(f"command set longer than {COMMAND_LIMIT} bytes")
+                raise ProtocolError(f"command set longer than {COMMAND_LIMIT} bytes (with its fragments' headers)")
         try:
             command = commands.decode(b"".join(parts))
         except commands.CommandError as exc:
@@ -163,7 +164,7 @@ class MessageStream:
         while True:
             piece = await self.next_piece(context_id, timeout)
             parts.append(bytes(piece.data))
-            size += len(piece.data)
+            size += len(piece.data) + pdu.PDV_OVERHEAD  # empty fragments count too
             if size > limit:
                 raise ProtocolError(f"data set of a query or notification longer than {limit} bytes")
             if piece.last:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -385,3 +386,83 @@ def test_a_backend_that_releases_after_its_response_is_answered_and_the_share_st
                                            share=[("1.2.840.10008.5.1.4.1.1.2", "1.2.3.4")], timeout=2.0)
     assert (code, reported) == (0x0000, [])
     assert _played(outcome) == pdu.A_RELEASE_RP_TYPE
+
+
+@pytest.mark.parametrize("ending", ["abort", "close"])
+def test_a_backend_that_aborts_or_hangs_up_after_its_response_leaves_the_share_standing(scripted, ending):
+    def peer(p: ScriptedPeer) -> None:
+        p.accept()
+        context_id, action, _ = p.message()
+        p.answer(context_id, action, 0x0000)
+        if ending == "abort":
+            p.sock.sendall(pdu.abort(source=pdu.ABORT_SOURCE_USER))
+
+    outcome = scripted(peer)
+    code, reported = commitment.send_share(PEER, requester_ae="MODALITY", transaction_uid="1.2.9",
+                                           share=[("1.2.840.10008.5.1.4.1.1.2", "1.2.3.4")], timeout=2.0)
+    assert (code, reported) == (0x0000, [])
+    _played(outcome)
+
+
+def test_reports_without_end_where_the_n_action_response_is_due_are_a_protocol_error(scripted):
+    def peer(p: ScriptedPeer) -> int:
+        p.accept(roles={sop_classes.STORAGE_COMMITMENT_PUSH: (True, True)})
+        context_id, _, _ = p.message()
+        for n in range(scu.MAX_REPORTS_BEFORE_RESPONSE + 1):
+            p.send(context_id, commands.event_report(
+                message_id=100 + n, sop_class_uid=sop_classes.STORAGE_COMMITMENT_PUSH,
+                sop_instance_uid=sop_classes.STORAGE_COMMITMENT_INSTANCE, event_type=1),
+                _report("1.2.9", implicit=False))
+            if n < scu.MAX_REPORTS_BEFORE_RESPONSE:
+                p.message()  # SynthIQ's answer to each report it takes
+        return p.pdu().type
+
+    outcome = scripted(peer)
+    with pytest.raises(OSError, match=f"more than {scu.MAX_REPORTS_BEFORE_RESPONSE} reports"):
+        commitment.send_share(PEER, requester_ae="MODALITY", transaction_uid="1.2.9",
+                              share=[("1.2.840.10008.5.1.4.1.1.2", "1.2.3.4")], timeout=2.0)
+    assert _played(outcome) == pdu.A_ABORT
+
+
+def test_empty_fragments_count_against_the_command_set_bound(scripted):
+    def peer(p: ScriptedPeer) -> int:
+        p.accept()
+        context_id, _, _ = p.message()
+        empty = pdu.PDV_HEADER.pack(2, context_id, pdu.MCH_COMMAND)  # a command fragment with no bytes, not the last
+        per_pdu = 2000
+        for _ in range(scu.MAX_COMMAND // (pdu.PDV_OVERHEAD * per_pdu) + 1):
+            body = empty * per_pdu
+            p.sock.sendall(pdu.HEADER.pack(pdu.P_DATA_TF, len(body)) + body)
+        return p.pdu().type
+
+    outcome = scripted(peer)
+    with pytest.raises(scu.Unreachable, match="node-s .*command set over"), _echo_link() as link:
+        scu.echo(link)
+    assert _played(outcome) == pdu.A_ABORT
+
+
+def test_a_find_still_going_at_its_deadline_ends(scripted):
+    def peer(p: ScriptedPeer) -> int:
+        p.accept()
+        context_id, request, _ = p.message()
+        match = Dataset()
+        match.StudyInstanceUID = "1.2.3"
+        sent = 0
+        try:
+            while sent < 50:  # Pending after Pending, each in time
+                p.answer(context_id, request, 0xFF00, scu.encode(match, implicit=False))
+                sent += 1
+                threading.Event().wait(0.05)
+        except OSError:  # the client gave up and closed the connection
+            pass
+        return sent
+
+    outcome = scripted(peer)
+    identifier = Dataset()
+    identifier.QueryRetrieveLevel, identifier.StudyInstanceUID = "STUDY", ""
+    with pytest.raises(scu.Unreachable, match="still going at its deadline"), \
+            scu.associate(PEER, calling_ae="SYNTHIQ", contexts=[(sop_classes.STUDY_ROOT_FIND, scu.DATA_SET_SYNTAXES)],
+                          timeout=2.0) as link:
+        for _ in scu.find(link, sop_classes.STUDY_ROOT_FIND, identifier, deadline=time.monotonic() + 0.5):
+            pass
+    assert _played(outcome) < 50  # cut off well before the peer was done

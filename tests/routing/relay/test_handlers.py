@@ -27,6 +27,7 @@ from routing.relay.context import Context
 from routing.relay.handlers import HANDLERS, Service
 from routing.relay.inbound import InboundAssociation
 from routing.relay.server import NetworkSettings, PoolListener, PoolOffer, Relay
+from routing.relay.stream import COMMAND_LIMIT
 from routing.telemetry import Telemetry
 
 # UIDs that are no UIDs, a value longer than its VR allows: the point of some cases; pydicom warns as it writes them.
@@ -334,6 +335,22 @@ def test_a_storage_commitment_request_that_cannot_be_used_is_refused_with_the_n_
 def test_a_message_on_a_presentation_context_never_accepted_aborts_the_association():
     async def scenario(modality: Modality) -> None:
         modality.send_message(11, _request(commands.C_ECHO_RQ, negotiation.VERIFICATION))
+        got = await modality.next_pdu()
+        assert got.type == pdu.A_ABORT
+
+    _run(scenario, release=False)
+
+
+def test_empty_command_fragments_without_end_abort_the_association_within_the_command_bound():
+    """Empty fragments (not the last) count with their item headers against the command set's
+    bound: a modality cannot keep SynthIQ gathering nothing for ever."""
+    empty = pdu.PDV_HEADER.pack(2, VERIFICATION_CONTEXT, pdu.MCH_COMMAND)
+    per_pdu = 4000
+    body = empty * per_pdu
+
+    async def scenario(modality: Modality) -> None:
+        for _ in range(COMMAND_LIMIT // (pdu.PDV_OVERHEAD * per_pdu) + 1):
+            modality.send(pdu.HEADER.pack(pdu.P_DATA_TF, len(body)) + body)
         got = await modality.next_pdu()
         assert got.type == pdu.A_ABORT
 
