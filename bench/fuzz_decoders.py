@@ -1,7 +1,7 @@
 """Coverage-guided fuzzing (atheris) of the protocol subpackage's decoders.
 
 Every input is fed, as a byte stream in arbitrary pieces, through PDU framing, PDV
-parsing, A-ASSOCIATE-RQ/AC decoding, command-set decoding and the Study Instance UID scan
+parsing, A-ASSOCIATE-RQ/AC/RJ and A-ABORT decoding, command-set decoding and the Study Instance UID scan
 (in each transfer syntax family). A decoder may refuse an input only with its own
 documented exceptions (ProtocolError, CommandError, HeaderError); anything else is a
 crash, and atheris stops with the input that caused it.
@@ -44,6 +44,10 @@ def one_input(data: bytes) -> None:
                     negotiation.accept(rq, ae_title="SYNTHIQ", max_pdu=16384)
                 elif got.type == pdu.A_ASSOCIATE_AC:
                     negotiation.decode_associate_ac(got.raw)
+                elif got.type == pdu.A_ASSOCIATE_RJ:
+                    negotiation.rejection_text(got.raw)
+                elif got.type == pdu.A_ABORT:
+                    pdu.abort_meaning(*pdu.abort_fields(got))
     except pdu.ProtocolError:
         pass
     # The scan, in each encoding family.
