@@ -466,3 +466,11 @@ def test_a_find_still_going_at_its_deadline_ends(scripted):
         for _ in scu.find(link, sop_classes.STUDY_ROOT_FIND, identifier, deadline=time.monotonic() + 0.5):
             pass
     assert _played(outcome) < 50  # cut off well before the peer was done
+
+
+def test_a_value_pydicom_cannot_convert_is_a_protocol_error_when_read_not_later():
+    """SOP Instance UID sent with VR US and 3 bytes: pydicom only fails when the value is first
+    read, which must be inside decode (callers expect a ProtocolError, not pydicom's exception)."""
+    raw = bytes.fromhex("08001800") + b"US" + (3).to_bytes(2, "little") + b"\x01\x02\x03"
+    with pytest.raises(pdu.ProtocolError, match="unreadable data set"):
+        scu.decode(raw, implicit=False)
