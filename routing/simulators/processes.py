@@ -7,6 +7,7 @@ down with its group. Ports are chosen free at run time; readiness is polled, nev
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import signal
 import socket
@@ -33,10 +34,39 @@ class NotReady(AssertionError):
     """A child exited, or a condition did not hold in time (an AssertionError: in a test, a failure)."""
 
 
+# Ports handed out by free_port in this process (never handed out twice).
+_HANDED_OUT: set[int] = set()
+LOWEST_PORT = 10000
+
+
+def _ephemeral_low() -> int:
+    """The lowest port the kernel gives outgoing connections (and bind to port 0)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768  # Linux's default
+
+
 def free_port() -> int:
-    with socket.socket() as s:
+    """A port nothing is bound to now, for a server started a moment later. Chosen below the
+    kernel's ephemeral range: a port bind(0) picks may be given meanwhile to an outgoing
+    connection as its local port, and the server then finds it taken (an Orthanc in a test
+    did). At random, so parallel test workers seldom pick the same; never twice in a process."""
+    ephemeral = _ephemeral_low()
+    for _ in range(200) if ephemeral > LOWEST_PORT + 1000 else ():
+        port = random.randrange(LOWEST_PORT, ephemeral)
+        if port in _HANDED_OUT:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _HANDED_OUT.add(port)
+        return port
+    with socket.socket() as s:  # no room below the ephemeral range: the kernel's choice
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        return int(s.getsockname()[1])
 
 
 def port_open(port: int, host: str = "127.0.0.1") -> bool:
