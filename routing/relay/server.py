@@ -45,6 +45,8 @@ ACCEPT_PAUSE_SECONDS = 1.0
 # The smallest max PDU announced to modalities whatever the backends take: DCMTK's default,
 # so one backend with tiny PDUs does not make every modality send tiny ones too.
 MIN_ANNOUNCED_PDU = 16384
+# On stopping, how long a modality whose last operation was let finish has to release.
+RELEASE_WINDOW_SECONDS = 2.0
 
 
 @dataclass(frozen=True)
@@ -478,7 +480,8 @@ class Relay:
         for sock in self._listening.values():
             loop.remove_reader(sock.fileno())
             sock.close()
-        busy = sum(1 for a in self.associations if a.busy)
+        finishing = [a for a in self.associations if a.busy]
+        busy = len(finishing)
         if busy:
             logger.info("waiting up to %.0fs for %d operation(s) in flight", grace_seconds, busy)
             self.operation_done()
@@ -487,6 +490,12 @@ class Relay:
             except TimeoutError:
                 logger.warning("stopping with %d operation(s) still in flight: their associations are aborted",
                                sum(1 for a in self.associations if a.busy))
+        # A modality whose operation was let finish usually releases right after the response:
+        # it gets a moment to, as an abort on the heels of a response can cost a sender the
+        # response itself. The rest are ended now.
+        releasing = {a.task for a in finishing if a.task is not None and not a.task.done() and not a.busy}
+        if releasing:
+            await asyncio.wait(releasing, timeout=RELEASE_WINDOW_SECONDS)
         for assoc in list(self.associations):
             if assoc.task is not None:
                 assoc.task.cancel()

@@ -34,9 +34,11 @@ class NotReady(AssertionError):
     """A child exited, or a condition did not hold in time (an AssertionError: in a test, a failure)."""
 
 
-# Ports handed out by free_port in this process (never handed out twice).
+# Ports handed out by free_port in this process (never handed out twice), from FREE_PORTS:
+# below the kernel's ephemeral range (32768+ by default), and below 20000, where the demo's
+# test puts its backends at fixed offsets from a base.
 _HANDED_OUT: set[int] = set()
-LOWEST_PORT = 10000
+FREE_PORTS = (10000, 20000)
 
 
 def _ephemeral_low() -> int:
@@ -52,9 +54,9 @@ def free_port() -> int:
     kernel's ephemeral range: a port bind(0) picks may be given meanwhile to an outgoing
     connection as its local port, and the server then finds it taken (an Orthanc in a test
     did). At random, so parallel test workers seldom pick the same; never twice in a process."""
-    ephemeral = _ephemeral_low()
-    for _ in range(200) if ephemeral > LOWEST_PORT + 1000 else ():
-        port = random.randrange(LOWEST_PORT, ephemeral)
+    low, high = FREE_PORTS[0], min(FREE_PORTS[1], _ephemeral_low())
+    for _ in range(200) if high > low + 1000 else ():
+        port = random.randrange(low, high)
         if port in _HANDED_OUT:
             continue
         with socket.socket() as s:

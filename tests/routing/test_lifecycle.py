@@ -47,8 +47,8 @@ def test_sigterm_during_a_transfer_finishes_it_releases_outbound_and_exits_zero(
 def test_the_demo_starts_and_a_study_sent_with_storescu_lands_on_a_simulated_backend(cluster, tmp_path):
     storescu = require_tool("storescu", "dcmtk")
     dicom_port, http_port = free_port(), free_port()
-    # The backends' ports are fixed offsets from a base: below the kernel's ephemeral range
-    # (32768+), where free_port() and outgoing connections of other tests take theirs.
+    # The backends' ports are fixed offsets from a base: between free_port()'s range (below
+    # 20000) and the kernel's ephemeral range (32768+), where outgoing connections take theirs.
     base = random.randrange(20000, 32000 - 200)
     while any(_taken(base + n) for n in (1, 2, 3, 101, 102, 103)):
         base = random.randrange(20000, 32000 - 200)
