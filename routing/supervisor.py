@@ -16,7 +16,6 @@ verification, the purge (with workers), the admin web app and the worker process
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import resource
@@ -39,7 +38,7 @@ from health.services import HeartbeatPolicy
 from health.watch import StalenessWatch
 from pools.config import Config, ConfigError, config_load, differences
 from pools.services import config_sync
-from routing import audit, readiness
+from routing import audit, eventloop, readiness
 from routing.listeners import StartupError, bind_listener, close_listeners_gone, dicom_web_changed, web_moved
 from routing.probing import Prober
 from routing.relay.quota import AddressCounts
@@ -115,8 +114,9 @@ def wait_for_database(*, max_seconds: float) -> None:
 
 class Supervisor:
     def __init__(self, *, config: Config, grace_seconds: float, say: Callable[[str], None],
-                 config_path: str | None = None):
+                 config_path: str | None = None, event_loop: str = eventloop.DEFAULT):
         self.config = config
+        self.event_loop = event_loop  # uvloop or asyncio (routing.eventloop)
         self.config_path = config_path  # re-read on SIGHUP
         self.say = say
         self.grace_seconds = grace_seconds
@@ -229,7 +229,7 @@ class Supervisor:
         setup = self._worker_setup(AddressCounts(), purge=True, read_config=self.reload_shared)
         with self._host_duties():
             try:
-                asyncio.run(Worker(setup).serve(ready=self._say_ready))
+                eventloop.run(Worker(setup).serve(ready=self._say_ready), loop=self.event_loop)
             finally:
                 logger.info("runproxy stopped")
 
@@ -247,7 +247,7 @@ class Supervisor:
             signal.signal(signal.SIGHUP, signal.SIG_IGN)  # the parent reloads it (see _supervise)
             self.audit = audit.install(audit.trail_start(self.config.audit, spool_name=f"worker{index}"))
             setup = self._worker_setup(per_address, purge=False, read_config=read_config, channel=channel)
-            asyncio.run(Worker(setup).serve(ready=ready))
+            eventloop.run(Worker(setup).serve(ready=ready), loop=self.event_loop)
             self.audit.stop()
             return 0
 

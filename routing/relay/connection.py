@@ -22,6 +22,7 @@ import asyncio
 import logging
 from collections import deque
 from collections.abc import Callable
+from typing import cast
 
 from routing.dicom import netopts
 from routing.dicom.pdu import Pdu, PduBuffer, ProtocolError
@@ -76,8 +77,8 @@ class PduConnection(asyncio.BufferedProtocol):
 
     # -- asyncio.BufferedProtocol -------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.attach(transport)
+        # asyncio's transports and uvloop's (which do not derive from asyncio.Transport) alike
+        self.attach(cast(asyncio.Transport, transport))
         peer = transport.get_extra_info("peername")
         if peer:
             self.peer = (str(peer[0]), int(peer[1]))

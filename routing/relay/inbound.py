@@ -128,6 +128,10 @@ class InboundAssociation:
             if not self.ended.done():
                 self.ended.set_result(None)
 
+    def drop(self) -> None:
+        """Close the connection at once (a newer connection needs its pending place)."""
+        self.conn.abort_transport()
+
     def _abort_inbound(self, reason: int) -> None:
         if self.conn.is_open:
             self.conn.send_and_close(self.association.abort(reason=reason), linger=ABORT_LINGER_SECONDS)
@@ -135,8 +139,6 @@ class InboundAssociation:
     # -- association establishment ------------------------------------------------------
     async def _negotiate(self, deadline: float) -> bool:
         loop = asyncio.get_running_loop()
-        if self.listener.tls is not None:
-            await self._start_tls(deadline)
         first = self.association.receive(await self.conn.next_pdu(max(0.0, deadline - loop.time())))
         if isinstance(first, Aborted):
             raise PeerAborted(peer_name(self.conn.name), first.source, first.reason)
@@ -181,37 +183,6 @@ class InboundAssociation:
         self.conn.framer.max_pdata_length = self.network.max_pdu_bytes
         self.conn.write(self.association.accept(accepted.pdu))
         return True
-
-    async def _start_tls(self, deadline: float) -> None:
-        """TLS after the TCP accept (counted as pending from connect), under the same
-        connect-to-AC deadline, so a client that never says hello holds nothing for long."""
-        loop = asyncio.get_running_loop()
-        assert self.conn.transport is not None and self.listener.tls is not None
-        remaining = max(0.1, deadline - loop.time())
-        try:
-            transport = await loop.start_tls(self.conn.transport, self.conn, self.listener.tls, server_side=True,
-                                             ssl_handshake_timeout=remaining)
-        except (OSError, TimeoutError, ConnectionError) as exc:
-            self._tls_failed(exc)
-            raise ConnectionClosed(f"TLS handshake with {self.source_ip} failed: {exc or type(exc).__name__}") from None
-        if transport is None:
-            self._tls_failed(None)
-            raise ConnectionClosed(f"TLS handshake with {self.source_ip} failed")
-        self.conn.attach(transport)
-
-    def _tls_failed(self, exc: BaseException | None) -> None:
-        """A failed handshake is logged (rate-limited: a scanner can make thousands) and counted
-        by reason: plaintext DICOM on the TLS port, or any other failure."""
-        text = f"{exc or 'connection closed'}"
-        plaintext = any(sign in text for sign in ("WRONG_VERSION_NUMBER", "UNKNOWN_PROTOCOL", "HTTP_REQUEST",
-                                                  "unknown protocol", "wrong version number"))
-        kind = "tls-plaintext" if plaintext else "tls-handshake"
-        self.relay.telemetry.association_rejected(kind, pool_id=self.pool_id, source_ip=self.source_ip,
-                                                  detail=f"TLS handshake failed: {text}")
-        self.relay.telemetry.audit.rejected(self, kind, text)
-        self.relay.log_refusal(kind, f"pool={self.pool_id} source_ip={self.source_ip}: TLS handshake failed"
-                                     f"{' (plaintext on the TLS port?)' if plaintext else ''}: {text} "
-                                     "(repeats within a minute counted, not logged)")
 
     def _refusal(self, rq: negotiation.AssociateRequest) -> tuple[str, str, tuple[int, int, int]] | None:
         """Why this request is rejected: (the reason's metric label, the log text, the A-ASSOCIATE-RJ

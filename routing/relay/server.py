@@ -28,7 +28,7 @@ from typing import Any, Protocol
 
 from routing.dicom import negotiation, netopts
 from routing.dicom.sop_classes import VERIFICATION
-from routing.relay import locator
+from routing.relay import handshake, locator
 from routing.relay.commitment import CommitmentStore
 from routing.relay.connection import PduConnection
 from routing.relay.handlers import HANDLERS, Service
@@ -184,18 +184,18 @@ class Placement(Protocol):
 class _Pending:
     """Connections accepted but not yet associated, oldest first, and per source address."""
 
-    order: dict[InboundAssociation, None] = field(default_factory=dict)
+    order: dict[InboundAssociation | handshake.Handshake, None] = field(default_factory=dict)
     by_address: Counter[str] = field(default_factory=Counter)
 
     @property
     def total(self) -> int:
         return len(self.order)
 
-    def add(self, assoc: InboundAssociation) -> None:
+    def add(self, assoc: InboundAssociation | handshake.Handshake) -> None:
         self.order[assoc] = None
         self.by_address[assoc.source_ip] += 1
 
-    def remove(self, assoc: InboundAssociation) -> bool:
+    def remove(self, assoc: InboundAssociation | handshake.Handshake) -> bool:
         if assoc not in self.order:
             return False
         del self.order[assoc]
@@ -304,24 +304,65 @@ class Relay:
             asyncio.get_running_loop().add_reader(sock.fileno(), self._accept, current, sock)
 
     async def _adopt(self, pool: PoolListener, conn: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.network.handshake_timeout_seconds  # connect to A-ASSOCIATE-AC
+        if pool.tls is None:
+            try:
+                await loop.connect_accepted_socket(lambda: self._connection(pool, deadline), conn)
+            except OSError as exc:  # gone before it could be set up
+                logger.debug("pool=%s: accepted connection lost at once: %s", pool.id, exc)
+                conn.close()
+            return
         try:
-            await asyncio.get_running_loop().connect_accepted_socket(lambda: self._connection(pool), conn)
-        except OSError as exc:  # gone before it could be set up
-            logger.debug("pool=%s: accepted connection lost at once: %s", pool.id, exc)
+            address = str(conn.getpeername()[0])
+        except OSError:
             conn.close()
+            return
+        task = asyncio.current_task()
+        assert task is not None
+        shaking = handshake.Handshake(address, task)
+        if not self._admit(pool, address, shaking):
+            conn.close()
+            return
+        try:
+            await loop.connect_accepted_socket(lambda: self._connection(pool, deadline, shaking), conn, ssl=pool.tls,
+                                               ssl_handshake_timeout=max(0.1, deadline - loop.time()))
+        except (OSError, TimeoutError) as exc:
+            handshake.failed(self, pool_id=pool.id, pool_ae=pool.ae_title, address=address, exc=exc)
+            conn.close()
+        except asyncio.CancelledError:  # evicted by a newer connection, or runproxy is stopping
+            conn.close()
+        finally:
+            self._pending.remove(shaking)
 
-    def _connection(self, pool: PoolListener) -> PduConnection:
+    def _connection(self, pool: PoolListener, deadline: float, shaking: handshake.Handshake | None = None,
+                    ) -> PduConnection:
         return PduConnection(name=f"pool {pool.id} inbound", max_length=HANDSHAKE_PDU_LIMIT,
                              max_pdata_length=self.network.max_pdu_bytes,
                              read_limit=max(2 * self.network.max_pdu_bytes, 1 << 20),
-                             on_open=lambda conn: self._opened(pool, conn))
+                             on_open=lambda conn: self._opened(pool, conn, deadline, shaking))
 
-    def _opened(self, pool: PoolListener, conn: PduConnection) -> None:
-        """A TCP connection was accepted: count it as pending, or refuse it at once. When
-        the pending total is full, the oldest connection still negotiating makes room: a
-        real modality negotiates in milliseconds, so what has been silent longest is what
-        a flood left behind, and a new caller always gets its chance."""
-        address = conn.peer[0]
+    def _opened(self, pool: PoolListener, conn: PduConnection, deadline: float,
+                shaking: handshake.Handshake | None) -> None:
+        """A connection is ready to negotiate: plain TCP just accepted (admitted now), or TLS
+        with its handshake done (admitted at the accept; it takes its Handshake's place)."""
+        if shaking is not None and not self.stopping:
+            self._pending.remove(shaking)
+        elif not self._admit(pool, conn.peer[0], None):
+            conn.abort_transport()
+            return
+        assoc = InboundAssociation(self, pool, conn)
+        self._pending.add(assoc)
+        self.associations.add(assoc)
+        task = self.spawn(assoc.run(deadline))
+        assoc.task = task
+        task.add_done_callback(lambda _: self._ended(assoc))
+
+    def _admit(self, pool: PoolListener, address: str, entry: handshake.Handshake | None) -> bool:
+        """Count a new connection as pending, or refuse it. When the pending total is full, the
+        oldest connection still negotiating makes room: a real modality negotiates in
+        milliseconds, so what has been silent longest is what a flood left behind, and a new
+        caller always gets its chance. ``entry`` is added to the pending ones when given."""
         pending = self._pending
         kind = why = ""
         if self.stopping:
@@ -337,8 +378,7 @@ class Relay:
             self.log_refusal(kind, f"pool={pool.id} source_ip={address}: connection refused: {why} "
                                     f"(repeats within {REFUSAL_LOG_SECONDS:.0f}s counted, not logged)")
             self.telemetry.connection_refused()
-            conn.abort_transport()
-            return
+            return False
         if pending.total >= self.network.max_pending_associations:
             oldest = next(iter(pending.order))
             pending.remove(oldest)
@@ -347,16 +387,10 @@ class Relay:
                                          f"closed to make room (repeats within {REFUSAL_LOG_SECONDS:.0f}s counted, "
                                          "not logged)")
             self.telemetry.connection_refused()
-            oldest.conn.abort_transport()
-        if pool.tls is not None and conn.transport is not None:
-            conn.transport.pause_reading()  # the TLS handshake reads first (start_tls resumes)
-        assoc = InboundAssociation(self, pool, conn)
-        pending.add(assoc)
-        self.associations.add(assoc)
-        deadline = asyncio.get_running_loop().time() + self.network.handshake_timeout_seconds
-        task = self.spawn(assoc.run(deadline))
-        assoc.task = task
-        task.add_done_callback(lambda _: self._ended(assoc))
+            oldest.drop()
+        if entry is not None:
+            pending.add(entry)
+        return True
 
     def log_refusal(self, kind: str, line: str) -> None:
         """A refusal of kind ``kind``: logged, then at most once per REFUSAL_LOG_SECONDS, saying
@@ -480,6 +514,9 @@ class Relay:
         for sock in self._listening.values():
             loop.remove_reader(sock.fileno())
             sock.close()
+        for entry in list(self._pending.order):
+            if isinstance(entry, handshake.Handshake):
+                entry.drop()
         finishing = [a for a in self.associations if a.busy]
         busy = len(finishing)
         if busy:

@@ -6,6 +6,7 @@ import socket
 import ssl
 import subprocess
 import time
+import warnings
 
 import pytest
 from pydicom import dcmread
@@ -80,3 +81,88 @@ def test_tls_in_and_out_and_a_silent_client_does_not_stall_the_listener(cluster,
         metrics = requests.get(f"http://127.0.0.1:{proxy.http_port}/metrics", timeout=10).text
         return 'reason="tls-plaintext"' in metrics
     wait_for(rejected_plaintext, timeout=15, what="synthiq_associations_rejected{reason=tls-plaintext}")
+
+
+def _closed_within(sock: socket.socket, seconds: float) -> bool:
+    """Whether the peer closes ``sock`` within ``seconds`` (reads until EOF or a reset)."""
+    sock.settimeout(seconds)
+    try:
+        while sock.recv(4096):
+            pass
+    except TimeoutError:
+        return False
+    except ConnectionError:
+        pass
+    return True
+
+
+def test_tls_client_certificates_versions_handshake_deadline_and_pending_bound(cluster, tmp_path):
+    """The handshake is done by the event loop from the first byte, while the connection counts
+    as pending: DCMTK senders whose ClientHello is already waiting at the accept get through;
+    a client without a certificate (required here) or offering only TLS 1.1 is refused; the
+    connect-to-AC deadline ends a handshake left half-way; the per-address pending bound holds
+    for connections still shaking hands."""
+    pki = _pki(tmp_path)
+    pacs_port, _ = start_storescp(cluster, name="pacs", ae_title="PACS")
+    config = cluster.config(
+        [{"Id": "pacs", "AeTitle": "PACS", "Host": "127.0.0.1", "Port": pacs_port,
+          "Health": {"Mode": "liveness", "Probe": "tcp"}}],
+        pool={"Tls": {"Certificate": pki["proxy.pem"], "Key": pki["proxy.key"], "CA": pki["ca.pem"],
+                      "RequireClientCertificate": True}},
+        Network={"HandshakeTimeoutSeconds": 1.5, "MaxPendingPerAddress": 8},
+    )
+    proxy = cluster.proxy(config, http=True)
+    _, paths = write_study(tmp_path / "s", count=6)
+    storescu = require_tool("storescu", "dcmtk")
+    senders = [subprocess.Popen([storescu, "-aec", "SYNTHIQ", "-aet", f"CT{i}", "+tls", pki["pacs.key"],
+                                 pki["pacs.pem"], "+cf", pki["ca.pem"], "127.0.0.1", str(proxy.port), str(path)],
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+               for i, path in enumerate(paths)]
+    outputs = [s.communicate(timeout=30)[0] for s in senders]
+    assert [s.returncode for s in senders] == [0] * len(senders), outputs
+    assert len(wait_for(lambda: len(list((cluster.tmp / "pacs").iterdir())) == 6 or None, timeout=10,
+                        what="the six instances at the backend") and list((cluster.tmp / "pacs").iterdir())) == 6
+
+    no_certificate = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=pki["ca.pem"])
+    old = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=pki["ca.pem"])
+    old.load_cert_chain(pki["pacs.pem"], pki["pacs.key"])
+    old.minimum_version = ssl.TLSVersion.MINIMUM_SUPPORTED
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # that is the point
+        old.maximum_version = ssl.TLSVersion.TLSv1_1
+    for ctx in (no_certificate, old):
+        with pytest.raises((ssl.SSLError, ConnectionError)):
+            with socket.create_connection(("127.0.0.1", proxy.port), timeout=5) as raw:
+                with ctx.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+                    tls.sendall(b"\x01")  # TLS 1.3 reports a refused client certificate on the first exchange
+                    if not tls.recv(1):
+                        raise ConnectionError("closed")
+    wait_for(lambda: "TLS handshake failed" in proxy.process.log(), timeout=10, what="the refusals in the log")
+
+    # Eight connections still shaking hands from one address: one sent half a ClientHello, the
+    # others nothing. A ninth is closed at once (MaxPendingPerAddress 8); the eight are ended by
+    # the deadline, 1.5 s after their accept.
+    waiting = [socket.create_connection(("127.0.0.1", proxy.port)) for _ in range(8)]
+    waiting[0].sendall(bytes.fromhex("16030100c8010000c40303"))
+    time.sleep(0.3)
+    ninth = socket.create_connection(("127.0.0.1", proxy.port))
+    try:
+        assert _closed_within(ninth, 1.0), "a ninth pending connection from one address was kept"
+        started = time.monotonic()
+        assert all(_closed_within(sock, 5.0) for sock in waiting)
+        assert time.monotonic() - started < 3.0
+    finally:
+        for sock in (*waiting, ninth):
+            sock.close()
+    # Counted by reason (logged once a minute): the two refused clients and the eight expired.
+    wait_for(lambda: _rejected(proxy, "tls-handshake") == 10, timeout=10,
+             what="10 in synthiq_associations_rejected{reason=tls-handshake}")
+
+
+def _rejected(proxy, reason: str) -> float:
+    import requests
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = requests.get(f"http://127.0.0.1:{proxy.http_port}/metrics", timeout=10).text
+    return sum(sample.value for family in text_string_to_metric_families(text) for sample in family.samples
+               if sample.name == "synthiq_associations_rejected_total" and sample.labels.get("reason") == reason)

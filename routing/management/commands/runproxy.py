@@ -6,6 +6,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
 from pools.config import ConfigError, config_load
+from routing import eventloop
 from routing.listeners import StartupError
 from routing.supervisor import Supervisor
 from synthiq_project.version import VERSION
@@ -28,8 +29,10 @@ class Command(BaseCommand):
                             help="how long operations in flight may take to finish on shutdown")
         parser.add_argument("--workers", type=int, default=1,
                             help="worker processes, each with its own event loop (default 1)")
+        parser.add_argument("--event-loop", choices=eventloop.LOOPS, default=eventloop.DEFAULT,
+                            help=f"the event loop the workers run on (default {eventloop.DEFAULT})")
 
-    def handle(self, *args, config, http, no_http, grace_seconds, workers, **options):
+    def handle(self, *args, config, http, no_http, grace_seconds, workers, event_loop, **options):
         if not config:
             raise CommandError("--config: no config file given (or set SYNTHIQ_CONFIG)")
         if workers < 1:
@@ -39,7 +42,7 @@ class Command(BaseCommand):
         except ConfigError as exc:
             raise CommandError("invalid config, nothing changed:\n  " + "\n  ".join(exc.errors)) from None
         try:
-            Supervisor(config=parsed, config_path=config, grace_seconds=grace_seconds,
+            Supervisor(config=parsed, config_path=config, grace_seconds=grace_seconds, event_loop=event_loop,
                        say=self._say).run(workers=workers, http=http)
         except StartupError as exc:
             raise CommandError(str(exc)) from None
