@@ -55,6 +55,9 @@ from routing.simulators.processes import ROOT, Managed, free_port, port_open, wa
 PYTHON = str(ROOT / ".venv" / "bin" / "python") if (ROOT / ".venv" / "bin" / "python").exists() else sys.executable
 PG_ADMIN_URL = os.environ.get("SYNTHIQ_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 PATHS = ("direct", "haproxy", "synthiq")
+# SynthIQ on asyncio's own event loop (runproxy --event-loop asyncio), beside the default
+# uvloop when asked for: the two loops measured in one run.
+ASYNCIO_PATH = "synthiq-asyncio"
 KINDS = ("fast", "sim")
 # --verify: SynthIQ again, side by side, with the study ledger's background verifier judging
 # each study a second after it goes quiet (Reconciliation.QuietSeconds 1).
@@ -393,10 +396,10 @@ defaults
             wait_port(backend_set["haproxy_port"])
         self.haproxy_version = subprocess.run([exe, "-v"], capture_output=True, text=True).stdout.splitlines()[0]
 
-    def start_synthiq(self, run_id: str, *, verify: bool = False) -> Managed:
+    def start_synthiq(self, run_id: str, *, verify: bool = False, event_loop: str = "uvloop") -> Managed:
         subprocess.run([PYTHON, "-c", _RESET_SCRIPT], cwd=ROOT, env=self.env, check=True)
         config = self.verify_config if verify else self.proxy_config
-        argv = [PYTHON, "manage.py", "runproxy", "--config", str(config), "--no-http"]
+        argv = [PYTHON, "manage.py", "runproxy", "--config", str(config), "--no-http", "--event-loop", event_loop]
         if self.args.workers > 1:
             argv += ["--workers", str(self.args.workers)]
         return self.managed(f"runproxy-{run_id}", argv, "runproxy ready")
@@ -499,8 +502,9 @@ defaults
             result["cpu_s"] = cpu_seconds([psutil.Process(self.haproxy.proc.pid)]) - before
         else:
             verify = path == VERIFY_PATH
-            run_id = f"{workload.name}-{kind}-{run}{'-verify' if verify else ''}"
-            proxy = self.start_synthiq(run_id, verify=verify)
+            event_loop = "asyncio" if path == ASYNCIO_PATH else "uvloop"
+            run_id = f"{workload.name}-{kind}-{run}{'-verify' if verify else ''}-{event_loop}"
+            proxy = self.start_synthiq(run_id, verify=verify, event_loop=event_loop)
             prof = self.start_profiler(proxy, run_id)
             try:
                 idle = process_figures(proxy)["cpu_s"]
@@ -553,7 +557,7 @@ defaults
         workloads = [
             w for w in (QUICK if self.args.quick else FULL) if not self.args.workloads or w.name in self.args.workloads
         ]
-        paths = [p for p in PATHS if not self.args.paths or p in self.args.paths]
+        paths = [p for p in (*PATHS, ASYNCIO_PATH) if p in (self.args.paths or PATHS)]
         verify = set(self.args.verify or ["W2"]) if self.args.verify is not None else set()
         if verify:
             paths.append(VERIFY_PATH)
@@ -792,7 +796,8 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="small sizes and one run: a sanity check")
     parser.add_argument("--runs", type=int, help="runs per (workload, path); default 3 (1 with --quick)")
     parser.add_argument("--workloads", nargs="*", help="e.g. W1 W3 (default: all)")
-    parser.add_argument("--paths", nargs="*", choices=PATHS, help="default: all three")
+    parser.add_argument("--paths", nargs="*", choices=(*PATHS, ASYNCIO_PATH),
+                        help=f"default: the first three; {ASYNCIO_PATH} is runproxy on asyncio's own event loop")
     parser.add_argument("--backends", nargs="*", choices=KINDS,
                         help="fast (storescp, the figure of record), sim (simulated Python backends); default both. "
                         "The TLS pair always runs behind fast backends speaking TLS")

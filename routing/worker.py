@@ -144,6 +144,7 @@ class Worker:
         await self._blocking(self._refresh_router)
         await self.relay.start(self.setup.sockets)
         await self.dicomweb.start(self.setup.web_sockets)
+        logger.info("serving on %s's event loop", type(loop).__module__.split(".")[0])  # uvloop or asyncio
         ready()
         tasks = [asyncio.ensure_future(chore) for chore in self._chores()]
         try:

@@ -96,12 +96,13 @@ def _closed_within(sock: socket.socket, seconds: float) -> bool:
     return True
 
 
-def test_tls_client_certificates_versions_handshake_deadline_and_pending_bound(cluster, tmp_path):
+@pytest.mark.parametrize("event_loop", ["uvloop", "asyncio"])
+def test_tls_client_certificates_versions_handshake_deadline_and_pending_bound(cluster, tmp_path, event_loop):
     """The handshake is done by the event loop from the first byte, while the connection counts
     as pending: DCMTK senders whose ClientHello is already waiting at the accept get through;
     a client without a certificate (required here) or offering only TLS 1.1 is refused; the
     connect-to-AC deadline ends a handshake left half-way; the per-address pending bound holds
-    for connections still shaking hands."""
+    for connections still shaking hands. On both event loops runproxy can run on."""
     pki = _pki(tmp_path)
     pacs_port, _ = start_storescp(cluster, name="pacs", ae_title="PACS")
     config = cluster.config(
@@ -111,7 +112,8 @@ def test_tls_client_certificates_versions_handshake_deadline_and_pending_bound(c
                       "RequireClientCertificate": True}},
         Network={"HandshakeTimeoutSeconds": 1.5, "MaxPendingPerAddress": 8},
     )
-    proxy = cluster.proxy(config, http=True)
+    proxy = cluster.proxy(config, http=True, extra_args=["--event-loop", event_loop])
+    wait_for(lambda: f"serving on {event_loop}'s event loop" in proxy.process.log(), timeout=10, what="the loop named")
     _, paths = write_study(tmp_path / "s", count=6)
     storescu = require_tool("storescu", "dcmtk")
     senders = [subprocess.Popen([storescu, "-aec", "SYNTHIQ", "-aet", f"CT{i}", "+tls", pki["pacs.key"],
@@ -138,6 +140,8 @@ def test_tls_client_certificates_versions_handshake_deadline_and_pending_bound(c
                     if not tls.recv(1):
                         raise ConnectionError("closed")
     wait_for(lambda: "TLS handshake failed" in proxy.process.log(), timeout=10, what="the refusals in the log")
+    # Both refusals counted: their connections have left the pending ones.
+    wait_for(lambda: _rejected(proxy, "tls-handshake") == 2, timeout=10, what="the two refusals counted")
 
     # Eight connections still shaking hands from one address: one sent half a ClientHello, the
     # others nothing. A ninth is closed at once (MaxPendingPerAddress 8); the eight are ended by
