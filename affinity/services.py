@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import logging
 
 from django.db import IntegrityError, connection, transaction
@@ -134,13 +135,38 @@ BINDING_PURGE_SECONDS = 600.0
 
 def instances_record(*, locations: dict[tuple[str, str], tuple[str, str, dt.datetime]]) -> None:
     """Write-behind of where relayed instances went: (pool, SOP Instance UID) ->
-    (backend, study, seen), one multi-row insert; an instance already known keeps its row."""
-    InstanceLocation.objects.bulk_create(
-        [InstanceLocation(pool_id=pool_id, sop_instance_uid=sop_uid, backend_id=backend_id, study_uid=study_uid,
-                          seen_utc=seen)
-         for (pool_id, sop_uid), (backend_id, study_uid, seen) in sorted(locations.items())],  # one lock order
-        ignore_conflicts=True, batch_size=500,
-    )
+    (backend, study, seen), in one transaction; an instance already known keeps its row.
+    On SQLite and PostgreSQL a multi-row INSERT ... ON CONFLICT DO NOTHING with no model
+    objects (building them was two thirds of this write's CPU, a row per relayed instance);
+    elsewhere the ORM's bulk insert."""
+    rows = sorted(locations.items())  # one lock order for all writers
+    if connection.vendor not in ("sqlite", "postgresql"):
+        InstanceLocation.objects.bulk_create(
+            [InstanceLocation(pool_id=pool_id, sop_instance_uid=sop_uid, backend_id=backend_id, study_uid=study_uid,
+                              seen_utc=seen)
+             for (pool_id, sop_uid), (backend_id, study_uid, seen) in rows],
+            ignore_conflicts=True, batch_size=500,
+        )
+        return
+    seen_field = InstanceLocation._meta.get_field("seen_utc")
+    values = [(pool_id, sop_uid, backend_id, study_uid, seen_field.get_db_prep_save(seen, connection))
+              for (pool_id, sop_uid), (backend_id, study_uid, seen) in rows]
+    with transaction.atomic(), connection.cursor() as cursor:
+        for start in range(0, len(values), _LOCATION_ROWS_PER_STATEMENT):
+            chunk = values[start:start + _LOCATION_ROWS_PER_STATEMENT]
+            cursor.execute(_insert_location_sql(len(chunk)), [value for row in chunk for value in row])
+
+
+_LOCATION_ROWS_PER_STATEMENT = 500  # 2,500 parameters: within SQLite's and PostgreSQL's limits
+
+
+@functools.cache
+def _insert_location_sql(rows: int) -> str:
+    meta = InstanceLocation._meta
+    columns = ", ".join(connection.ops.quote_name(meta.get_field(name).column)
+                        for name in ("pool", "sop_instance_uid", "backend", "study_uid", "seen_utc"))
+    return (f"INSERT INTO {connection.ops.quote_name(meta.db_table)} ({columns}) "
+            f"VALUES {', '.join(['(%s, %s, %s, %s, %s)'] * rows)} ON CONFLICT DO NOTHING")
 
 
 def bindings_purge_expired(*, window_hours: float, now: dt.datetime) -> int:

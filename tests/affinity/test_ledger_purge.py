@@ -7,11 +7,17 @@ from __future__ import annotations
 import datetime as dt
 
 import pytest
+from django.db import IntegrityError
 
 from affinity import selectors
 from affinity.bindings import Bindings
 from affinity.models import Binding, InstanceLocation
-from affinity.services import binding_verdict_record, bindings_mark_adopted, bindings_purge_expired
+from affinity.services import (
+    binding_verdict_record,
+    bindings_mark_adopted,
+    bindings_purge_expired,
+    instances_record,
+)
 from pools.models import Backend, Pool
 
 WINDOW_HOURS = 0.01  # 36 s, the shortest StudyCacheWindowHours
@@ -61,3 +67,22 @@ def test_an_instance_location_of_a_live_binding_is_kept_past_the_window(pool):
     bindings.flush()
     assert bindings_purge_expired(window_hours=WINDOW_HOURS, now=dt.datetime.now(dt.UTC)) == 0
     assert selectors.study_acknowledged(pool_id="main", study_uid="1.3.1") == {"1.3.1.1"}
+
+
+@pytest.mark.postgres
+def test_instance_locations_are_written_once_each_and_a_known_instance_keeps_its_row(pool):
+    """The write-behind's insert (raw multi-row SQL on SQLite and PostgreSQL): more rows than
+    one statement takes, a known instance keeps its first backend and time, the time reads
+    back as written (UTC), and an unknown backend fails the batch as the ORM's insert did."""
+    first = dt.datetime(2026, 12, 1, 8, 30, 15, 123456, tzinfo=dt.UTC)
+    later = first + dt.timedelta(hours=1)
+    instances_record(locations={("main", f"1.2.7.{n}"): ("node-a", "1.2.7", first) for n in range(1203)})
+    instances_record(locations={("main", "1.2.7.5"): ("node-b", "1.2.7", later),
+                                ("main", "1.2.8.1"): ("node-b", "1.2.8", later)})
+    assert InstanceLocation.objects.filter(pool_id="main").count() == 1204
+    kept = InstanceLocation.objects.get(pool_id="main", sop_instance_uid="1.2.7.5")
+    assert (kept.backend_id, kept.seen_utc) == ("node-a", first)
+    assert InstanceLocation.objects.get(sop_instance_uid="1.2.8.1").backend_id == "node-b"
+    with pytest.raises(IntegrityError):
+        instances_record(locations={("main", "1.2.9.1"): ("node-z", "1.2.9", later)})
+    assert not InstanceLocation.objects.filter(sop_instance_uid="1.2.9.1").exists()
