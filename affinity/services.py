@@ -154,19 +154,19 @@ def instances_record(*, locations: dict[tuple[str, str], tuple[str, str, dt.date
     with transaction.atomic(), connection.cursor() as cursor:
         for start in range(0, len(values), _LOCATION_ROWS_PER_STATEMENT):
             chunk = values[start:start + _LOCATION_ROWS_PER_STATEMENT]
-            cursor.execute(_insert_location_sql(len(chunk)), [value for row in chunk for value in row])
+            cursor.execute(f"{_insert_location_head()} {', '.join(['(%s, %s, %s, %s, %s)'] * len(chunk))} "
+                           "ON CONFLICT DO NOTHING", [value for row in chunk for value in row])
 
 
 _LOCATION_ROWS_PER_STATEMENT = 500  # 2,500 parameters: within SQLite's and PostgreSQL's limits
 
 
 @functools.cache
-def _insert_location_sql(rows: int) -> str:
+def _insert_location_head() -> str:
     meta = InstanceLocation._meta
     columns = ", ".join(connection.ops.quote_name(meta.get_field(name).column)
                         for name in ("pool", "sop_instance_uid", "backend", "study_uid", "seen_utc"))
-    return (f"INSERT INTO {connection.ops.quote_name(meta.db_table)} ({columns}) "
-            f"VALUES {', '.join(['(%s, %s, %s, %s, %s)'] * rows)} ON CONFLICT DO NOTHING")
+    return f"INSERT INTO {connection.ops.quote_name(meta.db_table)} ({columns}) VALUES"
 
 
 def bindings_purge_expired(*, window_hours: float, now: dt.datetime) -> int:

@@ -34,10 +34,10 @@ class _Refusals(Protocol):
     def log_refusal(self, kind: str, line: str) -> None: ...
 
 
-def failed(relay: _Refusals, *, pool_id: str, pool_ae: str, address: str, exc: BaseException | None) -> None:
+def failed(relay: _Refusals, *, pool_id: str, pool_ae: str, address: str, exc: BaseException) -> None:
     """A failed handshake is logged (rate-limited: a scanner can make thousands) and counted
     by reason: plaintext DICOM on the TLS port, or any other failure."""
-    text = f"{exc or 'connection closed'}" if not isinstance(exc, TimeoutError) else "no handshake before the deadline"
+    text = "no handshake before the deadline" if isinstance(exc, TimeoutError) else f"{exc or type(exc).__name__}"
     plaintext = any(sign in text for sign in PLAINTEXT_SIGNS)
     kind = "tls-plaintext" if plaintext else "tls-handshake"
     relay.telemetry.association_rejected(kind, pool_id=pool_id, source_ip=address,

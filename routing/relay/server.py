@@ -320,10 +320,11 @@ class Relay:
             return
         task = asyncio.current_task()
         assert task is not None
-        shaking = handshake.Handshake(address, task)
-        if not self._admit(pool, address, shaking):
+        if not self._admit(pool, address):
             conn.close()
             return
+        shaking = handshake.Handshake(address, task)
+        self._pending.add(shaking)
         try:
             await loop.connect_accepted_socket(lambda: self._connection(pool, deadline, shaking), conn, ssl=pool.tls,
                                                ssl_handshake_timeout=max(0.1, deadline - loop.time()))
@@ -346,9 +347,12 @@ class Relay:
                 shaking: handshake.Handshake | None) -> None:
         """A connection is ready to negotiate: plain TCP just accepted (admitted now), or TLS
         with its handshake done (admitted at the accept; it takes its Handshake's place)."""
-        if shaking is not None and not self.stopping:
-            self._pending.remove(shaking)
-        elif not self._admit(pool, conn.peer[0], None):
+        if shaking is not None:
+            self._pending.remove(shaking)  # admitted at the accept
+            refused = self.stopping
+        else:
+            refused = not self._admit(pool, conn.peer[0])
+        if refused:
             conn.abort_transport()
             return
         assoc = InboundAssociation(self, pool, conn)
@@ -358,11 +362,11 @@ class Relay:
         assoc.task = task
         task.add_done_callback(lambda _: self._ended(assoc))
 
-    def _admit(self, pool: PoolListener, address: str, entry: handshake.Handshake | None) -> bool:
-        """Count a new connection as pending, or refuse it. When the pending total is full, the
-        oldest connection still negotiating makes room: a real modality negotiates in
-        milliseconds, so what has been silent longest is what a flood left behind, and a new
-        caller always gets its chance. ``entry`` is added to the pending ones when given."""
+    def _admit(self, pool: PoolListener, address: str) -> bool:
+        """Whether a new connection may join the pending ones (the caller adds it). When the
+        pending total is full, the oldest connection still negotiating makes room: a real
+        modality negotiates in milliseconds, so what has been silent longest is what a flood
+        left behind, and a new caller always gets its chance."""
         pending = self._pending
         kind = why = ""
         if self.stopping:
@@ -388,8 +392,6 @@ class Relay:
                                          "not logged)")
             self.telemetry.connection_refused()
             oldest.drop()
-        if entry is not None:
-            pending.add(entry)
         return True
 
     def log_refusal(self, kind: str, line: str) -> None:
